@@ -1,0 +1,27 @@
+"""netsurgeon: model surgery for PyTorch on torch.fx.
+
+Trace a model into a layer graph, widen layers without changing what the model computes (optimizer
+state carried along), measure where the network is under-expressive with NAGN, and grow it while
+it trains.
+"""
+
+from netsurgeon._version import __version__
+from netsurgeon.errors import (
+    NetsurgeonError,
+    PlanError,
+    TraceError,
+    UnsupportedModelError,
+    WidenError,
+)
+from netsurgeon.graph import LayerGraph, trace
+
+__all__ = [
+    "LayerGraph",
+    "NetsurgeonError",
+    "PlanError",
+    "TraceError",
+    "UnsupportedModelError",
+    "WidenError",
+    "__version__",
+    "trace",
+]

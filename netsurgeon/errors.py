@@ -1,0 +1,31 @@
+"""Exception hierarchy. Every error names what failed, where, expected vs found, and the fix."""
+
+from __future__ import annotations
+
+__all__ = [
+    "NetsurgeonError",
+    "TraceError",
+    "UnsupportedModelError",
+    "WidenError",
+    "PlanError",
+]
+
+
+class NetsurgeonError(Exception):
+    """Base class of every error netsurgeon raises on purpose."""
+
+
+class TraceError(NetsurgeonError, RuntimeError):
+    """torch.fx could not trace the model (data-dependent control flow, ``len()`` of a proxy, ...)."""
+
+
+class UnsupportedModelError(NetsurgeonError, ValueError):
+    """The traced graph contains a structure the dependency analysis does not support."""
+
+
+class WidenError(NetsurgeonError, ValueError):
+    """A widening plan is invalid for this model (unknown layer, output layer, bad count, ...)."""
+
+
+class PlanError(NetsurgeonError, ValueError):
+    """Inputs to the growth planner are inconsistent (mismatched layers, negative widths, ...)."""

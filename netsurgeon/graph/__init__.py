@@ -1,0 +1,83 @@
+"""Tracing a model into a :class:`LayerGraph` of producer/consumer layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from netsurgeon.graph import functional as _functional  # noqa: F401  (registers handlers)
+from netsurgeon.graph import handlers as _handlers  # noqa: F401  (registers handlers)
+from netsurgeon.graph.analysis import ChannelGroup, Edge, FollowerRef, analyse
+from netsurgeon.graph.layer_graph import LayerGraph
+from netsurgeon.graph.registry import REGISTRY, Registry
+from netsurgeon.graph.tracer import SurgeonTracer, as_tensors, symbolic_trace
+from netsurgeon.guards import check_plain_module
+
+__all__ = ["ChannelGroup", "Edge", "FollowerRef", "LayerGraph", "SurgeonTracer", "trace"]
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    strict: bool = True,
+    leaf_modules: Iterable[type[nn.Module]] = (),
+    autowrap_functions: Iterable[Callable[..., Any]] = (),
+    concrete_args: dict[str, Any] | None = None,
+    registry: Registry = REGISTRY,
+) -> LayerGraph:
+    """Trace ``model`` with torch.fx and find every producer/consumer pair of layers.
+
+    Args:
+        model: the user's module (not modified: no parameter, buffer or mode changes).
+        example_inputs: a tensor or tuple of forward arguments. When given, shapes are
+            propagated (in eval mode, without gradients) so flatten multiplicities come from real
+            shapes; otherwise they are inferred from the consumer's ``in_features``.
+        strict: raise :class:`~netsurgeon.errors.UnsupportedModelError` on anything the analysis
+            does not support (default); with ``False`` the affected layers are marked unwidenable
+            and the rest of the model is analysed.
+        leaf_modules: module types whose ``forward`` should not be traced into.
+        autowrap_functions: free functions recorded as single nodes.
+        concrete_args: forwarded to ``torch.fx.Tracer.trace``.
+        registry: the handler registry.
+
+    Returns:
+        The :class:`LayerGraph`.
+
+    Raises:
+        TraceError: torch.fx could not trace the model.
+        UnsupportedModelError: (strict) coupled widths, weight sharing, grouped convolutions or
+            unknown ops; the message names the fx node and module path.
+
+    Example:
+        >>> import torch.nn as nn, netsurgeon
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        ...                       nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+        >>> graph = netsurgeon.trace(model)
+        >>> graph.widths(), graph.edges_from("0")[0].multiplicity, graph.followers_of("0")
+        ({'0': 8, '5': 10}, 4, ['1'])
+    """
+    check_plain_module(model, "trace")
+    tracer = SurgeonTracer(leaf_modules, autowrap_functions, registry)
+    gm = symbolic_trace(model, tracer=tracer, concrete_args=concrete_args)
+    if example_inputs is not None:
+        _propagate_shapes(model, gm, as_tensors(example_inputs))
+    return LayerGraph(model, gm, analyse(gm, registry, strict=strict), registry)
+
+
+def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> None:
+    """Record ``tensor_meta`` on each node without touching BatchNorm statistics or RNG state."""
+    modes = {m: m.training for m in model.modules()}
+    rng = torch.random.get_rng_state()
+    try:
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        torch.random.set_rng_state(rng)

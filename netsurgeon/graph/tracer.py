@@ -1,0 +1,83 @@
+"""Symbolic tracing with torch.fx, with netsurgeon's leaf rules and readable failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from netsurgeon.errors import TraceError
+from netsurgeon.graph.registry import REGISTRY, Registry
+
+__all__ = ["SurgeonTracer", "symbolic_trace"]
+
+
+class SurgeonTracer(fx.Tracer):
+    """An ``fx.Tracer`` that keeps every registered layer/follower type a leaf.
+
+    A user's ``class MyConv(nn.Conv2d)`` defined outside ``torch.nn`` would otherwise be traced
+    through, and its weight would show up as anonymous ``get_attr`` nodes.
+
+    Args:
+        leaf_modules: extra module types to keep as leaves (their ``forward`` is not traced).
+        autowrap_functions: free functions to record as single nodes instead of tracing into.
+        registry: where handler types are looked up.
+    """
+
+    def __init__(
+        self,
+        leaf_modules: Iterable[type[nn.Module]] = (),
+        autowrap_functions: Iterable[Callable[..., Any]] = (),
+        registry: Registry = REGISTRY,
+    ) -> None:
+        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self._leaf_types = tuple(leaf_modules)
+        self._registry = registry
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, self._leaf_types):
+            return True
+        handler = self._registry.for_module(m)
+        if handler is not None and handler.role in ("layer", "follower"):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def symbolic_trace(
+    model: nn.Module,
+    *,
+    tracer: SurgeonTracer | None = None,
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Trace ``model`` into a ``GraphModule`` that shares the model's submodules.
+
+    Raises:
+        TraceError: tracing failed; the message names the model class and how to work around it.
+    """
+    tracer = tracer or SurgeonTracer()
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as e:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__qualname__}: {type(e).__name__}: {e}\n"
+            "Common causes: Python control flow on tensor values, len() or bool() of a traced "
+            "tensor, or calls into code fx cannot follow. Fix: make the offending submodule a leaf "
+            "(trace(model, leaf_modules=[MySubmodule])), wrap the helper function "
+            "(autowrap_functions=[my_fn]), or fix arguments with concrete_args={...}."
+        ) from e
+    name = type(model).__qualname__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def as_tensors(example_inputs: Any) -> tuple[Any, ...]:
+    """Normalise ``example_inputs`` (a tensor or a tuple of arguments) to a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(
+        f"example_inputs must be a tensor or a tuple of forward arguments, got "
+        f"{type(example_inputs).__name__}"
+    )
