@@ -14,8 +14,10 @@ from netsurgeon.errors import (
     WidenError,
 )
 from netsurgeon.graph import LayerGraph, trace
+from netsurgeon.surgery import InitStrategy, load_state_dict, register_init, widen
 
 __all__ = [
+    "InitStrategy",
     "LayerGraph",
     "NetsurgeonError",
     "PlanError",
@@ -23,5 +25,8 @@ __all__ = [
     "UnsupportedModelError",
     "WidenError",
     "__version__",
+    "load_state_dict",
+    "register_init",
     "trace",
+    "widen",
 ]

@@ -147,7 +147,11 @@ class WalkContext:
                 index == 0
                 and isinstance(source, fx.Node)
                 and (
-                    (source.op == "call_method" and source.target == "size" and len(source.args) == 1)
+                    (
+                        source.op == "call_method"
+                        and source.target == "size"
+                        and len(source.args) == 1
+                    )
                     or (source.op == "call_function" and source.args[1:] == ("shape",))
                 )
             )

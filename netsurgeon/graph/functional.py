@@ -46,7 +46,14 @@ _ARITHMETIC = (
     torch.neg,
 )  # fmt: skip
 _ARITHMETIC_METHODS = ("add", "sub", "mul", "div", "neg", "add_", "mul_", "sub_", "div_")
-_COUPLING_FUNCTIONS = (torch.cat, torch.concat, torch.stack, torch.matmul, operator.matmul, torch.bmm)
+_COUPLING_FUNCTIONS = (
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.matmul,
+    operator.matmul,
+    torch.bmm,
+)
 
 
 @register_function(*_ELEMENTWISE_FUNCTIONS)

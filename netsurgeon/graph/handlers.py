@@ -70,7 +70,9 @@ class LayerHandler(OpHandler):
         module = ctx.module_of(node)
         reason = self.unsupported_reason(module)
         if reason is not None:
-            ctx.refuse(node, reason, fix="replace it with a supported layer or mark the model non-strict")
+            ctx.refuse(
+                node, reason, fix="replace it with a supported layer or mark the model non-strict"
+            )
         return self.consume(node, module, state, ctx)
 
 
@@ -185,7 +187,9 @@ class BatchNormHandler(FollowerHandler):
             )
         expected = ctx.width * (state.multiplicity or 1)
         if state.multiplicity is None:
-            ctx.refuse(node, "BatchNorm after a flatten of unknown spatial size", fix="pass example_inputs")
+            ctx.refuse(
+                node, "BatchNorm after a flatten of unknown spatial size", fix="pass example_inputs"
+            )
         ctx.expect_width(node, self.width(module), expected, what="num_features")
         return Flow(FlowKind.FOLLOWER, state, label=type(module).__name__)
 
@@ -204,8 +208,15 @@ class PReLUHandler(FollowerHandler):
         if module.num_parameters == 1:
             return Flow(FlowKind.PASS, state, label="PReLU")
         if state.normalized_dim() != 1:
-            ctx.refuse(node, "per-channel PReLU reads dim 1", fix="apply it to a channel-first tensor")
-        ctx.expect_width(node, module.num_parameters, ctx.width * (state.multiplicity or 1), what="num_parameters")
+            ctx.refuse(
+                node, "per-channel PReLU reads dim 1", fix="apply it to a channel-first tensor"
+            )
+        ctx.expect_width(
+            node,
+            module.num_parameters,
+            ctx.width * (state.multiplicity or 1),
+            what="num_parameters",
+        )
         return Flow(FlowKind.FOLLOWER, state, label="PReLU")
 
 

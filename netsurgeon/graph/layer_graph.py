@@ -73,7 +73,9 @@ class LayerGraph:
         if group.blocked is not None:
             return group.blocked
         if group.reaches_output:
-            return "its output reaches the model output, so widening it would change the output shape"
+            return (
+                "its output reaches the model output, so widening it would change the output shape"
+            )
         return None
 
     def group(self, name: str) -> ChannelGroup:
@@ -145,7 +147,8 @@ class LayerGraph:
         widths = self.widths()
         for name, group in self._groups.items():
             consumers = ", ".join(
-                e.consumer + (f" x{e.multiplicity}" if e.multiplicity != 1 else "") for e in group.edges
+                e.consumer + (f" x{e.multiplicity}" if e.multiplicity != 1 else "")
+                for e in group.edges
             )
             path = " | ".join(" > ".join(e.path) for e in group.edges)
             status = "output" if group.reaches_output else ("no" if group.blocked else "yes")
@@ -161,7 +164,9 @@ class LayerGraph:
                 )
             )
         sizes = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(s) for c, s in zip(r, sizes, strict=True)).rstrip() for r in rows]
+        lines = [
+            "  ".join(c.ljust(s) for c, s in zip(r, sizes, strict=True)).rstrip() for r in rows
+        ]
         lines.insert(1, "  ".join("-" * s for s in sizes))
         return "\n".join(lines)
 

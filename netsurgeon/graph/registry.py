@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from netsurgeon.graph.flow import ChannelState, Flow
 
 __all__ = [
+    "REGISTRY",
     "OpHandler",
     "Registry",
-    "REGISTRY",
     "register_function",
     "register_method",
     "register_module",
@@ -96,7 +96,9 @@ class Registry:
 REGISTRY = Registry()
 
 
-def register_module(*module_types: type[nn.Module], registry: Registry = REGISTRY) -> Callable[[H], H]:
+def register_module(
+    *module_types: type[nn.Module], registry: Registry = REGISTRY
+) -> Callable[[H], H]:
     """Class decorator: handle calls of modules of these types with an instance of the class."""
 
     def decorate(cls: H) -> H:
@@ -108,7 +110,9 @@ def register_module(*module_types: type[nn.Module], registry: Registry = REGISTR
     return decorate
 
 
-def register_function(*functions: Callable[..., Any], registry: Registry = REGISTRY) -> Callable[[H], H]:
+def register_function(
+    *functions: Callable[..., Any], registry: Registry = REGISTRY
+) -> Callable[[H], H]:
     """Class decorator: handle ``call_function`` nodes whose target is one of these callables."""
 
     def decorate(cls: H) -> H:

@@ -1,0 +1,87 @@
+"""Restoring a grown model onto a freshly constructed instance of the user's original class.
+
+No plan needs to be stored: a checkpoint's weight shapes say how wide each layer is. Loading
+traces the fresh model, derives the plan ``{layer: checkpoint width - current width}``, widens
+(staged, so a checkpoint that does not fit changes nothing), and then loads the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from netsurgeon.errors import WidenError
+from netsurgeon.graph import trace
+from netsurgeon.guards import check_plain_module
+from netsurgeon.surgery.init import PaperInit
+from netsurgeon.surgery.widen import stage
+
+__all__ = ["load_state_dict", "plan_from_state_dict"]
+
+
+def plan_from_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, int]:
+    """``{layer: units to add}`` that makes ``model``'s layers as wide as in ``state_dict``.
+
+    Raises:
+        WidenError: a layer is wider in the model than in the checkpoint (surgery never shrinks).
+    """
+    graph = trace(model, strict=False)
+    plan: dict[str, int] = {}
+    for name, width in graph.widths().items():
+        weight = state_dict.get(f"{name}.weight")
+        if weight is None:
+            continue
+        diff = int(weight.shape[0]) - width
+        if diff < 0:
+            raise WidenError(
+                f"layer '{name}' has {width} units but the checkpoint has {weight.shape[0]}; "
+                "netsurgeon only widens. Load into a model built with the checkpoint's widths."
+            )
+        if diff:
+            plan[name] = diff
+    return plan
+
+
+def load_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Any], *, strict: bool = True
+) -> nn.Module:
+    """Widen ``model`` to the checkpoint's widths, then load it (like ``nn.Module.load_state_dict``).
+
+    Build the optimizer on ``model`` before or after this call and load its state dict
+    afterwards: the parameters are the same objects, now of the checkpoint's shapes.
+
+    Raises:
+        WidenError: the checkpoint does not fit (a narrower layer, a shape the widening cannot
+            produce); the model is unchanged.
+
+    Example:
+        >>> import torch.nn as nn, netsurgeon
+        >>> make = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> grown = netsurgeon.widen(make(), {"0": 3})
+        >>> fresh = netsurgeon.load_state_dict(make(), grown.state_dict())
+        >>> fresh[0].out_features
+        11
+    """
+    check_plain_module(model, "load_state_dict")
+    plan = plan_from_state_dict(model, state_dict)
+    if not plan:
+        model.load_state_dict(state_dict, strict=strict)
+        return model
+    graph = trace(model, strict=False)
+    surgery = stage(graph, plan, PaperInit())
+    current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    current.update(surgery.new_shapes())
+    for key, shape in current.items():
+        value = state_dict.get(key)
+        if isinstance(value, torch.Tensor) and tuple(value.shape) != shape:
+            raise WidenError(
+                f"after widening to the checkpoint's widths, '{key}' would be {shape} but the "
+                f"checkpoint has {tuple(value.shape)}; the checkpoint was not produced by "
+                "widening this model"
+            )
+    surgery.commit(None)
+    model.load_state_dict(state_dict, strict=strict)
+    return model
