@@ -61,31 +61,38 @@ class InitStrategy:
     def grow_columns(
         self,
         weight: torch.Tensor,
+        out: torch.Tensor,
         *,
         width: int,
         k: int,
         multiplicity: int,
         sources: torch.Tensor | None,
         generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """``(out, in, *kernel)`` -> ``(out, in + k*m, *kernel)`` for a producer of ``width``."""
+    ) -> None:
+        """Write ``weight`` ``(o, i, *kernel)`` grown to ``(o, i + k*m, *kernel)`` into ``out``.
+
+        ``width`` is the producer's old width (``i = width * m``).
+        """
         raise NotImplementedError
 
     def new_rows(
         self,
         weight: torch.Tensor,
-        bias: torch.Tensor | None,
+        out: torch.Tensor,
         *,
-        k: int,
         old_in: int,
         sources: torch.Tensor | None,
         generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rows ``(k, in, *kernel)`` and bias ``(k,)`` for ``k`` new outputs.
+    ) -> None:
+        """Write the ``k`` new output rows ``(k, i, *kernel)`` into ``out``.
 
-        ``weight`` already has its grown input columns; ``old_in`` is the input width before
-        this widening (the columns carrying signal).
+        ``weight`` ``(o, i, *kernel)`` already has its grown input columns; ``old_in`` is the
+        input width before this widening (the columns carrying signal).
         """
+        raise NotImplementedError
+
+    def new_bias(self, bias: torch.Tensor, k: int, sources: torch.Tensor | None) -> torch.Tensor:
+        """The ``(k,)`` biases of the new outputs."""
         raise NotImplementedError
 
     def grow_channelwise(
@@ -105,18 +112,23 @@ class InitStrategy:
 class PaperInit(InitStrategy):
     """The paper's scheme (module docstring): Kaiming rows, zero columns, neutral followers."""
 
-    def grow_columns(self, weight, *, width, k, multiplicity, sources, generator):
-        return _append(
-            weight, 1, weight.new_zeros((weight.shape[0], k * multiplicity, *weight.shape[2:]))
+    def grow_columns(self, weight, out, *, width, k, multiplicity, sources, generator):
+        out[:, : weight.shape[1]].copy_(weight)
+        out[:, weight.shape[1] :].zero_()
+
+    def new_rows(self, weight, out, *, old_in, sources, generator):
+        std = math.sqrt(2.0 / (old_in * math.prod(weight.shape[2:])))
+        if old_in == out.shape[1]:  # contiguous: draw in place
+            out.normal_(0.0, std, generator=generator)
+            return
+        out[:, old_in:].zero_()
+        shape = (out.shape[0], old_in, *out.shape[2:])
+        out[:, :old_in].copy_(
+            torch.normal(0.0, std, shape, generator=generator, dtype=out.dtype, device=out.device)
         )
 
-    def new_rows(self, weight, bias, *, k, old_in, sources, generator):
-        kernel = tuple(weight.shape[2:])
-        std = math.sqrt(2.0 / (old_in * math.prod(kernel)))
-        rows = torch.zeros((k, *weight.shape[1:]), dtype=weight.dtype, device=weight.device)
-        rows[:, :old_in].normal_(0.0, std, generator=generator)
-        new_bias = None if bias is None else bias.new_zeros(k)
-        return rows, new_bias
+    def new_bias(self, bias, k, sources):
+        return bias.new_zeros(k)
 
     def grow_channelwise(self, tensor, *, k, multiplicity, fill, sources):
         return _append(tensor, 0, tensor.new_full((k * multiplicity,), fill))
@@ -139,7 +151,7 @@ class Net2NetInit(InitStrategy):
     def sources(self, width, k, generator):
         return torch.randint(0, width, (k,), generator=generator)
 
-    def grow_columns(self, weight, *, width, k, multiplicity, sources, generator):
+    def grow_columns(self, weight, out, *, width, k, multiplicity, sources, generator):
         assert sources is not None  # set by ``sources``; an internal invariant
         owner = torch.cat([torch.arange(width), sources])  # unit -> original unit
         copies = torch.bincount(owner, minlength=width).to(weight.dtype)
@@ -150,13 +162,17 @@ class Net2NetInit(InitStrategy):
         noise -= totals[owner] / copies.double()[owner]
         fraction = (1.0 + noise.to(weight.dtype)) / copies[owner]
         blocks = weight.unflatten(1, (width, multiplicity))
-        grown = blocks[:, owner] * _broadcast(fraction.to(weight.device), blocks.dim(), 1)
-        return grown.flatten(1, 2)
+        grown = blocks[:, owner.to(weight.device)]
+        grown *= _broadcast(fraction.to(weight.device), blocks.dim(), 1)
+        out.copy_(grown.flatten(1, 2))
 
-    def new_rows(self, weight, bias, *, k, old_in, sources, generator):
+    def new_rows(self, weight, out, *, old_in, sources, generator):
         assert sources is not None
-        index = sources.to(weight.device)
-        return weight[index].clone(), None if bias is None else bias[index].clone()
+        out.copy_(weight[sources.to(weight.device)])
+
+    def new_bias(self, bias, k, sources):
+        assert sources is not None
+        return bias[sources.to(bias.device)].clone()
 
     def grow_channelwise(self, tensor, *, k, multiplicity, fill, sources):
         assert sources is not None

@@ -166,40 +166,40 @@ def stage(
 
 
 def _stage_layer(graph, name, plan, incoming, sources, widths, strategy, generator, surgery):
+    """Stage one layer's weight and bias: grown input columns, then new output rows.
+
+    The new weight is allocated once and written region by region: old rows (with their grown
+    columns) on top, new rows below.
+    """
     module, handler = graph.module(name), graph.handler(name)
     weight, bias = module.weight, module.bias
-    new_weight = weight.detach()
-    old_in = handler.in_width(module)
-    new_in = old_in
-    for edge in incoming:  # one producer per consumer today; it owns all input columns
-        k = plan[edge.producer]
-        new_weight = strategy.grow_columns(
-            new_weight,
+    old_out, old_in = handler.out_width(module), handler.in_width(module)
+    new_in = old_in + sum(plan[e.producer] * e.multiplicity for e in incoming)
+    new_out = old_out + plan.get(name, 0)
+    new = weight.new_empty((new_out, new_in, *weight.shape[2:]))
+    top = new[:old_out]
+    if incoming:  # one producer per consumer today; it owns all input columns
+        (edge,) = incoming
+        strategy.grow_columns(
+            weight.detach(),
+            top,
             width=widths[edge.producer],
-            k=k,
+            k=plan[edge.producer],
             multiplicity=edge.multiplicity,
             sources=sources[edge.producer],
             generator=generator,
         )
-        new_in += k * edge.multiplicity
-    new_bias = None if bias is None else bias.detach()
-    out = handler.out_width(module)
+    else:
+        top.copy_(weight)
     if name in plan:
-        rows, bias_rows = strategy.new_rows(
-            new_weight,
-            new_bias,
-            k=plan[name],
-            old_in=old_in,
-            sources=sources[name],
-            generator=generator,
+        strategy.new_rows(
+            top, new[old_out:], old_in=old_in, sources=sources[name], generator=generator
         )
-        new_weight = torch.cat([new_weight, rows])
-        new_bias = None if new_bias is None else torch.cat([new_bias, bias_rows])
-        out += plan[name]
-    surgery.tensors.append((f"{name}.weight", weight, like_format(new_weight, weight)))
-    if bias is not None:
-        surgery.tensors.append((f"{name}.bias", bias, new_bias))
-    surgery.widths.append((module, handler, {"out_width": out, "in_width": new_in}))
+        if bias is not None:
+            extra = strategy.new_bias(bias.detach(), plan[name], sources[name])
+            surgery.tensors.append((f"{name}.bias", bias, torch.cat([bias.detach(), extra])))
+    surgery.tensors.append((f"{name}.weight", weight, like_format(new, weight)))
+    surgery.widths.append((module, handler, {"out_width": new_out, "in_width": new_in}))
 
 
 def _stage_follower(graph, follower, k, sources, strategy, surgery):
