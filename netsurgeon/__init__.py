@@ -14,11 +14,26 @@ from netsurgeon.errors import (
     WidenError,
 )
 from netsurgeon.graph import LayerGraph, trace
+from netsurgeon.nagn import (
+    Grower,
+    GrowthConfig,
+    GrowthEvent,
+    GrowthPlan,
+    GrowthPlanner,
+    NAGNMonitor,
+    plan_growth,
+)
 from netsurgeon.surgery import InitStrategy, load_state_dict, register_init, widen
 
 __all__ = [
+    "Grower",
+    "GrowthConfig",
+    "GrowthEvent",
+    "GrowthPlan",
+    "GrowthPlanner",
     "InitStrategy",
     "LayerGraph",
+    "NAGNMonitor",
     "NetsurgeonError",
     "PlanError",
     "TraceError",
@@ -26,6 +41,7 @@ __all__ = [
     "WidenError",
     "__version__",
     "load_state_dict",
+    "plan_growth",
     "register_init",
     "trace",
     "widen",

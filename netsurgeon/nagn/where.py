@@ -1,0 +1,72 @@
+"""Where-criteria: how a growth budget is spread over the layers.
+
+Every criterion receives the NAGN plan (paper section 3) and returns increments. ``"nagn"`` uses
+the plan as is. ``"uniform"`` and ``"random"`` add *the same total number of units* as the NAGN
+plan, so a comparison between criteria is at matched growth budget and asks only *where*:
+
+* ``"uniform"``: every growable layer grows by the same fraction ``f = total / sum(n_l)`` of its
+  width (largest-remainder rounding, so the total is exact);
+* ``"random"``: units go one at a time to a uniformly drawn growable layer, seeded.
+
+Each layer keeps the paper's cap (at most doubled per step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+__all__ = ["WHERE_CRITERIA", "spread_random", "spread_uniform"]
+
+
+def spread_uniform(total: int, widths: Mapping[str, int], layers: Sequence[str]) -> dict[str, int]:
+    """``total`` units over ``layers`` proportionally to their widths (exact total, capped at n_l).
+
+    Example:
+        >>> spread_uniform(6, {"a": 4, "b": 8}, ["a", "b"])
+        {'a': 2, 'b': 4}
+    """
+    capacity = sum(widths[name] for name in layers)
+    total = min(total, capacity)
+    if total <= 0 or not layers:
+        return {}
+    shares = {name: total * widths[name] / capacity for name in layers}
+    grown = {name: math.floor(share) for name, share in shares.items()}
+    by_remainder = sorted(layers, key=lambda n: (grown[n] - shares[n], layers.index(n)))
+    for name in by_remainder[: total - sum(grown.values())]:
+        grown[name] += 1
+    return {name: k for name, k in grown.items() if k > 0}
+
+
+def spread_random(
+    total: int, widths: Mapping[str, int], layers: Sequence[str], generator: torch.Generator
+) -> dict[str, int]:
+    """``total`` units, each to a uniformly drawn layer of ``layers`` that is not yet doubled."""
+    grown = dict.fromkeys(layers, 0)
+    for _ in range(min(total, sum(widths[name] for name in layers))):
+        open_layers = [name for name in layers if grown[name] < widths[name]]
+        pick = int(torch.randint(len(open_layers), (1,), generator=generator))
+        grown[open_layers[pick]] += 1
+    return {name: k for name, k in grown.items() if k > 0}
+
+
+def _nagn(increments, widths, layers, generator):
+    return dict(increments)
+
+
+def _uniform(increments, widths, layers, generator):
+    return spread_uniform(sum(increments.values()), widths, layers)
+
+
+def _random(increments, widths, layers, generator):
+    return spread_random(sum(increments.values()), widths, layers, generator)
+
+
+Criterion = Callable[
+    [Mapping[str, int], Mapping[str, int], Sequence[str], torch.Generator], dict[str, int]
+]
+
+#: ``name -> criterion(nagn increments, widths, growable layers, generator) -> increments``.
+WHERE_CRITERIA: dict[str, Criterion] = {"nagn": _nagn, "uniform": _uniform, "random": _random}
