@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from netsurgeon.errors import TraceError
 from netsurgeon.graph import functional as _functional  # noqa: F401  (registers handlers)
 from netsurgeon.graph import handlers as _handlers  # noqa: F401  (registers handlers)
 from netsurgeon.graph.analysis import ChannelGroup, Edge, FollowerRef, analyse
@@ -77,6 +78,14 @@ def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> Non
         model.eval()
         with torch.no_grad():
             ShapeProp(gm).propagate(*inputs)
+    except Exception as e:  # a shape mismatch, a wrong number of inputs, a wrong device ...
+        cause = e.__cause__ or e  # ShapeProp wraps the op's own error
+        context = "" if cause is e else f"\n{e}"
+        raise TraceError(
+            f"shape propagation of {type(model).__qualname__} on example_inputs failed: "
+            f"{type(cause).__name__}: {cause}{context}\nFix: pass example_inputs that the model accepts "
+            "(the same shapes, dtype and device as a real batch), or omit them."
+        ) from e
     finally:
         for module, training in modes.items():
             module.training = training

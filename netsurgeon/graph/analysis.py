@@ -203,6 +203,24 @@ class WalkContext:
             label=label,
         )
 
+    def per_channel(self, node: fx.Node, state: ChannelState, found: int, *, what: str) -> int:
+        """Entries per producer channel in a dim holding ``found`` entries (checked).
+
+        After a flatten of unknown spatial size (``state.multiplicity is None``) the answer is
+        inferred as ``found / width``, as a ``Linear`` consumer does; otherwise ``found`` must be
+        ``width * multiplicity``.
+        """
+        if state.multiplicity is None:
+            if found % self.width:
+                self.refuse(
+                    node,
+                    f"{what}={found} is not a multiple of the producer's width {self.width}",
+                    fix="check the flatten, or pass example_inputs so shapes are known",
+                )
+            return found // self.width
+        self.expect_width(node, found, self.width * state.multiplicity, what=what)
+        return state.multiplicity
+
     # -- failures -------------------------------------------------------------------------------
     def expect_width(self, node: fx.Node, found: int, expected: int, *, what: str) -> None:
         if found != expected:
@@ -254,7 +272,7 @@ def analyse(
             reason = handler.unsupported_reason(module)
             if reason is not None:
                 ctx.refuse(node, reason, fix="replace it with a supported layer")
-            group = _walk(node, handler.producer_state(node, module, ctx), ctx)
+            group = _walk(node, handler.producer_state(node, module, ctx), ctx, shared)
         except _Refusal as refusal:
             group = ChannelGroup(producers=(name,), blocked=str(refusal))
         node.meta[META_GROUP] = group
@@ -286,7 +304,33 @@ def _shared_modules(gm: fx.GraphModule, ctx: WalkContext) -> dict[str, str]:
     for name, count in calls.items():
         if count > 1:
             reasons[name] = f"module '{name}' is called {count} times (weight sharing)"
+    for name, others in _tied_parameters(gm, ctx).items():
+        reasons.setdefault(name, f"it shares a parameter with {others} (tied weights)")
     return reasons
+
+
+def _tied_parameters(gm: fx.GraphModule, ctx: WalkContext) -> dict[str, str]:
+    """``{module: other users}`` for parameters reached by two call sites or attribute reads."""
+    owners: dict[int, list[str]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            params = list(ctx.modules[str(node.target)].parameters())
+        elif node.op == "get_attr":
+            value: Any = gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            params = [value] if isinstance(value, nn.Parameter) else []
+        else:
+            continue
+        for param in params:
+            names = owners.setdefault(id(param), [])
+            if str(node.target) not in names:
+                names.append(str(node.target))
+    tied: dict[str, str] = {}
+    for names in owners.values():
+        for name in names if len(names) > 1 else ():
+            tied.setdefault(name, ", ".join(repr(n) for n in names if n != name))
+    return tied
 
 
 def _role_of_name(name: str, ctx: WalkContext) -> str | None:
@@ -295,7 +339,9 @@ def _role_of_name(name: str, ctx: WalkContext) -> str | None:
     return None if handler is None else handler.role
 
 
-def _walk(start: fx.Node, state: ChannelState, ctx: WalkContext) -> ChannelGroup:
+def _walk(
+    start: fx.Node, state: ChannelState, ctx: WalkContext, shared: dict[str, str]
+) -> ChannelGroup:
     edges: list[Edge] = []
     followers: list[FollowerRef] = []
     reaches_output = False
@@ -336,6 +382,8 @@ def _walk(start: fx.Node, state: ChannelState, ctx: WalkContext) -> ChannelGroup
         if flow.kind is FlowKind.QUERY:
             continue
         if flow.kind is FlowKind.FOLLOWER:
+            if str(node.target) in shared:  # a follower shared by two producers grows twice
+                ctx.refuse(node, shared[str(node.target)], fix="give each call its own module")
             followers.append(FollowerRef(str(node.target), flow.state.multiplicity or 1))
         if flow.kind is FlowKind.BLOCK:
             blocked = blocked or f"{flow.reason} (at {node.format_node()})"

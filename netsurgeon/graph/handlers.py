@@ -185,13 +185,10 @@ class BatchNormHandler(FollowerHandler):
                 f"{state.normalized_dim()}",
                 fix="apply BatchNorm to a channel-first tensor",
             )
-        expected = ctx.width * (state.multiplicity or 1)
-        if state.multiplicity is None:
-            ctx.refuse(
-                node, "BatchNorm after a flatten of unknown spatial size", fix="pass example_inputs"
-            )
-        ctx.expect_width(node, self.width(module), expected, what="num_features")
-        return Flow(FlowKind.FOLLOWER, state, label=type(module).__name__)
+        multiplicity = ctx.per_channel(node, state, self.width(module), what="num_features")
+        return Flow(
+            FlowKind.FOLLOWER, state.replace(multiplicity=multiplicity), label=type(module).__name__
+        )
 
 
 @register_module(nn.PReLU)
@@ -211,13 +208,8 @@ class PReLUHandler(FollowerHandler):
             ctx.refuse(
                 node, "per-channel PReLU reads dim 1", fix="apply it to a channel-first tensor"
             )
-        ctx.expect_width(
-            node,
-            module.num_parameters,
-            ctx.width * (state.multiplicity or 1),
-            what="num_parameters",
-        )
-        return Flow(FlowKind.FOLLOWER, state, label="PReLU")
+        multiplicity = ctx.per_channel(node, state, module.num_parameters, what="num_parameters")
+        return Flow(FlowKind.FOLLOWER, state.replace(multiplicity=multiplicity), label="PReLU")
 
 
 _ELEMENTWISE_MODULES = (

@@ -60,8 +60,13 @@ def symbolic_trace(
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as e:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
+        # fx pushes each submodule it enters on ``module_stack`` and leaves it there on failure.
+        stack = list(getattr(tracer, "module_stack", {}).values())
+        inner = [(path, kind) for path, kind in stack if path]
+        kind = getattr(inner[-1][1], "__qualname__", inner[-1][1]) if inner else None
+        where = f" in submodule '{inner[-1][0]}' ({kind})" if inner else ""
         raise TraceError(
-            f"torch.fx could not trace {type(model).__qualname__}: {type(e).__name__}: {e}\n"
+            f"torch.fx could not trace {type(model).__qualname__}{where}: {type(e).__name__}: {e}\n"
             "Common causes: Python control flow on tensor values, len() or bool() of a traced "
             "tensor, or calls into code fx cannot follow. Fix: make the offending submodule a leaf "
             "(trace(model, leaf_modules=[MySubmodule])), wrap the helper function "

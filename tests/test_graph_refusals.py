@@ -1,0 +1,343 @@
+"""netsurgeon.trace refuses what it cannot analyse, by name, and never guesses.
+
+Strict tracing raises ``UnsupportedModelError`` naming the fx node, the module path and what is
+unsupported; tracing failures raise ``TraceError`` naming the submodule and the workarounds;
+``strict=False`` marks only the affected producers unwidenable.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import netsurgeon
+from netsurgeon import NetsurgeonError, TraceError, UnsupportedModelError
+
+
+class Residual(nn.Module):
+    """``stem -> a -> b``, ``stem + b -> mid -> fc``: stem and b are coupled by the add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.b(F.relu(self.a(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.mid(x), 1), 1))
+
+
+class TwoBranches(nn.Module):
+    """``a(x) <op> b(x) -> out`` for a binary op combining two layers' channels."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(4, 8)
+        self.out = nn.Linear(16 if op == "cat" else 8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "mul":
+            return self.out(self.a(x) * torch.sigmoid(self.b(x)))
+        if self.op == "cat":
+            return self.out(torch.cat([self.a(x), self.b(x)], dim=1))
+        return self.out(self.a(x) + self.b(x))
+
+
+def conv_stack(middle: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), middle, nn.Conv2d(8, 4, 1))
+
+
+class CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.fc = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc(F.relu(self.fc(self.a(x)))))
+
+
+class Aliased(CalledTwice):
+    """One module under two attribute names: still one module called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_again = self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc_again(F.relu(self.fc(self.a(x)))))
+
+
+class FunctionalWeight(CalledTwice):
+    """``fc`` is called and its weight is also read by ``F.linear`` (tied weights)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(F.relu(self.a(x)))
+        return self.out(F.linear(h, self.fc.weight))
+
+
+class FunctionalOnly(CalledTwice):
+    """``fc`` is never called: ``a``'s channels flow into an unknown ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.linear(F.relu(self.a(x)), self.fc.weight, self.fc.bias))
+
+
+class SharedBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3)
+        self.c2 = nn.Conv2d(8, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.c2(F.relu(self.bn(self.c1(x)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def tied_parameter() -> nn.Module:
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4), nn.Linear(4, 8), nn.Linear(8, 2)
+    )
+    model[3].weight = model[0].weight  # both (8, 4)
+    return model
+
+
+class Cumsum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.d = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.d(torch.cumsum(self.c(x), dim=1))
+
+
+class NoFlattenBeforeLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x))
+
+
+REFUSED = {
+    "residual add": (Residual, r"layer 'stem' at node 'add': 'add' combines two tensors"),
+    "gating mul": (
+        lambda: TwoBranches("mul"),
+        r"layer 'a' at node 'mul': 'mul' combines two tensors",
+    ),
+    "cat": (lambda: TwoBranches("cat"), r"layer 'a' at node 'cat': 'cat' couples the widths"),
+    "add of two layers": (lambda: TwoBranches("add"), r"'add' combines two tensors"),
+    "grouped conv": (
+        lambda: conv_stack(nn.Conv2d(8, 8, 3, padding=1, groups=2)),
+        r"layer '0' at module '1': grouped convolution \(groups=2\)",
+    ),
+    "depthwise conv": (
+        lambda: conv_stack(nn.Conv2d(8, 8, 3, padding=1, groups=8)),
+        r"grouped convolution \(groups=8\)",
+    ),
+    "module called twice": (CalledTwice, r"at module 'fc': module 'fc' is called 2 times"),
+    "module under two names": (Aliased, r"module 'fc' is called 2 times \(weight sharing\)"),
+    "weight read by F.linear": (FunctionalWeight, r"parameter 'fc.weight' is used directly"),
+    "only F.linear with a layer's weight": (FunctionalOnly, r"'linear' is not a known"),
+    "tied parameters": (tied_parameter, r"layer '0' at module '0': it shares a parameter with '3'"),
+    "shared batchnorm": (SharedBatchNorm, r"at module 'bn': module 'bn' is called 2 times"),
+    "torch.cumsum": (Cumsum, r"at node 'cumsum': 'cumsum' is not a known width-preserving op"),
+    "LayerNorm": (
+        lambda: conv_stack(nn.LayerNorm([8, 6, 6])),
+        r"at module '1': 'LayerNorm' is not a known width-preserving op",
+    ),
+    "GroupNorm": (lambda: conv_stack(nn.GroupNorm(2, 8)), r"'GroupNorm' is not a known"),
+    "return_indices": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(2, return_indices=True)),
+        r"pooling with return_indices=True",
+    ),
+    "linear on an unflattened map": (NoFlattenBeforeLinear, r"flatten the map first"),
+    "flatten of the batch dim": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(0), nn.Linear(4, 2)),
+        r"flatten\(start_dim=0, end_dim=-1\)",
+    ),
+    "wrong linear in_features": (
+        lambda: nn.Sequential(nn.Linear(4, 8), nn.Linear(9, 2)),
+        r"at module '1': in_features=9 but the producer '0' delivers 8",
+    ),
+    "wrong conv in_channels": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(9, 2, 1)),
+        r"in_channels=9 but the producer '0' delivers 8",
+    ),
+    "wrong batchnorm size": (
+        lambda: conv_stack(nn.BatchNorm2d(9)),
+        r"num_features=9 but the producer '0' delivers 8",
+    ),
+    "flattened size not a multiple": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(12, 2)),
+        r"in_features=12 is not a multiple of the producer's width 8",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_unsupported_structure_is_refused_naming_node_and_module(case: str) -> None:
+    build, pattern = REFUSED[case]
+    with pytest.raises(UnsupportedModelError, match=pattern) as info:
+        netsurgeon.trace(build())
+    assert "fx node: %" in str(info.value)
+    assert "fix: " in str(info.value)
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_non_strict_tracing_blocks_the_refused_producer_with_the_same_reason(case: str) -> None:
+    build, pattern = REFUSED[case]
+    graph = netsurgeon.trace(build(), strict=False)
+    blocked = [n for n in graph.layers if graph.group(n).blocked is not None]
+    assert blocked
+    assert any(re.search(pattern, graph.unwidenable_reason(n) or "") for n in blocked)
+    assert not set(blocked) & set(graph.widenable_layers)
+
+
+def test_non_strict_residual_keeps_the_uncoupled_layers_widenable() -> None:
+    graph = netsurgeon.trace(Residual(), torch.randn(1, 3, 6, 6), strict=False)
+    assert graph.layers == ["stem", "a", "b", "mid", "fc"]
+    assert graph.widenable_layers == ["a", "mid"]
+    for coupled in ("stem", "b"):
+        reason = graph.unwidenable_reason(coupled)
+        assert reason is not None and "'add' combines two tensors" in reason
+    assert graph.consumers_of("a") == ["b"]
+    assert graph.edges_from("mid")[0].consumer == "fc"
+    assert graph.output_layers == {"fc"}
+
+
+def test_view_to_a_literal_width_makes_the_producer_unwidenable_but_traces() -> None:
+    class LiteralView(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.hidden = nn.Linear(128, 16)
+            self.out = nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(F.relu(self.hidden(F.relu(self.conv(x)).view(-1, 128))))
+
+    for inputs in (None, torch.randn(2, 3, 4, 4)):
+        graph = netsurgeon.trace(LiteralView(), inputs)
+        reason = graph.unwidenable_reason("conv")
+        assert reason is not None
+        assert "(-1, 128)" in reason and "use torch.flatten(x, 1) instead" in reason
+        assert graph.widenable_layers == ["hidden"]
+        assert graph.consumers_of("hidden") == ["out"]
+
+
+def test_softmax_over_the_channels_makes_the_producer_unwidenable() -> None:
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.score = nn.Linear(4, 6)
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(F.softmax(self.score(x), dim=1))
+
+    graph = netsurgeon.trace(Attention())
+    assert "softmax over its channels" in (graph.unwidenable_reason("score") or "")
+    assert graph.widenable_layers == []
+
+
+# -- tracing failures ---------------------------------------------------------------------------
+class Gate(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow
+            return x
+        return -x
+
+
+class GatedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = Gate()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.gate(x))
+
+
+class LenNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * len(x)
+
+
+def test_data_dependent_control_flow_names_the_submodule_and_the_workarounds() -> None:
+    with pytest.raises(
+        TraceError, match=r"could not trace GatedNet in submodule 'gate' \(Gate\)"
+    ) as info:
+        netsurgeon.trace(GatedNet())
+    message = str(info.value)
+    assert "control flow" in message
+    assert "leaf_modules=" in message and "concrete_args=" in message
+    assert isinstance(info.value.__cause__, Exception)
+
+
+def test_making_the_offending_submodule_a_leaf_lets_tracing_succeed() -> None:
+    graph = netsurgeon.trace(GatedNet(), leaf_modules=[Gate])
+    assert graph.layers == ["conv"]
+
+
+def test_len_of_a_traced_tensor_is_a_trace_error() -> None:
+    with pytest.raises(TraceError, match=r"could not trace LenNet: .*'len' is not supported"):
+        netsurgeon.trace(LenNet())
+
+
+def test_example_inputs_the_model_rejects_are_a_trace_error() -> None:
+    with pytest.raises(TraceError, match=r"on example_inputs failed: RuntimeError: mat1 and mat2"):
+        netsurgeon.trace(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), torch.randn(2, 5))
+
+
+def test_example_inputs_of_the_wrong_type_are_a_type_error() -> None:
+    with pytest.raises(TypeError, match="example_inputs must be a tensor or a tuple"):
+        netsurgeon.trace(nn.Linear(4, 2), {"x": torch.randn(2, 4)})
+
+
+def test_non_module_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"trace\(\) expects an nn.Module, got function"):
+        netsurgeon.trace(lambda x: x)  # type: ignore[arg-type]
+
+
+# -- wrappers -----------------------------------------------------------------------------------
+class DistributedDataParallel(nn.Module):
+    """Stands in for torch's DDP, which needs a process group."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+
+def test_data_parallel_is_refused_with_what_to_pass() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    for wrapped in (nn.DataParallel(model), DistributedDataParallel(model)):
+        with pytest.raises(NetsurgeonError, match=r"DataParallel wrapper.*Pass model\.module"):
+            netsurgeon.trace(wrapped)
+    assert netsurgeon.trace(nn.DataParallel(model).module).layers == ["0", "1"]
+
+
+def test_compiled_module_is_refused_with_what_to_pass() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    with pytest.raises(NetsurgeonError, match=r"OptimizedModule wrapper.*Pass model\._orig_mod"):
+        netsurgeon.trace(torch.compile(model))
