@@ -26,12 +26,12 @@ __all__: list[str] = []
 _ELEMENTWISE_FUNCTIONS = (
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_,
     F.celu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus,
-    F.logsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, torch.exp, torch.abs,
+    F.logsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, torch.exp, torch.abs, torch.clamp,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
 )  # fmt: skip
 _ELEMENTWISE_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "contiguous", "clone",
-    "float", "double", "half", "bfloat16",
+    "float", "double", "half", "bfloat16", "clamp", "clamp_", "clamp_min", "clamp_max",
 )  # fmt: skip
 _POOL_FUNCTIONS = (
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
@@ -123,6 +123,41 @@ class SoftmaxHandler(OpHandler):
                 reason="a softmax over its channels would change when channels are added",
             )
         return Flow(FlowKind.PASS, state, label=ctx.op_name(node))
+
+
+@register_function(torch.mean, torch.sum, torch.amax, torch.amin)
+@register_method("mean", "sum", "amax", "amin")
+class SpatialReductionHandler(OpHandler):
+    """``x.mean((2, 3))``: reducing spatial dims keeps the channels; reducing them is refused."""
+
+    def flow(self, node: fx.Node, state: ChannelState, ctx: WalkContext) -> Flow:
+        dims = _arg(node, 1, "dim", None)
+        dims = (dims,) if isinstance(dims, int) else dims
+        channel = state.normalized_dim()
+        rank = state.rank
+        if (
+            not isinstance(dims, (tuple, list))
+            or not dims
+            or rank is None
+            or channel is None
+            or state.flattened
+            or not all(isinstance(d, int) for d in dims)
+        ):
+            ctx.refuse(
+                node,
+                f"reduction over dims {dims!r} of a tensor whose channels are on dim {channel}",
+                fix="reduce over explicit spatial dims, e.g. x.mean((2, 3)) or use AdaptiveAvgPool",
+            )
+        reduced = sorted(d % rank for d in dims)
+        if 0 in reduced or channel in reduced:
+            ctx.refuse(
+                node,
+                f"reduction over dims {tuple(dims)} includes the batch or channel dim",
+                fix="reduce over spatial dims only",
+            )
+        keepdim = bool(_arg(node, 2, "keepdim", False))
+        new_rank = rank if keepdim else rank - len(reduced)
+        return Flow(FlowKind.PASS, state.replace(rank=new_rank), label=ctx.op_name(node))
 
 
 @register_method("size", "dim", "numel")
