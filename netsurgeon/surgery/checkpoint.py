@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from netsurgeon.errors import WidenError
-from netsurgeon.graph import trace
+from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.init import PaperInit
 from netsurgeon.surgery.widen import stage
@@ -22,13 +22,25 @@ from netsurgeon.surgery.widen import stage
 __all__ = ["load_state_dict", "plan_from_state_dict"]
 
 
-def plan_from_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, int]:
+class _Placeholder(PaperInit):
+    """Zero rows: the checkpoint's values overwrite them, and no random number is drawn."""
+
+    def new_rows(self, weight, out, *, old_in, sources, generator):
+        out.zero_()
+
+
+def plan_from_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Any], *, example_inputs: Any = None
+) -> dict[str, int]:
     """``{layer: units to add}`` that makes ``model``'s layers as wide as in ``state_dict``.
 
     Raises:
         WidenError: a layer is wider in the model than in the checkpoint (surgery never shrinks).
     """
-    graph = trace(model, strict=False)
+    return _plan(trace(model, example_inputs, strict=False), state_dict)
+
+
+def _plan(graph: LayerGraph, state_dict: Mapping[str, Any]) -> dict[str, int]:
     plan: dict[str, int] = {}
     for name, width in graph.widths().items():
         weight = state_dict.get(f"{name}.weight")
@@ -46,12 +58,18 @@ def plan_from_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> dic
 
 
 def load_state_dict(
-    model: nn.Module, state_dict: Mapping[str, Any], *, strict: bool = True
+    model: nn.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    example_inputs: Any = None,
 ) -> nn.Module:
     """Widen ``model`` to the checkpoint's widths, then load it (like ``nn.Module.load_state_dict``).
 
     Build the optimizer on ``model`` before or after this call and load its state dict
-    afterwards: the parameters are the same objects, now of the checkpoint's shapes.
+    afterwards: the parameters are the same objects, now of the checkpoint's shapes. Pass the
+    same ``example_inputs`` as to ``widen`` when the model needs them (a BatchNorm1d after a
+    flatten). No random number is drawn: the global RNG state is left as it was.
 
     Raises:
         WidenError: the checkpoint does not fit (a narrower layer, a shape the widening cannot
@@ -66,12 +84,12 @@ def load_state_dict(
         11
     """
     check_plain_module(model, "load_state_dict")
-    plan = plan_from_state_dict(model, state_dict)
+    graph = trace(model, example_inputs, strict=False)
+    plan = _plan(graph, state_dict)
     if not plan:
         model.load_state_dict(state_dict, strict=strict)
         return model
-    graph = trace(model, strict=False)
-    surgery = stage(graph, plan, PaperInit())
+    surgery = stage(graph, plan, _Placeholder())
     current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     current.update(surgery.new_shapes())
     for key, shape in current.items():
@@ -82,6 +100,13 @@ def load_state_dict(
                 f"checkpoint has {tuple(value.shape)}; the checkpoint was not produced by "
                 "widening this model"
             )
+    missing, unexpected = set(current) - set(state_dict), set(state_dict) - set(current)
+    if strict and (missing or unexpected):  # checked before the commit: nothing changes
+        raise WidenError(
+            f"the checkpoint does not match {type(model).__name__}: missing keys "
+            f"{sorted(missing)}, unexpected keys {sorted(unexpected)}. Fix: load a checkpoint "
+            "of this model class, or pass strict=False."
+        )
     surgery.commit(None)
     model.load_state_dict(state_dict, strict=strict)
     return model

@@ -2,15 +2,19 @@
 
 Policy: every per-parameter state tensor with the parameter's old shape (AdamW ``exp_avg``,
 ``exp_avg_sq``, ``max_exp_avg_sq``; SGD ``momentum_buffer``; RMSprop ``square_avg``; Adagrad
-``sum``; ...) is embedded in a zero tensor of the new shape: old slices bit-identical, grown
-slices zero. Scalars (``step``) are untouched. The parameter objects themselves do not change,
-so ``param_groups`` need no edit and foreach/fused implementations keep working.
+``sum``; ...) is embedded in a tensor of the new shape: old slices bit-identical, grown slices
+holding the value a fresh optimizer starts from (zero, except Rprop's ``step_size``, which starts
+at the group's ``lr``, and Adagrad's ``sum``, at ``initial_accumulator_value``). Scalars
+(``step``) are untouched. The parameter objects themselves do not change, so ``param_groups``
+need no edit and foreach/fused implementations keep working.
 
 Consequence for Adam-family optimizers: a new coordinate starts with ``exp_avg = exp_avg_sq = 0``
-but the shared ``step`` is already large, so its bias correction is ~1 and its first update is
-``lr * g / (sqrt(1 - beta2) * |g| + eps)``-like, i.e. ``(1 - beta1) / sqrt(1 - beta2) ~ 3.16x``
-``lr`` in magnitude for the default betas, against ``lr`` for a fresh parameter at step 1.
-``docs/widen.md`` records the measurement.
+but shares the step count ``t``, so its first update gets the bias corrections of step ``t + 1``:
+``|delta| = lr * (1 - b1) / (1 - b1^(t+1)) * sqrt((1 - b2^(t+1)) / (1 - b2))`` (eps ignored),
+against ``lr`` for a fresh parameter at step 1. With the default betas that is 0.98x at
+``t = 100``, 2.5x at ``t = 1000`` and tends to ``(1 - b1) / sqrt(1 - b2) = 3.16x``: the b2
+correction takes thousands of steps to reach 1. ``docs/widen.md`` records the measurement
+(``benchmarks/adam_new_units.py``).
 """
 
 from __future__ import annotations
@@ -54,5 +58,18 @@ def grown_state(
                 "factored state that cannot be grown. Fix: widen without optimizer= and build a "
                 "new optimizer afterwards."
             )
-        grown[key] = embed(value, new_shape)
+        grown[key] = embed(value, new_shape, fill=_initial_value(optimizer, param, key))
     return grown
+
+
+def _initial_value(optimizer: torch.optim.Optimizer, param: torch.Tensor, key: str) -> float:
+    """The value a fresh ``optimizer`` gives state ``key`` of ``param`` (zero for most)."""
+    if isinstance(optimizer, torch.optim.Rprop) and key == "step_size":
+        return float(_group_of(optimizer, param)["lr"])
+    if isinstance(optimizer, torch.optim.Adagrad) and key == "sum":
+        return float(_group_of(optimizer, param)["initial_accumulator_value"])
+    return 0.0
+
+
+def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+    return next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
