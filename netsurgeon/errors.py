@@ -4,15 +4,20 @@ from __future__ import annotations
 
 __all__ = [
     "NetsurgeonError",
+    "NetsurgeonTypeError",
+    "PlanError",
     "TraceError",
     "UnsupportedModelError",
     "WidenError",
-    "PlanError",
 ]
 
 
 class NetsurgeonError(Exception):
     """Base class of every error netsurgeon raises on purpose."""
+
+
+class NetsurgeonTypeError(NetsurgeonError, TypeError):
+    """An argument has the wrong type (a plan that is not a mapping, a model that is not a module)."""
 
 
 class TraceError(NetsurgeonError, RuntimeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from netsurgeon.errors import WidenError
+from netsurgeon.errors import NetsurgeonTypeError, WidenError
 
 __all__ = ["check_plain_module"]
 
@@ -24,7 +24,9 @@ def check_plain_module(model: object, entry_point: str) -> None:
         WidenError: ``model`` is a wrapper; the message says what to pass instead.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{entry_point}() expects an nn.Module, got {type(model).__name__}")
+        raise NetsurgeonTypeError(
+            f"{entry_point}() expects an nn.Module, got {type(model).__name__}"
+        )
     for cls in type(model).__mro__:
         if cls.__name__ in _WRAPPERS:
             raise WidenError(

@@ -8,6 +8,7 @@ staging that fails, leaves the model and the optimizer bit-identical.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.errors import WidenError
+from netsurgeon.errors import NetsurgeonTypeError, WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.init import InitStrategy, get_init
@@ -103,7 +104,7 @@ def widen(
     strategy = get_init(init)
     plan = validate_plan(plan)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
+        raise NetsurgeonTypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
     graph = trace(model, example_inputs, strict=False)
@@ -115,18 +116,31 @@ def widen(
 def validate_plan(plan: Mapping[str, int]) -> dict[str, int]:
     """Check the plan's types and counts (layer names are checked against the graph later)."""
     if not isinstance(plan, Mapping):
-        raise TypeError(f"plan must be a mapping {{layer name: units}}, got {type(plan).__name__}")
+        raise NetsurgeonTypeError(
+            f"plan must be a mapping {{layer name: units}}, got {type(plan).__name__}"
+        )
     checked: dict[str, int] = {}
     for name, k in plan.items():
         if not isinstance(name, str):
-            raise TypeError(f"plan keys must be layer names (str), got {name!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise NetsurgeonTypeError(f"plan keys must be layer names (str), got {name!r}")
+        count = _as_count(k)
+        if count is None or count < 1:
             raise WidenError(
                 f"plan[{name!r}] = {k!r}: expected a positive int number of units to add; "
                 "drop layers that should not grow from the plan"
             )
-        checked[name] = int(k)
+        checked[name] = count
     return checked
+
+
+def _as_count(k: object) -> int | None:
+    """``k`` as an int if it is integral (int, numpy integer, 0-d integer tensor), else ``None``."""
+    if isinstance(k, bool):
+        return None
+    try:
+        return operator.index(k)
+    except TypeError:
+        return None
 
 
 def stage(
