@@ -7,6 +7,8 @@ it trains.
 
 from netsurgeon._version import __version__
 from netsurgeon.errors import (
+    MonitorError,
+    NetsurgeonTypeError,
     NetsurgeonError,
     PlanError,
     TraceError,
@@ -33,8 +35,10 @@ __all__ = [
     "GrowthPlanner",
     "InitStrategy",
     "LayerGraph",
+    "MonitorError",
     "NAGNMonitor",
     "NetsurgeonError",
+    "NetsurgeonTypeError",
     "PlanError",
     "TraceError",
     "UnsupportedModelError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "MonitorError",
     "NetsurgeonError",
     "NetsurgeonTypeError",
     "PlanError",
@@ -34,3 +35,7 @@ class WidenError(NetsurgeonError, ValueError):
 
 class PlanError(NetsurgeonError, ValueError):
     """Inputs to the growth planner are inconsistent (mismatched layers, negative widths, ...)."""
+
+
+class MonitorError(NetsurgeonError, RuntimeError):
+    """The NAGN monitor has nothing to report (no gradient reached a layer since the last reset)."""

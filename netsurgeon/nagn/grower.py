@@ -29,14 +29,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from netsurgeon.errors import NetsurgeonError
 from netsurgeon.graph import trace
 from netsurgeon.nagn.monitor import DEFAULT_EVERY, NAGNMonitor
 from netsurgeon.nagn.planner import (
     DEFAULT_MAX_STEP,
     GrowthPlan,
     GrowthPlanner,
-    LayerPlan,
     conv_backbone_groups,
 )
 from netsurgeon.nagn.where import WHERE_CRITERIA
@@ -131,7 +129,7 @@ class GrowthEvent:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GrowthEvent:
-        return cls(**{**data, "plan": _plan_from_dict(data["plan"])})
+        return cls(**{**data, "plan": GrowthPlan.from_dict(data["plan"])})
 
 
 def window_gain(accuracies: list[float], w: int) -> float | None:
@@ -238,12 +236,7 @@ class Grower:
         return event
 
     def _grow(self, accuracy: float) -> GrowthEvent | None:
-        profile = self.monitor.profile()
-        if not all(math.isfinite(v) for v in profile.values()):
-            raise NetsurgeonError(
-                f"epoch {self.epoch}: the NAGN monitor saw no gradient for some layers "
-                f"({profile}); call grower.step() after training steps with loss.backward()"
-            )
+        profile = self.monitor.profile()  # MonitorError if the epoch had no training step
         graph = trace(self.model, strict=False)
         widths = graph.widths()
         growable = graph.widenable_layers
@@ -327,25 +320,3 @@ class Grower:
 
 def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-_FLOAT_FIELDS = {"nagn", "neighbour", "contrast", "excess", "score", "median_slope", "max_excess"}
-
-
-def _plan_from_dict(data: dict[str, Any]) -> GrowthPlan:
-    """Inverse of ``GrowthPlan.to_dict`` (which writes non-finite floats as ``None``)."""
-
-    def restore(record: dict[str, Any], fields: set[str]) -> dict[str, Any]:
-        return {
-            k: (math.nan if v is None and k in _FLOAT_FIELDS else v)
-            for k, v in record.items()
-            if k in fields
-        }
-
-    row_fields = {f.name for f in dataclasses.fields(LayerPlan)}
-    plan_fields = {f.name for f in dataclasses.fields(GrowthPlan)} - {"rows", "monotone_groups"}
-    return GrowthPlan(
-        rows=tuple(LayerPlan(**restore(row, row_fields)) for row in data["rows"]),
-        monotone_groups=tuple(tuple(g) for g in data["monotone_groups"]),
-        **restore(data, plan_fields),
-    )

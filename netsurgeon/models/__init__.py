@@ -1,0 +1,23 @@
+"""Model builders used by the benchmarks and examples."""
+
+from __future__ import annotations
+
+from netsurgeon.models.vgg import (
+    FIG1_WIDTHS,
+    PAPER_WIDTHS,
+    VGG,
+    ConvBNReLU,
+    vgg,
+    vgg_num_parameters,
+    widths_of,
+)
+
+__all__ = [
+    "FIG1_WIDTHS",
+    "PAPER_WIDTHS",
+    "VGG",
+    "ConvBNReLU",
+    "vgg",
+    "vgg_num_parameters",
+    "widths_of",
+]

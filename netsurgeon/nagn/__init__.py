@@ -1,0 +1,35 @@
+"""NAGN: measure where a network is under-expressive and plan how much to grow it.
+
+- :class:`NAGNMonitor` collects the Normalized Activation Gradient Norm per layer during training.
+- :func:`plan_growth` / :class:`GrowthPlanner` turn a NAGN profile into width increments
+  (:class:`GrowthPlan`), following section 3 of "Where to grow".
+"""
+
+from __future__ import annotations
+
+from netsurgeon.nagn.grower import Grower, GrowthConfig, GrowthEvent
+from netsurgeon.nagn.monitor import DEFAULT_EVERY, NAGNMonitor
+from netsurgeon.nagn.planner import (
+    GrowthPlan,
+    GrowthPlanner,
+    LayerPlan,
+    conv_backbone_groups,
+    plan_growth,
+    relative_contrast,
+)
+from netsurgeon.nagn.where import WHERE_CRITERIA
+
+__all__ = [
+    "DEFAULT_EVERY",
+    "WHERE_CRITERIA",
+    "Grower",
+    "GrowthConfig",
+    "GrowthEvent",
+    "GrowthPlan",
+    "GrowthPlanner",
+    "LayerPlan",
+    "NAGNMonitor",
+    "conv_backbone_groups",
+    "plan_growth",
+    "relative_contrast",
+]

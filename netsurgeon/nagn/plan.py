@@ -1,0 +1,193 @@
+"""Records of a growth plan: one :class:`LayerPlan` row per layer inside a :class:`GrowthPlan`.
+
+The planner (:mod:`netsurgeon.nagn.planner`) fills them; the grower, the benchmark's reports and
+checkpoints read them back (``to_dict`` / ``from_dict``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["GrowthPlan", "LayerPlan"]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's row of a :class:`GrowthPlan`.
+
+    Attributes:
+        name: qualified module name.
+        width: width ``n_l`` before growth.
+        nagn: ``NAGN_l``.
+        neighbour: neighbourhood mean ``g~_l`` actually used for the contrast.
+        neighbour_rule: ``"interior"``, ``"extrapolated"``, ``"adjacent"`` (end layer whose
+            extrapolation was <= 0), ``"single"`` (one-layer profile) or ``"zero"`` (neighbourhood
+            mean is 0: no evidence, ``r = 0``).
+        extrapolated: the raw extrapolation for end layers (may be <= 0), else ``None``.
+        contrast: relative contrast ``r_l``.
+        excess: ``p_l = max(r_l - tau, 0)``.
+        score: ``s_l`` in [0, 1] (0 for output layers and under the fallback).
+        raw_increment: ``dn_l`` from the contrast rule or the fallback, before the constraint.
+        increment: final ``dn_l`` after the non-decreasing constraint.
+        is_output: output layer (never grows).
+        adjusted: the non-decreasing constraint raised this layer's increment.
+    """
+
+    name: str
+    width: int
+    nagn: float
+    neighbour: float
+    neighbour_rule: str
+    extrapolated: float | None
+    contrast: float
+    excess: float
+    score: float
+    raw_increment: int
+    increment: int
+    is_output: bool
+    adjusted: bool
+
+
+@dataclass(frozen=True)
+class GrowthPlan:
+    """What the planner decided and why: the settings, one :class:`LayerPlan` per layer, the rule.
+
+    Attributes:
+        rows: one row per layer, in profile (depth) order.
+        rule: ``"contrast"`` (some growable layer cleared ``tau``), ``"fallback:<name>"``, or
+            ``"no growable layers"``.
+        median_slope: ``m`` used by the end-layer extrapolation (``nan`` for one layer).
+        max_excess: ``max_j p_j`` over growable layers.
+        tau, max_step, monotone, fallback, fallback_fraction: the settings used.
+        monotone_groups: the layer groups the constraint was applied to.
+    """
+
+    rows: tuple[LayerPlan, ...]
+    rule: str
+    median_slope: float
+    max_excess: float
+    tau: float
+    max_step: int | None
+    monotone: bool
+    fallback: str
+    fallback_fraction: float
+    monotone_groups: tuple[tuple[str, ...], ...] = field(default=())
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer names in profile order."""
+        return [row.name for row in self.rows]
+
+    @property
+    def increments(self) -> dict[str, int]:
+        """``{layer: dn}`` for layers that grow (``dn > 0``), in depth order; ready for ``widen``."""
+        return {row.name: row.increment for row in self.rows if row.increment > 0}
+
+    @property
+    def grows(self) -> bool:
+        """Whether any layer grows."""
+        return any(row.increment > 0 for row in self.rows)
+
+    @property
+    def profile(self) -> dict[str, float]:
+        """The NAGN profile the plan was made from."""
+        return {row.name: row.nagn for row in self.rows}
+
+    @property
+    def contrasts(self) -> dict[str, float]:
+        """``{layer: r_l}`` for every layer, output layers included."""
+        return {row.name: row.contrast for row in self.rows}
+
+    @property
+    def widths_before(self) -> dict[str, int]:
+        """Widths the plan was made for."""
+        return {row.name: row.width for row in self.rows}
+
+    @property
+    def widths_after(self) -> dict[str, int]:
+        """Widths once the plan is applied."""
+        return {row.name: row.width + row.increment for row in self.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict with every setting and intermediate (non-finite floats as None)."""
+        out = asdict(self)
+        out["monotone_groups"] = [list(g) for g in self.monotone_groups]
+        out["increments"] = self.increments
+        return _finite_or_none(out)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GrowthPlan:
+        """Inverse of :meth:`to_dict` (``None`` floats come back as ``nan``)."""
+        rows = tuple(
+            LayerPlan(**{k: _nan_if_none(k, v) for k, v in row.items()}) for row in data["rows"]
+        )
+        names = {f.name for f in fields(cls)} - {"rows", "monotone_groups"}
+        return cls(
+            rows=rows,
+            monotone_groups=tuple(tuple(g) for g in data.get("monotone_groups", ())),
+            **{k: _nan_if_none(k, data[k]) for k in names},
+        )
+
+    def to_json(self, **kwargs: Any) -> str:
+        """``json.dumps(self.to_dict(), **kwargs)``."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        head = (
+            f"GrowthPlan(rule={self.rule}, tau={self.tau:g}, max_step={self.max_step}, "
+            f"monotone={self.monotone}, fallback={self.fallback}, m={self.median_slope:.4g})"
+        )
+        cols = ("layer", "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn", "")
+        lines = [
+            (
+                row.name,
+                str(row.width),
+                f"{row.nagn:.4g}",
+                f"{row.neighbour:.4g}",
+                row.neighbour_rule,
+                f"{row.contrast:+.4f}",
+                f"{row.excess:.4f}",
+                f"{row.score:.3f}",
+                str(row.raw_increment),
+                str(row.increment),
+                ("output" if row.is_output else "") + (" monotone" if row.adjusted else ""),
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
+
+        def fmt(cells: Sequence[str]) -> str:
+            first = cells[0].ljust(widths[0])
+            rest = (
+                c.rjust(w) if i < 9 else c
+                for i, (c, w) in enumerate(zip(cells[1:], widths[1:], strict=True))
+            )
+            return "  ".join([first, *rest]).rstrip()
+
+        return "\n".join([head, fmt(cols), *(fmt(line) for line in lines)])
+
+
+_FLOAT_FIELDS = frozenset(
+    {"nagn", "neighbour", "contrast", "excess", "score", "median_slope", "max_excess"}
+)
+
+
+def _nan_if_none(key: str, value: Any) -> Any:
+    return math.nan if value is None and key in _FLOAT_FIELDS else value
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- math

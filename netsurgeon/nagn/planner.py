@@ -1,0 +1,438 @@
+"""Where and how much to grow: section 3 of "Where to grow" turned into pure functions.
+
+Given a NAGN profile ``g_1 .. g_L`` (depth order) and the current widths ``n_1 .. n_L``:
+
+1. Neighbourhood mean. Interior layers: ``g~_l = (g_{l-1} + g_{l+1}) / 2``. End layers use the
+   median slope ``m = median(g_{l+1} - g_l)``: ``g~_1 = g_2 - m`` and ``g~_L = g_{L-1} + m``. When
+   that extrapolation is not positive (a steep profile), the end layer falls back to its single
+   real neighbour ``g_2`` or ``g_{L-1}``. A neighbourhood mean of zero (all-zero neighbours) gives
+   no evidence: ``r = 0``; a contrast that overflows is clamped to the largest finite float.
+2. Relative contrast ``r_l = g_l / g~_l - 1``; excess ``p_l = max(r_l - tau, 0)``.
+3. Score ``s_l = p_l / max_j p_j``, the max over growable layers only (output layers get a
+   contrast, because their NAGN feeds the extrapolation, but never grow and never set the scale).
+4. Increment ``dn_l = min(max_step, floor(s_l * n_l))``; ``dn_l <= n_l`` ("at most doubled").
+5. Fallback when no growable layer clears ``tau``: each growable layer whose NAGN exceeds its
+   predecessor's grows ``max(1, floor(fallback_fraction * n_l))`` (``"fraction"``), one unit
+   (``"unit"``), or nothing (``"none"``).
+6. Non-decreasing constraint (``monotone``): inside each group of layers (default: every growable
+   layer, in profile order; for a CNN pass the conv backbone, see :func:`conv_backbone_groups`)
+   a layer narrower than its (grown) predecessor is raised towards it, never beyond its per-step
+   limit ``min(max_step, n_l)``.
+
+Every intermediate is kept in a frozen :class:`GrowthPlan`. The plan is exactly invariant to
+scaling the profile by a power of two (the contrast is a ratio).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from netsurgeon.errors import PlanError
+from netsurgeon.nagn.plan import GrowthPlan, LayerPlan
+
+__all__ = [
+    "FALLBACKS",
+    "GrowthPlan",
+    "GrowthPlanner",
+    "LayerPlan",
+    "conv_backbone_groups",
+    "monotone_adjust",
+    "plan_growth",
+    "relative_contrast",
+]
+
+Fallback = Literal["fraction", "unit", "none"]
+FALLBACKS: tuple[str, ...] = ("fraction", "unit", "none")
+
+#: Default per-step cap on added units (Delta_max); see docs/nagn.md for the reasoning.
+DEFAULT_MAX_STEP = 32
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def relative_contrast(
+    nagn: Sequence[float],
+) -> tuple[list[float], list[float], list[str], list[float | None], float]:
+    """Neighbourhood means and relative contrasts of a profile (paper eq. 2 and the end rule).
+
+    Args:
+        nagn: ``(L,)`` non-negative NAGN values in depth order.
+
+    Returns:
+        ``(neighbour, contrast, rule, extrapolated, m)``: three ``(L,)`` lists (see
+        :class:`LayerPlan` for the rule names), the ``(L,)`` raw end-layer extrapolations
+        (``None`` for interior layers) and the median slope ``m`` (``nan`` when ``L == 1``).
+
+    Example:
+        >>> _, r, _, _, m = relative_contrast([1.0, 2.0, 1.0, 1.0])
+        >>> [round(x, 3) for x in r], m
+        ([-0.5, 1.0, -0.333, 0.0], 0.0)
+    """
+    g = [float(x) for x in nagn]
+    size = len(g)
+    if size == 1:
+        return [g[0]], [0.0], ["single"], [None], math.nan
+    m = statistics.median(g[i + 1] - g[i] for i in range(size - 1))
+    neighbour: list[float] = []
+    rule: list[str] = []
+    extrapolated: list[float | None] = []
+    for i in range(size):
+        if 0 < i < size - 1:
+            neighbour.append((g[i - 1] + g[i + 1]) / 2)
+            rule.append("interior")
+            extrapolated.append(None)
+            continue
+        adjacent = g[1] if i == 0 else g[size - 2]
+        guess = adjacent - m if i == 0 else adjacent + m
+        extrapolated.append(guess)
+        if guess > 0:
+            neighbour.append(guess)
+            rule.append("extrapolated")
+        else:
+            neighbour.append(adjacent)
+            rule.append("adjacent")
+    contrast = []
+    for i in range(size):
+        if neighbour[i] > 0:  # a vanishing neighbourhood may overflow: keep it finite
+            contrast.append(min(g[i] / neighbour[i] - 1.0, sys.float_info.max))
+        else:
+            contrast.append(0.0)
+            rule[i] = "zero"
+    return neighbour, contrast, rule, extrapolated, m
+
+
+def monotone_adjust(
+    widths: Sequence[int], increments: Sequence[int], caps: Sequence[int]
+) -> list[int]:
+    """Raise increments so that ``widths + increments`` is non-decreasing, within ``caps``.
+
+    Walks forward: layer ``k`` is raised to its predecessor's new width when it is narrower, but
+    never beyond ``caps[k]``; a layer that cannot catch up stays as wide as its cap allows and the
+    walk continues from its new width. Increments are never lowered.
+
+    Args:
+        widths: ``(K,)`` widths of one group, in order.
+        increments: ``(K,)`` planned increments, ``0 <= increments[k] <= caps[k]``.
+        caps: ``(K,)`` per-step limits.
+
+    Returns:
+        ``(K,)`` adjusted increments.
+
+    Example:
+        >>> monotone_adjust([8, 3, 8], [0, 0, 0], [8, 3, 8])
+        [0, 3, 0]
+    """
+    out = list(increments)
+    for k in range(1, len(out)):
+        need = widths[k - 1] + out[k - 1] - widths[k]
+        if need > out[k]:
+            out[k] = max(out[k], min(need, caps[k]))
+    return out
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_settings(
+    tau: float, max_step: int | None, fallback: str, fallback_fraction: float
+) -> None:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+        raise PlanError(f"tau must be a finite number >= 0; found {tau!r}. Use e.g. tau=0.05.")
+    if tau < 0:
+        raise PlanError(f"tau must be >= 0 (a contrast threshold); found {tau}. Use e.g. 0.05.")
+    if max_step is not None and (
+        isinstance(max_step, bool) or not isinstance(max_step, int) or max_step < 1
+    ):
+        raise PlanError(
+            f"max_step must be an int >= 1 or None (no absolute cap); found {max_step!r}."
+        )
+    if fallback not in FALLBACKS:
+        raise PlanError(f"fallback must be one of {FALLBACKS}; found {fallback!r}.")
+    if (
+        isinstance(fallback_fraction, bool)
+        or not isinstance(fallback_fraction, (int, float))
+        or not 0 < fallback_fraction <= 1
+    ):
+        raise PlanError(f"fallback_fraction must be in (0, 1]; found {fallback_fraction!r}.")
+
+
+def _check_inputs(
+    profile: Mapping[str, float], widths: Mapping[str, int]
+) -> tuple[list[str], list[float], list[int]]:
+    if not isinstance(profile, Mapping) or not isinstance(widths, Mapping):
+        raise PlanError(
+            "profile and widths must be mappings {layer: value}; found "
+            f"{type(profile).__name__} and {type(widths).__name__}."
+        )
+    names = list(profile)
+    if not names:
+        raise PlanError("profile is empty: expected one NAGN value per layer, found none.")
+    if set(names) != set(widths):
+        missing = [n for n in names if n not in widths]
+        extra = [n for n in widths if n not in profile]
+        raise PlanError(
+            "profile and widths name different layers: "
+            f"missing from widths {missing}, missing from profile {extra}. "
+            "Pass both for the same layers (e.g. monitor.profile() and graph.widths())."
+        )
+    values: list[float] = []
+    for name in names:
+        v = profile[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise PlanError(
+                f"NAGN of layer {name!r} must be a finite number >= 0; found {v!r}. "
+                "A nan usually means the layer received no gradient while the monitor collected."
+            )
+        values.append(float(v))
+    ints: list[int] = []
+    for name in names:
+        w = widths[name]
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise PlanError(f"width of layer {name!r} must be an int >= 1; found {w!r}.")
+        ints.append(w)
+    return names, values, ints
+
+
+def _check_groups(
+    groups: Iterable[Iterable[str]], names: Sequence[str]
+) -> tuple[tuple[str, ...], ...]:
+    index = {n: i for i, n in enumerate(names)}
+    seen: set[str] = set()
+    out = []
+    for group in groups:
+        if isinstance(group, str):
+            raise PlanError(
+                f"monotone_groups must be a sequence of sequences of layer names; found the "
+                f"string {group!r} as a group. Wrap it: [[{group!r}, ...]]."
+            )
+        group = tuple(group)
+        for name in group:
+            if name not in index:
+                raise PlanError(
+                    f"monotone group names layer {name!r}, which is not in the profile "
+                    f"(layers: {list(names)})."
+                )
+            if name in seen:
+                raise PlanError(f"layer {name!r} appears in more than one monotone group.")
+            seen.add(name)
+        order = [index[n] for n in group]
+        if order != sorted(order):
+            raise PlanError(
+                f"monotone group {list(group)} is not in profile (depth) order; "
+                "list its layers from input to output."
+            )
+        out.append(group)
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- planner
+
+
+def plan_growth(
+    profile: Mapping[str, float],
+    widths: Mapping[str, int],
+    *,
+    output_layers: Iterable[str] | None = None,
+    tau: float = 0.05,
+    max_step: int | None = DEFAULT_MAX_STEP,
+    monotone: bool = True,
+    monotone_groups: Iterable[Iterable[str]] | None = None,
+    fallback: Fallback = "fraction",
+    fallback_fraction: float = 0.125,
+) -> GrowthPlan:
+    """Decide how many units each layer gains from its NAGN profile (paper section 3).
+
+    Args:
+        profile: ``{layer: NAGN}`` in depth order (e.g. ``NAGNMonitor.profile()``).
+        widths: ``{layer: width}`` for the same layers.
+        output_layers: layers that never grow; default: the last layer of ``profile``.
+        tau: contrast threshold; a layer grows under the main rule only when ``r_l > tau``.
+        max_step: most units added to one layer in one step (``None``: only "at most doubled").
+        monotone: enforce the non-decreasing width constraint.
+        monotone_groups: groups of layers (each in depth order) inside which the constraint
+            applies; default: all growable layers as one group. For a CNN with a dense head pass
+            :func:`conv_backbone_groups` so that a tapering classifier head is left alone.
+        fallback: what grows when no growable layer clears ``tau``: ``"fraction"`` (each growable
+            layer with ``NAGN_l > NAGN_{l-1}`` gains ``max(1, floor(fallback_fraction * n_l))``),
+            ``"unit"`` (one unit each) or ``"none"``.
+        fallback_fraction: the fraction used by ``fallback="fraction"``.
+
+    Returns:
+        A frozen :class:`GrowthPlan`; ``plan.increments`` is ``{layer: dn > 0}``.
+
+    Raises:
+        PlanError: mismatched layer names, a negative or non-finite NAGN, a width < 1, an
+            unknown output layer or a bad setting.
+
+    Example:
+        >>> plan = plan_growth({"a": 1.0, "b": 2.0, "c": 1.0, "out": 1.0},
+        ...                    {"a": 8, "b": 4, "c": 8, "out": 10})
+        >>> plan.increments
+        {'b': 4}
+    """
+    _check_settings(tau, max_step, fallback, fallback_fraction)
+    names, g, n = _check_inputs(profile, widths)
+    if output_layers is None:
+        outputs = {names[-1]}
+    else:
+        if isinstance(output_layers, str):
+            output_layers = [output_layers]
+        outputs = set(output_layers)
+        unknown = sorted(outputs - set(names))
+        if unknown:
+            raise PlanError(
+                f"output_layers {unknown} are not in the profile (layers: {names}). "
+                "Pass the names of profiled layers that must never grow."
+            )
+    growable = [i for i, name in enumerate(names) if name not in outputs]
+    cap = [n[i] if max_step is None else min(max_step, n[i]) for i in range(len(names))]
+
+    neighbour, r, how, extrapolated, m = relative_contrast(g)
+    p = [max(x - tau, 0.0) for x in r]
+    max_p = max((p[i] for i in growable), default=0.0)
+    s = [0.0] * len(names)
+    raw = [0] * len(names)
+    if not growable:
+        rule = "no growable layers"
+    elif max_p > 0:
+        rule = "contrast"
+        for i in growable:
+            s[i] = p[i] / max_p
+            raw[i] = min(cap[i], math.floor(s[i] * n[i]))
+    else:
+        rule = f"fallback:{fallback}"
+        for i in growable:
+            if i == 0 or g[i] <= g[i - 1] or fallback == "none":
+                continue
+            step = 1 if fallback == "unit" else max(1, math.floor(fallback_fraction * n[i]))
+            raw[i] = min(cap[i], step)
+
+    final = list(raw)
+    groups: tuple[tuple[str, ...], ...] = ()
+    if monotone:
+        groups = (
+            (tuple(names[i] for i in growable),)
+            if monotone_groups is None
+            else _check_groups(monotone_groups, names)
+        )
+        index = {name: i for i, name in enumerate(names)}
+        for group in groups:
+            members = [index[name] for name in group if name not in outputs]
+            adjusted = monotone_adjust(
+                [n[i] for i in members], [final[i] for i in members], [cap[i] for i in members]
+            )
+            for i, dn in zip(members, adjusted, strict=True):
+                final[i] = dn
+
+    rows = tuple(
+        LayerPlan(
+            name=name,
+            width=n[i],
+            nagn=g[i],
+            neighbour=neighbour[i],
+            neighbour_rule=how[i],
+            extrapolated=extrapolated[i],
+            contrast=r[i],
+            excess=p[i],
+            score=s[i],
+            raw_increment=raw[i],
+            increment=final[i],
+            is_output=name in outputs,
+            adjusted=final[i] != raw[i],
+        )
+        for i, name in enumerate(names)
+    )
+    return GrowthPlan(
+        rows=rows,
+        rule=rule,
+        median_slope=m,
+        max_excess=max_p,
+        tau=float(tau),
+        max_step=max_step,
+        monotone=monotone,
+        fallback=fallback,
+        fallback_fraction=float(fallback_fraction),
+        monotone_groups=groups,
+    )
+
+
+def conv_backbone_groups(model: Any, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The monotone group of a CNN: its convolution layers among ``layers``, in the given order.
+
+    The paper's constraint is about the conv backbone; a dense classifier head that tapers
+    (512 -> 128 -> 10) is normal and is left unconstrained.
+
+    Args:
+        model: the ``nn.Module`` the names refer to.
+        layers: layer names in depth order (e.g. ``trace(model).layers``).
+
+    Returns:
+        ``((conv layers...),)`` or ``()`` when there is no convolution.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+        >>> conv_backbone_groups(m, ["0", "2"])
+        (('0',),)
+    """
+    from torch import nn
+
+    convs = tuple(
+        name for name in layers if isinstance(model.get_submodule(name), nn.modules.conv._ConvNd)
+    )
+    return (convs,) if convs else ()
+
+
+@dataclass(frozen=True)
+class GrowthPlanner:
+    """The planner's settings, validated once; ``plan()`` calls :func:`plan_growth`.
+
+    Attributes:
+        tau: contrast threshold (paper: 0.05).
+        max_step: most units added to one layer per step; ``None`` for only "at most doubled".
+        monotone: enforce the non-decreasing width constraint.
+        fallback: ``"fraction"``, ``"unit"`` or ``"none"`` (see :func:`plan_growth`).
+        fallback_fraction: fraction of the width a fallback layer gains (at least one unit).
+
+    Example:
+        >>> planner = GrowthPlanner(tau=0.05, max_step=4)
+        >>> planner.plan({"a": 1.0, "b": 3.0, "c": 1.0, "out": 1.0},
+        ...              {"a": 8, "b": 8, "c": 8, "out": 10}).increments  # c keeps up with b
+        {'b': 4, 'c': 4}
+    """
+
+    tau: float = 0.05
+    max_step: int | None = DEFAULT_MAX_STEP
+    monotone: bool = True
+    fallback: Fallback = "fraction"
+    fallback_fraction: float = 0.125
+
+    def __post_init__(self) -> None:
+        _check_settings(self.tau, self.max_step, self.fallback, self.fallback_fraction)
+
+    def plan(
+        self,
+        profile: Mapping[str, float],
+        widths: Mapping[str, int],
+        output_layers: Iterable[str] | None = None,
+        *,
+        monotone_groups: Iterable[Iterable[str]] | None = None,
+    ) -> GrowthPlan:
+        """Plan one growth step with these settings (see :func:`plan_growth`)."""
+        return plan_growth(
+            profile,
+            widths,
+            output_layers=output_layers,
+            tau=self.tau,
+            max_step=self.max_step,
+            monotone=self.monotone,
+            monotone_groups=monotone_groups,
+            fallback=self.fallback,
+            fallback_fraction=self.fallback_fraction,
+        )
