@@ -8,8 +8,8 @@ it trains.
 from netsurgeon._version import __version__
 from netsurgeon.errors import (
     MonitorError,
-    NetsurgeonTypeError,
     NetsurgeonError,
+    NetsurgeonTypeError,
     PlanError,
     TraceError,
     UnsupportedModelError,
