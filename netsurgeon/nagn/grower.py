@@ -59,6 +59,8 @@ class GrowthConfig:
         where: ``"nagn"`` (paper), ``"uniform"`` or ``"random"``, at matched budget.
         monotone: enforce the non-decreasing width constraint over the conv backbone.
         fallback: planner rule when no layer clears ``tau`` (``"fraction"``, ``"unit"``, ``"none"``).
+        neighbourhood: ``"arithmetic"`` (the paper's eq. 2 and end rule) or ``"geometric"``
+            (the same in log space; see ``netsurgeon.nagn.planner.relative_contrast``).
         every: NAGN is collected on one training step out of ``every``.
         reduction: how the user's loss reduces over the batch (``"mean"`` or ``"sum"``).
         restart_windows: restart the accuracy windows after each trigger.
@@ -76,6 +78,7 @@ class GrowthConfig:
     where: str = "nagn"
     monotone: bool = True
     fallback: str = "fraction"
+    neighbourhood: Literal["arithmetic", "geometric"] = "arithmetic"
     every: int = DEFAULT_EVERY
     reduction: Literal["mean", "sum"] = "mean"
     restart_windows: bool = True
@@ -181,6 +184,7 @@ class Grower:
             max_step=self.config.max_step,
             monotone=self.config.monotone,
             fallback=self.config.fallback,
+            neighbourhood=self.config.neighbourhood,
         )
         device = next(model.parameters()).device
         self._weights_rng = torch.Generator(device=device).manual_seed(self.config.seed)

@@ -76,6 +76,7 @@ class GrowthPlan:
     fallback: str
     fallback_fraction: float
     monotone_groups: tuple[tuple[str, ...], ...] = field(default=())
+    neighbourhood: str = "arithmetic"
 
     @property
     def layers(self) -> list[str]:

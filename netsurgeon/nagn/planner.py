@@ -52,17 +52,26 @@ FALLBACKS: tuple[str, ...] = ("fraction", "unit", "none")
 #: Default per-step cap on added units (Delta_max); see docs/nagn.md for the reasoning.
 DEFAULT_MAX_STEP = 32
 
+Neighbourhood = Literal["arithmetic", "geometric"]
+NEIGHBOURHOODS = ("arithmetic", "geometric")
+
 
 # ----------------------------------------------------------------------------- records
 
 
 def relative_contrast(
-    nagn: Sequence[float],
+    nagn: Sequence[float], neighbourhood: Neighbourhood = "arithmetic"
 ) -> tuple[list[float], list[float], list[str], list[float | None], float]:
     """Neighbourhood means and relative contrasts of a profile (paper eq. 2 and the end rule).
 
     Args:
         nagn: ``(L,)`` non-negative NAGN values in depth order.
+        neighbourhood: ``"arithmetic"`` (the paper: mean of the two neighbours, median slope of
+            differences at the ends) or ``"geometric"`` (the same rules in log space: geometric
+            mean of the neighbours, median *ratio* at the ends; ``m`` is then that log-ratio).
+            NAGN tends to grow geometrically with depth; in log space such a trend has zero
+            contrast everywhere, including at the end layers. Needs a positive profile; with a
+            zero anywhere the arithmetic rules are used.
 
     Returns:
         ``(neighbour, contrast, rule, extrapolated, m)``: three ``(L,)`` lists (see
@@ -78,6 +87,8 @@ def relative_contrast(
     size = len(g)
     if size == 1:
         return [g[0]], [0.0], ["single"], [None], math.nan
+    if neighbourhood == "geometric" and min(g) > 0:
+        return _geometric_contrast(g)
     m = statistics.median(g[i + 1] - g[i] for i in range(size - 1))
     neighbour: list[float] = []
     rule: list[str] = []
@@ -104,6 +115,28 @@ def relative_contrast(
         else:
             contrast.append(0.0)
             rule[i] = "zero"
+    return neighbour, contrast, rule, extrapolated, m
+
+
+def _geometric_contrast(
+    g: list[float],
+) -> tuple[list[float], list[float], list[str], list[float | None], float]:
+    """:func:`relative_contrast` in log space, for a strictly positive profile."""
+    logs = [math.log(x) for x in g]
+    size = len(g)
+    m = statistics.median(logs[i + 1] - logs[i] for i in range(size - 1))
+    neighbour, rule, extrapolated = [], [], []
+    for i in range(size):
+        if 0 < i < size - 1:
+            neighbour.append(math.exp((logs[i - 1] + logs[i + 1]) / 2))
+            rule.append("interior")
+            extrapolated.append(None)
+        else:
+            guess = math.exp(logs[1] - m) if i == 0 else math.exp(logs[size - 2] + m)
+            neighbour.append(guess)
+            rule.append("extrapolated")
+            extrapolated.append(guess)
+    contrast = [min(x / nb - 1.0, sys.float_info.max) for x, nb in zip(g, neighbour, strict=True)]
     return neighbour, contrast, rule, extrapolated, m
 
 
@@ -245,6 +278,7 @@ def plan_growth(
     monotone_groups: Iterable[Iterable[str]] | None = None,
     fallback: Fallback = "fraction",
     fallback_fraction: float = 0.125,
+    neighbourhood: Neighbourhood = "arithmetic",
 ) -> GrowthPlan:
     """Decide how many units each layer gains from its NAGN profile (paper section 3).
 
@@ -262,6 +296,8 @@ def plan_growth(
             layer with ``NAGN_l > NAGN_{l-1}`` gains ``max(1, floor(fallback_fraction * n_l))``),
             ``"unit"`` (one unit each) or ``"none"``.
         fallback_fraction: the fraction used by ``fallback="fraction"``.
+        neighbourhood: ``"arithmetic"`` (the paper) or ``"geometric"``; see
+            :func:`relative_contrast`.
 
     Returns:
         A frozen :class:`GrowthPlan`; ``plan.increments`` is ``{layer: dn > 0}``.
@@ -277,6 +313,8 @@ def plan_growth(
         {'b': 4}
     """
     _check_settings(tau, max_step, fallback, fallback_fraction)
+    if neighbourhood not in NEIGHBOURHOODS:
+        raise PlanError(f"neighbourhood={neighbourhood!r}; expected one of {NEIGHBOURHOODS}")
     names, g, n = _check_inputs(profile, widths)
     if output_layers is None:
         outputs = {names[-1]}
@@ -293,7 +331,7 @@ def plan_growth(
     growable = [i for i, name in enumerate(names) if name not in outputs]
     cap = [n[i] if max_step is None else min(max_step, n[i]) for i in range(len(names))]
 
-    neighbour, r, how, extrapolated, m = relative_contrast(g)
+    neighbour, r, how, extrapolated, m = relative_contrast(g, neighbourhood)
     p = [max(x - tau, 0.0) for x in r]
     max_p = max((p[i] for i in growable), default=0.0)
     s = [0.0] * len(names)
@@ -359,6 +397,7 @@ def plan_growth(
         fallback=fallback,
         fallback_fraction=float(fallback_fraction),
         monotone_groups=groups,
+        neighbourhood=neighbourhood,
     )
 
 
@@ -412,6 +451,7 @@ class GrowthPlanner:
     monotone: bool = True
     fallback: Fallback = "fraction"
     fallback_fraction: float = 0.125
+    neighbourhood: Neighbourhood = "arithmetic"
 
     def __post_init__(self) -> None:
         _check_settings(self.tau, self.max_step, self.fallback, self.fallback_fraction)
@@ -435,4 +475,5 @@ class GrowthPlanner:
             monotone_groups=monotone_groups,
             fallback=self.fallback,
             fallback_fraction=self.fallback_fraction,
+            neighbourhood=self.neighbourhood,
         )
