@@ -1,0 +1,535 @@
+"""Summary, figures and environment header of ``benchmarks/cifar_vgg.py``.
+
+Everything here is computed from the run JSONs under ``<out>/runs/`` (and ``<out>/sweep.json``
+for the sweep's wall time), so ``python benchmarks/_report.py <out>`` rebuilds the report of any
+finished or partial sweep.
+
+Pairing: a grown run (criterion ``where``, initial widths, seed ``s``) is compared with the static
+run of its *final* widths and the same seed (``baseline_run_id``). Per config and criterion the
+table gives mean +- sample std over seeds; the overall line gives mean +- std over all pairs and
+over the per-config means (the paper's Fig. 2b has one point per config).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["Row", "environment", "load_runs", "summarize", "throughput_table", "write_report"]
+
+PAPER_ACC_RATIO, PAPER_TIME_RATIO = (1.016, 0.020), (0.953, 0.075)
+TIMING = (
+    "training wall time: the training batches (data pipeline included) plus growth steps; "
+    "evaluation and one-time data preparation excluded; device synchronised before each clock "
+    "read. The CPU-time ratio uses the process CPU time of the same intervals: on a CPU shared "
+    "with other work it is the steadier measure of compute (meaningless for GPU runs)"
+)
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Hardware, software and code version, saved with every run."""
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    env = {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_commit": commit or "unknown (not a git checkout or no commit yet)",
+        "git_dirty": bool(dirty) if commit else None,
+    }
+    try:
+        import netsurgeon
+
+        env["netsurgeon"] = netsurgeon.__version__
+    except (ImportError, AttributeError):
+        env["netsurgeon"] = None
+    return env
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def load_runs(out: Path) -> list[dict]:
+    """Every finished run's JSON under ``out/runs``, sorted by run id."""
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+
+
+def _tag(widths: Sequence[Sequence[int]]) -> str:
+    return "-".join(".".join(map(str, block)) for block in widths)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One config x criterion: grown runs over seeds, each paired with its static baseline."""
+
+    config: str  # initial widths tag, e.g. "4-4-8" or "8.3.8-16.4.16-32.4.32"
+    where: str  # growth criterion
+    seeds: tuple[int, ...]  # seeds with both runs finished
+    grown_acc: tuple[float, float]  # final test accuracy, mean and std over seeds
+    static_acc: tuple[float, float]
+    acc_ratio: tuple[float, float]  # grown / static test accuracy, per seed
+    time_ratio: tuple[float, float]  # grown / static training time, per seed
+    cpu_ratio: tuple[float, float]  # grown / static process CPU time of the same intervals
+    final_widths: str  # most common final widths (and how many seeds reached them)
+    params_initial: int
+    params_final: float  # mean over seeds (static baseline has the same count)
+    growths: float  # mean number of growth events
+
+
+def summarize(runs: Sequence[dict]) -> list[Row]:
+    """Pair grown runs with their baselines and aggregate per (config, criterion)."""
+    by_id = {r["run_id"]: r for r in runs}
+    groups: dict[tuple[str, str], list[tuple[dict, dict]]] = defaultdict(list)
+    for run in runs:
+        if run["kind"] == "grown" and run.get("baseline_run_id") in by_id:
+            key = (_tag(run["widths_initial"]), run["where"])
+            groups[key].append((run, by_id[run["baseline_run_id"]]))
+    rows = []
+    for (config, where), pairs in sorted(groups.items()):
+        pairs.sort(key=lambda pair: pair[0]["seed"])
+        grown_acc = [g["final"]["test_acc"] for g, _ in pairs]
+        static_acc = [s["final"]["test_acc"] for _, s in pairs]
+        widths = Counter(_tag(g["widths_final"]) for g, _ in pairs).most_common(1)[0]
+        rows.append(
+            Row(
+                config=config,
+                where=where,
+                seeds=tuple(g["seed"] for g, _ in pairs),
+                grown_acc=_mean_std(grown_acc),
+                static_acc=_mean_std(static_acc),
+                acc_ratio=_mean_std([a / s for a, s in zip(grown_acc, static_acc, strict=True)]),
+                time_ratio=_mean_std(
+                    [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
+                ),
+                cpu_ratio=_mean_std(_cpu_ratios(pairs)),
+                final_widths=f"{widths[0]} ({widths[1]}/{len(pairs)})",
+                params_initial=pairs[0][0]["epochs"][0]["params"]
+                if not pairs[0][0]["events"] or pairs[0][0]["events"][0]["epoch"] > 1
+                else pairs[0][0]["events"][0]["params_before"],
+                params_final=statistics.fmean(g["params_final"] for g, _ in pairs),
+                growths=statistics.fmean(len(g["events"]) for g, _ in pairs),
+            )
+        )
+    return rows
+
+
+def _cpu_ratios(pairs: Sequence[tuple[dict, dict]]) -> list[float]:
+    return [
+        g["final"]["train_cpu_s"] / s["final"]["train_cpu_s"]
+        for g, s in pairs
+        if "train_cpu_s" in g["final"] and "train_cpu_s" in s["final"]
+    ]
+
+
+def overall(rows: Sequence[Row], runs: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """Per criterion: ratios' mean +- std over all pairs and over the per-config means."""
+    by_id = {r["run_id"]: r for r in runs}
+    out: dict[str, dict[str, Any]] = {}
+    for where in sorted({row.where for row in rows}):
+        pairs = [
+            (r, by_id[r["baseline_run_id"]])
+            for r in runs
+            if r["kind"] == "grown" and r["where"] == where and r.get("baseline_run_id") in by_id
+        ]
+        mine = [row for row in rows if row.where == where]
+        out[where] = {
+            "acc_ratio_runs": _mean_std(
+                [g["final"]["test_acc"] / s["final"]["test_acc"] for g, s in pairs]
+            ),
+            "time_ratio_runs": _mean_std(
+                [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
+            ),
+            "cpu_ratio_runs": _mean_std(_cpu_ratios(pairs)),
+            "acc_ratio_configs": _mean_std([row.acc_ratio[0] for row in mine]),
+            "time_ratio_configs": _mean_std([row.time_ratio[0] for row in mine]),
+            "pairs": len(pairs),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _pm(value: tuple[float, float], digits: int = 3) -> str:
+    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def _table(rows: Sequence[Row]) -> list[str]:
+    head = (
+        "config",
+        "where",
+        "seeds",
+        "grown acc",
+        "static acc",
+        "acc ratio",
+        "time ratio",
+        "CPU-time ratio",
+        "final widths",
+        "params init→final",
+        "growths",
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = (
+            r.config,
+            r.where,
+            str(len(r.seeds)),
+            _pm(r.grown_acc),
+            _pm(r.static_acc),
+            _pm(r.acc_ratio),
+            _pm(r.time_ratio),
+            _pm(r.cpu_ratio),
+            r.final_widths,
+            f"{r.params_initial}→{r.params_final:.0f}",
+            f"{r.growths:.1f}",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _criteria(runs: Sequence[dict]) -> list[str]:
+    """Grown runs of different criteria, paired by config and seed (same budget per event)."""
+    grown = [r for r in runs if r["kind"] == "grown"]
+    wheres = sorted({r["where"] for r in grown})
+    if len(wheres) < 2:
+        return []
+    index = {(_tag(r["widths_initial"]), r["seed"], r["where"]): r for r in grown}
+    ref = "nagn" if "nagn" in wheres else wheres[0]
+    head = ["config", *[f"{w} acc" for w in wheres]]
+    head += [f"{ref} − {w} (paired)" for w in wheres if w != ref]
+    head += [f"{w} params" for w in wheres]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in sorted({_tag(r["widths_initial"]) for r in grown}):
+        seeds = sorted(
+            s
+            for (c, s, w) in index
+            if c == config and w == ref
+            if all((config, s, other) in index for other in wheres)
+        )
+        if not seeds:
+            continue
+        acc = {w: [index[config, s, w]["final"]["test_acc"] for s in seeds] for w in wheres}
+        params = {w: [index[config, s, w]["params_final"] for s in seeds] for w in wheres}
+        cells = [config, *[_pm(_mean_std(acc[w])) for w in wheres]]
+        cells += [
+            _pm(_mean_std([a - b for a, b in zip(acc[ref], acc[w], strict=True)]))
+            for w in wheres
+            if w != ref
+        ]
+        cells += [f"{statistics.fmean(params[w]):.0f}" for w in wheres]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ["Growth criteria side by side (final test accuracy, same seeds):", "", *lines, ""]
+
+
+def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
+    rates = [r["images_per_s"] for r in runs]
+    lines = [
+        f"- per run: {statistics.fmean(rates):,.0f} training images/s on average "
+        f"(min {min(rates):,.0f}, max {max(rates):,.0f}) over {len(runs)} runs"
+    ]
+    sweep_file = out / "sweep.json"
+    if sweep_file.is_file():
+        sweep = json.loads(sweep_file.read_text())
+        ran = [r for r in runs if r["run_id"] in set(sweep.get("ran", []))]
+        if ran and sweep.get("wall_s"):
+            images = sum(r["images_per_s"] * r["final"]["train_time_s"] for r in ran)
+            lines.append(
+                f"- aggregate of the last invocation: {images / sweep['wall_s']:,.0f} training "
+                f"images/s with --jobs {sweep['jobs']} ({len(ran)} runs in {sweep['wall_s']:.0f} s "
+                "wall, evaluation included in the wall time)"
+            )
+    return lines
+
+
+def write_report(out: Path) -> str:
+    """Write ``summary.csv``, ``summary.md`` and ``figures/*.png``; return the terminal table."""
+    out = Path(out)
+    runs = load_runs(out)
+    if not runs:
+        return f"(no finished runs under {out}/runs)"
+    rows = summarize(runs)
+    totals = overall(rows, runs)
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "config",
+                "where",
+                "seeds",
+                "grown_acc_mean",
+                "grown_acc_std",
+                "static_acc_mean",
+                "static_acc_std",
+                "acc_ratio_mean",
+                "acc_ratio_std",
+                "time_ratio_mean",
+                "time_ratio_std",
+                "cpu_ratio_mean",
+                "cpu_ratio_std",
+                "final_widths",
+                "params_initial",
+                "params_final",
+                "growths",
+            ]
+        )
+        for r in rows:
+            writer.writerow(
+                [
+                    r.config,
+                    r.where,
+                    " ".join(map(str, r.seeds)),
+                    *r.grown_acc,
+                    *r.static_acc,
+                    *r.acc_ratio,
+                    *r.time_ratio,
+                    *r.cpu_ratio,
+                    r.final_widths,
+                    r.params_initial,
+                    r.params_final,
+                    r.growths,
+                ]
+            )
+    first = runs[0]
+    cfg, env, data = first["config"], first["environment"], first["data"]
+    figures = _figures(out, runs, rows, totals)
+    table = _table(rows)
+    overall_lines = [
+        f"- **{where}** over {t['pairs']} grown/static pairs: accuracy ratio "
+        f"{_pm(t['acc_ratio_runs'])}, time ratio {_pm(t['time_ratio_runs'])} (CPU-time ratio "
+        f"{_pm(t['cpu_ratio_runs'])}); over per-config "
+        f"means: {_pm(t['acc_ratio_configs'])} and {_pm(t['time_ratio_configs'])}"
+        for where, t in totals.items()
+    ]
+    paper = (
+        f"- paper (CIFAR-10, 12 configs x 5 seeds, 200 epochs): accuracy ratio "
+        f"{_pm(PAPER_ACC_RATIO)}, time ratio {_pm(PAPER_TIME_RATIO)}"
+    )
+    note = (
+        "JPEG copy of CIFAR-10 (lossy): accuracies run a little below the official archive; "
+        "use for relative comparisons."
+        if data["name"] == "imagefolder"
+        else ""
+    )
+    md = [
+        f"# cifar_vgg.py — preset `{cfg['preset']}`",
+        "",
+        f"- hardware: {env['cpu']} ({env['cpu_count']} CPUs)"
+        + (f", GPU {env['gpu']}" if env.get("gpu") else "")
+        + f"; device `{env['device']}`, torch threads {env['torch_threads']}",
+        f"- software: torch {env['torch']}, python {env['python']}, netsurgeon {env['netsurgeon']}",
+        f"- code: git {env['git_commit']}" + (" (dirty tree)" if env.get("git_dirty") else ""),
+        f"- data: {data['name']} — train {data['train']}, val {data['val']}, test {data['test']}"
+        + (f". {note}" if note else ""),
+        f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
+        f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
+        f"- timing: {TIMING}",
+        "",
+        *table,
+        "",
+        *_criteria(runs),
+        "Overall (mean ± std):",
+        "",
+        *overall_lines,
+        paper,
+        "",
+        "Throughput:",
+        "",
+        *_throughput(out, runs),
+        "",
+        *[f"![{name}](figures/{name})" for name in figures],
+        "",
+    ]
+    (out / "summary.md").write_text("\n".join(md))
+    return "\n".join([*table, "", *_criteria(runs), *overall_lines, paper])
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figures(out: Path, runs: Sequence[dict], rows: Sequence[Row], totals: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    written: list[str] = []
+    by_id = {r["run_id"]: r for r in runs}
+    grown = [r for r in runs if r["kind"] == "grown"]
+    for config in sorted({_tag(r["widths_initial"]) for r in grown}):
+        mine = [r for r in grown if _tag(r["widths_initial"]) == config]
+        # Fig. 1a: NAGN profile at the first growth trigger, mean +- std over seeds.
+        profiles = [r["events"][0]["profile"] for r in mine if r["where"] == "nagn" and r["events"]]
+        if profiles:
+            names = list(profiles[0])
+            values = np.array([[p.get(n, np.nan) for n in names] for p in profiles], dtype=float)
+            fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.2))
+            x = np.arange(len(names))
+            ax.errorbar(x, np.nanmean(values, 0), yerr=np.nanstd(values, 0), marker="o", capsize=3)
+            ax.set_xticks(x, [n.replace(".conv", "") for n in names], rotation=45, ha="right")
+            ax.set_ylabel("NAGN")
+            ax.set_title(f"NAGN at the first trigger — {config} ({len(profiles)} seeds)")
+            fig.tight_layout()
+            name = f"fig1a_nagn_profile_{config}.png"
+            fig.savefig(folder / name, dpi=120)
+            plt.close(fig)
+            written.append(name)
+        # Fig. 1b / 2a: test accuracy over epochs, growth marked.
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        curves: dict[str, list[list[float]]] = defaultdict(list)
+        for r in mine:
+            curves[f"grown ({r['where']})"].append([e["test_acc"] for e in r["epochs"]])
+            base = by_id.get(r.get("baseline_run_id"))
+            if base is not None and r["where"] == mine[0]["where"]:
+                curves["static baseline"].append([e["test_acc"] for e in base["epochs"]])
+            for event in r["events"] if r["where"] == "nagn" else []:
+                ax.axvline(event["epoch"], color="red", ls="--", lw=0.8, alpha=0.5)
+        for label, series in curves.items():
+            length = min(len(s) for s in series)
+            values = np.array([s[:length] for s in series])
+            epochs = np.arange(1, length + 1)
+            mean, std = values.mean(0), values.std(0)
+            style = (
+                "--"
+                if label.startswith("grown") and label != f"grown ({mine[0]['where']})"
+                else "-"
+            )
+            ax.plot(epochs, mean, style, label=f"{label}, n={len(series)}")
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{config}: test accuracy (mean ± std; red: growth)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"fig1b_accuracy_{config}.png"
+        fig.savefig(folder / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    # Fig. 2b: accuracy ratio vs time ratio, one point per config and criterion.
+    if rows:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for where in sorted({r.where for r in rows}):
+            mine = [r for r in rows if r.where == where]
+            ax.errorbar(
+                [r.time_ratio[0] for r in mine],
+                [r.acc_ratio[0] for r in mine],
+                xerr=[r.time_ratio[1] for r in mine],
+                yerr=[r.acc_ratio[1] for r in mine],
+                fmt="o",
+                capsize=2,
+                label=f"{where} (per config)",
+            )
+            t = totals[where]
+            ax.errorbar(
+                [t["time_ratio_configs"][0]],
+                [t["acc_ratio_configs"][0]],
+                xerr=[t["time_ratio_configs"][1]],
+                yerr=[t["acc_ratio_configs"][1]],
+                fmt="s",
+                ms=9,
+                capsize=4,
+                label=f"{where} (mean)",
+            )
+        ax.errorbar(
+            [PAPER_TIME_RATIO[0]],
+            [PAPER_ACC_RATIO[0]],
+            xerr=[PAPER_TIME_RATIO[1]],
+            yerr=[PAPER_ACC_RATIO[1]],
+            fmt="*",
+            color="grey",
+            ms=12,
+            label="paper",
+        )
+        ax.axhline(1.0, color="k", lw=0.6)
+        ax.axvline(1.0, color="k", lw=0.6)
+        ax.set_xlabel("training time ratio (grown / static)")
+        ax.set_ylabel("test accuracy ratio (grown / static)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "fig2b_ratios.png", dpi=120)
+        plt.close(fig)
+        written.append("fig2b_ratios.png")
+    return written
+
+
+def throughput_table(outs: Sequence[Path]) -> str:
+    """Markdown table of training images/s per run and in aggregate for sweeps run with --jobs."""
+    lines = [
+        "| out | jobs | runs | wall s | images/s per run (mean) | aggregate images/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for out in outs:
+        sweep_file = Path(out) / "sweep.json"
+        if not sweep_file.is_file():
+            lines.append(f"| {out} | - | 0 | - | - | - (no sweep.json: did not finish) |")
+            continue
+        sweep = json.loads(sweep_file.read_text())
+        ran = [r for r in load_runs(Path(out)) if r["run_id"] in set(sweep.get("ran", []))]
+        images = sum(r["images_per_s"] * r["final"]["train_time_s"] for r in ran)
+        per_run = statistics.fmean(r["images_per_s"] for r in ran) if ran else float("nan")
+        lines.append(
+            f"| {Path(out).name} | {sweep['jobs']} | {len(ran)} | {sweep['wall_s']:.1f} | "
+            f"{per_run:,.0f} | {images / max(sweep['wall_s'], 1e-9):,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--throughput":
+        print(throughput_table([Path(p) for p in sys.argv[2:]]))
+    elif len(sys.argv) == 2:
+        print(write_report(Path(sys.argv[1])))
+    else:
+        sys.exit("usage: python benchmarks/_report.py OUT_DIR | --throughput OUT_DIR...")

@@ -1,0 +1,243 @@
+"""Batched augmentation and normalisation on uint8 image tensors, on whatever device they live.
+
+Everything here works on a whole batch at once with tensor ops; no per-image Python and no PIL.
+Randomness comes from an explicit ``torch.Generator`` (kept on the CPU so that a seed gives the
+same augmentation on every device); the few random numbers per batch are moved to the images'
+device.
+
+The random crop matches torchvision's ``RandomCrop(size, padding=p)`` with zero fill: pad each
+side by ``p`` black pixels, then cut a window at an offset ``(dy, dx)`` drawn uniformly from
+``{0, ..., 2p}``. Offset ``(p, p)`` is the identity. The horizontal flip mirrors the width axis
+with probability ``flip_probability``.
+
+Speed: :func:`pad_and_mirror` prepares, once per dataset, a zero-padded channels-innermost copy
+of every image and of its mirror; a batch is then one ``index_select`` of ``B * H`` contiguous
+pixel rows out of that copy (:func:`gather_crops`), already channels_last, followed by one
+fused normalisation pass. About 2 ms for 500 CIFAR images on one CPU core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Augment",
+    "channel_stats",
+    "crop_and_flip",
+    "draw_crop_offsets",
+    "draw_flips",
+    "gather_crops",
+    "normalize",
+    "pad_and_mirror",
+    "random_crop_flip",
+]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation of one dataset.
+
+    Attributes:
+        crop_padding: pixels of zero padding per side before the random crop (0: no crop).
+        flip: whether to mirror horizontally with probability ``flip_probability``.
+        flip_probability: chance that one image is mirrored.
+    """
+
+    crop_padding: int = 4  # pixels per side; CIFAR-10 standard is 4
+    flip: bool = True  # horizontal mirror (off for digits: a mirrored 3 is not a 3)
+    flip_probability: float = 0.5  # per image
+
+    def __post_init__(self) -> None:
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int):
+            raise TypeError(f"Augment.crop_padding must be an int; found {self.crop_padding!r}.")
+        if self.crop_padding < 0:
+            raise ValueError(f"Augment.crop_padding must be >= 0; found {self.crop_padding}.")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(
+                f"Augment.flip_probability must lie in [0, 1]; found {self.flip_probability}."
+            )
+
+
+def draw_crop_offsets(n: int, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform crop offsets for ``n`` images.
+
+    Returns:
+        ``(n, 2)`` int64 tensor of ``(dy, dx)``, each in ``[0, 2 * padding]``, on the
+        generator's device.
+    """
+    return torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=generator.device)
+
+
+def draw_flips(n: int, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """``(n,)`` bool tensor, each entry True with the given probability."""
+    return torch.rand(n, generator=generator, device=generator.device) < probability
+
+
+def pad_and_mirror(images: torch.Tensor, padding: int, mirror: bool) -> torch.Tensor:
+    """Prepare a gather source: zero-pad every image and (optionally) add its mirror image.
+
+    Done once per dataset, so that every batch afterwards is a single row gather.
+
+    Args:
+        images: ``(N, C, H, W)`` tensor of any dtype.
+        padding: zero padding per side.
+        mirror: also store each padded image mirrored along the width.
+
+    Returns:
+        ``(N, F, H + 2p, W + 2p, C)`` contiguous (channels innermost), ``F = 2`` with ``mirror``
+        (index 1 = mirrored) else 1.
+    """
+    nhwc = images.permute(0, 2, 3, 1)
+    padded = F.pad(nhwc, (0, 0, padding, padding, padding, padding)) if padding else nhwc
+    views = [padded, padded.flip(2)] if mirror else [padded]
+    return torch.stack(views, dim=1).contiguous()
+
+
+def gather_crops(
+    source: torch.Tensor,
+    index: torch.Tensor,
+    offsets: torch.Tensor,
+    flips: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Crop windows out of a :func:`pad_and_mirror` source with one ``index_select`` of rows.
+
+    Each output image row is ``W * C`` contiguous bytes of the source, so a batch is
+    ``B * H`` row copies. A mirrored crop at offset ``dx`` is the crop of the mirrored image at
+    ``2p - dx`` (``2p = Wp - W``).
+
+    Args:
+        source: ``(N, F, Hp, Wp, C)`` from :func:`pad_and_mirror`.
+        index: ``(B,)`` int64 image indices into ``source``.
+        offsets: ``(B, 2)`` int64 ``(dy, dx)`` in ``[0, Hp - H] x [0, Wp - W]``.
+        flips: ``(B,)`` bool; needs ``F == 2`` where any is True.
+        size: ``(H, W)`` of the crops.
+
+    Returns:
+        ``(B, C, H, W)`` in channels_last memory format, on ``source``'s device.
+    """
+    if source.dim() != 5 or not source.is_contiguous():
+        raise ValueError(
+            f"gather_crops: source must be the contiguous (N, F, Hp, Wp, C) tensor of "
+            f"pad_and_mirror; found shape {tuple(source.shape)}, contiguous={source.is_contiguous()}."
+        )
+    _, n_views, hp, wp, c = source.shape
+    h, w = size
+    device = source.device
+    index = index.to(device=device, dtype=torch.long)
+    offsets = offsets.to(device=device, dtype=torch.long)
+    flips = flips.to(device=device, dtype=torch.bool)
+    if n_views == 1 and bool(flips.any()):
+        raise ValueError("gather_crops: flips requested but the source holds no mirrored view.")
+    # A row of W pixels starts at every pixel position; rows = overlapping (W*C)-byte windows.
+    rows = source.view(-1).as_strided(((source.numel() - w * c) // c + 1, w * c), (c, 1))
+    dx = torch.where(flips, (wp - w) - offsets[:, 1], offsets[:, 1])
+    first = ((index * n_views + flips.long()) * hp + offsets[:, 0]) * wp + dx  # (B,) in pixels
+    starts = first[:, None] + torch.arange(h, device=device) * wp  # (B, H)
+    out = rows.index_select(0, starts.view(-1))  # (B * H, W * C)
+    return out.view(-1, h, w, c).permute(0, 3, 1, 2)
+
+
+def crop_and_flip(
+    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int
+) -> torch.Tensor:
+    """Zero-pad, crop at given offsets and mirror selected images (reference entry point).
+
+    Args:
+        images: ``(N, C, H, W)`` tensor of any dtype.
+        offsets: ``(N, 2)`` integer ``(dy, dx)`` in ``[0, 2 * padding]``, on any device.
+        flips: ``(N,)`` bool; True mirrors that image horizontally (after cropping).
+        padding: zero padding per side.
+
+    Returns:
+        ``(N, C, H, W)`` tensor, same dtype and device, channels_last memory format.
+        ``out[n, :, i, j] = padded[n, :, dy + i, dx + j']`` with ``j' = W - 1 - j`` if flipped.
+    """
+    n, _, h, w = images.shape
+    source = pad_and_mirror(images, padding, mirror=True)
+    index = torch.arange(n, device=images.device)
+    return gather_crops(source, index, offsets, flips, (h, w))
+
+
+def random_crop_flip(
+    images: torch.Tensor, augment: Augment, generator: torch.Generator
+) -> torch.Tensor:
+    """Apply ``augment`` to a batch ``(N, C, H, W)``; returns the same shape, channels_last.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
+        >>> random_crop_flip(x, Augment(), g).shape
+        torch.Size([8, 3, 32, 32])
+    """
+    n = images.shape[0]
+    offsets = (
+        draw_crop_offsets(n, augment.crop_padding, generator)
+        if augment.crop_padding
+        else torch.zeros(n, 2, dtype=torch.long)
+    )
+    flips = (
+        draw_flips(n, augment.flip_probability, generator)
+        if augment.flip
+        else torch.zeros(n, dtype=torch.bool)
+    )
+    return crop_and_flip(images, offsets, flips, augment.crop_padding)
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` in [0, 255] -> float ``(x / 255 - mean) / std`` per channel.
+
+    ``mean`` and ``std`` are per channel on the [0, 1] scale. The memory format of ``images``
+    is kept: a channels_last batch is normalised as ``(N * H, W * C)`` rows with a per-position
+    scale, so the inner loop stays long and contiguous.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise TypeError(
+            f"normalize: expected uint8 (N, C, H, W) images; found {images.dtype} of shape "
+            f"{tuple(images.shape)}."
+        )
+    n, c, h, w = images.shape
+    if len(mean) != c or len(std) != c:
+        raise ValueError(
+            f"normalize: images have {c} channels but mean has {len(mean)} and std {len(std)} "
+            "entries; pass one value per channel."
+        )
+    std_t = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std_t)).to(dtype)
+    shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).to(dtype)
+    device = images.device
+    if c > 1 and images.is_contiguous(memory_format=torch.channels_last):
+        rows = images.permute(0, 2, 3, 1).reshape(n * h, w * c)
+        # One pass, uint8 in, float out: shift + x * scale with the (C,) pattern tiled W times.
+        out = torch.addcmul(shift.repeat(w).to(device), rows, scale.repeat(w).to(device))
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    planes = images.reshape(n, c, h * w)
+    out = torch.addcmul(shift.view(1, c, 1).to(device), planes, scale.view(1, c, 1).to(device))
+    return out.view(n, c, h, w)
+
+
+def channel_stats(
+    images: torch.Tensor, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the [0, 1] scale of a uint8 ``(N, C, H, W)`` tensor."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].transpose(0, 1).reshape(c, -1).to(torch.float32)
+        total += x.sum(dim=1).double().cpu()  # float32 block sums, float64 total
+        total_sq += (x * x).sum(dim=1).double().cpu()
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count / 255.0
+    total_sq = total_sq / 255.0**2
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())

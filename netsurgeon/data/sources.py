@@ -1,0 +1,338 @@
+"""Dataset sources, each decoded once into uint8 tensors: CIFAR-10, ImageFolder, digits, synthetic.
+
+============  ==========================================  =========================================
+name          source                                      images
+============  ==========================================  =========================================
+cifar10       torchvision ``CIFAR10(root, download=...)``  50,000 train / 10,000 test, 3x32x32
+imagefolder   ``root/train/<class>/*``, ``root/test/...``  any equal-sized images, decoded with
+                                                          ``torchvision.io``, cached as a ``.pt``
+digits        ``sklearn.datasets.load_digits`` (bundled)  1,797 images, 1x16x16 (8x8 upsampled x2,
+                                                          nearest; 0..16 -> 0..255), 20% as test
+synthetic     seeded class templates + noise              learnable, any size; for tests and smoke
+============  ==========================================  =========================================
+
+:func:`load_dataset` turns any of them into a :class:`DatasetSplits` with a seeded validation
+hold-out, normalisation statistics and the augmentation that suits the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from netsurgeon.data.augment import Augment
+from netsurgeon.data.tensors import DatasetSplits, ImageTensors, train_val_split
+from netsurgeon.errors import NetsurgeonError
+
+__all__ = [
+    "DATASETS",
+    "DatasetNotFoundError",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "make_synthetic",
+]
+
+#: Names accepted by :func:`load_dataset`.
+DATASETS: tuple[str, ...] = ("cifar10", "imagefolder", "digits", "synthetic")
+
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_CACHE_VERSION = 1
+
+
+class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
+    """A dataset is not where it was expected and could not be fetched."""
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+def load_cifar10(
+    root: str | os.PathLike[str], *, download: bool = False
+) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
+    """The official CIFAR-10 (python version) through ``torchvision.datasets.CIFAR10``.
+
+    Args:
+        root: folder that contains (or will receive) ``cifar-10-batches-py/``.
+        download: fetch the archive into ``root`` when missing (needs network).
+
+    Returns:
+        ``(train, test, classes)`` on the CPU; images ``(N, 3, 32, 32)`` uint8.
+
+    Raises:
+        DatasetNotFoundError: the batches are missing or corrupted and could not be downloaded;
+            the message says how to point at a local copy or use an ImageFolder copy.
+    """
+    from torchvision.datasets import CIFAR10
+
+    parts = []
+    try:
+        for train in (True, False):
+            ds = CIFAR10(str(root), train=train, download=download)
+            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            labels = torch.tensor(ds.targets, dtype=torch.int64)
+            parts.append((ImageTensors(images, labels), tuple(ds.classes)))
+    except (RuntimeError, OSError) as error:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 could not be loaded from {Path(root).resolve()}/cifar-10-batches-py "
+            f"(download={download}): {error}. Fix: point --data-dir at the folder that contains "
+            "the extracted cifar-10-batches-py/ (from cifar-10-python.tar.gz), run with network "
+            "access so torchvision can download it, or use an ImageFolder copy with "
+            "--dataset imagefolder --data-dir DIR (DIR/train/<class>/*.jpg, DIR/test/<class>/*.jpg)."
+        ) from error
+    (train_set, classes), (test_set, _) = parts
+    return train_set, test_set, classes
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def _list_image_folder(split_root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]], str]:
+    """Class names (sorted folders), ``(file, label)`` pairs, and a key of the listing.
+
+    The key hashes every relative path and label plus each class folder's mtime (which changes
+    when a file is added, removed or renamed). No per-file ``stat``: listing 60,000 files stays
+    ~0.1 s. An image edited in place under the same name is not noticed; delete the cache file.
+    """
+    classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
+    files: list[tuple[str, int]] = []
+    digest = hashlib.sha1(f"v{_CACHE_VERSION}:{split_root.resolve()}".encode())
+    for label, name in enumerate(classes):
+        folder = split_root / name
+        digest.update(f"{name}:{label}:{folder.stat().st_mtime_ns}\n".encode())
+        names = sorted(
+            entry.name
+            for entry in os.scandir(folder)
+            if os.path.splitext(entry.name)[1].lower() in _IMAGE_SUFFIXES and entry.is_file()
+        )
+        digest.update("\n".join(names).encode())
+        files.extend((os.path.join(folder, file), label) for file in names)
+    return classes, files, digest.hexdigest()
+
+
+def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    images = []
+    for path, _ in files:
+        try:
+            images.append(decode_image(read_file(path), mode=ImageReadMode.RGB))
+        except RuntimeError:  # a format torchvision.io cannot decode: fall back to PIL
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("RGB"))
+            images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"ImageFolder {where}: images must all have the same size to be stacked; found "
+            f"{sorted(shapes)[:4]}. Resize the tree first (CIFAR-10 copies are all 3x32x32)."
+        )
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return ImageTensors(torch.stack(images), labels)
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "netsurgeon"
+
+
+def _load_split(split_root: Path, cache_dir: Path | None) -> tuple[ImageTensors, tuple[str, ...]]:
+    if not split_root.is_dir():
+        raise DatasetNotFoundError(
+            f"ImageFolder: {split_root} is not a folder. Expected DIR/train/<class>/<image> and "
+            "DIR/test/<class>/<image>; for the team's CIFAR-10 copy run "
+            "`unzip -q ../shared/datasets/cifar10-jpeg.zip -d /tmp/cifar10-jpeg` and pass "
+            "--data-dir /tmp/cifar10-jpeg."
+        )
+    classes, files, key = _list_image_folder(split_root)
+    if not files:
+        raise DatasetNotFoundError(
+            f"ImageFolder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in class folders "
+            f"under {split_root}."
+        )
+    root_tag = hashlib.sha1(str(split_root.resolve()).encode()).hexdigest()[:8]
+    prefix = f"imagefolder-{root_tag}-{split_root.name}-"
+    cache_file = cache_dir / f"{prefix}{key[:16]}.pt" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if cached.get("key") == key:
+            return ImageTensors(cached["images"], cached["labels"]), tuple(cached["classes"])
+    data = _decode_files(files, split_root)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        torch.save(
+            {"key": key, "images": data.images, "labels": data.labels, "classes": list(classes)},
+            tmp,
+        )
+        os.replace(tmp, cache_file)  # atomic: parallel jobs never read a half-written cache
+        for stale in cache_file.parent.glob(f"{prefix}*.pt"):
+            if stale != cache_file:  # an older listing of the same folder
+                stale.unlink(missing_ok=True)
+    return data, classes
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache: bool = True,
+) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
+    """An ImageFolder tree ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded once.
+
+    Class folders are sorted by name (label = position), as ``torchvision.datasets.ImageFolder``
+    does. Images are decoded with ``torchvision.io`` (PIL for other formats) into one uint8
+    tensor per split, then cached in ``cache_dir`` (default ``$XDG_CACHE_HOME/netsurgeon`` or
+    ``~/.cache/netsurgeon``) under a key of the file listing (names and class-folder mtimes),
+    so the second load is a single ``torch.load`` and adding, removing or renaming a file
+    re-decodes. ``cache=False`` always decodes and writes nothing.
+
+    Returns:
+        ``(train, test, classes)`` on the CPU.
+
+    Example:
+        >>> train, test, classes = load_image_folder("/tmp/cifar10-jpeg")  # doctest: +SKIP
+    """
+    root = Path(root)
+    directory = (
+        (Path(cache_dir) if cache_dir is not None else _default_cache_dir()) if cache else None
+    )
+    train, classes = _load_split(root / "train", directory)
+    test, test_classes = _load_split(root / "test", directory)
+    if test_classes != classes:
+        raise ValueError(
+            f"ImageFolder {root}: train/ and test/ must hold the same class folders; found "
+            f"train={list(classes)} test={list(test_classes)}."
+        )
+    return train, test, classes
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def load_digits(
+    *, upsample: int = 1, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
+    """scikit-learn's bundled 8x8 digits (offline): 1 channel, values 0..16 rescaled to 0..255.
+
+    Args:
+        upsample: integer factor of nearest-neighbour upsampling (2 gives 16x16 images, so a
+            three-block VGG still sees 2x2 maps after its last pool).
+        test_fraction: there is no official test set, so a seeded share is held out as test.
+        seed: seed of that hold-out.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    pixels = torch.from_numpy(bunch.images).to(torch.float64)  # (1797, 8, 8) in [0, 16]
+    images = (pixels * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    if upsample > 1:
+        images = images.repeat_interleave(upsample, 2).repeat_interleave(upsample, 3)
+    labels = torch.from_numpy(bunch.target).to(torch.int64)
+    every = ImageTensors(images, labels)
+    train_idx, test_idx = train_val_split(len(every), test_fraction, seed=seed)
+    return every.subset(train_idx), every.subset(test_idx), tuple(str(d) for d in range(10))
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(
+    n_train: int = 2000,
+    n_test: int = 500,
+    *,
+    num_classes: int = 10,
+    channels: int = 3,
+    image_size: int = 32,
+    noise: float = 48.0,
+    seed: int = 0,
+) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
+    """A seeded, learnable image task: each class is a smooth random template plus pixel noise.
+
+    Templates are ``(channels, 4, 4)`` Gaussian grids upsampled bilinearly to ``image_size``, so
+    they survive random crops and flips only partly; ``noise`` (std in pixel units, 0..255) sets
+    the difficulty. Labels are balanced (``i % num_classes``) then shuffled.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(num_classes, channels, 4, 4, generator=generator)
+    templates = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear")
+    templates = 60.0 * templates / templates.std().clamp_min(1e-6)
+
+    def draw(n: int) -> ImageTensors:
+        labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]
+        pixels = 128.0 + templates[labels]
+        pixels += noise * torch.randn(pixels.shape, generator=generator)
+        return ImageTensors(pixels.round().clamp(0, 255).to(torch.uint8), labels)
+
+    return draw(n_train), draw(n_test), tuple(f"class{k}" for k in range(num_classes))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    device: torch.device | str | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    synthetic_size: tuple[int, int] = (2000, 500),
+    synthetic_image_size: int = 32,
+) -> DatasetSplits:
+    """Load a dataset by name into train / val / test tensors on ``device``.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        data_dir: folder of the data (cifar10: holds ``cifar-10-batches-py/``; imagefolder:
+            holds ``train/`` and ``test/``); unused for digits and synthetic.
+        val_fraction: share of the training images held out for validation (seeded).
+        split_seed: seed of that hold-out.
+        device: where the uint8 tensors live (the training device).
+        download: let torchvision download CIFAR-10 into ``data_dir`` when missing.
+        cache_dir: decoded-ImageFolder cache (see :func:`load_image_folder`).
+        synthetic_size: ``(n_train, n_test)`` of the synthetic task.
+        synthetic_image_size: height = width of the synthetic images.
+
+    Example:
+        >>> splits = load_dataset("synthetic", synthetic_size=(100, 20))
+        >>> len(splits.train), len(splits.val), len(splits.test), splits.in_channels
+        (80, 20, 20, 3)
+    """
+    augment = Augment(crop_padding=4, flip=True)
+    if name == "cifar10":
+        train, test, classes = load_cifar10(data_dir or "data", download=download)
+    elif name == "imagefolder":
+        if data_dir is None:
+            raise ValueError(
+                "load_dataset('imagefolder'): data_dir is required; pass the folder that holds "
+                "train/ and test/ (e.g. --data-dir /tmp/cifar10-jpeg)."
+            )
+        train, test, classes = load_image_folder(data_dir, cache_dir=cache_dir)
+    elif name == "digits":
+        train, test, classes = load_digits(upsample=2)  # 16x16, see the module docstring
+        augment = Augment(crop_padding=2, flip=False)  # a mirrored digit is another glyph
+    elif name == "synthetic":
+        train, test, classes = make_synthetic(*synthetic_size, image_size=synthetic_image_size)
+    else:
+        raise ValueError(f"load_dataset: unknown dataset {name!r}; expected one of {DATASETS}.")
+    splits = DatasetSplits.from_train_test(
+        name,
+        train,
+        test,
+        classes,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        augment=augment,
+    )
+    return splits.to(device)

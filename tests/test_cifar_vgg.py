@@ -1,0 +1,195 @@
+"""benchmarks/cifar_vgg.py end to end on ``--preset smoke``: outputs, ratios, options, resume."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_driver() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cifar_vgg", ROOT / "benchmarks" / "cifar_vgg.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cifar_vgg"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+driver = _load_driver()
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("smoke")
+    threads = torch.get_num_threads()
+    try:
+        assert driver.main(["--preset", "smoke", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the driver sizes torch's thread pool for its runs
+    return out
+
+
+def _runs(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+
+
+def test_smoke_writes_one_json_per_run_with_per_epoch_metrics(smoke_out: Path) -> None:
+    runs = _runs(smoke_out)
+    grown = [r for r in runs.values() if r["kind"] == "grown"]
+    assert {r["where"] for r in grown} == {"nagn", "uniform"}
+    assert len(runs) == len(grown) + len({r["baseline_run_id"] for r in grown})
+    for run in runs.values():
+        assert run["config"]["preset"] == "smoke"
+        assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3, 4]
+        for epoch in run["epochs"]:
+            assert {"train_loss", "val_acc", "test_acc", "train_time_s", "widths"} <= set(epoch)
+            assert 0.0 <= epoch["test_acc"] <= 1.0
+        times = [e["train_time_s"] for e in run["epochs"]]
+        assert times == sorted(times)
+        assert run["environment"]["torch"] == torch.__version__
+
+
+def test_smoke_grown_runs_record_growth_events_and_grow(smoke_out: Path) -> None:
+    for run in _runs(smoke_out).values():
+        if run["kind"] != "grown":
+            continue
+        assert run["events"], f"{run['run_id']}: the smoke preset forces a trigger at epoch 2"
+        event = run["events"][0]
+        assert event["epoch"] == 2
+        assert set(event["profile"]) >= {"blocks.0.0.conv", "blocks.2.0.conv"}
+        assert sum(event["increments"].values()) > 0
+        assert "rows" in event["plan"]
+        assert run["widths_final"] != run["widths_initial"]
+
+
+def test_static_baseline_has_the_grown_final_widths_and_seed(smoke_out: Path) -> None:
+    runs = _runs(smoke_out)
+    for run in runs.values():
+        if run["kind"] == "grown":
+            static = runs[run["baseline_run_id"]]
+            assert static["kind"] == "static"
+            assert static["widths_initial"] == run["widths_final"] == static["widths_final"]
+            assert static["seed"] == run["seed"]
+            assert static["events"] == []
+
+
+def test_summary_ratios_are_computed_from_the_run_jsons(smoke_out: Path) -> None:
+    runs = _runs(smoke_out)
+    with open(smoke_out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["where"] for row in rows} == {"nagn", "uniform"}
+    for row in rows:
+        (grown,) = [r for r in runs.values() if r["kind"] == "grown" and r["where"] == row["where"]]
+        static = runs[grown["baseline_run_id"]]
+        acc = grown["final"]["test_acc"] / static["final"]["test_acc"]
+        time = grown["final"]["train_time_s"] / static["final"]["train_time_s"]
+        assert float(row["acc_ratio_mean"]) == pytest.approx(acc, rel=1e-12)
+        assert float(row["time_ratio_mean"]) == pytest.approx(time, rel=1e-12)
+        assert float(row["grown_acc_mean"]) == pytest.approx(grown["final"]["test_acc"])
+    text = (smoke_out / "summary.md").read_text()
+    assert "git" in text and "torch" in text and "training wall time" in text
+
+
+def test_smoke_writes_png_figures(smoke_out: Path) -> None:
+    names = {p.name for p in (smoke_out / "figures").glob("*.png")}
+    assert {"fig2b_ratios.png", "fig1a_nagn_profile_2-2-4.png", "fig1b_accuracy_2-2-4.png"} <= names
+    for name in names:
+        assert (smoke_out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_with_the_same_out_reuses_finished_runs(
+    smoke_out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in (smoke_out / "runs").glob("*.json")}
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(driver, "train_run", no_training)
+    monkeypatch.setattr(driver, "_worker_init", lambda cfg: None)
+    assert driver.main(["--preset", "smoke", "--out", str(smoke_out)]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (smoke_out / "runs").glob("*.json")}
+    assert after == before
+
+
+def test_resume_into_an_out_made_with_other_settings_is_refused(
+    smoke_out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(driver, "_worker_init", lambda cfg: None)
+    assert driver.main(["--preset", "smoke", "--epochs", "5", "--out", str(smoke_out)]) == 2
+    assert "fresh --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--where", "nagn,best"], "--where"),
+        (["--epochs", "2"], "two windows"),
+        (["--dataset", "imagefolder"], "needs --data-dir"),
+        (["--dataset", "digits", "--data-dir", "/x"], "unused"),
+        (["--amp", "--device", "cpu"], "--amp needs a CUDA device"),
+        (["--seeds", "1,1"], "distinct seeds"),
+        (["--seeds", "one"], "--seeds"),
+        (["--configs", "4/0/4"], "--configs"),
+        (["--jobs", "0"], "--jobs"),
+        (["--device", "tpu:9"], "--device"),
+    ],
+)
+def test_inconsistent_options_are_rejected_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert driver.main(["--preset", "smoke", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["--epoch", "3"], ["--preset", "huge"]])
+def test_unknown_options_and_abbreviations_are_rejected(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        driver.resolve_config(argv)
+    assert exit_info.value.code == 2
+
+
+def test_width_specs_parse_in_both_spellings() -> None:
+    assert driver.parse_widths("[[8,3,8],[16]]") == ((8, 3, 8), (16,))
+    assert driver.parse_widths("8,3,8/16") == ((8, 3, 8), (16,))
+    assert driver.parse_ints("0-2", "--seeds") == (0, 1, 2)
+    assert driver.parse_ints("3,5", "--seeds") == (3, 5)
+
+
+def test_overriding_the_dataset_drops_the_presets_data_dir() -> None:
+    cfg, out = driver.resolve_config(["--preset", "quick", "--dataset", "synthetic"])
+    assert cfg.data_dir is None
+    assert out == Path("runs") / "quick"
+    assert cfg.growth.w_acc == 3  # quick keeps the paper's growth rules
+
+
+def test_missing_image_folder_stops_with_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threads = torch.get_num_threads()
+    try:
+        code = driver.main(
+            [
+                "--preset",
+                "smoke",
+                "--dataset",
+                "imagefolder",
+                "--data-dir",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 2
+    assert "cifar10-jpeg.zip" in capsys.readouterr().err
