@@ -7,6 +7,7 @@ it trains.
 
 from netsurgeon._version import __version__
 from netsurgeon.errors import (
+    DatasetNotFoundError,
     MonitorError,
     NetsurgeonError,
     NetsurgeonTypeError,
@@ -28,6 +29,7 @@ from netsurgeon.nagn import (
 from netsurgeon.surgery import InitStrategy, load_state_dict, register_init, widen
 
 __all__ = [
+    "DatasetNotFoundError",
     "Grower",
     "GrowthConfig",
     "GrowthEvent",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "DatasetNotFoundError",
     "MonitorError",
     "NetsurgeonError",
     "NetsurgeonTypeError",
@@ -39,3 +40,7 @@ class PlanError(NetsurgeonError, ValueError):
 
 class MonitorError(NetsurgeonError, RuntimeError):
     """The NAGN monitor has nothing to report (no gradient reached a layer since the last reset)."""
+
+
+class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
+    """A dataset is not where it was expected and could not be fetched."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from netsurgeon.data.augment import Augment
 from netsurgeon.data.tensors import DatasetSplits, ImageTensors, train_val_split
-from netsurgeon.errors import NetsurgeonError
+from netsurgeon.errors import DatasetNotFoundError
 
 __all__ = [
     "DATASETS",
@@ -43,10 +43,6 @@ DATASETS: tuple[str, ...] = ("cifar10", "imagefolder", "digits", "synthetic")
 
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _CACHE_VERSION = 1
-
-
-class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
-    """A dataset is not where it was expected and could not be fetched."""
 
 
 # --------------------------------------------------------------------------- CIFAR-10
