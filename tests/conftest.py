@@ -8,10 +8,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-# The suite's tensors are tiny: one thread avoids OpenMP start-up and contention on small,
-# shared machines (measured: a small BatchNorm call 30 ms with 2 threads under load, 75 us with 1).
-torch.set_num_threads(1)
-
 settings.register_profile(
     "ci",
     derandomize=True,
@@ -29,5 +25,11 @@ settings.load_profile(
 
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
-    """Every test starts from the same global torch seed."""
+    """Every test starts from the same global torch seed, on one thread.
+
+    The suite's tensors are tiny: one thread avoids OpenMP start-up and contention on small,
+    shared machines (measured: a small BatchNorm call 30 ms with 2 threads under load, 75 us
+    with 1), and resetting it per test undoes any test that sizes the pool itself.
+    """
     torch.manual_seed(0)
+    torch.set_num_threads(1)

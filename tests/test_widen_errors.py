@@ -20,15 +20,6 @@ import netsurgeon
 from netsurgeon import NetsurgeonError, WidenError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a busy 2-core machine, OpenMP syncs cost ~100x the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Net(nn.Module):
     """conv1 -> conv2 -> flatten -> fc1 -> fc2 (the output layer)."""
 

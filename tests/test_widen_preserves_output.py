@@ -41,15 +41,6 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 widths = st.integers(1, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a busy 2-core machine, OpenMP syncs cost ~100x the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A random sequential model: ``layers`` are ``(kind, *args)`` tuples built by ``build``."""

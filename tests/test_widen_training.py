@@ -22,15 +22,6 @@ import netsurgeon
 PLAN = {"0": 2, "5": 3}  # the conv (read through a flatten, x9) and the hidden Linear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a busy 2-core machine, OpenMP syncs cost ~100x the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _net(dtype: torch.dtype = torch.float32) -> nn.Sequential:
     """conv -> BN -> tanh -> pool -> flatten -> fc -> tanh -> fc; tanh: no unit is ever dead."""
     return nn.Sequential(
