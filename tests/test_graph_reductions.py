@@ -1,4 +1,4 @@
-"""Spatial reductions (global average pooling spelled as ``x.mean((2, 3))``) and clamps."""
+"""Spatial reductions (``x.mean((2, 3))``), clamps, and squeeze/unsqueeze of non-channel dims."""
 
 from __future__ import annotations
 
@@ -57,5 +57,67 @@ def test_spatial_reduction_connects_conv_to_linear_and_widening_preserves_output
     ids=["channel", "batch", "all"],
 )
 def test_reducing_the_channel_or_batch_dim_is_refused(reduce, match):
+    with pytest.raises(UnsupportedModelError, match=match):
+        netsurgeon.trace(GapNet(reduce))
+
+
+class SqueezeNet(nn.Module):
+    """Conv1d -> global pool -> squeeze(-1) -> view(size(dim=0), -1) -> 1-unit head -> squeeze."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 3)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        z = self.pool(torch.relu(self.conv(x))).squeeze(-1)
+        return self.head(z.view(z.size(dim=0), -1)).squeeze(-1)
+
+
+class UnsqueezeNet(nn.Module):
+    """Linear -> unsqueeze(-1) -> Conv1d(k=1) -> squeeze(2) -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 8)
+        self.conv = nn.Conv1d(8, 4, 1)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.conv(self.fc(x).unsqueeze(-1)).squeeze(2))
+
+
+@pytest.mark.parametrize("with_shapes", [False, True])
+def test_squeeze_of_spatial_dims_and_keyword_batch_size_keep_the_channels(with_shapes):
+    model = SqueezeNet().eval()
+    x = torch.randn(4, 3, 10)
+    graph = netsurgeon.trace(model, x if with_shapes else None)
+    assert graph.consumers_of("conv") == ["head"]
+    assert graph.output_layers == frozenset({"head"})
+    assert "removes the channel dim" in graph.unwidenable_reason("head")
+    before = model(x)
+    netsurgeon.widen(model, {"conv": 2})
+    torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)
+
+
+def test_unsqueeze_moves_linear_features_onto_the_conv_channel_dim():
+    model = UnsqueezeNet().eval()
+    x = torch.randn(5, 3)
+    graph = netsurgeon.trace(model)
+    assert graph.consumers_of("fc") == ["conv"]
+    assert graph.consumers_of("conv") == ["out"]
+    before = model(x)
+    netsurgeon.widen(model, {"fc": 3, "conv": 2})
+    torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)
+    assert (model.conv.in_channels, model.out.in_features) == (11, 6)
+
+
+@pytest.mark.parametrize(
+    ("reduce", "match"),
+    [(lambda z: z.squeeze(), "unknown layout"), (lambda z: z.squeeze(0), "removes the batch dim")],
+    ids=["no-dim", "batch"],
+)
+def test_ambiguous_or_batch_squeeze_is_refused(reduce, match):
     with pytest.raises(UnsupportedModelError, match=match):
         netsurgeon.trace(GapNet(reduce))

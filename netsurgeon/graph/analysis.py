@@ -136,11 +136,12 @@ class WalkContext:
         return dim + state.rank == channel
 
     def is_batch_size(self, arg: Any) -> bool:
-        """``x.size(0)``, ``x.shape[0]`` or ``x.size()[0]`` of any traced tensor."""
+        """``x.size(0)``, ``x.size(dim=0)``, ``x.shape[0]`` or ``x.size()[0]`` of any traced tensor."""
         if not isinstance(arg, fx.Node):
             return False
         if arg.op == "call_method" and arg.target == "size":
-            return len(arg.args) > 1 and arg.args[1] == 0
+            dim = arg.args[1] if len(arg.args) > 1 else arg.kwargs.get("dim")
+            return dim == 0
         if arg.op == "call_function" and getattr(arg.target, "__name__", "") == "getitem":
             source, index = arg.args[0], arg.args[1]
             return (

@@ -160,6 +160,46 @@ class SpatialReductionHandler(OpHandler):
         return Flow(FlowKind.PASS, state.replace(rank=new_rank), label=ctx.op_name(node))
 
 
+@register_function(torch.squeeze, torch.unsqueeze)
+@register_method("squeeze", "unsqueeze")
+class SqueezeHandler(OpHandler):
+    """``x.squeeze(-1)`` / ``x.unsqueeze(2)`` of a non-channel dim: the channel dim index shifts.
+
+    ``squeeze()`` without a dim is refused: it would also drop the batch dim of a batch of one.
+    """
+
+    def flow(self, node: fx.Node, state: ChannelState, ctx: WalkContext) -> Flow:
+        dim = _arg(node, 1, "dim", None)
+        channel, rank = state.normalized_dim(), state.rank
+        unsqueeze = str(getattr(node.target, "__name__", node.target)) == "unsqueeze"
+        if not isinstance(dim, int) or channel is None or rank is None:
+            ctx.refuse(
+                node,
+                f"{ctx.op_name(node)} with dim={dim!r} on a tensor of unknown layout",
+                fix="name the dim explicitly (x.squeeze(-1)) or pass example_inputs",
+            )
+        new_rank = rank + 1 if unsqueeze else rank - 1
+        position = dim % (new_rank if unsqueeze else rank)
+        if not unsqueeze and position == 0:
+            ctx.refuse(node, f"squeezing dim {dim} removes the batch dim", fix="squeeze other dims")
+        if not unsqueeze and position == channel:  # legal only at width 1: e.g. a 1-unit head
+            return Flow(
+                FlowKind.BLOCK,
+                state,
+                label=ctx.op_name(node),
+                reason=f"{ctx.op_name(node)} removes the channel dim, which only a width of 1 allows",
+            )
+        if unsqueeze and position == 0:
+            ctx.refuse(node, "unsqueezing before the batch dim", fix="unsqueeze after dim 0")
+        if unsqueeze:
+            channel = channel + 1 if position <= channel else channel
+        else:
+            channel = channel - 1 if position < channel else channel
+        return Flow(
+            FlowKind.PASS, state.replace(dim=channel, rank=new_rank), label=ctx.op_name(node)
+        )
+
+
 @register_method("size", "dim", "numel")
 class QueryHandler(OpHandler):
     """``x.size(0)``, ``x.dim()``: metadata only, no channel data flows on."""
