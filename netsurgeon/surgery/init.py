@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, TypeVar
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "Net2NetInit",
     "PaperInit",
     "get_init",
+    "normal_",
     "register_init",
 ]
 
@@ -118,14 +120,8 @@ class PaperInit(InitStrategy):
 
     def new_rows(self, weight, out, *, old_in, sources, generator):
         std = math.sqrt(2.0 / (old_in * math.prod(weight.shape[2:])))
-        if old_in == out.shape[1]:  # contiguous: draw in place
-            out.normal_(0.0, std, generator=generator)
-            return
         out[:, old_in:].zero_()
-        shape = (out.shape[0], old_in, *out.shape[2:])
-        out[:, :old_in].copy_(
-            torch.normal(0.0, std, shape, generator=generator, dtype=out.dtype, device=out.device)
-        )
+        normal_(out[:, :old_in], std, generator)
 
     def new_bias(self, bias, k, sources):
         return bias.new_zeros(k)
@@ -190,6 +186,40 @@ def get_init(init: str | InitStrategy) -> InitStrategy:
         f"unknown init strategy {init!r}; expected one of {sorted(INIT_STRATEGIES)} or an "
         "InitStrategy instance"
     )
+
+
+#: Draws of at least this many elements are split into fixed chunks filled in parallel on CPU.
+PARALLEL_NORMAL_MIN = 1 << 22
+_CHUNK = 1 << 20  # elements per chunk: fixed, so the values do not depend on the thread count
+
+
+def normal_(out: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+    """Fill ``out`` (any strides) with ``N(0, std^2)`` draws, deterministic given ``generator``.
+
+    PyTorch draws normals serially on CPU; a large draw (the new rows of a wide classifier) is
+    split into chunks of fixed size, each with its own generator seeded from ``generator``, and
+    filled by a thread pool. Small draws and non-CPU tensors use one ``normal_``.
+    """
+    if out.numel() < PARALLEL_NORMAL_MIN or out.device.type != "cpu":
+        if out.is_contiguous():
+            out.normal_(0.0, std, generator=generator)
+        else:
+            draw = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+            out.copy_(draw.normal_(0.0, std, generator=generator))
+        return
+    rows = max(1, _CHUNK // max(1, out[0].numel()))
+    chunks = out.split(rows)
+    seeds = torch.randint(2**62, (len(chunks),), generator=generator).tolist()
+
+    def fill(chunk: torch.Tensor, seed: int) -> None:
+        rng = torch.Generator().manual_seed(seed)
+        draw = chunk if chunk.is_contiguous() else torch.empty(chunk.shape, dtype=chunk.dtype)
+        draw.normal_(0.0, std, generator=rng)
+        if draw is not chunk:
+            chunk.copy_(draw)
+
+    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+        list(pool.map(fill, chunks, seeds))
 
 
 def _append(tensor: torch.Tensor, dim: int, extra: torch.Tensor) -> torch.Tensor:
