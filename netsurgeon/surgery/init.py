@@ -127,7 +127,7 @@ class PaperInit(InitStrategy):
         return bias.new_zeros(k)
 
     def grow_channelwise(self, tensor, *, k, multiplicity, fill, sources):
-        return _append(tensor, 0, tensor.new_full((k * multiplicity,), fill))
+        return torch.cat([tensor, tensor.new_full((k * multiplicity,), fill)])
 
 
 @register_init("net2net")
@@ -220,10 +220,6 @@ def normal_(out: torch.Tensor, std: float, generator: torch.Generator | None) ->
 
     with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
         list(pool.map(fill, chunks, seeds))
-
-
-def _append(tensor: torch.Tensor, dim: int, extra: torch.Tensor) -> torch.Tensor:
-    return torch.cat([tensor, extra], dim=dim)
 
 
 def _broadcast(vector: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
