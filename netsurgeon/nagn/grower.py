@@ -264,7 +264,10 @@ class Grower:
             optimizer=self.optimizer,
             generator=self._weights_rng,
             init=self.config.init,
+            graph=graph,
         )
+        grown = {graph.resolve(name).name: k for name, k in increments.items()}
+        widths_after = {n: w + grown.get(graph.group_of(n).name, 0) for n, w in widths.items()}
         event = GrowthEvent(
             epoch=self.epoch,
             window_accuracy=accuracy,
@@ -273,7 +276,7 @@ class Grower:
             plan=plan,
             increments=increments,
             widths_before=widths,
-            widths_after=graph.widths(),
+            widths_after=widths_after,
             params_before=params_before,
             params_after=_count(self.model),
         )
