@@ -92,7 +92,7 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
                 )
             layout = handler.flow(node, ctx)
         except Refusal as refusal:
-            ctx.block(node, inputs, str(refusal).split("\n")[0])
+            ctx.block(node, inputs, str(refusal))
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
         ctx.layouts[node] = layout
         if isinstance(layout, Layout):
@@ -108,9 +108,10 @@ def _role(handler: Any, node: fx.Node, ctx: FlowContext) -> str:
 
 def _blocked_output(node: fx.Node, handler: Any, ctx: FlowContext, reason: str) -> Layout:
     """A refused layer still produces a (blocked) group, so what follows stays analysable."""
-    module = ctx.module_of(node)
-    gid = ctx.new_group(str(node.target), handler.out_width(module))
-    ctx.blocked[gid].append(reason)
+    module, name = ctx.module_of(node), str(node.target)
+    earlier = [gid for gid, made in enumerate(ctx.producers) if name in made]
+    gid = earlier[0] if earlier else ctx.new_group(name, handler.out_width(module))
+    ctx.blocked[gid].append(f"{reason} (at {node.format_node()})")
     return handler.output_layout(node, module, gid, ctx)
 
 

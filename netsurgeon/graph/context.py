@@ -318,11 +318,13 @@ class FlowContext:
     def refuse(self, node: fx.Node, what: str, *, fix: str) -> NoReturn:
         """Strict: raise :class:`UnsupportedModelError`; else block what ``node`` touches."""
         where = f"module '{node.target}'" if node.op == "call_module" else f"node '{node.name}'"
-        message = f"{where}: {what}.\n  fx node: {node.format_node()}\n  fix: {fix}"
         if self.strict:
-            fix_hint = "; or trace(model, strict=False) to analyse the rest of the model"
-            raise UnsupportedModelError(f"cannot analyse the channels at {message}{fix_hint}")
-        raise Refusal(message)
+            raise UnsupportedModelError(
+                f"cannot analyse the channels at {where}: {what}.\n  fx node: "
+                f"{node.format_node()}\n  fix: {fix}; or trace(model, strict=False) to analyse "
+                "the rest of the model"
+            )
+        raise Refusal(f"cannot analyse the channels at {where}: {what} (fix: {fix})")
 
 
 _MULTIPLICATIVE = frozenset({"mul", "truediv", "div", "imul", "itruediv", ".mul()", ".div()"})

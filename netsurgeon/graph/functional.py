@@ -537,6 +537,8 @@ class SqueezeHandler(OpHandler):
         dim = _arg(node, 1, "dim", None)
         channel, rank = layout.normalized_dim(), layout.rank
         unsqueeze = str(getattr(node.target, "__name__", node.target)) == "unsqueeze"
+        if isinstance(dim, int) and dim < 0 and rank is None and layout.dim < 0:
+            return self._from_the_end(node, layout, dim, unsqueeze, ctx)
         if not isinstance(dim, int) or channel is None or rank is None:
             ctx.unknown(node, f"{ctx.op_name(node)} with dim={dim!r} on a tensor of unknown layout")
         new_rank = rank + 1 if unsqueeze else rank - 1
@@ -549,6 +551,20 @@ class SqueezeHandler(OpHandler):
         else:
             channel = channel - 1 if position < channel else channel
         return layout.replace(dim=channel, rank=new_rank).with_path(ctx.op_name(node))
+
+    def _from_the_end(self, node, layout, dim, unsqueeze, ctx) -> Layout | None:
+        """Rank unknown, channels counted from the end (a Linear's): count ``dim`` so too."""
+        channel = layout.dim
+        if unsqueeze:
+            return layout.replace(dim=channel - 1 if dim >= channel else channel).with_path(
+                ctx.op_name(node)
+            )
+        if dim == channel:
+            ctx.block(node, layout, f"{ctx.op_name(node)} removes the channel dim (width 1)")
+            return None
+        return layout.replace(dim=channel + 1 if dim > channel else channel).with_path(
+            ctx.op_name(node)
+        )
 
 
 @register_method("expand", "expand_as", "repeat", "tile")

@@ -112,6 +112,8 @@ class ConvHandler(LayerHandler):
         )
 
     def check_input(self, node, module, layout, ctx) -> None:
+        if layout.rank is None and layout.dim < 0:  # a conv's batched input has its weight's rank
+            layout = layout.replace(rank=module.weight.dim())
         if layout.flattened or layout.normalized_dim() != 1:
             ctx.refuse(
                 node,
