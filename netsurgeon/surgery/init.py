@@ -167,11 +167,14 @@ class Net2NetInit(InitStrategy):
 
     def sources(self, width, k, blocks, generator):
         size, per_block = width // blocks, k // blocks
+        device = _device_of(generator)
         if blocks == 1:
-            return torch.randint(0, width, (k,), generator=generator)
+            return torch.randint(0, width, (k,), generator=generator, device=device).cpu()
         return torch.cat(
             [
-                torch.randint(j * size, (j + 1) * size, (per_block,), generator=generator)
+                torch.randint(
+                    j * size, (j + 1) * size, (per_block,), generator=generator, device=device
+                ).cpu()
                 for j in range(blocks)
             ]
         )
@@ -188,7 +191,16 @@ class Net2NetInit(InitStrategy):
             width = widths[group]
             owner = torch.cat([torch.arange(width), source])
             copies = torch.bincount(owner, minlength=width).to(torch.float64)
-            noise = torch.rand(owner.numel(), generator=generator, dtype=torch.float64) * 2 - 1
+            noise = (
+                torch.rand(
+                    owner.numel(),
+                    generator=generator,
+                    dtype=torch.float64,
+                    device=_device_of(generator),
+                ).cpu()
+                * 2
+                - 1
+            )
             noise *= self.split_noise
             totals = torch.zeros(width, dtype=torch.float64).index_add_(0, owner, noise)
             noise -= totals[owner] / copies[owner]
@@ -225,6 +237,11 @@ class Net2NetInit(InitStrategy):
                 cols = _entries_in_piece(index_map, ins, int(source[i]), kept)
                 dst = tensor.narrow(dim, at + n * ins.per_channel, ins.per_channel)
                 dst.copy_(tensor.index_select(dim, cols))
+
+
+def _device_of(generator: torch.Generator | None) -> torch.device | None:
+    """Draw where the generator lives (a CUDA generator cannot fill a CPU tensor)."""
+    return None if generator is None else generator.device
 
 
 def _entries_in_piece(
