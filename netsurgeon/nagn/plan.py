@@ -183,7 +183,7 @@ class GrowthPlan:
         ]
         if self.cost is not None:
             total = self.cost.total
-            lines.append(("total", *[""] * 10, *self._cost_cells(None, total), ""))
+            lines.append(("total", *[""] * 9, *self._cost_cells(None, total), ""))
         widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
 
         def fmt(cells: Sequence[str]) -> str:
