@@ -115,6 +115,10 @@ def test_callback_grows_with_the_trainers_optimizer_and_resumes_identically(tmp_
     assert scheduler.optimizer is opt and scheduler.last_epoch == EPOCHS
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.9**EPOCHS)
     assert not growth.grower.monitor.attached  # teardown leaves no hooks behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(model, _loaders()[1], verbose=False)
+    assert len(growth.grower.accuracies) == EPOCHS  # trainer.validate() is not a growth step
 
     # resume right after the first growth, on a fresh (narrow) module
     resumed, growth2, probe2, trainer2 = _fit(

@@ -30,6 +30,7 @@ from torch import nn
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.trainer.states import TrainerFn
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "netsurgeon.integrations.lightning needs Lightning: pip install 'netsurgeon[lightning]' "
@@ -156,8 +157,8 @@ class GrowthCallback(pl.Callback):
 
     # -- the per-validation call -------------------------------------------------------------------
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.grower is None:
-            return
+        if trainer.sanity_checking or self.grower is None or trainer.state.fn != TrainerFn.FITTING:
+            return  # grow only from the validation runs inside fit(), not trainer.validate()
         if self.monitor not in trainer.callback_metrics:
             raise NetsurgeonError(
                 f"GrowthCallback(monitor={self.monitor!r}): no such logged metric after "

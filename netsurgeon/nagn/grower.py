@@ -100,11 +100,17 @@ class Grower:
             without ``example_inputs``, a model already above ``max_params``/``max_flops``).
 
     Example:
-        >>> grower = Grower(model, optimizer, GrowthConfig())          # doctest: +SKIP
-        >>> for epoch in range(epochs):                                 # doctest: +SKIP
-        ...     train_one_epoch(model, optimizer)   # NAGN collected here
-        ...     event = grower.step(evaluate(model, val_loader))
-        ...     if event: print(event.widths_after)
+        >>> import torch, torch.nn.functional as F
+        >>> from netsurgeon.models import vgg
+        >>> model = vgg([[4], [4]], num_classes=3, image_size=8)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> grower = Grower(model, opt, GrowthConfig(w_acc=1, delta_acc=1.0, every=1))
+        >>> for epoch in range(2):
+        ...     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+        ...     opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()  # NAGN here
+        ...     event = grower.step(0.5)  # validation accuracy, in [0, 1]
+        >>> event.epoch, event.params_after > event.params_before
+        (2, True)
     """
 
     def __init__(
@@ -136,13 +142,13 @@ class Grower:
         self.group = group
         graph = trace(model, strict=False)
         self.layers = graph.layers
-        self._check_budget(graph.widths())
-        if self.distributed:
+        if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
                 (dataclasses.asdict(self.config), graph.widths()),
                 "the GrowthConfig or the model's widths",
                 group,
             )
+        self._check_budget(graph.widths())
         warn_about_optimizer(model, optimizer, stacklevel=2)
         self.monitor = NAGNMonitor(
             model, self.layers, reduction=self.config.reduction, every=self.config.every
