@@ -62,7 +62,7 @@ class GrowthConfig:
         2
         >>> GrowthConfig(init="kaiming")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        netsurgeon.errors.ConfigError: GrowthConfig.init='kaiming': expected a registered init ...
+        netsurgeon.errors.ConfigError: GrowthConfig.init='kaiming': expected one of ['net2net', 'paper']...
     """
 
     delta_acc: float = 3e-3
@@ -100,7 +100,12 @@ class GrowthConfig:
         _choice(self, "fallback", FALLBACKS)
         _choice(self, "neighbourhood", NEIGHBOURHOODS)
         _choice(self, "reduction", ("mean", "sum"))
-        _choice(self, "init", tuple(sorted(INIT_STRATEGIES)), what="a registered init name")
+        _choice(
+            self,
+            "init",
+            tuple(sorted(INIT_STRATEGIES)),
+            hint="; add a strategy with @netsurgeon.register_init(name) before making the config",
+        )
         for name in ("monotone", "restart_windows"):
             if not isinstance(getattr(self, name), bool):
                 _fail(self, name, "expected True or False", type_error=True)
@@ -167,7 +172,7 @@ def _integer(
         _fail(config, name, f"expected {allowed}")
 
 
-def _choice(config: GrowthConfig, name: str, allowed: tuple[str, ...], what: str = "") -> None:
+def _choice(config: GrowthConfig, name: str, allowed: tuple[str, ...], hint: str = "") -> None:
     value = getattr(config, name)
     if not isinstance(value, str) or value not in allowed:
-        _fail(config, name, f"expected {what + ' ' if what else ''}one of {list(allowed)}")
+        _fail(config, name, f"expected one of {list(allowed)}{hint}")

@@ -439,6 +439,14 @@ class Grower:
                 f"with GrowthConfig(**state['config']). Checkpoint: {state['config']}"
             )
         history = [GrowthEvent.from_dict(e) for e in state["history"]]
+        rng_states = (self._weights_rng.get_state(), self._where_rng.get_state())
+        try:
+            self._weights_rng.set_state(state["weights_rng"])
+            self._where_rng.set_state(state["where_rng"])
+        except Exception:
+            self._weights_rng.set_state(rng_states[0])
+            self._where_rng.set_state(rng_states[1])
+            raise
         self.epoch = state["epoch"]
         self.accuracies = list(state["accuracies"])
         self._window = list(state["window"])
@@ -447,8 +455,6 @@ class Grower:
         self.stop_cause = state.get("stop_cause")
         self.stop_reason = state["stop_reason"]
         self.history = history
-        self._weights_rng.set_state(state["weights_rng"])
-        self._where_rng.set_state(state["where_rng"])
         if self.stopped:
             self.monitor.detach()
         else:
