@@ -54,6 +54,24 @@ class GrowthEvent:
     limited_by: tuple[str, ...] = ()
     cost: CostPreview | None = None
 
+    def summary(self) -> str:
+        """One line: what grew, why, and what it cost (the grower logs it)."""
+        cost = self.cost
+        flops = (
+            ""
+            if cost is None or cost.flops_before is None
+            else f", FLOPs {cost.flops_before:,} -> {cost.flops_after:,}"
+        )
+        cut = (
+            f"; cut from {self.requested} by {', '.join(self.limited_by)}"
+            if self.limited_by
+            else ""
+        )
+        return (
+            f"grow {self.increments} (where={self.where}, rule={self.plan.rule}): params "
+            f"{self.params_before:,} -> {self.params_after:,}{flops}{cut}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from netsurgeon.cost import FittedPlan, fit_to_budget, preview
+from netsurgeon.cost import CostPreview, FittedPlan, fit_to_budget, preview
 from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
 from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
 from netsurgeon.graph import trace
@@ -352,7 +352,7 @@ class Grower:
             cost=fitted.cost,
         )
         self.history.append(event)
-        _log_event(event, fitted)
+        logger.info("epoch %d: %s", event.epoch, event.summary())
         return event
 
     def _fit(self, requested: dict[str, int], widths: dict[str, int]) -> FittedPlan:
@@ -368,7 +368,7 @@ class Grower:
             )
         return FittedPlan(requested, requested, (), 1.0, self._preview(requested))
 
-    def _preview(self, increments: dict[str, int]) -> Any:
+    def _preview(self, increments: dict[str, int]) -> CostPreview:
         return preview(self.model, increments, self.example_inputs, init=self.config.init)
 
     def _stop(self, cause: StopCause, reason: str) -> None:
@@ -470,31 +470,6 @@ def _check_model(model: object) -> None:
         )
     if not isinstance(model, nn.Module):
         raise NetsurgeonTypeError(f"Grower expects an nn.Module, got {type(model).__name__}.")
-
-
-def _log_event(event: GrowthEvent, fitted: FittedPlan) -> None:
-    cost = event.cost
-    flops = (
-        ""
-        if cost is None or cost.flops_before is None
-        else f", FLOPs {cost.flops_before:,} -> {cost.flops_after:,}"
-    )
-    limited = (
-        f"; cut from {fitted.requested} by {', '.join(fitted.limited_by)} (scale {fitted.scale:.3g})"
-        if fitted.limited_by
-        else ""
-    )
-    logger.info(
-        "epoch %d: grow %s (where=%s, rule=%s): params %s -> %s%s%s",
-        event.epoch,
-        event.increments,
-        event.where,
-        event.plan.rule,
-        f"{event.params_before:,}",
-        f"{event.params_after:,}",
-        flops,
-        limited,
-    )
 
 
 def _budget_exhausted(
