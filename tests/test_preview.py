@@ -280,3 +280,13 @@ def test_grower_scales_plans_to_its_caps_and_records_it():
         assert GrowthEvent.from_dict(json.loads(json.dumps(event.to_dict()))) == event
     assert sum(p.numel() for p in model.parameters()) <= start + 300
     assert grower.stopped and grower.stop_cause == "budget"
+
+
+@pytest.mark.parametrize("plan", [{"blocks.0.0.conv": 1.5}, {"blocks.0.0.conv": 0}, {"nope": 2}])
+def test_fit_to_budget_refuses_what_widen_refuses(plan):
+    model = _vgg()
+    with pytest.raises(netsurgeon.WidenError) as by_widen:
+        netsurgeon.widen(copy.deepcopy(model), plan)
+    with pytest.raises(netsurgeon.WidenError) as by_fit:
+        fit_to_budget(model, plan, Budget(max_params=10**6))
+    assert str(by_fit.value) == str(by_widen.value)

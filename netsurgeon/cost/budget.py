@@ -24,7 +24,6 @@ from typing import Any
 from torch import nn
 
 from netsurgeon.cost.preview import CostPreview, preview
-from netsurgeon.graph import trace
 
 __all__ = ["Budget", "FittedPlan", "fit_to_budget"]
 
@@ -95,7 +94,6 @@ def fit_to_budget(
     example_inputs: Any = None,
     *,
     init: str = "paper",
-    widths: Mapping[str, int] | None = None,
 ) -> FittedPlan:
     """Scale ``plan`` down until ``model`` widened by it stays within ``budget``; changes nothing.
 
@@ -105,14 +103,13 @@ def fit_to_budget(
         budget: the caps.
         example_inputs: needed when ``budget.max_flops`` is set (FLOPs are counted on them).
         init: passed to the previews (``widen`` checks it).
-        widths: the model's current widths if already known (saves one trace).
 
     Returns:
         A :class:`FittedPlan`; its ``increments`` may be empty when nothing fits.
 
     Raises:
         ValueError: ``max_flops`` without ``example_inputs``.
-        WidenError: ``widen`` would refuse the plan.
+        WidenError, TypeError, ValueError: ``widen`` would refuse the plan (the same error).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -126,8 +123,12 @@ def fit_to_budget(
             f"budget.max_flops={budget.max_flops} needs example_inputs to count FLOPs on; pass "
             "one input batch (its FLOPs are what max_flops caps)."
         )
-    requested = {name: int(k) for name, k in plan.items()}
-    widths = dict(widths) if widths is not None else trace(model, strict=False).widths()
+
+    def cost_of(increments: Mapping[str, int]) -> CostPreview:
+        return preview(model, increments, example_inputs, init=init)
+
+    asked = cost_of(plan)  # refuses exactly what widen refuses, before any arithmetic on it
+    requested, widths = asked.plan, asked.widths_before
     capped = dict(requested)
     limited: list[str] = []
     for name, k in requested.items():
@@ -137,11 +138,7 @@ def fit_to_budget(
             if "max_width" not in limited:
                 limited.append("max_width")
     capped = {name: k for name, k in capped.items() if k > 0}
-
-    def cost_of(increments: dict[str, int]) -> CostPreview:
-        return preview(model, increments, example_inputs, init=init)
-
-    full = cost_of(capped)
+    full = asked if capped == requested else cost_of(capped)
     over = budget.exceeded_by(full)
     if not over:
         return FittedPlan(requested, capped, tuple(limited), 1.0, full)

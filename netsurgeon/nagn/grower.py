@@ -311,7 +311,7 @@ class Grower:
         if not requested:
             logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
-        fitted = self._fit(requested, widths)
+        fitted = self._fit(requested)
         same = fitted.increments == plan.increments
         plan = plan.with_cost(fitted.cost if same else self._preview(plan.increments))
         logger.debug("epoch %d: %s", self.epoch, plan)
@@ -355,16 +355,11 @@ class Grower:
         logger.info("epoch %d: %s", event.epoch, event.summary())
         return event
 
-    def _fit(self, requested: dict[str, int], widths: dict[str, int]) -> FittedPlan:
+    def _fit(self, requested: dict[str, int]) -> FittedPlan:
         budget = self.config.budget
         if budget.active:
             return fit_to_budget(
-                self.model,
-                requested,
-                budget,
-                self.example_inputs,
-                init=self.config.init,
-                widths=widths,
+                self.model, requested, budget, self.example_inputs, init=self.config.init
             )
         return FittedPlan(requested, requested, (), 1.0, self._preview(requested))
 
