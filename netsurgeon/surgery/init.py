@@ -250,10 +250,13 @@ def _entries_in_piece(
     """New positions of ``channel``'s entries in the piece that ``ins`` extends."""
     for offset, piece in index_map.offsets():
         end = offset + piece.entries
-        if piece.group == ins.group and offset < ins.position <= end:
-            if piece.start <= channel < piece.stop:
-                first = offset + (channel - piece.start) * piece.per_channel
-                return kept[first : first + piece.per_channel]
+        if (
+            piece.group == ins.group
+            and offset < ins.position <= end
+            and piece.start <= channel < piece.stop
+        ):
+            first = offset + (channel - piece.start) * piece.per_channel
+            return kept[first : first + piece.per_channel]
     first_entries = index_map.entries_of(ins.group, channel)[: ins.per_channel]
     return kept[torch.tensor(first_entries, dtype=torch.long)]
 
