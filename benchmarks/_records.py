@@ -3,6 +3,11 @@
 A run's JSON is written atomically once the run finished, so its presence means "done". A saved
 run is reused only when the settings that shape its result (everything but scheduling: jobs,
 threads, which configs/seeds/criteria the sweep lists, preset name, verbosity) are equal.
+
+Settings added after a record was written are missing from it. Such a key compares equal when
+the sweep's value is the field's default (:func:`config_defaults`): the record was made before
+the option existed, i.e. under the behaviour the default keeps. Any other value refuses the
+record, as a changed setting does.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from typing import Any
 
 __all__ = [
     "SweepError",
+    "config_defaults",
     "config_dict",
     "load_record",
     "parse_ints",
     "parse_widths",
+    "width_tag",
     "write_json",
 ]
 
@@ -50,6 +57,11 @@ def parse_widths(text: str) -> Widths:
     return widths
 
 
+def width_tag(widths: Any) -> str:
+    """``[[4, 4], [8]]`` -> ``"4.4-8"``: blocks joined by ``-``, convs in a block by ``.``."""
+    return "-".join(".".join(map(str, block)) for block in widths)
+
+
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
     """``"0,1,2"`` or ``"0-4"`` -> a tuple of ints."""
     try:
@@ -77,6 +89,43 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return _finite(dataclasses.asdict(cfg))
 
 
+def config_defaults(cls: type) -> dict[str, Any]:
+    """Defaults of a config dataclass as JSON-ready data, nested configs expanded.
+
+    Fields without a default (the required ones) are left out. A field whose default is itself
+    a dataclass (e.g. ``growth: GrowthConfig``) maps to that dataclass's field dict.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     epochs: int
+        ...     lr: float = 1e-3
+        >>> config_defaults(C)
+        {'lr': 0.001}
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = config_dict(value) if dataclasses.is_dataclass(value) else _finite(value)
+    return out
+
+
+def _fill_missing(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with keys it lacks taken from ``defaults`` (recursively for nested dicts)."""
+    out = dict(config)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = default
+        elif isinstance(out[key], dict) and isinstance(default, dict):
+            out[key] = _fill_missing(out[key], default)
+    return out
+
+
 def write_json(path: Path, record: dict) -> None:
     """Write atomically: the file appears only complete (parallel jobs, interrupted sweeps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,14 +139,40 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _SCHEDULING}
 
 
-def load_record(path: Path, config: dict[str, Any]) -> dict | None:
-    """The finished run at ``path``, or None; refuses a run made with other settings."""
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, a value, b value)`` for every leaf where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(a.keys() | b.keys())
+            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        ]
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def load_record(
+    path: Path, config: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict | None:
+    """The finished run at ``path``, or None; refuses a run made with other settings.
+
+    Args:
+        path: the run's JSON.
+        config: the sweep's resolved config (:func:`config_dict`).
+        defaults: :func:`config_defaults` of the config class; keys missing from an older
+            record are read as these defaults before comparing.
+
+    Raises:
+        SweepError: the record differs in a setting that shapes results; the message names it.
+    """
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    if _comparable(record["config"]) != _comparable(config):
+    saved = _comparable(_fill_missing(record["config"], defaults or {}))
+    wanted = _comparable(config)
+    if saved != wanted:
+        shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in _differences(saved, wanted))
         raise SweepError(
-            f"{path} was made with different settings than this sweep (epochs, data, growth, "
-            "...); resume only with the same options, or pass a fresh --out."
+            f"{path} was made with different settings than this sweep ({shown}); resume only "
+            "with the same options, or pass a fresh --out."
         )
     return record

@@ -40,7 +40,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _report
-from _records import SweepError, config_dict, load_record, parse_ints, parse_widths, write_json
+from _records import (
+    SweepError,
+    config_defaults,
+    config_dict,
+    load_record,
+    parse_ints,
+    parse_widths,
+    write_json,
+)
 
 from netsurgeon import Grower, GrowthConfig
 from netsurgeon.data import (
@@ -253,6 +261,42 @@ def load_data(cfg: BenchConfig) -> DatasetSplits:
     return splits.to(cfg.device)
 
 
+def data_record(data: DatasetSplits) -> dict[str, Any]:
+    """What every run of a sweep must share, saved in its record and checked by the report.
+
+    Computed from the data a run actually trained and evaluated on. ``digest`` hashes each
+    part's labels and pixels in order (:meth:`ImageTensors.digest`, ~0.5 s for CIFAR-10), so a
+    different split seed, fraction, subset or source copy shows up as a different digest.
+    """
+    return {
+        "name": data.name,
+        "train": len(data.train),
+        "val": len(data.val),
+        "test": len(data.test),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "augment": dataclasses.asdict(data.augment),
+        "digest": {part: getattr(data, part).digest() for part in ("train", "val", "test")},
+    }
+
+
+def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoader:
+    """The training batches of one run: the dataset's own augmentation, seeded by the run.
+
+    channels_last also on CPUs: faster than NCHW for these nets (bench_pipeline).
+    """
+    return TensorLoader(
+        data.train,
+        cfg.batch_size,
+        mean=data.mean,
+        std=data.std,
+        augment=data.augment,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        memory_format=torch.channels_last,
+    )
+
+
 # ================================================================================================
 # Model and training
 # ================================================================================================
@@ -301,16 +345,7 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         )
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = TensorLoader(
-        data.train,
-        cfg.batch_size,
-        mean=data.mean,
-        std=data.std,
-        augment=data.augment,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(spec.seed),
-        memory_format=fmt,
-    )
+    loader = train_loader(data, cfg, spec.seed)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
     evals = {
         name: TensorLoader(
@@ -404,15 +439,7 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         if spec.where
         else None,
         "config": config_dict(cfg),
-        "data": {
-            "name": data.name,
-            "train": len(data.train),
-            "val": len(data.val),
-            "test": len(data.test),
-            "mean": data.mean,
-            "std": data.std,
-            "augment": dataclasses.asdict(data.augment),
-        },
+        "data": data_record(data),
         "environment": _report.environment(device),
         "epochs": epochs,
         "events": events,
@@ -442,7 +469,9 @@ def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: b
 
 
 def _load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
-    return load_record(out / "runs" / f"{spec.run_id}.json", config_dict(cfg))
+    return load_record(
+        out / "runs" / f"{spec.run_id}.json", config_dict(cfg), config_defaults(BenchConfig)
+    )
 
 
 def _worker_init(cfg: BenchConfig) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+
+from netsurgeon.data import ImageTensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +104,13 @@ def test_summary_ratios_are_computed_from_the_run_jsons(smoke_out: Path) -> None
 
 def test_smoke_writes_png_figures(smoke_out: Path) -> None:
     names = {p.name for p in (smoke_out / "figures").glob("*.png")}
-    assert {"fig2b_ratios.png", "fig1a_nagn_profile_2-2-4.png", "fig1b_accuracy_2-2-4.png"} <= names
+    assert {
+        "fig2b_ratios.png",
+        "fig1a_nagn_profile_2-2-4.png",
+        "fig2a_accuracy_2-2-4.png",
+        "fig2a_widths_2-2-4_nagn.png",
+        "fig2a_widths_2-2-4_uniform.png",
+    } <= names
     for name in names:
         assert (smoke_out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -193,3 +203,143 @@ def test_missing_image_folder_stops_with_a_message_not_a_traceback(
         torch.set_num_threads(threads)
     assert code == 2
     assert "cifar10-jpeg.zip" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- data identity
+
+
+@pytest.fixture(scope="module")
+def two_seed_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep with two seeds: a split or augmentation tied to the run's seed would show here."""
+    out = tmp_path_factory.mktemp("two-seeds")
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--preset", "smoke", "--seeds", "0,1", "--epochs", "3", "--where", "nagn"]
+        assert driver.main([*argv, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_every_run_of_a_sweep_records_the_same_data(two_seed_out: Path) -> None:
+    runs = list(_runs(two_seed_out).values())
+    assert {r["seed"] for r in runs} == {0, 1}
+    assert {r["kind"] for r in runs} == {"grown", "static"}
+    first = runs[0]["data"]
+    assert set(first["digest"]) == {"train", "val", "test"}
+    assert first["augment"] == {"crop_padding": 4, "flip": True, "flip_probability": 0.5}
+    for run in runs:
+        for key in driver._report.DATA_KEYS:
+            assert run["data"][key] == first[key], f"{run['run_id']}: data[{key!r}] differs"
+    assert driver._report.data_identity(runs)[0]
+    assert "data identity: all 4 runs" in (two_seed_out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("digest", {"train": "0" * 16, "val": "1" * 16, "test": "2" * 16}),
+        ("augment", {"crop_padding": 4, "flip": True, "flip_probability": 1.0}),
+        ("mean", [0.5, 0.5, 0.5]),
+    ],
+)
+def test_the_report_flags_a_run_that_saw_other_data(
+    two_seed_out: Path, key: str, value: object
+) -> None:
+    runs = list(_runs(two_seed_out).values())
+    odd = {**runs[-1], "data": {**runs[-1]["data"], key: value}}
+    identical, lines = driver._report.data_identity([*runs[:-1], odd])
+    assert not identical
+    assert any(f"**{key} differs**" in line and odd["run_id"] in line for line in lines)
+
+
+def test_old_records_without_digests_are_compared_on_what_they_have(two_seed_out: Path) -> None:
+    runs = list(_runs(two_seed_out).values())
+    old = {**runs[0], "data": {k: v for k, v in runs[0]["data"].items() if k != "digest"}}
+    identical, lines = driver._report.data_identity([old, *runs[1:]])
+    assert identical
+    assert any("digests recorded by 3 of 4 runs" in line for line in lines)
+
+
+def test_the_split_digest_changes_with_the_split_seed_and_subset() -> None:
+    cfg, _ = driver.resolve_config(["--preset", "smoke"])
+    digest = driver.data_record(driver.load_data(cfg))["digest"]
+    other_seed = driver.data_record(driver.load_data(replace(cfg, split_seed=1)))["digest"]
+    subset = driver.data_record(driver.load_data(replace(cfg, train_subset=100)))["digest"]
+    assert digest["test"] == other_seed["test"]  # the test set is never split
+    assert digest["train"] != other_seed["train"] and digest["val"] != other_seed["val"]
+    assert subset["train"] != digest["train"] and subset["val"] == digest["val"]
+
+
+def _halves(n: int, size: int, channels: int) -> ImageTensors:
+    """Left half dark, right half bright, one bright row in the middle: flips and crops show."""
+    images = torch.zeros(n, channels, size, size, dtype=torch.uint8)
+    images[:, 0, :, size // 2 :] = 255
+    images[:, -1, size // 2, :] = 255 if channels > 1 else images[:, -1, size // 2, :]
+    return ImageTensors(images, torch.zeros(n, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("dataset", "padding", "flip"), [("synthetic", 4, 0.5), ("digits", 2, 0)])
+def test_training_batches_flip_and_crop_as_the_dataset_says(
+    dataset: str, padding: int, flip: float
+) -> None:
+    """The driver's loader, measured: flip share within 6 sigma, crop shifts exactly 0..2p."""
+    pytest.importorskip("sklearn")
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--dataset", dataset])
+    data = driver.load_data(cfg)
+    size, channels, n = 32, 3, 3000  # wide enough that a 4-pixel crop keeps both halves
+    probe = dataclasses.replace(
+        data, train=_halves(n, size, channels), mean=(0.5,) * channels, std=(0.25,) * channels
+    )
+    x = torch.cat([x for x, _ in driver.train_loader(probe, replace(cfg, batch_size=500), 0)])
+    quarter = size // 4
+    flipped = x[:, 0, :, :quarter].mean((1, 2)) > x[:, 0, :, -quarter:].mean((1, 2))
+    share = flipped.double().mean().item()
+    sigma = max((flip * (1 - flip) / n) ** 0.5, 1e-12)
+    assert abs(share - flip) <= 6 * sigma, f"{dataset}: flipped {share:.3f}, expected {flip}"
+    row = x[:, -1].mean(2).argmax(1) - size // 2  # where the bright row landed: -dy + padding
+    assert set(row.tolist()) == set(range(-padding, padding + 1))
+
+
+# --------------------------------------------------------------------------- record compatibility
+
+
+def _strip(config: dict, *keys: str) -> dict:
+    """A config as an older driver wrote it: ``keys`` (``"a"`` or ``"growth.b"``) missing."""
+    out = json.loads(json.dumps(config))
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node[parent]
+        del node[leaf]
+    return out
+
+
+def test_a_record_that_predates_a_setting_resumes_when_the_setting_is_at_its_default(
+    smoke_out: Path, tmp_path: Path
+) -> None:
+    from _records import config_defaults, config_dict, load_record
+
+    cfg, _ = driver.resolve_config(["--preset", "smoke"])
+    record = json.loads(next((smoke_out / "runs").glob("static_*.json")).read_text())
+    record["config"] = _strip(record["config"], "hidden", "growth.neighbourhood")
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record))
+    defaults = config_defaults(driver.BenchConfig)
+    assert load_record(path, config_dict(cfg), defaults)["run_id"] == record["run_id"]
+    changed = replace(cfg, growth=replace(cfg.growth, neighbourhood="geometric"))
+    with pytest.raises(driver.SweepError, match=r"growth\.neighbourhood: saved 'arithmetic'"):
+        load_record(path, config_dict(changed), defaults)
+    with pytest.raises(driver.SweepError, match="hidden"):
+        load_record(path, config_dict(cfg))  # without defaults a missing key is a difference
+
+
+def test_config_defaults_expand_nested_configs_and_skip_required_fields() -> None:
+    from _records import config_defaults
+
+    defaults = config_defaults(driver.BenchConfig)
+    assert "epochs" not in defaults and "preset" not in defaults
+    assert defaults["batch_size"] == 500
+    assert defaults["growth"]["delta_stop"] == 0.05
+    assert defaults["growth"] == dataclasses.asdict(driver.GrowthConfig())
