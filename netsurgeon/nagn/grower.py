@@ -61,6 +61,8 @@ class GrowthConfig:
         fallback: planner rule when no layer clears ``tau`` (``"fraction"``, ``"unit"``, ``"none"``).
         neighbourhood: ``"arithmetic"`` (the paper's eq. 2 and end rule) or ``"geometric"``
             (the same in log space; see ``netsurgeon.nagn.planner.relative_contrast``).
+        end_rule, score, drag_limit: planner readings the paper leaves open; the defaults are
+            its text (``netsurgeon.nagn.planner.plan_growth``, docs/nagn.md).
         every: NAGN is collected on one training step out of ``every``.
         reduction: how the user's loss reduces over the batch (``"mean"`` or ``"sum"``).
         restart_windows: restart the accuracy windows after each trigger.
@@ -79,6 +81,12 @@ class GrowthConfig:
     monotone: bool = True
     fallback: str = "fraction"
     neighbourhood: Literal["arithmetic", "geometric"] = "arithmetic"
+    # The end layers' neighbourhood: "extrapolate" (median slope), "adjacent" or "none".
+    end_rule: Literal["extrapolate", "adjacent", "none"] = "extrapolate"
+    # s_l: "normalised" (p / max p), "damped" (p / max(max p, 1)) or "excess" (min(p, 1)).
+    score: Literal["normalised", "damped", "excess"] = "normalised"
+    # Most the non-decreasing constraint adds to a layer per step: "step", "double" or "none".
+    drag_limit: Literal["step", "double", "none"] = "step"
     every: int = DEFAULT_EVERY
     reduction: Literal["mean", "sum"] = "mean"
     restart_windows: bool = True
@@ -185,6 +193,9 @@ class Grower:
             monotone=self.config.monotone,
             fallback=self.config.fallback,
             neighbourhood=self.config.neighbourhood,
+            end_rule=self.config.end_rule,
+            score=self.config.score,
+            drag_limit=self.config.drag_limit,
         )
         device = next(model.parameters()).device
         self._weights_rng = torch.Generator(device=device).manual_seed(self.config.seed)

@@ -21,6 +21,18 @@ Given a NAGN profile ``g_1 .. g_L`` (depth order) and the current widths ``n_1 .
 
 Every intermediate is kept in a frozen :class:`GrowthPlan`. The plan is exactly invariant to
 scaling the profile by a power of two (the contrast is a ratio).
+
+Readings the paper leaves open, as named options (defaults = the paper's text; docs/nagn.md):
+
+- ``end_rule``: the end layers' neighbourhood: ``"extrapolate"`` (median slope, step 1),
+  ``"adjacent"`` (the single real neighbour) or ``"none"`` (no contrast at the ends: ``r = 0``).
+- ``score``: ``"normalised"`` (``s = p / max p``, step 3), ``"damped"`` (``s = p / max(max p, 1)``:
+  normalised only when the leading excess exceeds 1, else the excess itself, so a layer that
+  clears ``tau`` by 0.2 gains 20 % instead of doubling) or ``"excess"`` (``s = min(p, 1)``, never
+  normalised).
+- ``drag_limit``: how far the non-decreasing constraint may raise a layer in one step:
+  ``"step"`` (``min(max_step, n_l)``, step 6), ``"double"`` (``n_l``, ignoring ``max_step``) or
+  ``"none"`` (all the way to its predecessor).
 """
 
 from __future__ import annotations
@@ -36,7 +48,10 @@ from netsurgeon.errors import PlanError
 from netsurgeon.nagn.plan import GrowthPlan, LayerPlan
 
 __all__ = [
+    "DRAG_LIMITS",
+    "END_RULES",
     "FALLBACKS",
+    "SCORES",
     "GrowthPlan",
     "GrowthPlanner",
     "LayerPlan",
@@ -55,12 +70,21 @@ DEFAULT_MAX_STEP = 32
 Neighbourhood = Literal["arithmetic", "geometric"]
 NEIGHBOURHOODS = ("arithmetic", "geometric")
 
+EndRule = Literal["extrapolate", "adjacent", "none"]
+END_RULES: tuple[str, ...] = ("extrapolate", "adjacent", "none")
+Score = Literal["normalised", "damped", "excess"]
+SCORES: tuple[str, ...] = ("normalised", "damped", "excess")
+DragLimit = Literal["step", "double", "none"]
+DRAG_LIMITS: tuple[str, ...] = ("step", "double", "none")
+
 
 # ----------------------------------------------------------------------------- records
 
 
 def relative_contrast(
-    nagn: Sequence[float], neighbourhood: Neighbourhood = "arithmetic"
+    nagn: Sequence[float],
+    neighbourhood: Neighbourhood = "arithmetic",
+    end_rule: EndRule = "extrapolate",
 ) -> tuple[list[float], list[float], list[str], list[float | None], float]:
     """Neighbourhood means and relative contrasts of a profile (paper eq. 2 and the end rule).
 
@@ -72,6 +96,9 @@ def relative_contrast(
             NAGN tends to grow geometrically with depth; in log space such a trend has zero
             contrast everywhere, including at the end layers. Needs a positive profile; with a
             zero anywhere the arithmetic rules are used.
+        end_rule: ``"extrapolate"`` (the paper), ``"adjacent"`` (an end layer's neighbourhood is
+            its single real neighbour; rule ``adjacent``) or ``"none"`` (end layers get
+            ``r = 0``; rule ``end-none``). The raw extrapolation is recorded in every case.
 
     Returns:
         ``(neighbour, contrast, rule, extrapolated, m)``: three ``(L,)`` lists (see
@@ -88,7 +115,34 @@ def relative_contrast(
     if size == 1:
         return [g[0]], [0.0], ["single"], [None], math.nan
     if neighbourhood == "geometric" and min(g) > 0:
-        return _geometric_contrast(g)
+        neighbour, contrast, rule, extrapolated, m = _geometric_contrast(g)
+    else:
+        neighbour, contrast, rule, extrapolated, m = _arithmetic_contrast(g)
+    if end_rule != "extrapolate":
+        for i in (0, size - 1):
+            if end_rule == "adjacent":
+                neighbour[i] = g[1] if i == 0 else g[size - 2]
+                rule[i] = "adjacent"
+                contrast[i] = _ratio(g[i], neighbour[i])
+                if neighbour[i] <= 0:
+                    rule[i] = "zero"
+            else:
+                neighbour[i], contrast[i], rule[i] = g[i], 0.0, "end-none"
+    return neighbour, contrast, rule, extrapolated, m
+
+
+def _ratio(value: float, neighbour: float) -> float:
+    """``value / neighbour - 1``, 0 for a non-positive neighbourhood, clamped to stay finite."""
+    if neighbour <= 0:
+        return 0.0
+    return min(value / neighbour - 1.0, sys.float_info.max)
+
+
+def _arithmetic_contrast(
+    g: list[float],
+) -> tuple[list[float], list[float], list[str], list[float | None], float]:
+    """The paper's rules: neighbour mean inside, median-difference extrapolation at the ends."""
+    size = len(g)
     m = statistics.median(g[i + 1] - g[i] for i in range(size - 1))
     neighbour: list[float] = []
     rule: list[str] = []
@@ -195,6 +249,20 @@ def _check_settings(
         raise PlanError(f"fallback_fraction must be in (0, 1]; found {fallback_fraction!r}.")
 
 
+def _check_readings(neighbourhood: str, end_rule: str, score: str, drag_limit: str) -> None:
+    for name, value, allowed in (
+        ("neighbourhood", neighbourhood, NEIGHBOURHOODS),
+        ("end_rule", end_rule, END_RULES),
+        ("score", score, SCORES),
+        ("drag_limit", drag_limit, DRAG_LIMITS),
+    ):
+        if value not in allowed:
+            raise PlanError(
+                f"{name}={value!r} is not a planner reading; expected one of {allowed} "
+                "(docs/nagn.md, 'Choices the paper leaves open')."
+            )
+
+
 def _check_inputs(
     profile: Mapping[str, float], widths: Mapping[str, int]
 ) -> tuple[list[str], list[float], list[int]]:
@@ -279,6 +347,9 @@ def plan_growth(
     fallback: Fallback = "fraction",
     fallback_fraction: float = 0.125,
     neighbourhood: Neighbourhood = "arithmetic",
+    end_rule: EndRule = "extrapolate",
+    score: Score = "normalised",
+    drag_limit: DragLimit = "step",
 ) -> GrowthPlan:
     """Decide how many units each layer gains from its NAGN profile (paper section 3).
 
@@ -298,6 +369,12 @@ def plan_growth(
         fallback_fraction: the fraction used by ``fallback="fraction"``.
         neighbourhood: ``"arithmetic"`` (the paper) or ``"geometric"``; see
             :func:`relative_contrast`.
+        end_rule: the end layers' neighbourhood: ``"extrapolate"`` (the paper),
+            ``"adjacent"`` or ``"none"``; see :func:`relative_contrast`.
+        score: ``"normalised"`` (the paper: ``s = p / max p``), ``"damped"``
+            (``s = p / max(max p, 1)``) or ``"excess"`` (``s = min(p, 1)``).
+        drag_limit: most the non-decreasing constraint adds to a layer in one step:
+            ``"step"`` (``min(max_step, n_l)``), ``"double"`` (``n_l``) or ``"none"``.
 
     Returns:
         A frozen :class:`GrowthPlan`; ``plan.increments`` is ``{layer: dn > 0}``.
@@ -313,8 +390,7 @@ def plan_growth(
         {'b': 4}
     """
     _check_settings(tau, max_step, fallback, fallback_fraction)
-    if neighbourhood not in NEIGHBOURHOODS:
-        raise PlanError(f"neighbourhood={neighbourhood!r}; expected one of {NEIGHBOURHOODS}")
+    _check_readings(neighbourhood, end_rule, score, drag_limit)
     names, g, n = _check_inputs(profile, widths)
     if output_layers is None:
         outputs = {names[-1]}
@@ -331,7 +407,7 @@ def plan_growth(
     growable = [i for i, name in enumerate(names) if name not in outputs]
     cap = [n[i] if max_step is None else min(max_step, n[i]) for i in range(len(names))]
 
-    neighbour, r, how, extrapolated, m = relative_contrast(g, neighbourhood)
+    neighbour, r, how, extrapolated, m = relative_contrast(g, neighbourhood, end_rule)
     p = [max(x - tau, 0.0) for x in r]
     max_p = max((p[i] for i in growable), default=0.0)
     s = [0.0] * len(names)
@@ -340,8 +416,9 @@ def plan_growth(
         rule = "no growable layers"
     elif max_p > 0:
         rule = "contrast"
+        scale = {"normalised": max_p, "damped": max(max_p, 1.0), "excess": 1.0}[score]
         for i in growable:
-            s[i] = p[i] / max_p
+            s[i] = min(p[i] / scale, 1.0)
             raw[i] = min(cap[i], math.floor(s[i] * n[i]))
     else:
         rule = f"fallback:{fallback}"
@@ -362,8 +439,9 @@ def plan_growth(
         index = {name: i for i, name in enumerate(names)}
         for group in groups:
             members = [index[name] for name in group if name not in outputs]
+            drag = {"step": cap, "double": n, "none": [sys.maxsize] * len(n)}[drag_limit]
             adjusted = monotone_adjust(
-                [n[i] for i in members], [final[i] for i in members], [cap[i] for i in members]
+                [n[i] for i in members], [final[i] for i in members], [drag[i] for i in members]
             )
             for i, dn in zip(members, adjusted, strict=True):
                 final[i] = dn
@@ -398,6 +476,9 @@ def plan_growth(
         fallback_fraction=float(fallback_fraction),
         monotone_groups=groups,
         neighbourhood=neighbourhood,
+        end_rule=end_rule,
+        score=score,
+        drag_limit=drag_limit,
     )
 
 
@@ -438,6 +519,7 @@ class GrowthPlanner:
         monotone: enforce the non-decreasing width constraint.
         fallback: ``"fraction"``, ``"unit"`` or ``"none"`` (see :func:`plan_growth`).
         fallback_fraction: fraction of the width a fallback layer gains (at least one unit).
+        neighbourhood, end_rule, score, drag_limit: the readings of :func:`plan_growth`.
 
     Example:
         >>> planner = GrowthPlanner(tau=0.05, max_step=4)
@@ -452,9 +534,13 @@ class GrowthPlanner:
     fallback: Fallback = "fraction"
     fallback_fraction: float = 0.125
     neighbourhood: Neighbourhood = "arithmetic"
+    end_rule: EndRule = "extrapolate"
+    score: Score = "normalised"
+    drag_limit: DragLimit = "step"
 
     def __post_init__(self) -> None:
         _check_settings(self.tau, self.max_step, self.fallback, self.fallback_fraction)
+        _check_readings(self.neighbourhood, self.end_rule, self.score, self.drag_limit)
 
     def plan(
         self,
@@ -476,4 +562,7 @@ class GrowthPlanner:
             fallback=self.fallback,
             fallback_fraction=self.fallback_fraction,
             neighbourhood=self.neighbourhood,
+            end_rule=self.end_rule,
+            score=self.score,
+            drag_limit=self.drag_limit,
         )
