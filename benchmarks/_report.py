@@ -34,6 +34,7 @@ __all__ = [
     "Row",
     "data_identity",
     "environment",
+    "load_progress",
     "load_runs",
     "summarize",
     "throughput_table",
@@ -108,6 +109,13 @@ def environment(device: torch.device) -> dict[str, Any]:
 def load_runs(out: Path) -> list[dict]:
     """Every finished run's JSON under ``out/runs``, sorted by run id."""
     return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+
+
+def load_progress(out: Path) -> list[dict]:
+    """Runs still training: their latest ``out/progress`` snapshot (``"partial": True``)."""
+    done = {p.stem for p in (out / "runs").glob("*.json")}
+    paths = sorted((out / "progress").glob("*.json")) if (out / "progress").is_dir() else []
+    return [json.loads(p.read_text()) for p in paths if p.stem not in done]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -320,10 +328,14 @@ def _criteria(runs: Sequence[dict]) -> list[str]:
     return ["Growth criteria side by side (final test accuracy, same seeds):", "", *lines, ""]
 
 
-def trajectories(runs: Sequence[dict]) -> list[str]:
-    """One row per grown run: each growth (epoch, LR share of its peak, units added, widths)."""
+def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
+    """One row per grown run: each growth (epoch, LR share of its peak, units added, widths).
+
+    ``running`` adds the snapshots of runs still training (:func:`load_progress`), marked with
+    the epoch they have reached.
+    """
     grown = sorted(
-        (r for r in runs if r["kind"] == "grown"),
+        (r for r in [*runs, *running] if r["kind"] == "grown"),
         key=lambda r: (width_tag(r["widths_initial"]), r["where"], r["seed"]),
     )
     if not grown:
@@ -341,13 +353,18 @@ def trajectories(runs: Sequence[dict]) -> list[str]:
                 f"{event['epoch']} ({100 * lr / peak:.0f} %) +{sum(event['increments'].values())}"
                 f" → {'/'.join(map(str, after[:-1]))}"  # the output layer's width is the classes
             )
-        base = by_id.get(run.get("baseline_run_id"))
+        name, static = run["run_id"], "pending"
+        if run.get("partial"):  # still training: widths and accuracy so far, no baseline yet
+            name += f" (running, epoch {len(run['epochs'])}/{run['config']['epochs']})"
+            static = "-"
+        elif run.get("baseline_run_id") in by_id:
+            static = f"{by_id[run['baseline_run_id']]['final']['test_acc']:.4f}"
         cells = (
-            run["run_id"],
+            name,
             "; ".join(steps) or "none",
             width_tag(run["widths_final"]),
             f"{run['final']['test_acc']:.4f}",
-            f"{base['final']['test_acc']:.4f}" if base else "pending",
+            static,
         )
         lines.append("| " + " | ".join(cells) + " |")
     stops = [f"- {r['run_id']}: {r['stop_reason']}" for r in grown if r.get("stop_reason")]
@@ -379,7 +396,8 @@ def write_report(out: Path) -> str:
     out = Path(out)
     runs = load_runs(out)
     if not runs:
-        return f"(no finished runs under {out}/runs)"
+        running = trajectories([], load_progress(out))
+        return "\n".join(running) if running else f"(no finished runs under {out}/runs)"
     rows = summarize(runs)
     totals = overall(rows, runs)
     with open(out / "summary.csv", "w", newline="") as f:
@@ -461,7 +479,7 @@ def write_report(out: Path) -> str:
         *table,
         "",
         *_criteria(runs),
-        *trajectories(runs),
+        *trajectories(runs, load_progress(out)),
         "Overall (mean ± std):",
         "",
         *overall_lines,

@@ -358,6 +358,12 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
 
+    shared = {
+        "config": config_dict(cfg),
+        "data": data_record(data),
+        "environment": _report.environment(device),
+        "train_images": len(data.train),
+    }
     epochs, events, train_time, train_cpu = [], [], 0.0, 0.0
     bar = tqdm(range(1, cfg.epochs + 1), desc=spec.run_id, leave=False, disable=not progress)
     for epoch in bar:
@@ -416,36 +422,53 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         if event is not None:
             events.append(event.to_dict())
             _log_event(spec, event, widths, verbose=cfg.verbose)
+        if epoch < cfg.epochs:  # what a running sweep has so far (report, replay_planner.py)
+            partial = _record(spec, cfg, model, grower, epochs, events, shared)
+            write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
     if grower is not None:
         grower.close()
-    record = {
+    record = _record(spec, cfg, model, grower, epochs, events, shared)
+    write_json(out / "runs" / f"{spec.run_id}.json", record)
+    (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
+    return record
+
+
+def _record(
+    spec: RunSpec,
+    cfg: BenchConfig,
+    model: torch.nn.Module,
+    grower: Grower | None,
+    epochs: list[dict],
+    events: list[dict],
+    shared: dict[str, Any],
+) -> dict:
+    """The run's JSON record after the epochs so far (all of them once the run is done)."""
+    widths = widths_of(model)
+    last = epochs[-1]
+    return {
         "schema": 1,
         "run_id": spec.run_id,
         "kind": "grown" if spec.where else "static",
         "where": spec.where,
         "seed": spec.seed,
         "widths_initial": [list(b) for b in spec.widths],
-        "widths_final": widths_of(model),
+        "widths_final": widths,
         "params_final": sum(p.numel() for p in model.parameters()),
         "final": {
-            "test_acc": epochs[-1]["test_acc"],
-            "val_acc": epochs[-1]["val_acc"],
-            "train_time_s": train_time,
-            "train_cpu_s": train_cpu,
+            "test_acc": last["test_acc"],
+            "val_acc": last["val_acc"],
+            "train_time_s": last["train_time_s"],
+            "train_cpu_s": last["train_cpu_s"],
         },
-        "images_per_s": cfg.epochs * len(data.train) / max(train_time, 1e-9),
+        "images_per_s": len(epochs) * shared["train_images"] / max(last["train_time_s"], 1e-9),
         "stop_reason": grower.stop_reason if grower is not None else None,
-        "baseline_run_id": RunSpec(_as_widths(widths_of(model)), spec.seed).run_id
-        if spec.where
-        else None,
-        "config": config_dict(cfg),
-        "data": data_record(data),
-        "environment": _report.environment(device),
+        "baseline_run_id": RunSpec(_as_widths(widths), spec.seed).run_id if spec.where else None,
+        "config": shared["config"],
+        "data": shared["data"],
+        "environment": shared["environment"],
         "epochs": epochs,
         "events": events,
     }
-    write_json(out / "runs" / f"{spec.run_id}.json", record)
-    return record
 
 
 def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:

@@ -193,12 +193,19 @@ def _simulate(
 
 
 def _grown_runs(folders: Sequence[Path]) -> list[dict]:
+    """Finished grown runs, then the snapshots of grown runs still training (``progress/``)."""
     runs = []
     for folder in folders:
+        done = set()
         for path in sorted((Path(folder) / "runs").glob("*.json")):
             run = json.loads(path.read_text())
+            done.add(run["run_id"])
             if run["kind"] == "grown":
-                run["_source"] = str(folder)
+                runs.append(run)
+        for path in sorted((Path(folder) / "progress").glob("*.json")):
+            run = json.loads(path.read_text())
+            if run["kind"] == "grown" and run["run_id"] not in done:
+                run["run_id"] += f" (running, epoch {len(run['epochs'])})"
                 runs.append(run)
     return runs
 

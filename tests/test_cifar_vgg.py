@@ -343,3 +343,34 @@ def test_config_defaults_expand_nested_configs_and_skip_required_fields() -> Non
     assert defaults["batch_size"] == 500
     assert defaults["growth"]["delta_stop"] == 0.05
     assert defaults["growth"] == dataclasses.asdict(driver.GrowthConfig())
+
+
+# --------------------------------------------------------------------------- runs in progress
+
+
+def test_a_run_leaves_a_snapshot_every_epoch_and_removes_it_when_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "3"])
+    written: list[tuple[str, int]] = []
+    real = driver.write_json
+
+    def spy(path: Path, record: dict) -> None:
+        written.append((path.parent.name, len(record["epochs"])))
+        real(path, record)
+
+    monkeypatch.setattr(driver, "write_json", spy)
+    spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    driver.train_run(spec, cfg, tmp_path, progress=False)
+    assert written == [("progress", 1), ("progress", 2), ("runs", 3)]
+    assert not list((tmp_path / "progress").glob("*.json"))
+
+
+def test_the_report_lists_runs_still_training(smoke_out: Path, tmp_path: Path) -> None:
+    grown = json.loads(next((smoke_out / "runs").glob("grown-nagn_*.json")).read_text())
+    (tmp_path / "progress").mkdir()
+    (tmp_path / "runs").mkdir()
+    snapshot = {**grown, "epochs": grown["epochs"][:3], "partial": True}
+    (tmp_path / "progress" / f"{grown['run_id']}.json").write_text(json.dumps(snapshot))
+    text = driver._report.write_report(tmp_path)
+    assert f"{grown['run_id']} (running, epoch 3/4)" in text
