@@ -374,3 +374,16 @@ def test_the_report_lists_runs_still_training(smoke_out: Path, tmp_path: Path) -
     (tmp_path / "progress" / f"{grown['run_id']}.json").write_text(json.dumps(snapshot))
     text = driver._report.write_report(tmp_path)
     assert f"{grown['run_id']} (running, epoch 3/4)" in text
+
+
+def test_the_cpu_preset_keeps_the_papers_steps_per_epoch_and_growth_rules() -> None:
+    cfg, out = driver.resolve_config(["--preset", "cpu"])
+    steps_per_epoch = cfg.train_subset // cfg.batch_size
+    paper_steps = round(50_000 * (1 - cfg.val_fraction)) // 500
+    assert steps_per_epoch == paper_steps == 80
+    assert cfg.val_subset is None  # the full validation split: the trigger sees the paper's noise
+    assert cfg.growth == driver.GrowthConfig()
+    assert cfg.configs == (driver.FIG2A_WIDTHS,)
+    assert set(cfg.where) == {"nagn", "uniform", "random"}
+    assert (cfg.lr, cfg.weight_decay) == (1e-3, 1e-2)
+    assert out == Path("runs") / "cpu"
