@@ -139,3 +139,33 @@ def test_growth_config_passes_the_readings_to_its_planner() -> None:
         )
     finally:
         grower.close()
+
+
+FIG2A = [f"b{b}.{c}" for b in range(3) for c in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("reading", "after"),
+    [
+        ({}, [4, 4, 4, 4, 4, 4, 8, 8, 8]),  # Fig. 2a's final widths, in one step
+        ({"score": "damped"}, [4, 4, 4, 4, 4, 4, 8, 8, 8]),  # max p > 1: damped = normalised
+        ({"end_rule": "adjacent"}, [2, 3, 3, 5, 5, 5, 9, 9, 9]),  # fallback on rising layers
+        ({"neighbourhood": "geometric"}, [2, 3, 3, 5, 5, 5, 9, 9, 9]),
+    ],
+)
+def test_a_rising_profile_grows_the_fig2a_seed_as_the_reading_says(
+    reading: dict[str, str], after: list[int]
+) -> None:
+    """NAGN x1.3 per conv, then the output layer: the end rule gives the first conv the peak.
+
+    The nine differences grow along the profile; their median is the fifth,
+    m = 0.01 * 1.3**4 * 0.3 = 0.0086, so g~_1 = 0.013 - 0.0086 = 0.0044 and r_1 = +1.26, while
+    every interior contrast is 1.3 / ((1 + 1.69) / 2) - 1 = -0.033 (the last conv's, next to the
+    output layer, -0.55). Under the paper's reading the first conv doubles (2 -> 4) and the
+    constraint drags the rest of block 0 to 4; blocks 1 and 2 are already as wide. Readings
+    that remove the end layer's contrast fall back to +1 unit on every layer whose NAGN rises.
+    """
+    profile = {name: 0.01 * 1.3**k for k, name in enumerate(FIG2A)} | {"out": 0.3}
+    widths = dict(zip(FIG2A, [2, 2, 2, 4, 4, 4, 8, 8, 8], strict=True)) | {"out": 10}
+    plan = plan_growth(profile, widths, monotone_groups=[FIG2A], **reading)
+    assert [plan.widths_after[name] for name in FIG2A] == after
