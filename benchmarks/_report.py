@@ -245,8 +245,9 @@ def data_identity(runs: Sequence[dict]) -> tuple[bool, list[str]]:
                 f"  - split digests recorded by {len(having)} of {len(runs)} runs (older records "
                 "predate them)"
             )
+    digests = "split digests, " if all("digest" in r.get("data", {}) for r in runs) else ""
     head = (
-        f"- data identity: all {len(runs)} runs recorded the same sizes, split digests, "
+        f"- data identity: all {len(runs)} runs recorded the same sizes, {digests}"
         "normalisation statistics and augmentation"
         if identical
         else f"- **data identity FAILED**: the {len(runs)} runs did not all see the same data"
