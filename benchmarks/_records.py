@@ -24,9 +24,11 @@ __all__ = [
     "SweepError",
     "config_defaults",
     "config_dict",
+    "data_record",
     "load_record",
     "parse_ints",
     "parse_widths",
+    "run_record",
     "width_tag",
     "write_json",
 ]
@@ -176,3 +178,71 @@ def load_record(
             "with the same options, or pass a fresh --out."
         )
     return record
+
+
+# ------------------------------------------------------------------------------ the records
+
+
+def data_record(data: Any) -> dict[str, Any]:
+    """What every run of a sweep must share, saved in its record and checked by the report.
+
+    Computed from the ``DatasetSplits`` a run actually trained and evaluated on. ``digest``
+    hashes each part's labels and pixels in order (``ImageTensors.digest``, ~0.5 s for CIFAR-10),
+    so a different split seed, fraction, subset or source copy shows up as a different digest.
+    """
+    return {
+        "name": data.name,
+        "train": len(data.train),
+        "val": len(data.val),
+        "test": len(data.test),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "augment": dataclasses.asdict(data.augment),
+        "digest": {part: getattr(data, part).digest() for part in ("train", "val", "test")},
+    }
+
+
+def run_record(
+    *,
+    run_id: str,
+    where: str | None,
+    seed: int,
+    widths_initial: Widths,
+    widths_final: list[list[int]],
+    params: int,
+    stop_reason: str | None,
+    baseline_run_id: str | None,
+    epochs: list[dict],
+    events: list[dict],
+    shared: dict[str, Any],
+) -> dict[str, Any]:
+    """A run's JSON record after the epochs so far (all of them once the run is done).
+
+    ``shared`` holds what does not change during a run: ``config``, ``data``, ``environment``
+    and ``train_images`` (images per training epoch).
+    """
+    last = epochs[-1]
+    return {
+        "schema": 1,
+        "run_id": run_id,
+        "kind": "grown" if where else "static",
+        "where": where,
+        "seed": seed,
+        "widths_initial": [list(b) for b in widths_initial],
+        "widths_final": widths_final,
+        "params_final": params,
+        "final": {
+            "test_acc": last["test_acc"],
+            "val_acc": last["val_acc"],
+            "train_time_s": last["train_time_s"],
+            "train_cpu_s": last["train_cpu_s"],
+        },
+        "images_per_s": len(epochs) * shared["train_images"] / max(last["train_time_s"], 1e-9),
+        "stop_reason": stop_reason,
+        "baseline_run_id": baseline_run_id,
+        "config": shared["config"],
+        "data": shared["data"],
+        "environment": shared["environment"],
+        "epochs": epochs,
+        "events": events,
+    }

@@ -1,4 +1,4 @@
-"""Summary, figures and environment header of ``benchmarks/cifar_vgg.py``.
+"""Summary and environment header of ``benchmarks/cifar_vgg.py`` (figures: ``_figures.py``).
 
 Everything here is computed from the run JSONs under ``<out>/runs/`` (and ``<out>/sweep.json``
 for the sweep's wall time), so ``python benchmarks/_report.py <out>`` rebuilds the report of any
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -25,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from _environment import environment
 from _figures import write_figures
 from _records import width_tag
 
@@ -49,58 +46,6 @@ TIMING = (
     "read. The CPU-time ratio uses the process CPU time of the same intervals: on a CPU shared "
     "with other work it is the steadier measure of compute (meaningless for GPU runs)"
 )
-
-
-# ----------------------------------------------------------------------------- environment
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Hardware, software and code version, saved with every run."""
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    env = {
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "git_commit": commit or "unknown (not a git checkout or no commit yet)",
-        "git_dirty": bool(dirty) if commit else None,
-    }
-    try:
-        import netsurgeon
-
-        env["netsurgeon"] = netsurgeon.__version__
-    except (ImportError, AttributeError):
-        env["netsurgeon"] = None
-    return env
 
 
 # ----------------------------------------------------------------------------- summary

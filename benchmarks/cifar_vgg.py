@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import sys
@@ -41,13 +40,17 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _report
+from _environment import environment
+from _presets import PRESETS
 from _records import (
     SweepError,
     config_defaults,
     config_dict,
+    data_record,
     load_record,
     parse_ints,
     parse_widths,
+    run_record,
     write_json,
 )
 
@@ -60,11 +63,10 @@ from netsurgeon.data import (
     evaluate,
     load_dataset,
 )
-from netsurgeon.models import FIG1_WIDTHS, PAPER_WIDTHS, vgg, widths_of
+from netsurgeon.models import vgg, widths_of
 
 Widths = tuple[tuple[int, ...], ...]
 WHERE_CHOICES = ("nagn", "uniform", "random")
-FIG2A_WIDTHS: Widths = ((2, 2, 2), (4, 4, 4), (8, 8, 8))  # the paper's Fig. 2a example
 
 
 # ================================================================================================
@@ -101,65 +103,6 @@ class BenchConfig:
     eval_batch_size: int = 2000  # images per evaluation batch (inference_mode)
     growth: GrowthConfig = field(default_factory=GrowthConfig)  # paper's growth rules
     verbose: bool = False  # print NAGN profiles and growth events as they happen
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"configs": PAPER_WIDTHS, "seeds": (0, 1, 2, 3, 4), "epochs": 200},
-    "fig1": {"configs": (FIG1_WIDTHS,), "seeds": (0, 1, 2, 3, 4), "epochs": 200},
-    # CPU-sized (docs/benchmark.md): 10k of the 40k training images, 5k of the 10k held out for
-    # validation, 5k of the 10k test images, 40 epochs instead of 200; growth rules unchanged.
-    "quick": {
-        "configs": (((4,), (4,), (4,)), ((4,), (4,), (8,)), ((8,), (8,), (8,))),
-        "seeds": (0, 1),
-        "epochs": 40,
-        "where": ("nagn", "uniform"),
-        "dataset": "imagefolder",
-        "data_dir": "/tmp/cifar10-jpeg",
-        "jobs": 2,
-        "train_subset": 10_000,
-        "val_subset": 5_000,
-        "test_subset": 5_000,
-    },
-    # CPU candidate meant to predict the paper protocol (docs/benchmark.md, "A CPU preset"):
-    # 80 optimizer steps per epoch as in the paper (10k images at batch 125 instead of 40k at
-    # 500), the full validation split (the trigger's noise), 60 epochs; the Fig. 2a config
-    # under all three criteria at matched budget. Not yet validated against full-length runs.
-    "cpu": {
-        "configs": (FIG2A_WIDTHS,),
-        "seeds": (0, 1, 2),
-        "epochs": 60,
-        "where": ("nagn", "uniform", "random"),
-        "dataset": "imagefolder",
-        "data_dir": "/tmp/cifar10-jpeg",
-        "jobs": 2,
-        "batch_size": 125,
-        "train_subset": 10_000,
-        "test_subset": 5_000,
-    },
-    # Seconds: synthetic images, a growth trigger forced at epoch 2 (any gain is "too small").
-    "smoke": {
-        "configs": (((2,), (2,), (4,)),),
-        "seeds": (0,),
-        "epochs": 4,
-        "where": ("nagn", "uniform"),
-        "dataset": "synthetic",
-        "synthetic_size": (400, 100),
-        "synthetic_image_size": 16,
-        "batch_size": 100,
-        "growth": GrowthConfig(w_acc=1, delta_acc=1e6, every=1),
-    },
-    # Offline demo on scikit-learn's digits (8x8, shown at 16x16), about a minute on a CPU.
-    "demo": {
-        "configs": (((4,), (2,), (8,)),),
-        "seeds": (0, 1),
-        "epochs": 40,
-        "dataset": "digits",
-        "batch_size": 64,
-        "jobs": 2,
-        "growth": GrowthConfig(w_acc=2),
-        "verbose": True,
-    },
-}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -279,25 +222,6 @@ def load_data(cfg: BenchConfig) -> DatasetSplits:
     return splits.to(cfg.device)
 
 
-def data_record(data: DatasetSplits) -> dict[str, Any]:
-    """What every run of a sweep must share, saved in its record and checked by the report.
-
-    Computed from the data a run actually trained and evaluated on. ``digest`` hashes each
-    part's labels and pixels in order (:meth:`ImageTensors.digest`, ~0.5 s for CIFAR-10), so a
-    different split seed, fraction, subset or source copy shows up as a different digest.
-    """
-    return {
-        "name": data.name,
-        "train": len(data.train),
-        "val": len(data.val),
-        "test": len(data.test),
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "augment": dataclasses.asdict(data.augment),
-        "digest": {part: getattr(data, part).digest() for part in ("train", "val", "test")},
-    }
-
-
 def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoader:
     """The training batches of one run: the dataset's own augmentation, seeded by the run.
 
@@ -379,7 +303,7 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
     shared = {
         "config": config_dict(cfg),
         "data": data_record(data),
-        "environment": _report.environment(device),
+        "environment": environment(device),
         "train_images": len(data.train),
     }
     epochs, events, train_time, train_cpu = [], [], 0.0, 0.0
@@ -441,52 +365,39 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
             events.append(event.to_dict())
             _log_event(spec, event, widths, verbose=cfg.verbose)
         if epoch < cfg.epochs:  # what a running sweep has so far (report, replay_planner.py)
-            partial = _record(spec, cfg, model, grower, epochs, events, shared)
+            partial = _snapshot(spec, model, grower, epochs, events, shared)
             write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
     if grower is not None:
         grower.close()
-    record = _record(spec, cfg, model, grower, epochs, events, shared)
+    record = _snapshot(spec, model, grower, epochs, events, shared)
     write_json(out / "runs" / f"{spec.run_id}.json", record)
     (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
     return record
 
 
-def _record(
+def _snapshot(
     spec: RunSpec,
-    cfg: BenchConfig,
     model: torch.nn.Module,
     grower: Grower | None,
     epochs: list[dict],
     events: list[dict],
     shared: dict[str, Any],
 ) -> dict:
-    """The run's JSON record after the epochs so far (all of them once the run is done)."""
+    """The run's record after the epochs so far (:func:`_records.run_record`)."""
     widths = widths_of(model)
-    last = epochs[-1]
-    return {
-        "schema": 1,
-        "run_id": spec.run_id,
-        "kind": "grown" if spec.where else "static",
-        "where": spec.where,
-        "seed": spec.seed,
-        "widths_initial": [list(b) for b in spec.widths],
-        "widths_final": widths,
-        "params_final": sum(p.numel() for p in model.parameters()),
-        "final": {
-            "test_acc": last["test_acc"],
-            "val_acc": last["val_acc"],
-            "train_time_s": last["train_time_s"],
-            "train_cpu_s": last["train_cpu_s"],
-        },
-        "images_per_s": len(epochs) * shared["train_images"] / max(last["train_time_s"], 1e-9),
-        "stop_reason": grower.stop_reason if grower is not None else None,
-        "baseline_run_id": RunSpec(_as_widths(widths), spec.seed).run_id if spec.where else None,
-        "config": shared["config"],
-        "data": shared["data"],
-        "environment": shared["environment"],
-        "epochs": epochs,
-        "events": events,
-    }
+    return run_record(
+        run_id=spec.run_id,
+        where=spec.where,
+        seed=spec.seed,
+        widths_initial=spec.widths,
+        widths_final=widths,
+        params=sum(p.numel() for p in model.parameters()),
+        stop_reason=grower.stop_reason if grower is not None else None,
+        baseline_run_id=RunSpec(_as_widths(widths), spec.seed).run_id if spec.where else None,
+        epochs=epochs,
+        events=events,
+        shared=shared,
+    )
 
 
 def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:
@@ -613,7 +524,7 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
             "wall_s": wall,
             "jobs": cfg.jobs,
             "ran": sorted(scheduled),
-            "environment": _report.environment(torch.device(cfg.device)),
+            "environment": environment(torch.device(cfg.device)),
         },
     )
     return list(records.values())

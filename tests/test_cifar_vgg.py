@@ -383,7 +383,7 @@ def test_the_cpu_preset_keeps_the_papers_steps_per_epoch_and_growth_rules() -> N
     assert steps_per_epoch == paper_steps == 80
     assert cfg.val_subset is None  # the full validation split: the trigger sees the paper's noise
     assert cfg.growth == driver.GrowthConfig()
-    assert cfg.configs == (driver.FIG2A_WIDTHS,)
+    assert cfg.configs == (((2, 2, 2), (4, 4, 4), (8, 8, 8)),)  # the paper's Fig. 2a config
     assert set(cfg.where) == {"nagn", "uniform", "random"}
     assert (cfg.lr, cfg.weight_decay) == (1e-3, 1e-2)
     assert out == Path("runs") / "cpu"
