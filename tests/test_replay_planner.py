@@ -129,3 +129,22 @@ def test_the_command_line_writes_markdown_and_json(sweep: Path, tmp_path: Path) 
     assert out.read_text().startswith("## Planner readings")
     assert json.loads(out.with_suffix(".json").read_text())["stops"]
     assert replay.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_comparing_a_sweep_with_itself_agrees_on_every_run(sweep: Path) -> None:
+    compare = sys.modules.get("compare_sweeps") or _load("compare_sweeps")
+    text = compare.compare(sweep, sweep)
+    grown = list((sweep / "runs").glob("grown-*.json"))
+    assert f"final widths equal in {len(grown)} of {len(grown)} runs" in text
+    run = json.loads(grown[0].read_text())
+    summary = compare.run_summary(
+        run, {r["run_id"]: r for r in map(_read, (sweep / "runs").glob("*.json"))}
+    )
+    assert summary["first_epoch"] == run["events"][0]["epoch"]
+    assert summary["first_step"] == summary["first_epoch"] * 4  # 400 images * 0.8 at batch 100
+    assert summary["acc_ratio"] is not None and summary["acc_ratio"] > 0
+    assert compare.main([str(sweep), str(sweep / "nowhere")]) == 2
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
