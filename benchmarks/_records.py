@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "SweepError",
+    "check_config",
     "config_defaults",
     "config_dict",
     "data_record",
@@ -34,7 +35,16 @@ __all__ = [
 ]
 
 Widths = tuple[tuple[int, ...], ...]
-_SCHEDULING = ("jobs", "threads", "configs", "seeds", "where", "preset", "verbose")
+_SCHEDULING = (
+    "jobs",
+    "threads",
+    "configs",
+    "seeds",
+    "where",
+    "preset",
+    "verbose",
+    "checkpoint_every",
+)
 
 
 class SweepError(ValueError):
@@ -169,15 +179,27 @@ def load_record(
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    saved = _comparable(_fill_missing(record["config"], defaults or {}))
+    check_config(path, record["config"], config, defaults)
+    return record
+
+
+def check_config(
+    path: Path, saved: dict[str, Any], config: dict[str, Any], defaults: dict[str, Any] | None
+) -> None:
+    """Refuse what ``path`` holds (a run record, a checkpoint) if made with other settings.
+
+    Raises:
+        SweepError: ``saved`` differs from ``config`` in a setting that shapes results (after
+            filling keys ``saved`` lacks from ``defaults``); the message names each difference.
+    """
+    old = _comparable(_fill_missing(saved, defaults or {}))
     wanted = _comparable(config)
-    if saved != wanted:
-        shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in _differences(saved, wanted))
+    if old != wanted:
+        shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in _differences(old, wanted))
         raise SweepError(
             f"{path} was made with different settings than this sweep ({shown}); resume only "
             "with the same options, or pass a fresh --out."
         )
-    return record
 
 
 # ------------------------------------------------------------------------------ the records
@@ -215,11 +237,15 @@ def run_record(
     epochs: list[dict],
     events: list[dict],
     shared: dict[str, Any],
+    segment_starts: list[int],
 ) -> dict[str, Any]:
     """A run's JSON record after the epochs so far (all of them once the run is done).
 
     ``shared`` holds what does not change during a run: ``config``, ``data``, ``environment``
-    and ``train_images`` (images per training epoch).
+    (of the latest segment) and ``train_images`` (images per training epoch).
+    ``segment_starts``: the first epoch of each process that trained the run (``[1]`` for a
+    run trained in one go; one more entry per resume from a checkpoint). Its times are sums
+    over the segments, which may have run under different machine load.
     """
     last = epochs[-1]
     return {
@@ -240,6 +266,8 @@ def run_record(
         "images_per_s": len(epochs) * shared["train_images"] / max(last["train_time_s"], 1e-9),
         "stop_reason": stop_reason,
         "baseline_run_id": baseline_run_id,
+        "segments": len(segment_starts),
+        "segment_starts": list(segment_starts),
         "config": shared["config"],
         "data": shared["data"],
         "environment": shared["environment"],

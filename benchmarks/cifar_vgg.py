@@ -39,7 +39,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _checkpoints
 import _report
+from _checkpoints import load_checkpoint, save_checkpoint
 from _environment import environment
 from _presets import PRESETS
 from _records import (
@@ -103,6 +105,7 @@ class BenchConfig:
     eval_batch_size: int = 2000  # images per evaluation batch (inference_mode)
     growth: GrowthConfig = field(default_factory=GrowthConfig)  # paper's growth rules
     verbose: bool = False  # print NAGN profiles and growth events as they happen
+    checkpoint_every: int = 1  # epochs between a run's checkpoints (0: none); never shapes results
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default runs/<preset>)")
     p.add_argument("--data-dir", help="dataset folder (cifar10 / imagefolder)")
     p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="write each run's checkpoint every N epochs (default 1; 0: none)",
+    )
     return p
 
 
@@ -142,7 +151,7 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path
         values["where"] = tuple(w.strip() for w in args.where.split(",") if w.strip())
     if args.dataset is not None and args.dataset != values.get("dataset", "cifar10"):
         values.pop("data_dir", None)  # the preset's folder belongs to the preset's dataset
-    for name in ("epochs", "jobs", "threads", "dataset", "data_dir"):
+    for name in ("epochs", "jobs", "threads", "dataset", "data_dir", "checkpoint_every"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["amp"] = args.amp
@@ -171,6 +180,8 @@ def _check(cfg: BenchConfig) -> None:
         problems.append(f"--where {','.join(cfg.where)}: use distinct names from {WHERE_CHOICES}")
     if cfg.jobs < 1:
         problems.append(f"--jobs must be >= 1, got {cfg.jobs}")
+    if cfg.checkpoint_every < 0:
+        problems.append(f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"--threads must be >= 1, got {cfg.threads}")
     try:
@@ -269,12 +280,26 @@ def _sync(device: torch.device) -> None:
 
 
 def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = True) -> dict:
-    """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record."""
+    """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
+
+    Continues from ``out/checkpoints/<run_id>.pt`` when there is one (``_checkpoints``), and
+    writes that file every ``cfg.checkpoint_every`` epochs until the run is done.
+    """
     from tqdm.auto import tqdm
 
     data = load_data(cfg)
     device = torch.device(cfg.device)
     fmt = torch.channels_last  # also on CPUs: faster than NCHW for these nets (bench_pipeline)
+    shared = {
+        "config": config_dict(cfg),
+        "data": data_record(data),
+        "environment": environment(device),
+        "train_images": len(data.train),
+    }
+    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
+    state = load_checkpoint(
+        checkpoint, shared["config"], config_defaults(BenchConfig), shared["data"]
+    )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
         model = vgg(
@@ -285,6 +310,8 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
             hidden=cfg.hidden,
             device=device,
         )
+    if state is not None:  # the initial model, widened to the checkpoint's widths
+        _checkpoints.restore(state, model)
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = train_loader(data, cfg, spec.seed)
@@ -296,18 +323,24 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         for name, part in (("val", data.val), ("test", data.test))
     }
     grower = None
-    if spec.where is not None:
+    if spec.where is not None:  # after the restore: its monitor hooks the grown layers
         grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
 
-    shared = {
-        "config": config_dict(cfg),
-        "data": data_record(data),
-        "environment": environment(device),
-        "train_images": len(data.train),
-    }
-    epochs, events, train_time, train_cpu = [], [], 0.0, 0.0
-    bar = tqdm(range(1, cfg.epochs + 1), desc=spec.run_id, leave=False, disable=not progress)
+    epochs, events, train_time, train_cpu, starts = [], [], 0.0, 0.0, [1]
+    if state is not None:
+        _checkpoints.restore_training(
+            state, optimizer=optimizer, schedule=schedule, loader=loader, grower=grower
+        )
+        epochs, events = state["epochs"], state["events"]
+        train_time, train_cpu = state["train_time_s"], state["train_cpu_s"]
+        starts = [*state["segment_starts"], len(epochs) + 1]
+    bar = tqdm(
+        range(len(epochs) + 1, cfg.epochs + 1),
+        desc=spec.run_id,
+        leave=False,
+        disable=not progress,
+    )
     for epoch in bar:
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -364,14 +397,39 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         if event is not None:
             events.append(event.to_dict())
             _log_event(spec, event, widths, verbose=cfg.verbose)
-        if epoch < cfg.epochs:  # what a running sweep has so far (report, replay_planner.py)
-            partial = _snapshot(spec, model, grower, epochs, events, shared)
-            write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
+        if epoch == cfg.epochs:
+            break
+        # What a running sweep has so far (report, replay_planner.py), then the checkpoint.
+        partial = _snapshot(spec, model, grower, epochs, events, shared, starts)
+        write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
+        if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+            run = {
+                "run_id": spec.run_id,
+                "config": shared["config"],
+                "data": shared["data"],
+                "epochs": epochs,
+                "events": events,
+                "train_time_s": train_time,
+                "train_cpu_s": train_cpu,
+                "segment_starts": starts,
+            }
+            save_checkpoint(
+                checkpoint,
+                _checkpoints.capture(
+                    model=model,
+                    optimizer=optimizer,
+                    schedule=schedule,
+                    loader=loader,
+                    grower=grower,
+                    run=run,
+                ),
+            )
     if grower is not None:
         grower.close()
-    record = _snapshot(spec, model, grower, epochs, events, shared)
+    record = _snapshot(spec, model, grower, epochs, events, shared, starts)
     write_json(out / "runs" / f"{spec.run_id}.json", record)
     (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     return record
 
 
@@ -382,6 +440,7 @@ def _snapshot(
     epochs: list[dict],
     events: list[dict],
     shared: dict[str, Any],
+    segment_starts: list[int],
 ) -> dict:
     """The run's record after the epochs so far (:func:`_records.run_record`)."""
     widths = widths_of(model)
@@ -397,6 +456,7 @@ def _snapshot(
         epochs=epochs,
         events=events,
         shared=shared,
+        segment_starts=segment_starts,
     )
 
 
