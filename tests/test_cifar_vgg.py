@@ -387,3 +387,76 @@ def test_the_cpu_preset_keeps_the_papers_steps_per_epoch_and_growth_rules() -> N
     assert set(cfg.where) == {"nagn", "uniform", "random"}
     assert (cfg.lr, cfg.weight_decay) == (1e-3, 1e-2)
     assert out == Path("runs") / "cpu"
+
+
+# --------------------------------------------------------------------------- epoch checkpoints
+
+
+class _Killed(Exception):
+    """Stands for the end of a session: the process dies right after a checkpoint."""
+
+
+def _train_interrupted(
+    spec: object, cfg: object, out: Path, after_epoch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train ``spec`` until its checkpoint of ``after_epoch`` is on disk, then stop."""
+    real = driver.save_checkpoint
+
+    def save_then_die(path: Path, state: dict) -> None:
+        real(path, state)
+        if len(state["epochs"]) == after_epoch:
+            raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(driver, "save_checkpoint", save_then_die)
+        with pytest.raises(_Killed):
+            driver.train_run(spec, cfg, out, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("where", "after_epoch"),
+    [("nagn", 1), ("nagn", 3), ("random", 2)],
+    ids=["before-growth", "after-growth", "random-at-growth-epoch"],
+)
+def test_a_run_resumed_from_a_checkpoint_equals_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, after_epoch: int
+) -> None:
+    """Smoke preset, growth forced at epoch 2, 5 epochs: stop after ``after_epoch``, resume."""
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5"])
+    spec = driver.RunSpec(cfg.configs[0], 0, where)
+    whole = driver.train_run(spec, cfg, tmp_path / "whole", progress=False)
+
+    out = tmp_path / "resumed"
+    _train_interrupted(spec, cfg, out, after_epoch, monkeypatch)
+    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
+    assert checkpoint.is_file() and not (out / "runs").exists()
+    torch.manual_seed(12345)  # a new process: another global RNG state (restored from the file)
+    resumed = driver.train_run(spec, cfg, out, progress=False)
+
+    keys = ("epoch", "train_loss", "val_acc", "test_acc", "lr", "widths", "params")
+    assert [{k: e[k] for k in keys} for e in resumed["epochs"]] == [
+        {k: e[k] for k in keys} for e in whole["epochs"]
+    ]
+    assert resumed["events"] == whole["events"] and whole["events"]  # the growth happened
+    assert resumed["events"][0]["epoch"] == 2
+    assert resumed["widths_final"] == whole["widths_final"] != resumed["widths_initial"]
+    assert resumed["stop_reason"] == whole["stop_reason"]
+    assert (whole["segments"], whole["segment_starts"]) == (1, [1])
+    assert (resumed["segments"], resumed["segment_starts"]) == (2, [1, after_epoch + 1])
+    times = [e["train_time_s"] for e in resumed["epochs"]]
+    assert times == sorted(times) and times[0] > 0  # one clock, summed over the segments
+    assert not checkpoint.exists()  # removed once the run's JSON is written
+
+
+def test_a_checkpoint_made_with_other_settings_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5"])
+    spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    _train_interrupted(spec, cfg, tmp_path, 2, monkeypatch)
+    other, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "6"])
+    with pytest.raises(driver.SweepError, match=r"epochs: saved 5, now 6.*fresh --out"):
+        driver.train_run(spec, other, tmp_path, progress=False)
+    scheduling, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5", "--jobs", "3"])
+    record = driver.train_run(spec, scheduling, tmp_path, progress=False)  # jobs shape nothing
+    assert record["segments"] == 2
