@@ -33,6 +33,7 @@ __all__ = [
     "environment",
     "load_progress",
     "load_runs",
+    "segments",
     "summarize",
     "throughput_table",
     "trajectories",
@@ -240,6 +241,28 @@ def _table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def segments(runs: Sequence[dict]) -> list[str]:
+    """A line on runs trained in several processes (resumed from checkpoints), if any.
+
+    Such a run's training times are sums over its segments, each measured under its own machine
+    load (possibly on another machine), so its time ratios deserve care. Records written before
+    checkpoints existed count as one segment.
+    """
+    resumed = [r for r in runs if r.get("segments", 1) > 1]
+    if not resumed:
+        return [f"- segments: all {len(runs)} runs trained in one process each"]
+    listed = ", ".join(
+        f"{r['run_id']} ({r['segments']}, from epochs {', '.join(map(str, r['segment_starts']))})"
+        for r in resumed
+    )
+    return [
+        f"- **segments**: {len(resumed)} of {len(runs)} runs were resumed from checkpoints and "
+        f"trained in several processes: {listed}. Their times are sums over segments measured "
+        "under different machine load (or on other machines): read their time ratios with "
+        "care; the CPU-time ratio is the steadier one"
+    ]
+
+
 def _criteria(runs: Sequence[dict]) -> list[str]:
     """Grown runs of different criteria, paired by config and seed (same budget per event)."""
     grown = [r for r in runs if r["kind"] == "grown"]
@@ -421,6 +444,7 @@ def write_report(out: Path) -> str:
         f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
         f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
         f"- timing: {TIMING}",
+        *segments(runs),
         "",
         *table,
         "",
@@ -439,7 +463,7 @@ def write_report(out: Path) -> str:
         "",
     ]
     (out / "summary.md").write_text("\n".join(md))
-    return "\n".join([*table, "", *_criteria(runs), *overall_lines, paper])
+    return "\n".join([*table, "", *_criteria(runs), *overall_lines, paper, *segments(runs)])
 
 
 def throughput_table(outs: Sequence[Path]) -> str:

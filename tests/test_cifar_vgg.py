@@ -460,3 +460,23 @@ def test_a_checkpoint_made_with_other_settings_is_refused(
     scheduling, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5", "--jobs", "3"])
     record = driver.train_run(spec, scheduling, tmp_path, progress=False)  # jobs shape nothing
     assert record["segments"] == 2
+
+
+def test_the_report_says_which_runs_were_trained_in_several_segments(
+    smoke_out: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "runs").mkdir()
+    paths = sorted((smoke_out / "runs").glob("*.json"))
+    for path in paths:
+        (tmp_path / "runs" / path.name).write_text(path.read_text())
+    text = driver._report.write_report(tmp_path)
+    assert f"all {len(paths)} runs trained in one process each" in text
+    static = next((tmp_path / "runs").glob("static_*.json"))
+    record = json.loads(static.read_text())
+    static.write_text(json.dumps({**record, "segments": 2, "segment_starts": [1, 3]}))
+    text = driver._report.write_report(tmp_path)
+    assert (
+        f"1 of {len(paths)} runs were resumed from checkpoints and trained in several "
+        f"processes: {record['run_id']} (2, from epochs 1, 3)"
+    ) in text
+    assert "read their time ratios with care" in (tmp_path / "summary.md").read_text()
