@@ -15,7 +15,14 @@ from typing import Any, Literal
 from netsurgeon.cost import Budget
 from netsurgeon.errors import ConfigError, NetsurgeonTypeError
 from netsurgeon.nagn.monitor import DEFAULT_EVERY
-from netsurgeon.nagn.planner import DEFAULT_MAX_STEP, FALLBACKS, NEIGHBOURHOODS
+from netsurgeon.nagn.planner import (
+    DEFAULT_MAX_STEP,
+    DRAG_LIMITS,
+    END_RULES,
+    FALLBACKS,
+    NEIGHBOURHOODS,
+    SCORES,
+)
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import INIT_STRATEGIES
 
@@ -42,6 +49,8 @@ class GrowthConfig:
         fallback: planner rule when no layer clears ``tau`` (``"fraction"``, ``"unit"``, ``"none"``).
         neighbourhood: ``"arithmetic"`` (the paper's eq. 2 and end rule) or ``"geometric"``
             (the same in log space; see ``netsurgeon.nagn.planner.relative_contrast``).
+        end_rule, score, drag_limit: planner readings the paper leaves open; the defaults are
+            its text (``netsurgeon.nagn.planner.plan_growth``, docs/nagn.md).
         every: NAGN is collected on one training step out of ``every``; an int >= 1.
         reduction: how the user's loss reduces over the batch (``"mean"`` or ``"sum"``).
         restart_windows: restart the accuracy windows after each trigger.
@@ -75,6 +84,12 @@ class GrowthConfig:
     monotone: bool = True
     fallback: str = "fraction"
     neighbourhood: Literal["arithmetic", "geometric"] = "arithmetic"
+    # The end layers' neighbourhood: "extrapolate" (median slope), "adjacent" or "none".
+    end_rule: Literal["extrapolate", "adjacent", "none"] = "extrapolate"
+    # s_l: "normalised" (p / max p), "damped" (p / max(max p, 1)) or "excess" (min(p, 1)).
+    score: Literal["normalised", "damped", "excess"] = "normalised"
+    # Most the non-decreasing constraint adds to a layer per step: "step", "double" or "none".
+    drag_limit: Literal["step", "double", "none"] = "step"
     every: int = DEFAULT_EVERY
     reduction: Literal["mean", "sum"] = "mean"
     restart_windows: bool = True
@@ -99,6 +114,9 @@ class GrowthConfig:
         _choice(self, "where", tuple(sorted(WHERE_CRITERIA)))
         _choice(self, "fallback", FALLBACKS)
         _choice(self, "neighbourhood", NEIGHBOURHOODS)
+        _choice(self, "end_rule", END_RULES)
+        _choice(self, "score", SCORES)
+        _choice(self, "drag_limit", DRAG_LIMITS)
         _choice(self, "reduction", ("mean", "sum"))
         _choice(
             self,

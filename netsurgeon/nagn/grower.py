@@ -159,6 +159,9 @@ class Grower:
             monotone=self.config.monotone,
             fallback=self.config.fallback,
             neighbourhood=self.config.neighbourhood,
+            end_rule=self.config.end_rule,
+            score=self.config.score,
+            drag_limit=self.config.drag_limit,
         )
         device = next(model.parameters()).device
         self._weights_rng = torch.Generator(device=device).manual_seed(self.config.seed)

@@ -28,8 +28,9 @@ class LayerPlan:
         nagn: ``NAGN_l``.
         neighbour: neighbourhood mean ``g~_l`` actually used for the contrast.
         neighbour_rule: ``"interior"``, ``"extrapolated"``, ``"adjacent"`` (end layer whose
-            extrapolation was <= 0), ``"single"`` (one-layer profile) or ``"zero"`` (neighbourhood
-            mean is 0: no evidence, ``r = 0``).
+            extrapolation was <= 0, or ``end_rule="adjacent"``), ``"end-none"`` (end layer under
+            ``end_rule="none"``: ``r = 0``), ``"single"`` (one-layer profile) or ``"zero"``
+            (neighbourhood mean is 0: no evidence, ``r = 0``).
         extrapolated: the raw extrapolation for end layers (may be <= 0), else ``None``.
         contrast: relative contrast ``r_l``.
         excess: ``p_l = max(r_l - tau, 0)``.
@@ -70,6 +71,9 @@ class GrowthPlan:
         cost: what applying ``increments`` costs (widths, parameters and FLOPs before and after,
             a :class:`~netsurgeon.cost.CostPreview`), when attached with :meth:`with_cost`
             (the grower does); ``None`` otherwise.
+        neighbourhood, end_rule, score, drag_limit: the readings used (see
+            :func:`netsurgeon.nagn.planner.plan_growth`); records written before a reading
+            existed read back with its default, which is what they were planned with.
     """
 
     rows: tuple[LayerPlan, ...]
@@ -83,6 +87,9 @@ class GrowthPlan:
     fallback_fraction: float
     monotone_groups: tuple[tuple[str, ...], ...] = field(default=())
     neighbourhood: str = "arithmetic"
+    end_rule: str = "extrapolate"
+    score: str = "normalised"
+    drag_limit: str = "step"
     cost: CostPreview | None = None
 
     def with_cost(self, cost: CostPreview) -> GrowthPlan:
@@ -149,7 +156,7 @@ class GrowthPlan:
             rows=rows,
             monotone_groups=tuple(tuple(g) for g in data.get("monotone_groups", ())),
             cost=cost,
-            **{k: _nan_if_none(k, data[k]) for k in names},
+            **{k: _nan_if_none(k, data[k]) for k in names if k in data},
         )
 
     def to_json(self, **kwargs: Any) -> str:
@@ -159,7 +166,13 @@ class GrowthPlan:
     def __str__(self) -> str:
         head = (
             f"GrowthPlan(rule={self.rule}, tau={self.tau:g}, max_step={self.max_step}, "
-            f"monotone={self.monotone}, fallback={self.fallback}, m={self.median_slope:.4g})"
+            f"monotone={self.monotone}, fallback={self.fallback}, m={self.median_slope:.4g}"
+            + "".join(
+                f", {name}={getattr(self, name)}"
+                for name, default in _READING_DEFAULTS.items()
+                if getattr(self, name) != default
+            )
+            + ")"
         )
         cols = ("layer", "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn")
         cost_cols = ("n'", "params", "params'", "FLOPs", "FLOPs'") if self.cost else ()
@@ -218,6 +231,12 @@ class GrowthPlan:
         )
 
 
+_READING_DEFAULTS = {
+    "neighbourhood": "arithmetic",
+    "end_rule": "extrapolate",
+    "score": "normalised",
+    "drag_limit": "step",
+}
 _FLOAT_FIELDS = frozenset(
     {"nagn", "neighbour", "contrast", "excess", "score", "median_slope", "max_excess"}
 )
