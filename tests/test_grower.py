@@ -265,3 +265,14 @@ def test_load_state_dict_rejects_a_different_config():
     state = grower.state_dict()
     with pytest.raises(ValueError, match="different GrowthConfig"):
         Grower(_model(), None, GrowthConfig(w_acc=3)).load_state_dict(state)
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_loads_and_other_settings_are_named():
+    model = _model()
+    grower = Grower(model, torch.optim.AdamW(model.parameters()))
+    state = grower.state_dict()
+    older = {**state, "config": {k: v for k, v in state["config"].items() if k != "max_params"}}
+    grower.load_state_dict(older)  # the missing field was at its default when saved
+    changed = {**state, "config": {**state["config"], "tau": 0.5}}
+    with pytest.raises(ValueError, match=r"tau: checkpoint 0.5, this grower 0.05"):
+        grower.load_state_dict(changed)

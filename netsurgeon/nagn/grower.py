@@ -432,10 +432,11 @@ class Grower:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (load the grown model with
         ``netsurgeon.load_state_dict`` first). Nothing changes if it raises."""
-        if state["config"] != dataclasses.asdict(self.config):
+        differing = _config_differences(state["config"], self.config)
+        if differing:
             raise ValueError(
-                "the checkpoint was made with a different GrowthConfig; construct the Grower "
-                f"with GrowthConfig(**state['config']). Checkpoint: {state['config']}"
+                f"the checkpoint was made with a different GrowthConfig ({'; '.join(differing)});"
+                " construct the Grower with GrowthConfig(**state['config'])"
             )
         history = [GrowthEvent.from_dict(e) for e in state["history"]]
         rng_states = (self._weights_rng.get_state(), self._where_rng.get_state())
@@ -489,3 +490,26 @@ def _caps(config: GrowthConfig, names: tuple[str, ...]) -> str:
 
 def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _config_differences(saved: dict[str, Any], config: GrowthConfig) -> list[str]:
+    """Fields whose saved value differs from ``config``'s.
+
+    A field added after the checkpoint was written is missing from it and counts as its default
+    (what the checkpoint was made with), so older checkpoints stay loadable.
+    """
+    current = dataclasses.asdict(config)
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(GrowthConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    found = []
+    for name, value in current.items():
+        old = saved.get(name, defaults.get(name, dataclasses.MISSING))
+        if old != value:
+            found.append(f"{name}: checkpoint {old!r}, this grower {value!r}")
+    found.extend(
+        f"{name}: unknown field in the checkpoint" for name in saved if name not in current
+    )
+    return found
