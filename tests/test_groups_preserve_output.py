@@ -106,6 +106,15 @@ def dag_specs(draw: st.DrawFn) -> DagSpec:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+def _name(item) -> str:
+    """The layer (or parameter) name of a group's producer, consumer or follower record."""
+    return getattr(item, "layer", getattr(item, "name", item))
+
+
+def _names(items) -> set[str]:
+    return {_name(item) for item in items}
+
+
 def _widenable(graph) -> list:
     return [g for g in graph.groups if g.widenable]
 
@@ -159,7 +168,16 @@ def _widen_and_compare(
         example_inputs=example_inputs,
         graph=graph,
     )
-    assert _group_widths(model) == {n: w + plan.get(n, 0) for n, w in widths_before.items()}
+    grown = {
+        netsurgeon.trace(before, strict=False).group_of(key).name: k for key, k in plan.items()
+    }
+    assert _group_widths(model) == {n: w + grown.get(n, 0) for n, w in widths_before.items()}
+    _compare_outputs(model, before, x, seed)
+    return before
+
+
+def _compare_outputs(model: nn.Module, before: nn.Module, x: torch.Tensor, seed: int) -> None:
+    """Eval- and train-mode outputs (and the float32 loss) of ``model`` and ``before`` agree."""
     for train in (False, True):  # eval first: train-mode forwards update the running stats
         model.train(train)
         before.train(train)
@@ -172,7 +190,6 @@ def _widen_and_compare(
             loss_before = (y_before - target).pow(2).mean().item()
             loss_after = (y_after - target).pow(2).mean().item()
             assert abs(loss_after - loss_before) <= 1e-5 * abs(loss_before), f"train={train}"
-    return before
 
 
 def _subsequence(old: list, new: list, same) -> list[int]:
@@ -298,7 +315,7 @@ def test_new_consumer_columns_are_zero_and_alone_get_a_gradient_among_the_new_en
         if group.name not in plan:
             continue
         column_grads = []
-        for consumer in group.consumers:
+        for consumer in map(_name, group.consumers):
             weight = model.get_submodule(consumer).weight
             _, cols = positions[f"{consumer}.weight"]
             new = _complement(cols, weight.shape[1])
@@ -400,11 +417,6 @@ def _spec(*blocks: tuple, head: tuple = ("mlp", "tanh", 5, 3), stem: int = 6) ->
     return DagSpec(2, stem, "relu", blocks, head)
 
 
-def _names(items) -> set[str]:
-    """Layer names of a group's producers, consumers or followers (names or records)."""
-    return {getattr(item, "name", item) for item in items}
-
-
 def _widen_every_group(spec: DagSpec, init: str, multiple: int = 2):
     """Widen every widenable group by ``multiple`` granules; return the model and old graph."""
     model = spec.build(0, torch.float64)
@@ -488,13 +500,14 @@ def test_growing_the_first_dense_segment_shifts_the_later_ones_in_every_reader()
     model = _spec(("dense", "relu", 3), ("dense", "relu", 2)).build(0, torch.float64)
     old_mean = model.blocks[1].bn.running_mean.clone()
     old_fc = model.head.fc1.weight.detach().clone()
-    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
-    _widen_and_compare(model, x, {"stem": 2}, init="paper", seed=0)
+    before = copy.deepcopy(model)
+    netsurgeon.widen(model, {"stem": 2})  # checked before any forward updates the statistics
     zeros = old_mean.new_zeros(2)
     expected_mean = torch.cat([old_mean[:6], zeros, old_mean[6:]])  # [stem | +2 | dense 0]
     assert torch.equal(model.blocks[1].bn.running_mean, expected_mean)
     expected_fc = torch.cat([old_fc[:, :6], old_fc.new_zeros(5, 2), old_fc[:, 6:]], 1)
     assert torch.equal(model.head.fc1.weight.detach(), expected_fc)
+    _compare_outputs(model, before, torch.randn(2, 2, 6, 6, dtype=torch.float64), seed=0)
 
 
 @INITS

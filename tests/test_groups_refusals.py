@@ -59,6 +59,22 @@ class ConvNorm(nn.Module):
         return self.fc(F.relu(x).mean((2, 3)))
 
 
+class ConcatGroupNorm(nn.Module):
+    """``GroupNorm(2, 8)`` over ``cat([a (3), b (5)])``: its first group straddles both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 3, padding=1)
+        self.b = nn.Conv2d(3, 5, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.conv2 = nn.Conv2d(8, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.fc(F.relu(self.conv2(x)).mean((2, 3)))
+
+
 class Attention(nn.Module):
     """``conv -> tokens -> proj -> self-attention -> mean -> fc``."""
 
@@ -126,25 +142,37 @@ UNWIDENABLE = {
         SequenceLayerNorm,
         (2, 3, 4, 4),
         "fc1",
-        r"LayerNorm",
+        r"LayerNorm normalises across these channels",
         ["conv", "fc2"],
     ),
-    "GroupNorm with 2 channels per group": (
-        lambda: ConvNorm(nn.GroupNorm(4, 8)),
+    "GroupNorm over a concatenation": (
+        ConcatGroupNorm,
         (2, 3, 4, 4),
-        "conv1",
-        r"GroupNorm",
+        "a",
+        r"GroupNorm with 4 channels per group over a concatenation",
         ["conv2"],
     ),
     "MultiheadAttention embedding width": (
         Attention,
         (2, 3, 4, 4),
         "proj",
-        r"MultiheadAttention",
+        r"embedding dim of attention 'attn' \(embed_dim=8\)",
         ["conv"],
     ),
-    "channel shuffle": (Shuffle, (2, 3, 4, 4), "conv1", r"view|reshape|transpose", ["conv2"]),
-    "split with literal sizes": (LiteralSplit, (2, 3, 4, 4), "conv1", r"split", ["a", "b"]),
+    "channel shuffle": (
+        Shuffle,
+        (2, 3, 4, 4),
+        "conv1",
+        r"\.view\(\)(.|\n)*(fixes a size|splits or interleaves)",
+        ["conv2"],
+    ),
+    "split with literal sizes": (
+        LiteralSplit,
+        (2, 3, 4, 4),
+        "conv1",
+        r"'split' along the channels with fixed sizes",
+        ["a", "b"],
+    ),
     "view to a literal width": (LiteralView, (2, 3, 4, 4), "conv", r"\(-1, 128\)", ["hidden"]),
 }
 
@@ -175,6 +203,29 @@ def test_widening_an_unwidenable_group_raises_the_reason_and_the_rest_widens_exa
         netsurgeon.widen(model, {blocked: 2})
     _assert_unchanged(model, before)
     netsurgeon.widen(model, dict.fromkeys(widenable, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before(x), rtol=0.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("init", ["paper", "net2net"])
+def test_groupnorm_with_two_channels_per_group_grows_by_whole_normalisation_groups(
+    init: str,
+) -> None:
+    """New channels in whole new groups of 2 leave every old group's statistics as they were."""
+    model = ConvNorm(nn.GroupNorm(4, 8)).double()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.normal_(0.0, 0.2)
+    graph = netsurgeon.trace(model)
+    assert graph.group_of("conv1").widenable and graph.group_of("conv1").granularity == 2
+    with pytest.raises(
+        WidenError, match=r"plan\['conv1'\] = 3(.|\n)*multiples of 2(.|\n)*use 2, 4"
+    ):
+        netsurgeon.widen(model, {"conv1": 3})
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    before = copy.deepcopy(model)
+    netsurgeon.widen(model, {"conv1": 4}, init=init, generator=torch.Generator().manual_seed(0))
+    assert (model.norm.num_groups, model.norm.num_channels) == (6, 12)
     with torch.no_grad():
         torch.testing.assert_close(model(x), before(x), rtol=0.0, atol=1e-10)
 
@@ -221,9 +272,8 @@ def test_an_unknown_op_raises_naming_the_fx_node_when_strict() -> None:
     with pytest.raises(UnsupportedModelError, match=r"cumsum") as info:
         netsurgeon.trace(UnknownOp(), strict=True)
     message = str(info.value)
-    assert "%cumsum" in message  # the fx node, as format_node() writes it
-    assert "'a'" in message  # the layer whose channels reach it
-    assert "fix" in message.lower()
+    assert "node 'cumsum'" in message and "%cumsum" in message  # the node, and format_node()
+    assert "fix: " in message
 
 
 def test_an_unknown_op_blocks_only_the_groups_it_touches_when_not_strict() -> None:
@@ -266,16 +316,24 @@ def test_k_must_be_a_multiple_of_the_granularity_and_the_error_lists_valid_value
     graph = netsurgeon.trace(_chunked())
     assert graph.group_of("blocks.0.pre").granularity == 2
     assert graph.group_of("blocks.1.conv").granularity == 4
-    with pytest.raises(WidenError, match=r"blocks\.0\.pre(.|\n)*multiple of 2(.|\n)*2, 4, 6"):
+    # What failed (the count), where (the group), the fix (the nearest valid counts).
+    with pytest.raises(
+        WidenError,
+        match=r"plan\['blocks\.0\.pre'\] = 3: group 'blocks\.0\.pre'(.|\n)*multiples of 2(.|\n)*use 2, 4",
+    ):
         netsurgeon.widen(_chunked(), {"blocks.0.pre": 3})
-    with pytest.raises(WidenError, match=r"blocks\.1\.conv(.|\n)*multiple of 4(.|\n)*4, 8, 12"):
+    with pytest.raises(
+        WidenError, match=r"plan\['blocks\.1\.conv'\] = 6: (.|\n)*multiples of 4(.|\n)*use 4, 8"
+    ):
         netsurgeon.widen(_chunked(), {"blocks.1.conv": 6})
+    with pytest.raises(WidenError, match=r"multiples of 4(.|\n)*use 4\b"):
+        netsurgeon.widen(_chunked(), {"blocks.1.conv": 1})
 
 
 def test_two_keys_of_one_group_with_different_counts_are_refused_naming_both() -> None:
-    with pytest.raises(WidenError, match=r"stem") as info:
+    with pytest.raises(WidenError, match=r"name the same group 'stem'") as info:
         netsurgeon.widen(_residual(), {"stem": 2, "blocks.0.conv2": 3})
-    assert "blocks.0.conv2" in str(info.value)
+    assert "plan['stem'] = 2" in str(info.value) and "plan['blocks.0.conv2'] = 3" in str(info.value)
 
 
 def test_two_keys_of_one_group_with_the_same_count_widen_it_once() -> None:

@@ -88,7 +88,7 @@ def _input(name: str, batch: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _names(items) -> set[str]:
-    return {getattr(item, "name", item) for item in items}
+    return {getattr(item, "layer", getattr(item, "name", item)) for item in items}
 
 
 def _trace(model: nn.Module, name: str):
