@@ -19,6 +19,10 @@ small inputs (64x64; ViT built for 32x32 images, VGG run at 32x32) keep the file
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -69,7 +73,15 @@ QUARTER = {"resnet18", "mobilenet_v2"}
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
-def _build(name: str) -> nn.Module:
+@pytest.fixture(scope="module", autouse=True)
+def _release_models() -> Iterator[None]:
+    yield
+    _pristine.cache_clear()
+
+
+@functools.cache
+def _pristine(name: str) -> nn.Module:
+    """Built once per module run (initialising VGG's 133M weights costs seconds); never mutated."""
     kwargs = MODELS[name][0]
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -80,6 +92,10 @@ def _build(name: str) -> nn.Module:
                     module.running_mean.normal_(0.0, 0.1)
                     module.running_var.uniform_(0.8, 1.25)
     return model
+
+
+def _build(name: str) -> nn.Module:
+    return copy.deepcopy(_pristine(name))
 
 
 def _input(name: str, batch: int, dtype: torch.dtype) -> torch.Tensor:
@@ -118,7 +134,7 @@ def _assert_preserved(after: torch.Tensor, before: torch.Tensor, what: str) -> N
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_torchvision_model_traces_strictly_into_consistent_groups(name: str) -> None:
-    model = _build(name)
+    model = _pristine(name)
     graph = _trace(model, name)
     modules = dict(model.named_modules())
     names = [g.name for g in graph.groups]
@@ -140,7 +156,7 @@ def test_torchvision_model_traces_strictly_into_consistent_groups(name: str) -> 
 
 @pytest.mark.parametrize("name", MOSTLY_WIDENABLE)
 def test_most_layers_of_convolutional_families_lie_in_widenable_groups(name: str) -> None:
-    model = _build(name)
+    model = _pristine(name)
     graph = _trace(model, name)
     output = set(graph.group_of(MODELS[name][2]).producers)
     member = {}
