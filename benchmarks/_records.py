@@ -3,6 +3,11 @@
 A run's JSON is written atomically once the run finished, so its presence means "done". A saved
 run is reused only when the settings that shape its result (everything but scheduling: jobs,
 threads, which configs/seeds/criteria the sweep lists, preset name, verbosity) are equal.
+
+Settings added after a record was written are missing from it. Such a key compares equal when
+the sweep's value is the field's default (:func:`config_defaults`): the record was made before
+the option existed, i.e. under the behaviour the default keeps. Any other value refuses the
+record, as a changed setting does.
 """
 
 from __future__ import annotations
@@ -17,15 +22,29 @@ from typing import Any
 
 __all__ = [
     "SweepError",
+    "check_config",
+    "config_defaults",
     "config_dict",
+    "data_record",
     "load_record",
     "parse_ints",
     "parse_widths",
+    "run_record",
+    "width_tag",
     "write_json",
 ]
 
 Widths = tuple[tuple[int, ...], ...]
-_SCHEDULING = ("jobs", "threads", "configs", "seeds", "where", "preset", "verbose")
+_SCHEDULING = (
+    "jobs",
+    "threads",
+    "configs",
+    "seeds",
+    "where",
+    "preset",
+    "verbose",
+    "checkpoint_every",
+)
 
 
 class SweepError(ValueError):
@@ -48,6 +67,11 @@ def parse_widths(text: str) -> Widths:
             "(blocks separated by '/', convs in a block by ',', all widths positive ints)."
         ) from None
     return widths
+
+
+def width_tag(widths: Any) -> str:
+    """``[[4, 4], [8]]`` -> ``"4.4-8"``: blocks joined by ``-``, convs in a block by ``.``."""
+    return "-".join(".".join(map(str, block)) for block in widths)
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -77,6 +101,43 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return _finite(dataclasses.asdict(cfg))
 
 
+def config_defaults(cls: type) -> dict[str, Any]:
+    """Defaults of a config dataclass as JSON-ready data, nested configs expanded.
+
+    Fields without a default (the required ones) are left out. A field whose default is itself
+    a dataclass (e.g. ``growth: GrowthConfig``) maps to that dataclass's field dict.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     epochs: int
+        ...     lr: float = 1e-3
+        >>> config_defaults(C)
+        {'lr': 0.001}
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = config_dict(value) if dataclasses.is_dataclass(value) else _finite(value)
+    return out
+
+
+def _fill_missing(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with keys it lacks taken from ``defaults`` (recursively for nested dicts)."""
+    out = dict(config)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = default
+        elif isinstance(out[key], dict) and isinstance(default, dict):
+            out[key] = _fill_missing(out[key], default)
+    return out
+
+
 def write_json(path: Path, record: dict) -> None:
     """Write atomically: the file appears only complete (parallel jobs, interrupted sweeps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,14 +151,126 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _SCHEDULING}
 
 
-def load_record(path: Path, config: dict[str, Any]) -> dict | None:
-    """The finished run at ``path``, or None; refuses a run made with other settings."""
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, a value, b value)`` for every leaf where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(a.keys() | b.keys())
+            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        ]
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def load_record(
+    path: Path, config: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict | None:
+    """The finished run at ``path``, or None; refuses a run made with other settings.
+
+    Args:
+        path: the run's JSON.
+        config: the sweep's resolved config (:func:`config_dict`).
+        defaults: :func:`config_defaults` of the config class; keys missing from an older
+            record are read as these defaults before comparing.
+
+    Raises:
+        SweepError: the record differs in a setting that shapes results; the message names it.
+    """
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    if _comparable(record["config"]) != _comparable(config):
-        raise SweepError(
-            f"{path} was made with different settings than this sweep (epochs, data, growth, "
-            "...); resume only with the same options, or pass a fresh --out."
-        )
+    check_config(path, record["config"], config, defaults)
     return record
+
+
+def check_config(
+    path: Path, saved: dict[str, Any], config: dict[str, Any], defaults: dict[str, Any] | None
+) -> None:
+    """Refuse what ``path`` holds (a run record, a checkpoint) if made with other settings.
+
+    Raises:
+        SweepError: ``saved`` differs from ``config`` in a setting that shapes results (after
+            filling keys ``saved`` lacks from ``defaults``); the message names each difference.
+    """
+    old = _comparable(_fill_missing(saved, defaults or {}))
+    wanted = _comparable(config)
+    if old != wanted:
+        shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in _differences(old, wanted))
+        raise SweepError(
+            f"{path} was made with different settings than this sweep ({shown}); resume only "
+            "with the same options, or pass a fresh --out."
+        )
+
+
+# ------------------------------------------------------------------------------ the records
+
+
+def data_record(data: Any) -> dict[str, Any]:
+    """What every run of a sweep must share, saved in its record and checked by the report.
+
+    Computed from the ``DatasetSplits`` a run actually trained and evaluated on. ``digest``
+    hashes each part's labels and pixels in order (``ImageTensors.digest``, ~0.5 s for CIFAR-10),
+    so a different split seed, fraction, subset or source copy shows up as a different digest.
+    """
+    return {
+        "name": data.name,
+        "train": len(data.train),
+        "val": len(data.val),
+        "test": len(data.test),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "augment": dataclasses.asdict(data.augment),
+        "digest": {part: getattr(data, part).digest() for part in ("train", "val", "test")},
+    }
+
+
+def run_record(
+    *,
+    run_id: str,
+    where: str | None,
+    seed: int,
+    widths_initial: Widths,
+    widths_final: list[list[int]],
+    params: int,
+    stop_reason: str | None,
+    baseline_run_id: str | None,
+    epochs: list[dict],
+    events: list[dict],
+    shared: dict[str, Any],
+    segment_starts: list[int],
+) -> dict[str, Any]:
+    """A run's JSON record after the epochs so far (all of them once the run is done).
+
+    ``shared`` holds what does not change during a run: ``config``, ``data``, ``environment``
+    (of the latest segment) and ``train_images`` (images per training epoch).
+    ``segment_starts``: the first epoch of each process that trained the run (``[1]`` for a
+    run trained in one go; one more entry per resume from a checkpoint). Its times are sums
+    over the segments, which may have run under different machine load.
+    """
+    last = epochs[-1]
+    return {
+        "schema": 1,
+        "run_id": run_id,
+        "kind": "grown" if where else "static",
+        "where": where,
+        "seed": seed,
+        "widths_initial": [list(b) for b in widths_initial],
+        "widths_final": widths_final,
+        "params_final": params,
+        "final": {
+            "test_acc": last["test_acc"],
+            "val_acc": last["val_acc"],
+            "train_time_s": last["train_time_s"],
+            "train_cpu_s": last["train_cpu_s"],
+        },
+        "images_per_s": len(epochs) * shared["train_images"] / max(last["train_time_s"], 1e-9),
+        "stop_reason": stop_reason,
+        "baseline_run_id": baseline_run_id,
+        "segments": len(segment_starts),
+        "segment_starts": list(segment_starts),
+        "config": shared["config"],
+        "data": shared["data"],
+        "environment": shared["environment"],
+        "epochs": epochs,
+        "events": events,
+    }

@@ -1,4 +1,4 @@
-"""Summary, figures and environment header of ``benchmarks/cifar_vgg.py``.
+"""Summary and environment header of ``benchmarks/cifar_vgg.py`` (figures: ``_figures.py``).
 
 Everything here is computed from the run JSONs under ``<out>/runs/`` (and ``<out>/sweep.json``
 for the sweep's wall time), so ``python benchmarks/_report.py <out>`` rebuilds the report of any
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -25,9 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from _environment import environment
+from _figures import write_figures
+from _records import width_tag
 
-__all__ = ["Row", "environment", "load_runs", "summarize", "throughput_table", "write_report"]
+__all__ = [
+    "DATA_KEYS",
+    "Row",
+    "data_identity",
+    "environment",
+    "load_progress",
+    "load_runs",
+    "segments",
+    "summarize",
+    "throughput_table",
+    "trajectories",
+    "write_report",
+]
 
 PAPER_ACC_RATIO, PAPER_TIME_RATIO = (1.016, 0.020), (0.953, 0.075)
 TIMING = (
@@ -38,58 +49,6 @@ TIMING = (
 )
 
 
-# ----------------------------------------------------------------------------- environment
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Hardware, software and code version, saved with every run."""
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    env = {
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "git_commit": commit or "unknown (not a git checkout or no commit yet)",
-        "git_dirty": bool(dirty) if commit else None,
-    }
-    try:
-        import netsurgeon
-
-        env["netsurgeon"] = netsurgeon.__version__
-    except (ImportError, AttributeError):
-        env["netsurgeon"] = None
-    return env
-
-
 # ----------------------------------------------------------------------------- summary
 
 
@@ -98,8 +57,11 @@ def load_runs(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
 
 
-def _tag(widths: Sequence[Sequence[int]]) -> str:
-    return "-".join(".".join(map(str, block)) for block in widths)
+def load_progress(out: Path) -> list[dict]:
+    """Runs still training: their latest ``out/progress`` snapshot (``"partial": True``)."""
+    done = {p.stem for p in (out / "runs").glob("*.json")}
+    paths = sorted((out / "progress").glob("*.json")) if (out / "progress").is_dir() else []
+    return [json.loads(p.read_text()) for p in paths if p.stem not in done]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -132,14 +94,14 @@ def summarize(runs: Sequence[dict]) -> list[Row]:
     groups: dict[tuple[str, str], list[tuple[dict, dict]]] = defaultdict(list)
     for run in runs:
         if run["kind"] == "grown" and run.get("baseline_run_id") in by_id:
-            key = (_tag(run["widths_initial"]), run["where"])
+            key = (width_tag(run["widths_initial"]), run["where"])
             groups[key].append((run, by_id[run["baseline_run_id"]]))
     rows = []
     for (config, where), pairs in sorted(groups.items()):
         pairs.sort(key=lambda pair: pair[0]["seed"])
         grown_acc = [g["final"]["test_acc"] for g, _ in pairs]
         static_acc = [s["final"]["test_acc"] for _, s in pairs]
-        widths = Counter(_tag(g["widths_final"]) for g, _ in pairs).most_common(1)[0]
+        widths = Counter(width_tag(g["widths_final"]) for g, _ in pairs).most_common(1)[0]
         rows.append(
             Row(
                 config=config,
@@ -197,6 +159,48 @@ def overall(rows: Sequence[Row], runs: Sequence[dict]) -> dict[str, dict[str, An
     return out
 
 
+#: The parts of a run's ``data`` record that every run of a sweep must share.
+DATA_KEYS = ("name", "train", "val", "test", "mean", "std", "augment", "digest")
+
+
+def data_identity(runs: Sequence[dict]) -> tuple[bool, list[str]]:
+    """Whether every run recorded the same data, and the report lines that say so.
+
+    Compares each of :data:`DATA_KEYS` across runs: the part sizes, the split digests (labels and
+    pixels of train, val and test, so also the split seed and subsets), the normalisation
+    statistics and the augmentation settings. A key that older records lack (``digest`` before
+    it was recorded) is compared among the runs that have it, and the lines say how many do.
+
+    Returns:
+        ``(identical, lines)``.
+    """
+    lines, identical = [], True
+    for key in DATA_KEYS:
+        having = [r for r in runs if key in r.get("data", {})]
+        values: dict[str, list[str]] = defaultdict(list)
+        for run in having:
+            values[json.dumps(run["data"][key], sort_keys=True)].append(run["run_id"])
+        if len(values) > 1:
+            identical = False
+            for value, ids in sorted(values.items(), key=lambda kv: -len(kv[1])):
+                lines.append(
+                    f"  - **{key} differs**: {value} in {len(ids)} runs ({', '.join(ids)})"
+                )
+        elif key == "digest" and len(having) < len(runs):
+            lines.append(
+                f"  - split digests recorded by {len(having)} of {len(runs)} runs (older records "
+                "predate them)"
+            )
+    digests = "split digests, " if all("digest" in r.get("data", {}) for r in runs) else ""
+    head = (
+        f"- data identity: all {len(runs)} runs recorded the same sizes, {digests}"
+        "normalisation statistics and augmentation"
+        if identical
+        else f"- **data identity FAILED**: the {len(runs)} runs did not all see the same data"
+    )
+    return identical, [head, *lines]
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -237,19 +241,41 @@ def _table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def segments(runs: Sequence[dict]) -> list[str]:
+    """A line on runs trained in several processes (resumed from checkpoints), if any.
+
+    Such a run's training times are sums over its segments, each measured under its own machine
+    load (possibly on another machine), so its time ratios deserve care. Records written before
+    checkpoints existed count as one segment.
+    """
+    resumed = [r for r in runs if r.get("segments", 1) > 1]
+    if not resumed:
+        return [f"- segments: all {len(runs)} runs trained in one process each"]
+    listed = ", ".join(
+        f"{r['run_id']} ({r['segments']}, from epochs {', '.join(map(str, r['segment_starts']))})"
+        for r in resumed
+    )
+    return [
+        f"- **segments**: {len(resumed)} of {len(runs)} runs were resumed from checkpoints and "
+        f"trained in several processes: {listed}. Their times are sums over segments measured "
+        "under different machine load (or on other machines): read their time ratios with "
+        "care; the CPU-time ratio is the steadier one"
+    ]
+
+
 def _criteria(runs: Sequence[dict]) -> list[str]:
     """Grown runs of different criteria, paired by config and seed (same budget per event)."""
     grown = [r for r in runs if r["kind"] == "grown"]
     wheres = sorted({r["where"] for r in grown})
     if len(wheres) < 2:
         return []
-    index = {(_tag(r["widths_initial"]), r["seed"], r["where"]): r for r in grown}
+    index = {(width_tag(r["widths_initial"]), r["seed"], r["where"]): r for r in grown}
     ref = "nagn" if "nagn" in wheres else wheres[0]
     head = ["config", *[f"{w} acc" for w in wheres]]
     head += [f"{ref} − {w} (paired)" for w in wheres if w != ref]
     head += [f"{w} params" for w in wheres]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for config in sorted({_tag(r["widths_initial"]) for r in grown}):
+    for config in sorted({width_tag(r["widths_initial"]) for r in grown}):
         seeds = sorted(
             s
             for (c, s, w) in index
@@ -269,6 +295,49 @@ def _criteria(runs: Sequence[dict]) -> list[str]:
         cells += [f"{statistics.fmean(params[w]):.0f}" for w in wheres]
         lines.append("| " + " | ".join(cells) + " |")
     return ["Growth criteria side by side (final test accuracy, same seeds):", "", *lines, ""]
+
+
+def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
+    """One row per grown run: each growth (epoch, LR share of its peak, units added, widths).
+
+    ``running`` adds the snapshots of runs still training (:func:`load_progress`), marked with
+    the epoch they have reached.
+    """
+    grown = sorted(
+        (r for r in [*runs, *running] if r["kind"] == "grown"),
+        key=lambda r: (width_tag(r["widths_initial"]), r["where"], r["seed"]),
+    )
+    if not grown:
+        return []
+    by_id = {r["run_id"]: r for r in runs}
+    head = ("run", "growths: epoch (LR % of peak) +units → widths", "final", "test acc", "static")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in grown:
+        peak = run["config"]["lr"]
+        steps = []
+        for event in run["events"]:
+            lr = run["epochs"][event["epoch"] - 1]["lr"]
+            after = [event["widths_after"][k] for k in event["widths_after"]]
+            steps.append(
+                f"{event['epoch']} ({100 * lr / peak:.0f} %) +{sum(event['increments'].values())}"
+                f" → {'/'.join(map(str, after[:-1]))}"  # the output layer's width is the classes
+            )
+        name, static = run["run_id"], "pending"
+        if run.get("partial"):  # still training: widths and accuracy so far, no baseline yet
+            name += f" (running, epoch {len(run['epochs'])}/{run['config']['epochs']})"
+            static = "-"
+        elif run.get("baseline_run_id") in by_id:
+            static = f"{by_id[run['baseline_run_id']]['final']['test_acc']:.4f}"
+        cells = (
+            name,
+            "; ".join(steps) or "none",
+            width_tag(run["widths_final"]),
+            f"{run['final']['test_acc']:.4f}",
+            static,
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    stops = [f"- {r['run_id']}: {r['stop_reason']}" for r in grown if r.get("stop_reason")]
+    return ["Growth trajectories (per grown run):", "", *lines, "", *stops, ""]
 
 
 def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
@@ -296,7 +365,8 @@ def write_report(out: Path) -> str:
     out = Path(out)
     runs = load_runs(out)
     if not runs:
-        return f"(no finished runs under {out}/runs)"
+        running = trajectories([], load_progress(out))
+        return "\n".join(running) if running else f"(no finished runs under {out}/runs)"
     rows = summarize(runs)
     totals = overall(rows, runs)
     with open(out / "summary.csv", "w", newline="") as f:
@@ -341,7 +411,7 @@ def write_report(out: Path) -> str:
             )
     first = runs[0]
     cfg, env, data = first["config"], first["environment"], first["data"]
-    figures = _figures(out, runs, rows, totals)
+    figures = write_figures(out, runs, rows, totals, (PAPER_ACC_RATIO, PAPER_TIME_RATIO))
     table = _table(rows)
     overall_lines = [
         f"- **{where}** over {t['pairs']} grown/static pairs: accuracy ratio "
@@ -370,13 +440,16 @@ def write_report(out: Path) -> str:
         f"- code: git {env['git_commit']}" + (" (dirty tree)" if env.get("git_dirty") else ""),
         f"- data: {data['name']} — train {data['train']}, val {data['val']}, test {data['test']}"
         + (f". {note}" if note else ""),
+        *data_identity(runs)[1],
         f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
         f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
         f"- timing: {TIMING}",
+        *segments(runs),
         "",
         *table,
         "",
         *_criteria(runs),
+        *trajectories(runs, load_progress(out)),
         "Overall (mean ± std):",
         "",
         *overall_lines,
@@ -390,118 +463,7 @@ def write_report(out: Path) -> str:
         "",
     ]
     (out / "summary.md").write_text("\n".join(md))
-    return "\n".join([*table, "", *_criteria(runs), *overall_lines, paper])
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _figures(out: Path, runs: Sequence[dict], rows: Sequence[Row], totals: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    folder = out / "figures"
-    folder.mkdir(exist_ok=True)
-    written: list[str] = []
-    by_id = {r["run_id"]: r for r in runs}
-    grown = [r for r in runs if r["kind"] == "grown"]
-    for config in sorted({_tag(r["widths_initial"]) for r in grown}):
-        mine = [r for r in grown if _tag(r["widths_initial"]) == config]
-        # Fig. 1a: NAGN profile at the first growth trigger, mean +- std over seeds.
-        profiles = [r["events"][0]["profile"] for r in mine if r["where"] == "nagn" and r["events"]]
-        if profiles:
-            names = list(profiles[0])
-            values = np.array([[p.get(n, np.nan) for n in names] for p in profiles], dtype=float)
-            fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.2))
-            x = np.arange(len(names))
-            ax.errorbar(x, np.nanmean(values, 0), yerr=np.nanstd(values, 0), marker="o", capsize=3)
-            ax.set_xticks(x, [n.replace(".conv", "") for n in names], rotation=45, ha="right")
-            ax.set_ylabel("NAGN")
-            ax.set_title(f"NAGN at the first trigger — {config} ({len(profiles)} seeds)")
-            fig.tight_layout()
-            name = f"fig1a_nagn_profile_{config}.png"
-            fig.savefig(folder / name, dpi=120)
-            plt.close(fig)
-            written.append(name)
-        # Fig. 1b / 2a: test accuracy over epochs, growth marked.
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        curves: dict[str, list[list[float]]] = defaultdict(list)
-        for r in mine:
-            curves[f"grown ({r['where']})"].append([e["test_acc"] for e in r["epochs"]])
-            base = by_id.get(r.get("baseline_run_id"))
-            if base is not None and r["where"] == mine[0]["where"]:
-                curves["static baseline"].append([e["test_acc"] for e in base["epochs"]])
-            for event in r["events"] if r["where"] == "nagn" else []:
-                ax.axvline(event["epoch"], color="red", ls="--", lw=0.8, alpha=0.5)
-        for label, series in curves.items():
-            length = min(len(s) for s in series)
-            values = np.array([s[:length] for s in series])
-            epochs = np.arange(1, length + 1)
-            mean, std = values.mean(0), values.std(0)
-            style = (
-                "--"
-                if label.startswith("grown") and label != f"grown ({mine[0]['where']})"
-                else "-"
-            )
-            ax.plot(epochs, mean, style, label=f"{label}, n={len(series)}")
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{config}: test accuracy (mean ± std; red: growth)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = f"fig1b_accuracy_{config}.png"
-        fig.savefig(folder / name, dpi=120)
-        plt.close(fig)
-        written.append(name)
-    # Fig. 2b: accuracy ratio vs time ratio, one point per config and criterion.
-    if rows:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for where in sorted({r.where for r in rows}):
-            mine = [r for r in rows if r.where == where]
-            ax.errorbar(
-                [r.time_ratio[0] for r in mine],
-                [r.acc_ratio[0] for r in mine],
-                xerr=[r.time_ratio[1] for r in mine],
-                yerr=[r.acc_ratio[1] for r in mine],
-                fmt="o",
-                capsize=2,
-                label=f"{where} (per config)",
-            )
-            t = totals[where]
-            ax.errorbar(
-                [t["time_ratio_configs"][0]],
-                [t["acc_ratio_configs"][0]],
-                xerr=[t["time_ratio_configs"][1]],
-                yerr=[t["acc_ratio_configs"][1]],
-                fmt="s",
-                ms=9,
-                capsize=4,
-                label=f"{where} (mean)",
-            )
-        ax.errorbar(
-            [PAPER_TIME_RATIO[0]],
-            [PAPER_ACC_RATIO[0]],
-            xerr=[PAPER_TIME_RATIO[1]],
-            yerr=[PAPER_ACC_RATIO[1]],
-            fmt="*",
-            color="grey",
-            ms=12,
-            label="paper",
-        )
-        ax.axhline(1.0, color="k", lw=0.6)
-        ax.axvline(1.0, color="k", lw=0.6)
-        ax.set_xlabel("training time ratio (grown / static)")
-        ax.set_ylabel("test accuracy ratio (grown / static)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(folder / "fig2b_ratios.png", dpi=120)
-        plt.close(fig)
-        written.append("fig2b_ratios.png")
-    return written
+    return "\n".join([*table, "", *_criteria(runs), *overall_lines, paper, *segments(runs)])
 
 
 def throughput_table(outs: Sequence[Path]) -> str:

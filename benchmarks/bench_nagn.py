@@ -20,6 +20,12 @@ repetition (exactly one collected step at the default setting). Reported per con
 
 A target is met when the paired median ratio is within it.
 
+``--ddp`` measures the same ratio for a ``DistributedDataParallel`` step: 2 processes on the gloo
+backend on CPU (``--threads`` each, default 1), each with its own batch of ``--ddp-batch`` images,
+the configurations interleaved in lockstep on every rank; rank 0's block times are reported
+(every DDP step waits for the gradient all-reduce, so the ranks run at the same pace). It also
+times the once-per-trigger all-reduce of the NAGN sums (``NAGNMonitor.profile(all_reduce=True)``).
+
 ``--sampling`` instead measures what ``every=k`` costs in accuracy: the paper's Fig. 1 VGG
 ``[[8,3,8],[16,4,16],[32,4,32]]`` is trained for two epochs on a synthetic 10-class set (8000
 noisy class prototypes, batch 100, 80 steps per epoch like the paper's 40k/500), then monitors
@@ -28,6 +34,7 @@ and largest contrast difference from every=1, and whether the growth plan is the
 
 Run: ``python benchmarks/bench_nagn.py [--reps 20] [--threads N] [--out results.json]``
      ``python benchmarks/bench_nagn.py --sampling``
+     ``python benchmarks/bench_nagn.py --ddp [--reps 10] [--ddp-batch 128]``
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -64,6 +73,8 @@ class Config:
     target_default: float = 1.02  # max ratio at every=DEFAULT_EVERY
     target_every_step: float = 1.06  # max ratio at every=1
     sampling: bool = False  # run the every=k agreement check instead of the timing
+    ddp: bool = False  # time DDP steps on 2 gloo ranks (CPU) instead
+    ddp_batch: int = 128  # samples per rank and step with --ddp
 
 
 WIDTHS = [[8, 8, 8], [16, 16, 16], [32, 32, 32]]
@@ -192,11 +203,18 @@ def summarise(cfg: Config, series: dict) -> dict:
     return results
 
 
-def report(cfg: Config, results: dict, layers: list[str], series: dict) -> None:
+def report(
+    cfg: Config,
+    results: dict,
+    layers: list[str],
+    series: dict,
+    batch: int | None = None,
+    threads: int | None = None,
+) -> None:
     print(
-        f"NAGN monitor overhead: VGG{WIDTHS} batch {cfg.batch}, {len(layers)} layers, "
-        f"{torch.get_num_threads()} threads, {cfg.reps} reps x {cfg.block} interleaved rounds, "
-        f"torch {torch.__version__}"
+        f"NAGN monitor overhead: VGG{WIDTHS} batch {batch or cfg.batch}, {len(layers)} layers, "
+        f"{threads or torch.get_num_threads()} threads, {cfg.reps} reps x {cfg.block} interleaved "
+        f"rounds, torch {torch.__version__}"
     )
     head = ("config", "s/step", "ratio of", "paired", "paired IQR", "hook", "hook ms", "target")
     sub = ("", "(median)", "medians", "ratio", "", "ratio", "per step", "")
@@ -276,6 +294,82 @@ def sampling_agreement(cfg: Config) -> dict:
     return results
 
 
+# ----------------------------------------------------------------------------- DDP
+
+
+DDP_WORLD = 2
+
+
+def _ddp_worker(rank: int, cfg: Config, store: str, queue: Any) -> None:
+    """One rank: interleaved plain / monitored DDP steps, then the profile all-reduce."""
+    torch.set_num_threads(cfg.threads or 1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=DDP_WORLD)
+    try:
+        gen = torch.Generator().manual_seed(cfg.seed + rank)
+        torch.manual_seed(cfg.seed)  # the same model on every rank
+        model = models.vgg(WIDTHS).train()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        x = torch.randn(cfg.ddp_batch, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (cfg.ddp_batch,), generator=gen)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(ddp(x), y).backward()
+            opt.step()
+
+        monitors = {
+            f"every={DEFAULT_EVERY} (default)": TimedMonitor(model),
+            "every=1": TimedMonitor(model, every=1),
+        }
+        for monitor in monitors.values():
+            monitor.detach()
+        series = measure(cfg, step, {"plain": None, **monitors})
+        monitor = monitors["every=1"].attach()
+        step()
+        reduce_s = []
+        for _ in range(20):
+            start = time.perf_counter()
+            monitor.profile(all_reduce=True)
+            reduce_s.append(time.perf_counter() - start)
+        monitor.detach()
+        if rank == 0:
+            queue.put({"series": series, "reduce_s": reduce_s, "layers": monitor.layers})
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_overhead(cfg: Config) -> dict:
+    """Spawn the ranks, collect rank 0's series, print the ratios (see module docstring)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        context = mp.get_context("spawn")
+        queue = context.SimpleQueue()
+        mp.start_processes(
+            _ddp_worker,
+            args=(cfg, f"{tmp}/store", queue),
+            nprocs=DDP_WORLD,
+            join=True,
+            start_method="spawn",
+        )
+        data = queue.get()
+    series = data["series"]
+    results = summarise(cfg, series)
+    print(
+        f"DDP: {DDP_WORLD} gloo ranks on CPU, {cfg.threads or 1} thread(s) each, batch "
+        f"{cfg.ddp_batch} per rank; times of rank 0"
+    )
+    report(cfg, results, data["layers"], series, batch=cfg.ddp_batch, threads=cfg.threads or 1)
+    reduce_ms = 1e3 * statistics.median(data["reduce_s"])
+    step_ms = 1e3 * results["plain"]["median_step_s"]
+    print(
+        f"profile(all_reduce=True): {reduce_ms:.2f} ms per call (median of 20; once per trigger), "
+        f"{reduce_ms / step_ms:.4f} of one plain DDP step ({step_ms:.0f} ms)"
+    )
+    return {"results": results, "profile_all_reduce_ms": reduce_ms, "series_s": series}
+
+
 def main() -> None:
     cfg, out = parse_args()
     if cfg.threads:
@@ -285,6 +379,12 @@ def main() -> None:
         if out:
             with open(out, "w") as fh:
                 json.dump({"config": asdict(cfg), "sampling": results}, fh, indent=2)
+        return
+    if cfg.ddp:
+        results = ddp_overhead(cfg)
+        if out:
+            with open(out, "w") as fh:
+                json.dump({"config": asdict(cfg), "ddp": results}, fh, indent=2)
         return
     model, step = make_step(cfg)
     monitors = {  # default layers: netsurgeon.trace(model).layers

@@ -12,8 +12,9 @@ test, ``grower.step(val_acc)``. Training time = wall time of the training batche
 included) plus the growth steps; evaluation and one-time data preparation excluded; the device
 is synchronised before every clock read.
 
-Presets (``--preset``): paper (default), fig1, quick (CPU-sized), smoke (tests), demo (offline
-digits, what ``make demo`` runs). See docs/benchmark.md.
+Presets (``--preset``): paper (default), fig1, cpu (candidate CPU stand-in for paper, pending
+validation), quick (fast end-to-end check on real data), smoke (tests), demo (offline digits,
+what ``make demo`` runs). See docs/benchmark.md.
 
 Example:
     python benchmarks/cifar_vgg.py --preset quick --data-dir /tmp/cifar10-jpeg
@@ -22,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import sys
@@ -39,8 +39,22 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _checkpoints
 import _report
-from _records import SweepError, config_dict, load_record, parse_ints, parse_widths, write_json
+from _checkpoints import load_checkpoint, save_checkpoint
+from _environment import environment
+from _presets import PRESETS
+from _records import (
+    SweepError,
+    config_defaults,
+    config_dict,
+    data_record,
+    load_record,
+    parse_ints,
+    parse_widths,
+    run_record,
+    write_json,
+)
 
 from netsurgeon import Grower, GrowthConfig
 from netsurgeon.data import (
@@ -51,7 +65,7 @@ from netsurgeon.data import (
     evaluate,
     load_dataset,
 )
-from netsurgeon.models import FIG1_WIDTHS, PAPER_WIDTHS, vgg, widths_of
+from netsurgeon.models import vgg, widths_of
 
 Widths = tuple[tuple[int, ...], ...]
 WHERE_CHOICES = ("nagn", "uniform", "random")
@@ -91,49 +105,7 @@ class BenchConfig:
     eval_batch_size: int = 2000  # images per evaluation batch (inference_mode)
     growth: GrowthConfig = field(default_factory=GrowthConfig)  # paper's growth rules
     verbose: bool = False  # print NAGN profiles and growth events as they happen
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"configs": PAPER_WIDTHS, "seeds": (0, 1, 2, 3, 4), "epochs": 200},
-    "fig1": {"configs": (FIG1_WIDTHS,), "seeds": (0, 1, 2, 3, 4), "epochs": 200},
-    # CPU-sized (docs/benchmark.md): 10k of the 40k training images, 5k of the 10k held out for
-    # validation, 5k of the 10k test images, 40 epochs instead of 200; growth rules unchanged.
-    "quick": {
-        "configs": (((4,), (4,), (4,)), ((4,), (4,), (8,)), ((8,), (8,), (8,))),
-        "seeds": (0, 1),
-        "epochs": 40,
-        "where": ("nagn", "uniform"),
-        "dataset": "imagefolder",
-        "data_dir": "/tmp/cifar10-jpeg",
-        "jobs": 2,
-        "train_subset": 10_000,
-        "val_subset": 5_000,
-        "test_subset": 5_000,
-    },
-    # Seconds: synthetic images, a growth trigger forced at epoch 2 (any gain is "too small").
-    "smoke": {
-        "configs": (((2,), (2,), (4,)),),
-        "seeds": (0,),
-        "epochs": 4,
-        "where": ("nagn", "uniform"),
-        "dataset": "synthetic",
-        "synthetic_size": (400, 100),
-        "synthetic_image_size": 16,
-        "batch_size": 100,
-        "growth": GrowthConfig(w_acc=1, delta_acc=1e6, every=1),
-    },
-    # Offline demo on scikit-learn's digits (8x8, shown at 16x16), about a minute on a CPU.
-    "demo": {
-        "configs": (((4,), (2,), (8,)),),
-        "seeds": (0, 1),
-        "epochs": 40,
-        "dataset": "digits",
-        "batch_size": 64,
-        "jobs": 2,
-        "growth": GrowthConfig(w_acc=2),
-        "verbose": True,
-    },
-}
+    checkpoint_every: int = 1  # epochs between a run's checkpoints (0: none); never shapes results
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default runs/<preset>)")
     p.add_argument("--data-dir", help="dataset folder (cifar10 / imagefolder)")
     p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="write each run's checkpoint every N epochs (default 1; 0: none)",
+    )
     return p
 
 
@@ -173,7 +151,7 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path
         values["where"] = tuple(w.strip() for w in args.where.split(",") if w.strip())
     if args.dataset is not None and args.dataset != values.get("dataset", "cifar10"):
         values.pop("data_dir", None)  # the preset's folder belongs to the preset's dataset
-    for name in ("epochs", "jobs", "threads", "dataset", "data_dir"):
+    for name in ("epochs", "jobs", "threads", "dataset", "data_dir", "checkpoint_every"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values["amp"] = args.amp
@@ -202,6 +180,8 @@ def _check(cfg: BenchConfig) -> None:
         problems.append(f"--where {','.join(cfg.where)}: use distinct names from {WHERE_CHOICES}")
     if cfg.jobs < 1:
         problems.append(f"--jobs must be >= 1, got {cfg.jobs}")
+    if cfg.checkpoint_every < 0:
+        problems.append(f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"--threads must be >= 1, got {cfg.threads}")
     try:
@@ -253,6 +233,23 @@ def load_data(cfg: BenchConfig) -> DatasetSplits:
     return splits.to(cfg.device)
 
 
+def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoader:
+    """The training batches of one run: the dataset's own augmentation, seeded by the run.
+
+    channels_last also on CPUs: faster than NCHW for these nets (bench_pipeline).
+    """
+    return TensorLoader(
+        data.train,
+        cfg.batch_size,
+        mean=data.mean,
+        std=data.std,
+        augment=data.augment,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        memory_format=torch.channels_last,
+    )
+
+
 # ================================================================================================
 # Model and training
 # ================================================================================================
@@ -283,12 +280,26 @@ def _sync(device: torch.device) -> None:
 
 
 def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = True) -> dict:
-    """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record."""
+    """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
+
+    Continues from ``out/checkpoints/<run_id>.pt`` when there is one (``_checkpoints``), and
+    writes that file every ``cfg.checkpoint_every`` epochs until the run is done.
+    """
     from tqdm.auto import tqdm
 
     data = load_data(cfg)
     device = torch.device(cfg.device)
     fmt = torch.channels_last  # also on CPUs: faster than NCHW for these nets (bench_pipeline)
+    shared = {
+        "config": config_dict(cfg),
+        "data": data_record(data),
+        "environment": environment(device),
+        "train_images": len(data.train),
+    }
+    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
+    state = load_checkpoint(
+        checkpoint, shared["config"], config_defaults(BenchConfig), shared["data"]
+    )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
         model = vgg(
@@ -299,18 +310,11 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
             hidden=cfg.hidden,
             device=device,
         )
+    if state is not None:  # the initial model, widened to the checkpoint's widths
+        _checkpoints.restore(state, model)
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = TensorLoader(
-        data.train,
-        cfg.batch_size,
-        mean=data.mean,
-        std=data.std,
-        augment=data.augment,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(spec.seed),
-        memory_format=fmt,
-    )
+    loader = train_loader(data, cfg, spec.seed)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
     evals = {
         name: TensorLoader(
@@ -319,12 +323,24 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         for name, part in (("val", data.val), ("test", data.test))
     }
     grower = None
-    if spec.where is not None:
+    if spec.where is not None:  # after the restore: its monitor hooks the grown layers
         grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
 
-    epochs, events, train_time, train_cpu = [], [], 0.0, 0.0
-    bar = tqdm(range(1, cfg.epochs + 1), desc=spec.run_id, leave=False, disable=not progress)
+    epochs, events, train_time, train_cpu, starts = [], [], 0.0, 0.0, [1]
+    if state is not None:
+        _checkpoints.restore_training(
+            state, optimizer=optimizer, schedule=schedule, loader=loader, grower=grower
+        )
+        epochs, events = state["epochs"], state["events"]
+        train_time, train_cpu = state["train_time_s"], state["train_cpu_s"]
+        starts = [*state["segment_starts"], len(epochs) + 1]
+    bar = tqdm(
+        range(len(epochs) + 1, cfg.epochs + 1),
+        desc=spec.run_id,
+        leave=False,
+        disable=not progress,
+    )
     for epoch in bar:
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -381,44 +397,67 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         if event is not None:
             events.append(event.to_dict())
             _log_event(spec, event, widths, verbose=cfg.verbose)
+        if epoch == cfg.epochs:
+            break
+        # What a running sweep has so far (report, replay_planner.py), then the checkpoint.
+        partial = _snapshot(spec, model, grower, epochs, events, shared, starts)
+        write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
+        if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+            run = {
+                "run_id": spec.run_id,
+                "config": shared["config"],
+                "data": shared["data"],
+                "epochs": epochs,
+                "events": events,
+                "train_time_s": train_time,
+                "train_cpu_s": train_cpu,
+                "segment_starts": starts,
+            }
+            save_checkpoint(
+                checkpoint,
+                _checkpoints.capture(
+                    model=model,
+                    optimizer=optimizer,
+                    schedule=schedule,
+                    loader=loader,
+                    grower=grower,
+                    run=run,
+                ),
+            )
     if grower is not None:
         grower.close()
-    record = {
-        "schema": 1,
-        "run_id": spec.run_id,
-        "kind": "grown" if spec.where else "static",
-        "where": spec.where,
-        "seed": spec.seed,
-        "widths_initial": [list(b) for b in spec.widths],
-        "widths_final": widths_of(model),
-        "params_final": sum(p.numel() for p in model.parameters()),
-        "final": {
-            "test_acc": epochs[-1]["test_acc"],
-            "val_acc": epochs[-1]["val_acc"],
-            "train_time_s": train_time,
-            "train_cpu_s": train_cpu,
-        },
-        "images_per_s": cfg.epochs * len(data.train) / max(train_time, 1e-9),
-        "stop_reason": grower.stop_reason if grower is not None else None,
-        "baseline_run_id": RunSpec(_as_widths(widths_of(model)), spec.seed).run_id
-        if spec.where
-        else None,
-        "config": config_dict(cfg),
-        "data": {
-            "name": data.name,
-            "train": len(data.train),
-            "val": len(data.val),
-            "test": len(data.test),
-            "mean": data.mean,
-            "std": data.std,
-            "augment": dataclasses.asdict(data.augment),
-        },
-        "environment": _report.environment(device),
-        "epochs": epochs,
-        "events": events,
-    }
+    record = _snapshot(spec, model, grower, epochs, events, shared, starts)
     write_json(out / "runs" / f"{spec.run_id}.json", record)
+    (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     return record
+
+
+def _snapshot(
+    spec: RunSpec,
+    model: torch.nn.Module,
+    grower: Grower | None,
+    epochs: list[dict],
+    events: list[dict],
+    shared: dict[str, Any],
+    segment_starts: list[int],
+) -> dict:
+    """The run's record after the epochs so far (:func:`_records.run_record`)."""
+    widths = widths_of(model)
+    return run_record(
+        run_id=spec.run_id,
+        where=spec.where,
+        seed=spec.seed,
+        widths_initial=spec.widths,
+        widths_final=widths,
+        params=sum(p.numel() for p in model.parameters()),
+        stop_reason=grower.stop_reason if grower is not None else None,
+        baseline_run_id=RunSpec(_as_widths(widths), spec.seed).run_id if spec.where else None,
+        epochs=epochs,
+        events=events,
+        shared=shared,
+        segment_starts=segment_starts,
+    )
 
 
 def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:
@@ -442,7 +481,9 @@ def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: b
 
 
 def _load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
-    return load_record(out / "runs" / f"{spec.run_id}.json", config_dict(cfg))
+    return load_record(
+        out / "runs" / f"{spec.run_id}.json", config_dict(cfg), config_defaults(BenchConfig)
+    )
 
 
 def _worker_init(cfg: BenchConfig) -> None:
@@ -543,7 +584,7 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
             "wall_s": wall,
             "jobs": cfg.jobs,
             "ran": sorted(scheduled),
-            "environment": _report.environment(torch.device(cfg.device)),
+            "environment": environment(torch.device(cfg.device)),
         },
     )
     return list(records.values())

@@ -2,15 +2,24 @@
 
 Trace a model into a layer graph, widen layers without changing what the model computes (optimizer
 state carried along), measure where the network is under-expressive with NAGN, and grow it while
-it trains.
+it trains. Preview what a widening costs (parameters, FLOPs) and cap growth with budgets; grow
+under ``DistributedDataParallel`` (:mod:`netsurgeon.distributed`) or from a Lightning callback
+(:mod:`netsurgeon.integrations.lightning`, an optional extra).
+
+Log messages go to the ``netsurgeon`` logger (silent unless you configure logging).
 """
 
+import logging
+
 from netsurgeon._version import __version__
+from netsurgeon.cost import Budget, CostPreview, fit_to_budget, preview
 from netsurgeon.errors import (
+    ConfigError,
     DatasetNotFoundError,
     MonitorError,
     NetsurgeonError,
     NetsurgeonTypeError,
+    NetsurgeonWarning,
     PlanError,
     TraceError,
     UnsupportedModelError,
@@ -28,7 +37,12 @@ from netsurgeon.nagn import (
 )
 from netsurgeon.surgery import InitStrategy, load_state_dict, register_init, widen
 
+logging.getLogger("netsurgeon").addHandler(logging.NullHandler())
+
 __all__ = [
+    "Budget",
+    "ConfigError",
+    "CostPreview",
     "DatasetNotFoundError",
     "Grower",
     "GrowthConfig",
@@ -41,13 +55,16 @@ __all__ = [
     "NAGNMonitor",
     "NetsurgeonError",
     "NetsurgeonTypeError",
+    "NetsurgeonWarning",
     "PlanError",
     "TraceError",
     "UnsupportedModelError",
     "WidenError",
     "__version__",
+    "fit_to_budget",
     "load_state_dict",
     "plan_growth",
+    "preview",
     "register_init",
     "trace",
     "widen",

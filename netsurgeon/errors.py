@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "DatasetNotFoundError",
     "MonitorError",
     "NetsurgeonError",
     "NetsurgeonTypeError",
+    "NetsurgeonWarning",
     "PlanError",
     "TraceError",
     "UnsupportedModelError",
@@ -44,3 +46,11 @@ class MonitorError(NetsurgeonError, RuntimeError):
 
 class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
     """A dataset is not where it was expected and could not be fetched."""
+
+
+class ConfigError(NetsurgeonError, ValueError):
+    """A configuration field has a value outside what it allows (the message names the field)."""
+
+
+class NetsurgeonWarning(UserWarning):
+    """Something will work, but probably not as intended (e.g. growing without the optimizer)."""

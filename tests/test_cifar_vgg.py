@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+
+from netsurgeon.data import ImageTensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +104,13 @@ def test_summary_ratios_are_computed_from_the_run_jsons(smoke_out: Path) -> None
 
 def test_smoke_writes_png_figures(smoke_out: Path) -> None:
     names = {p.name for p in (smoke_out / "figures").glob("*.png")}
-    assert {"fig2b_ratios.png", "fig1a_nagn_profile_2-2-4.png", "fig1b_accuracy_2-2-4.png"} <= names
+    assert {
+        "fig2b_ratios.png",
+        "fig1a_nagn_profile_2-2-4.png",
+        "fig2a_accuracy_2-2-4.png",
+        "fig2a_widths_2-2-4_nagn.png",
+        "fig2a_widths_2-2-4_uniform.png",
+    } <= names
     for name in names:
         assert (smoke_out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -193,3 +203,280 @@ def test_missing_image_folder_stops_with_a_message_not_a_traceback(
         torch.set_num_threads(threads)
     assert code == 2
     assert "cifar10-jpeg.zip" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- data identity
+
+
+@pytest.fixture(scope="module")
+def two_seed_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep with two seeds: a split or augmentation tied to the run's seed would show here."""
+    out = tmp_path_factory.mktemp("two-seeds")
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--preset", "smoke", "--seeds", "0,1", "--epochs", "3", "--where", "nagn"]
+        assert driver.main([*argv, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_every_run_of_a_sweep_records_the_same_data(two_seed_out: Path) -> None:
+    runs = list(_runs(two_seed_out).values())
+    assert {r["seed"] for r in runs} == {0, 1}
+    assert {r["kind"] for r in runs} == {"grown", "static"}
+    first = runs[0]["data"]
+    assert set(first["digest"]) == {"train", "val", "test"}
+    assert first["augment"] == {"crop_padding": 4, "flip": True, "flip_probability": 0.5}
+    for run in runs:
+        for key in driver._report.DATA_KEYS:
+            assert run["data"][key] == first[key], f"{run['run_id']}: data[{key!r}] differs"
+    assert driver._report.data_identity(runs)[0]
+    assert "data identity: all 4 runs" in (two_seed_out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("digest", {"train": "0" * 16, "val": "1" * 16, "test": "2" * 16}),
+        ("augment", {"crop_padding": 4, "flip": True, "flip_probability": 1.0}),
+        ("mean", [0.5, 0.5, 0.5]),
+    ],
+)
+def test_the_report_flags_a_run_that_saw_other_data(
+    two_seed_out: Path, key: str, value: object
+) -> None:
+    runs = list(_runs(two_seed_out).values())
+    odd = {**runs[-1], "data": {**runs[-1]["data"], key: value}}
+    identical, lines = driver._report.data_identity([*runs[:-1], odd])
+    assert not identical
+    assert any(f"**{key} differs**" in line and odd["run_id"] in line for line in lines)
+
+
+def test_old_records_without_digests_are_compared_on_what_they_have(two_seed_out: Path) -> None:
+    runs = list(_runs(two_seed_out).values())
+    old = {**runs[0], "data": {k: v for k, v in runs[0]["data"].items() if k != "digest"}}
+    identical, lines = driver._report.data_identity([old, *runs[1:]])
+    assert identical
+    assert any("digests recorded by 3 of 4 runs" in line for line in lines)
+
+
+def test_the_split_digest_changes_with_the_split_seed_and_subset() -> None:
+    cfg, _ = driver.resolve_config(["--preset", "smoke"])
+    digest = driver.data_record(driver.load_data(cfg))["digest"]
+    other_seed = driver.data_record(driver.load_data(replace(cfg, split_seed=1)))["digest"]
+    subset = driver.data_record(driver.load_data(replace(cfg, train_subset=100)))["digest"]
+    assert digest["test"] == other_seed["test"]  # the test set is never split
+    assert digest["train"] != other_seed["train"] and digest["val"] != other_seed["val"]
+    assert subset["train"] != digest["train"] and subset["val"] == digest["val"]
+
+
+def _halves(n: int, size: int, channels: int) -> ImageTensors:
+    """Left half dark, right half bright, one bright row in the middle: flips and crops show."""
+    images = torch.zeros(n, channels, size, size, dtype=torch.uint8)
+    images[:, 0, :, size // 2 :] = 255
+    images[:, -1, size // 2, :] = 255 if channels > 1 else images[:, -1, size // 2, :]
+    return ImageTensors(images, torch.zeros(n, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("dataset", "padding", "flip"), [("synthetic", 4, 0.5), ("digits", 2, 0)])
+def test_training_batches_flip_and_crop_as_the_dataset_says(
+    dataset: str, padding: int, flip: float
+) -> None:
+    """The driver's loader, measured: flip share within 6 sigma, crop shifts exactly 0..2p."""
+    pytest.importorskip("sklearn")
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--dataset", dataset])
+    data = driver.load_data(cfg)
+    size, channels, n = 32, 3, 3000  # wide enough that a 4-pixel crop keeps both halves
+    probe = dataclasses.replace(
+        data, train=_halves(n, size, channels), mean=(0.5,) * channels, std=(0.25,) * channels
+    )
+    x = torch.cat([x for x, _ in driver.train_loader(probe, replace(cfg, batch_size=500), 0)])
+    quarter = size // 4
+    flipped = x[:, 0, :, :quarter].mean((1, 2)) > x[:, 0, :, -quarter:].mean((1, 2))
+    share = flipped.double().mean().item()
+    sigma = max((flip * (1 - flip) / n) ** 0.5, 1e-12)
+    assert abs(share - flip) <= 6 * sigma, f"{dataset}: flipped {share:.3f}, expected {flip}"
+    row = x[:, -1].mean(2).argmax(1) - size // 2  # where the bright row landed: -dy + padding
+    assert set(row.tolist()) == set(range(-padding, padding + 1))
+
+
+# --------------------------------------------------------------------------- record compatibility
+
+
+def _strip(config: dict, *keys: str) -> dict:
+    """A config as an older driver wrote it: ``keys`` (``"a"`` or ``"growth.b"``) missing."""
+    out = json.loads(json.dumps(config))
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node[parent]
+        del node[leaf]
+    return out
+
+
+def test_a_record_that_predates_a_setting_resumes_when_the_setting_is_at_its_default(
+    smoke_out: Path, tmp_path: Path
+) -> None:
+    from _records import config_defaults, config_dict, load_record
+
+    cfg, _ = driver.resolve_config(["--preset", "smoke"])
+    record = json.loads(next((smoke_out / "runs").glob("static_*.json")).read_text())
+    record["config"] = _strip(record["config"], "hidden", "growth.neighbourhood")
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record))
+    defaults = config_defaults(driver.BenchConfig)
+    assert load_record(path, config_dict(cfg), defaults)["run_id"] == record["run_id"]
+    changed = replace(cfg, growth=replace(cfg.growth, neighbourhood="geometric"))
+    with pytest.raises(driver.SweepError, match=r"growth\.neighbourhood: saved 'arithmetic'"):
+        load_record(path, config_dict(changed), defaults)
+    with pytest.raises(driver.SweepError, match="hidden"):
+        load_record(path, config_dict(cfg))  # without defaults a missing key is a difference
+
+
+def test_config_defaults_expand_nested_configs_and_skip_required_fields() -> None:
+    from _records import config_defaults
+
+    defaults = config_defaults(driver.BenchConfig)
+    assert "epochs" not in defaults and "preset" not in defaults
+    assert defaults["batch_size"] == 500
+    assert defaults["growth"]["delta_stop"] == 0.05
+    assert defaults["growth"] == dataclasses.asdict(driver.GrowthConfig())
+
+
+# --------------------------------------------------------------------------- runs in progress
+
+
+def test_a_run_leaves_a_snapshot_every_epoch_and_removes_it_when_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "3"])
+    written: list[tuple[str, int]] = []
+    real = driver.write_json
+
+    def spy(path: Path, record: dict) -> None:
+        written.append((path.parent.name, len(record["epochs"])))
+        real(path, record)
+
+    monkeypatch.setattr(driver, "write_json", spy)
+    spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    driver.train_run(spec, cfg, tmp_path, progress=False)
+    assert written == [("progress", 1), ("progress", 2), ("runs", 3)]
+    assert not list((tmp_path / "progress").glob("*.json"))
+
+
+def test_the_report_lists_runs_still_training(smoke_out: Path, tmp_path: Path) -> None:
+    grown = json.loads(next((smoke_out / "runs").glob("grown-nagn_*.json")).read_text())
+    (tmp_path / "progress").mkdir()
+    (tmp_path / "runs").mkdir()
+    snapshot = {**grown, "epochs": grown["epochs"][:3], "partial": True}
+    (tmp_path / "progress" / f"{grown['run_id']}.json").write_text(json.dumps(snapshot))
+    text = driver._report.write_report(tmp_path)
+    assert f"{grown['run_id']} (running, epoch 3/4)" in text
+
+
+def test_the_cpu_preset_keeps_the_papers_steps_per_epoch_and_growth_rules() -> None:
+    cfg, out = driver.resolve_config(["--preset", "cpu"])
+    steps_per_epoch = cfg.train_subset // cfg.batch_size
+    paper_steps = round(50_000 * (1 - cfg.val_fraction)) // 500
+    assert steps_per_epoch == paper_steps == 80
+    assert cfg.val_subset is None  # the full validation split: the trigger sees the paper's noise
+    assert cfg.growth == driver.GrowthConfig()
+    assert cfg.configs == (((2, 2, 2), (4, 4, 4), (8, 8, 8)),)  # the paper's Fig. 2a config
+    assert set(cfg.where) == {"nagn", "uniform", "random"}
+    assert (cfg.lr, cfg.weight_decay) == (1e-3, 1e-2)
+    assert out == Path("runs") / "cpu"
+
+
+# --------------------------------------------------------------------------- epoch checkpoints
+
+
+class _Killed(Exception):
+    """Stands for the end of a session: the process dies right after a checkpoint."""
+
+
+def _train_interrupted(
+    spec: object, cfg: object, out: Path, after_epoch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train ``spec`` until its checkpoint of ``after_epoch`` is on disk, then stop."""
+    real = driver.save_checkpoint
+
+    def save_then_die(path: Path, state: dict) -> None:
+        real(path, state)
+        if len(state["epochs"]) == after_epoch:
+            raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(driver, "save_checkpoint", save_then_die)
+        with pytest.raises(_Killed):
+            driver.train_run(spec, cfg, out, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("where", "after_epoch"),
+    [("nagn", 1), ("nagn", 3), ("random", 2)],
+    ids=["before-growth", "after-growth", "random-at-growth-epoch"],
+)
+def test_a_run_resumed_from_a_checkpoint_equals_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, after_epoch: int
+) -> None:
+    """Smoke preset, growth forced at epoch 2, 5 epochs: stop after ``after_epoch``, resume."""
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5"])
+    spec = driver.RunSpec(cfg.configs[0], 0, where)
+    whole = driver.train_run(spec, cfg, tmp_path / "whole", progress=False)
+
+    out = tmp_path / "resumed"
+    _train_interrupted(spec, cfg, out, after_epoch, monkeypatch)
+    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
+    assert checkpoint.is_file() and not (out / "runs").exists()
+    torch.manual_seed(12345)  # a new process: another global RNG state (restored from the file)
+    resumed = driver.train_run(spec, cfg, out, progress=False)
+
+    keys = ("epoch", "train_loss", "val_acc", "test_acc", "lr", "widths", "params")
+    assert [{k: e[k] for k in keys} for e in resumed["epochs"]] == [
+        {k: e[k] for k in keys} for e in whole["epochs"]
+    ]
+    assert resumed["events"] == whole["events"] and whole["events"]  # the growth happened
+    assert resumed["events"][0]["epoch"] == 2
+    assert resumed["widths_final"] == whole["widths_final"] != resumed["widths_initial"]
+    assert resumed["stop_reason"] == whole["stop_reason"]
+    assert (whole["segments"], whole["segment_starts"]) == (1, [1])
+    assert (resumed["segments"], resumed["segment_starts"]) == (2, [1, after_epoch + 1])
+    times = [e["train_time_s"] for e in resumed["epochs"]]
+    assert times == sorted(times) and times[0] > 0  # one clock, summed over the segments
+    assert not checkpoint.exists()  # removed once the run's JSON is written
+
+
+def test_a_checkpoint_made_with_other_settings_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5"])
+    spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    _train_interrupted(spec, cfg, tmp_path, 2, monkeypatch)
+    other, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "6"])
+    with pytest.raises(driver.SweepError, match=r"epochs: saved 5, now 6.*fresh --out"):
+        driver.train_run(spec, other, tmp_path, progress=False)
+    scheduling, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5", "--jobs", "3"])
+    record = driver.train_run(spec, scheduling, tmp_path, progress=False)  # jobs shape nothing
+    assert record["segments"] == 2
+
+
+def test_the_report_says_which_runs_were_trained_in_several_segments(
+    smoke_out: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "runs").mkdir()
+    paths = sorted((smoke_out / "runs").glob("*.json"))
+    for path in paths:
+        (tmp_path / "runs" / path.name).write_text(path.read_text())
+    text = driver._report.write_report(tmp_path)
+    assert f"all {len(paths)} runs trained in one process each" in text
+    static = next((tmp_path / "runs").glob("static_*.json"))
+    record = json.loads(static.read_text())
+    static.write_text(json.dumps({**record, "segments": 2, "segment_starts": [1, 3]}))
+    text = driver._report.write_report(tmp_path)
+    assert (
+        f"1 of {len(paths)} runs were resumed from checkpoints and trained in several "
+        f"processes: {record['run_id']} (2, from epochs 1, 3)"
+    ) in text
+    assert "read their time ratios with care" in (tmp_path / "summary.md").read_text()

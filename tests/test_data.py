@@ -473,3 +473,49 @@ def test_load_dataset_splits_and_rejects_unknown_names(tmp_path: Path) -> None:
         load_dataset("mnist")
     with pytest.raises(ValueError, match="data_dir is required"):
         load_dataset("imagefolder")
+
+
+# --------------------------------------------------------------------------- what each dataset uses
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("cifar10", Augment(crop_padding=4, flip=True, flip_probability=0.5)),
+        ("imagefolder", Augment(crop_padding=4, flip=True, flip_probability=0.5)),
+        ("synthetic", Augment(crop_padding=4, flip=True, flip_probability=0.5)),
+        ("digits", Augment(crop_padding=2, flip=False)),
+    ],
+)
+def test_each_dataset_uses_its_documented_augmentation(
+    name: str, expected: Augment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CIFAR-style data: crop with 4 px padding and a fair coin flip; digits: no mirror."""
+    import netsurgeon.data.sources as sources
+
+    tiny = ImageTensors(_images(10, h=8, w=8), torch.arange(10) % 2)
+    monkeypatch.setattr(sources, "load_cifar10", lambda *a, **k: (tiny, tiny, ("a", "b")))
+    data_dir = None
+    if name == "imagefolder":
+        _write_image_folder(tmp_path / "data", {"a": 3, "b": 2})
+        data_dir = tmp_path / "data"
+    elif name == "cifar10":
+        data_dir = tmp_path
+    if name == "digits":
+        pytest.importorskip("sklearn")
+    kwargs = {"cache_dir": tmp_path / "cache"} if name == "imagefolder" else {}
+    splits = load_dataset(name, data_dir, synthetic_size=(20, 10), **kwargs)
+    assert splits.augment == expected
+
+
+def test_digest_identifies_content_and_order() -> None:
+    data = ImageTensors(_images(6), torch.arange(6))
+    again = ImageTensors(data.images.clone(), data.labels.clone())
+    assert data.digest() == again.digest()
+    assert len(data.digest()) == 16
+    assert data.subset(torch.tensor([1, 0, 2, 3, 4, 5])).digest() != data.digest()
+    relabelled = ImageTensors(data.images, data.labels.flip(0))
+    assert relabelled.digest() != data.digest()
+    pixel = data.images.clone()
+    pixel[0, 0, 0, 0] ^= 1
+    assert ImageTensors(pixel, data.labels).digest() != data.digest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -50,15 +52,26 @@ def test_spatial_reduction_connects_conv_to_linear_and_widening_preserves_output
 @pytest.mark.parametrize(
     ("reduce", "match"),
     [
-        (lambda z: z.mean(1), "includes the batch or channel dim"),
-        (lambda z: z.mean((0, 2, 3)), "includes the batch or channel dim"),
-        (lambda z: z.mean(), "reduction over dims None"),
+        (lambda z: z.mean(1), r"over dims \(1,\) reduces across the channels"),
+        (lambda z: z.mean((1, 2, 3)), r"over dims \(1, 2, 3\) reduces across the channels"),
+        (lambda z: z.mean(), "over every dim reduces the channels"),
     ],
-    ids=["channel", "batch", "all"],
+    ids=["channel", "channel-and-spatial", "all"],
 )
-def test_reducing_the_channel_or_batch_dim_is_refused(reduce, match):
-    with pytest.raises(UnsupportedModelError, match=match):
-        netsurgeon.trace(GapNet(reduce))
+def test_reducing_across_the_channels_blocks_their_group(reduce, match):
+    graph = netsurgeon.trace(GapNet(reduce), strict=True)
+    assert re.search(match, graph.unwidenable_reason("conv") or "")
+    assert graph.widenable_layers == []
+
+
+def test_reducing_the_batch_dim_keeps_the_channels():
+    model = GapNet(lambda z: z.mean((0, 2, 3), keepdim=True).flatten(1)).eval()
+    x = torch.randn(3, 3, 6, 6)
+    graph = netsurgeon.trace(model, x)
+    assert graph.consumers_of("conv") == ["fc"]
+    before = model(x)
+    netsurgeon.widen(model, {"conv": 3}, graph=graph)
+    torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)
 
 
 class SqueezeNet(nn.Module):
@@ -94,7 +107,7 @@ def test_squeeze_of_spatial_dims_and_keyword_batch_size_keep_the_channels(with_s
     x = torch.randn(4, 3, 10)
     graph = netsurgeon.trace(model, x if with_shapes else None)
     assert graph.consumers_of("conv") == ["head"]
-    assert graph.output_layers == frozenset({"head"})
+    assert graph.widenable_layers == ["conv"]
     assert "removes the channel dim" in graph.unwidenable_reason("head")
     before = model(x)
     netsurgeon.widen(model, {"conv": 2})
@@ -115,9 +128,13 @@ def test_unsqueeze_moves_linear_features_onto_the_conv_channel_dim():
 
 @pytest.mark.parametrize(
     ("reduce", "match"),
-    [(lambda z: z.squeeze(), "unknown layout"), (lambda z: z.squeeze(0), "removes the batch dim")],
+    [(lambda z: z.squeeze(), "dim=None"), (lambda z: z.squeeze(0), "channels are on dim 0")],
     ids=["no-dim", "batch"],
 )
-def test_ambiguous_or_batch_squeeze_is_refused(reduce, match):
-    with pytest.raises(UnsupportedModelError, match=match):
+def test_ambiguous_or_batch_squeeze_is_refused_or_blocked(reduce, match):
+    if match == "dim=None":  # ambiguous for a batch of one: the channels' group is blocked
+        graph = netsurgeon.trace(GapNet(reduce))
+        assert match in (graph.unwidenable_reason("conv") or "")
+        return
+    with pytest.raises(UnsupportedModelError, match=match):  # channels moved to dim 0
         netsurgeon.trace(GapNet(reduce))

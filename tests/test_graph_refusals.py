@@ -136,57 +136,48 @@ class NoFlattenBeforeLinear(nn.Module):
 
 
 REFUSED = {
-    "residual add": (Residual, r"layer 'stem' at node 'add': 'add' combines two tensors"),
-    "gating mul": (
-        lambda: TwoBranches("mul"),
-        r"layer 'a' at node 'mul': 'mul' combines two tensors",
-    ),
-    "cat": (lambda: TwoBranches("cat"), r"layer 'a' at node 'cat': 'cat' couples the widths"),
-    "add of two layers": (lambda: TwoBranches("add"), r"'add' combines two tensors"),
-    "grouped conv": (
-        lambda: conv_stack(nn.Conv2d(8, 8, 3, padding=1, groups=2)),
-        r"layer '0' at module '1': grouped convolution \(groups=2\)",
-    ),
-    "depthwise conv": (
-        lambda: conv_stack(nn.Conv2d(8, 8, 3, padding=1, groups=8)),
-        r"grouped convolution \(groups=8\)",
-    ),
     "module called twice": (CalledTwice, r"at module 'fc': module 'fc' is called 2 times"),
     "module under two names": (Aliased, r"module 'fc' is called 2 times \(weight sharing\)"),
     "weight read by F.linear": (FunctionalWeight, r"parameter 'fc.weight' is used directly"),
-    "only F.linear with a layer's weight": (FunctionalOnly, r"'linear' is not a known"),
-    "tied parameters": (tied_parameter, r"layer '0' at module '0': it shares a parameter with '3'"),
+    "tied parameters": (tied_parameter, r"at module '0': it shares a parameter with '3'"),
     "shared batchnorm": (SharedBatchNorm, r"at module 'bn': module 'bn' is called 2 times"),
-    "torch.cumsum": (Cumsum, r"at node 'cumsum': 'cumsum' is not a known width-preserving op"),
-    "LayerNorm": (
-        lambda: conv_stack(nn.LayerNorm([8, 6, 6])),
-        r"at module '1': 'LayerNorm' is not a known width-preserving op",
-    ),
-    "GroupNorm": (lambda: conv_stack(nn.GroupNorm(2, 8)), r"'GroupNorm' is not a known"),
+    "torch.cumsum": (Cumsum, r"at node 'cumsum': 'cumsum' is not an op netsurgeon knows"),
     "return_indices": (
         lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(2, return_indices=True)),
         r"pooling with return_indices=True",
     ),
     "linear on an unflattened map": (NoFlattenBeforeLinear, r"flatten the map first"),
-    "flatten of the batch dim": (
-        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(0), nn.Linear(4, 2)),
-        r"flatten\(start_dim=0, end_dim=-1\)",
-    ),
     "wrong linear in_features": (
         lambda: nn.Sequential(nn.Linear(4, 8), nn.Linear(9, 2)),
-        r"at module '1': in_features=9 but the producer '0' delivers 8",
+        r"at module '1': input width is 9 but the channels arriving deliver 8",
     ),
     "wrong conv in_channels": (
         lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(9, 2, 1)),
-        r"in_channels=9 but the producer '0' delivers 8",
+        r"input width is 9 but the channels arriving deliver 8 \(channels on dim 1: 0\[0:8\]\)",
     ),
     "wrong batchnorm size": (
         lambda: conv_stack(nn.BatchNorm2d(9)),
-        r"num_features=9 but the producer '0' delivers 8",
+        r"'1' width is 9 but the channels arriving deliver 8",
     ),
     "flattened size not a multiple": (
         lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(12, 2)),
-        r"in_features=12 is not a multiple of the producer's width 8",
+        r"input width 12 is not a multiple of the 8 channels arriving",
+    ),
+}
+
+#: Known ops whose effect on the channels forbids growing the groups they touch: the model traces
+#: (also strictly), and only those groups are unwidenable, with the reason.
+BLOCKED = {
+    "F.linear with a layer's weight": (FunctionalOnly, "a", r"'linear' mixes these channels"),
+    "flatten of the batch dim": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(0), nn.Linear(4, 2)),
+        "0",
+        r"Flatten\(start_dim=0, end_dim=-1\) merges the channels into the dim before them",
+    ),
+    "LayerNorm over the channels": (
+        lambda: conv_stack(nn.LayerNorm([8, 6, 6])),
+        "0",
+        r"LayerNorm normalises across these channels",
     ),
 }
 
@@ -198,25 +189,37 @@ def test_unsupported_structure_is_refused_naming_node_and_module(case: str) -> N
         netsurgeon.trace(build())
     assert "fx node: %" in str(info.value)
     assert "fix: " in str(info.value)
+    assert "strict=False" in str(info.value)
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_non_strict_tracing_blocks_the_refused_producer_with_the_same_reason(case: str) -> None:
+def test_non_strict_tracing_blocks_the_refused_groups_with_the_same_reason(case: str) -> None:
     build, pattern = REFUSED[case]
     graph = netsurgeon.trace(build(), strict=False)
     blocked = [n for n in graph.layers if graph.group(n).blocked is not None]
     assert blocked
     assert any(re.search(pattern, graph.unwidenable_reason(n) or "") for n in blocked)
     assert not set(blocked) & set(graph.widenable_layers)
+    for name in blocked:  # advice to go non-strict would be stale here
+        assert "strict=False" not in (graph.unwidenable_reason(name) or "")
 
 
-def test_non_strict_residual_keeps_the_uncoupled_layers_widenable() -> None:
-    graph = netsurgeon.trace(Residual(), torch.randn(1, 3, 6, 6), strict=False)
+@pytest.mark.parametrize("case", list(BLOCKED))
+def test_known_ops_that_forbid_growth_block_only_their_groups(case: str) -> None:
+    build, layer, pattern = BLOCKED[case]
+    graph = netsurgeon.trace(build(), strict=True)
+    assert re.search(pattern, graph.unwidenable_reason(layer) or "")
+    assert "fx node" not in (graph.unwidenable_reason(layer) or "")
+    assert layer not in graph.widenable_layers
+
+
+def test_residual_stream_is_one_group_and_every_layer_stays_widenable() -> None:
+    graph = netsurgeon.trace(Residual(), torch.randn(1, 3, 6, 6))
     assert graph.layers == ["stem", "a", "b", "mid", "fc"]
-    assert graph.widenable_layers == ["a", "mid"]
-    for coupled in ("stem", "b"):
-        reason = graph.unwidenable_reason(coupled)
-        assert reason is not None and "'add' combines two tensors" in reason
+    assert graph.group_of("b").name == "stem"
+    assert graph.group_of("stem").producers == ("stem", "b")
+    assert graph.widenable_layers == ["stem", "a", "b", "mid"]
+    assert graph.consumers_of("stem") == ["a", "mid"]
     assert graph.consumers_of("a") == ["b"]
     assert graph.edges_from("mid")[0].consumer == "fc"
     assert graph.output_layers == {"fc"}
@@ -237,7 +240,7 @@ def test_view_to_a_literal_width_makes_the_producer_unwidenable_but_traces() -> 
         graph = netsurgeon.trace(LiteralView(), inputs)
         reason = graph.unwidenable_reason("conv")
         assert reason is not None
-        assert "(-1, 128)" in reason and "use torch.flatten(x, 1) instead" in reason
+        assert "(-1, 128)" in reason and "use torch.flatten(x, 1)" in reason
         assert graph.widenable_layers == ["hidden"]
         assert graph.consumers_of("hidden") == ["out"]
 
@@ -252,8 +255,8 @@ def test_softmax_over_the_channels_makes_the_producer_unwidenable() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.out(F.softmax(self.score(x), dim=1))
 
-    graph = netsurgeon.trace(Attention())
-    assert "softmax over its channels" in (graph.unwidenable_reason("score") or "")
+    graph = netsurgeon.trace(Attention(), torch.randn(2, 4))
+    assert "normalises across these channels" in (graph.unwidenable_reason("score") or "")
     assert graph.widenable_layers == []
 
 

@@ -129,6 +129,7 @@ def test_max_growths_stops_after_that_many_events():
     assert len(grower.history) == 1 and grower.stopped
 
 
+@pytest.mark.filterwarnings("ignore:Grower has no optimizer")
 def test_step_rejects_non_finite_accuracy():
     grower = Grower(_model(), None)
     with pytest.raises(ValueError, match="finite"):
@@ -258,6 +259,7 @@ def test_resume_mid_growth_continues_bit_identically(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.filterwarnings("ignore:Grower has no optimizer")
 def test_load_state_dict_rejects_a_different_config():
     grower = Grower(_model(), None, GrowthConfig(w_acc=2))
     state = grower.state_dict()

@@ -12,13 +12,33 @@ from torch.fx.passes.shape_prop import ShapeProp
 from netsurgeon.errors import TraceError
 from netsurgeon.graph import functional as _functional  # noqa: F401  (registers handlers)
 from netsurgeon.graph import handlers as _handlers  # noqa: F401  (registers handlers)
-from netsurgeon.graph.analysis import ChannelGroup, Edge, FollowerRef, analyse
+from netsurgeon.graph.analysis import analyse
+from netsurgeon.graph.groups import (
+    ChannelGroup,
+    ConsumerRef,
+    Edge,
+    FollowerRef,
+    IndexMap,
+    Insertion,
+    Piece,
+)
 from netsurgeon.graph.layer_graph import LayerGraph
 from netsurgeon.graph.registry import REGISTRY, Registry
 from netsurgeon.graph.tracer import SurgeonTracer, as_tensors, symbolic_trace
 from netsurgeon.guards import check_plain_module
 
-__all__ = ["ChannelGroup", "Edge", "FollowerRef", "LayerGraph", "SurgeonTracer", "trace"]
+__all__ = [
+    "ChannelGroup",
+    "ConsumerRef",
+    "Edge",
+    "FollowerRef",
+    "IndexMap",
+    "Insertion",
+    "LayerGraph",
+    "Piece",
+    "SurgeonTracer",
+    "trace",
+]
 
 
 def trace(

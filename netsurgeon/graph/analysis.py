@@ -1,299 +1,207 @@
-"""The dependency walker: from each producer layer, follow its channels to every consumer.
+"""The dependency walker: one pass over the fx graph turns layers and joins into channel groups.
 
-For every layer node of the fx graph the walker starts a depth-first walk over the node's users.
-At each node it asks the handler registry what happens to the channels (a
-:class:`~netsurgeon.graph.flow.Flow`): they pass on (activations, pooling, flatten), a follower
-grows with them (BatchNorm), a layer consumes them (the edge producer -> consumer, with the flatten
-multiplicity), or the path ends. The walker itself knows no op types.
+Nodes are visited in topological order. Each width-owning layer starts a group; every other node's
+handler (looked up in the registry) says what its output's channel layout is
+(:class:`~netsurgeon.graph.layout.Layout`) and records consumers, followers, joins and blocks
+through the :class:`~netsurgeon.graph.context.FlowContext`. The walker knows no op types. A node
+none of whose inputs carry channels is skipped without a handler, so an op on the raw input or on
+sizes never matters.
 
-Worked example, ``conv1 -> bn1 -> relu -> max_pool2d -> flatten -> fc``::
+Worked example, a residual block ``y = relu(bn2(conv2(relu(bn1(conv1(x))))) + x)`` after a stem
+``x = relu(bn0(conv0(img)))``::
 
-    conv1: ChannelState(dim=1, rank=4)
-      bn1          FOLLOWER   (num_features checked against conv1.out_channels)
-      relu         PASS
-      max_pool2d   PASS       (spatial size changes, channels stay on dim 1)
-      flatten      PASS       ChannelState(dim=1, rank=2, multiplicity=H*W, flattened=True)
-      fc           CONSUMER   Edge(conv1 -> fc, multiplicity=H*W)
+    conv0        new group g0            Layout(dim=1, [g0 0:8])
+    bn0, relu    follower of g0 / pass
+    conv1        consumes g0, new g1
+    bn1, relu, conv2   ... new g2
+    add          join: union(g2, g0)      -> one group {conv0, conv2}: the stream
+    relu         pass
 
-The result is one :class:`ChannelGroup` per producer. A group is the unit of surgery: its producers
-gain output channels together, its consumers gain the matching input columns, its followers grow.
-Today a group has one producer; residual ``add``/``cat`` will join producers into one group.
+Union-find merges the raw groups at the end; each group's name is its first producer. In
+non-strict mode an unsupported node blocks only the groups it touches (its message becomes their
+``blocked`` reason); strict mode raises :class:`~netsurgeon.errors.UnsupportedModelError`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+import math
+from collections import defaultdict
+from typing import Any
 
 from torch import fx, nn
 
-from netsurgeon.errors import UnsupportedModelError
-from netsurgeon.graph.flow import ChannelState, Flow, FlowKind
+from netsurgeon.graph.context import FlowContext, Refusal
+from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
+from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.registry import Registry
 
-if TYPE_CHECKING:
-    from netsurgeon.graph.handlers import LayerHandler
+__all__ = ["META_LAYOUT", "Analysis", "analyse"]
 
-__all__ = ["ChannelGroup", "Edge", "FollowerRef", "WalkContext", "analyse"]
-
-META_GROUP = "netsurgeon.group"
-META_STATE = "netsurgeon.channel_state"
+META_LAYOUT = "netsurgeon.layout"
 
 
-@dataclass(frozen=True)
-class Edge:
-    """Producer ``producer``'s channel ``c`` feeds consumer input columns ``[c*m, (c+1)*m)``.
+class Analysis:
+    """The result: groups and layers in depth order, each layer's group and traced width."""
 
-    Attributes:
-        producer: qualified name of the producing layer.
-        consumer: qualified name of the consuming layer.
-        multiplicity: ``m``, features per channel at the consumer (1 unless flattened).
-        path: labels of the ops between the two, in order.
-        flattened: whether a flatten/reshape lies on the path (else the mapping is identity).
-    """
-
-    producer: str
-    consumer: str
-    multiplicity: int
-    path: tuple[str, ...]
-    flattened: bool = False
+    def __init__(
+        self, groups: list[ChannelGroup], group_of: dict[str, str], widths: dict[str, int]
+    ) -> None:
+        self.groups = groups
+        self.group_of = group_of
+        self.widths = widths
 
 
-@dataclass(frozen=True)
-class FollowerRef:
-    """A channel-wise module that grows with a producer: ``multiplicity`` entries per channel."""
-
-    name: str
-    multiplicity: int
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Producers whose output channels must grow together, with everything that grows along.
-
-    Attributes:
-        producers: qualified names of the producing layers (one today).
-        edges: every producer -> consumer edge.
-        followers: channel-wise modules on the producers' paths.
-        reaches_output: whether the channels reach the model's output (then never widened).
-        blocked: why the group cannot be widened (``None`` when it can, apart from the output).
-    """
-
-    producers: tuple[str, ...]
-    edges: tuple[Edge, ...] = ()
-    followers: tuple[FollowerRef, ...] = ()
-    reaches_output: bool = False
-    blocked: str | None = None
-
-    @property
-    def widenable(self) -> bool:
-        return not self.reaches_output and self.blocked is None
-
-
-class _Refusal(Exception):
-    """Raised by :meth:`WalkContext.refuse` in non-strict mode: blocks the current producer."""
-
-
-@dataclass
-class WalkContext:
-    """What handlers may ask about the graph while one producer's channels are being followed."""
-
-    gm: fx.GraphModule
-    registry: Registry
-    strict: bool
-    modules: dict[str, nn.Module] = field(init=False)
-    producer: str = ""
-    width: int = 0
-
-    def __post_init__(self) -> None:
-        self.modules = dict(self.gm.named_modules())
-
-    # -- questions ------------------------------------------------------------------------------
-    def module_of(self, node: fx.Node) -> nn.Module:
-        return self.modules[str(node.target)]
-
-    def rank_of(self, node: fx.Node) -> int | None:
-        meta = node.meta.get("tensor_meta")
-        shape = getattr(meta, "shape", None)
-        return None if shape is None else len(shape)
-
-    def shape_of(self, node: fx.Node) -> tuple[int, ...] | None:
-        meta = node.meta.get("tensor_meta")
-        shape = getattr(meta, "shape", None)
-        return None if shape is None else tuple(shape)
-
-    def op_name(self, node: fx.Node) -> str:
-        if node.op == "call_module":
-            return type(self.module_of(node)).__name__
-        if node.op == "call_method":
-            return f".{node.target}()"
-        return getattr(node.target, "__name__", str(node.target))
-
-    def same_dim(self, dim: int, state: ChannelState) -> bool:
-        channel = state.normalized_dim()
-        if dim >= 0 or state.rank is None:
-            return channel is None or dim == channel or (dim == -1 and state.is_last_dim())
-        return dim + state.rank == channel
-
-    def is_batch_size(self, arg: Any) -> bool:
-        """``x.size(0)``, ``x.size(dim=0)``, ``x.shape[0]`` or ``x.size()[0]`` of any traced tensor."""
-        if not isinstance(arg, fx.Node):
-            return False
-        if arg.op == "call_method" and arg.target == "size":
-            dim = arg.args[1] if len(arg.args) > 1 else arg.kwargs.get("dim")
-            return dim == 0
-        if arg.op == "call_function" and getattr(arg.target, "__name__", "") == "getitem":
-            source, index = arg.args[0], arg.args[1]
-            return (
-                index == 0
-                and isinstance(source, fx.Node)
-                and (
-                    (
-                        source.op == "call_method"
-                        and source.target == "size"
-                        and len(source.args) == 1
-                    )
-                    or (source.op == "call_function" and source.args[1:] == ("shape",))
-                )
-            )
-        return False
-
-    # -- shared flows ---------------------------------------------------------------------------
-    def pool_flow(self, node: fx.Node, state: ChannelState, label: str) -> Flow:
-        if state.flattened or state.normalized_dim() != 1:
-            self.refuse(
-                node,
-                f"pooling reads channels on dim 1, found them on dim {state.normalized_dim()} "
-                f"(flattened={state.flattened})",
-                fix="pool before flattening",
-            )
-        return Flow(FlowKind.PASS, state, label=label)
-
-    def flatten_flow(
-        self, node: fx.Node, state: ChannelState, start: Any, end: Any, label: str
-    ) -> Flow:
-        rank = state.rank
-        start_n = start + rank if isinstance(start, int) and start < 0 and rank else start
-        end_n = end + rank if isinstance(end, int) and end < 0 and rank else end
-        if start_n != 1 or (end != -1 and end_n != (rank or 0) - 1):
-            self.refuse(
-                node,
-                f"flatten(start_dim={start}, end_dim={end}) of a rank-{rank} tensor; only "
-                "flattening everything after the batch dim is supported",
-                fix="use torch.flatten(x, 1)",
-            )
-        if state.normalized_dim() != 1:
-            self.refuse(
-                node,
-                f"flattening with the channels on dim {state.normalized_dim()} interleaves them",
-                fix="flatten channel-first tensors only",
-            )
-        shape = self.shape_of(node.all_input_nodes[0]) if node.all_input_nodes else None
-        if shape is not None:
-            spatial = 1
-            for size in shape[2:]:
-                spatial *= size
-            multiplicity: int | None = (state.multiplicity or 1) * spatial
-        elif rank == 2:
-            multiplicity = state.multiplicity
-        else:
-            multiplicity = None
-        return Flow(
-            FlowKind.PASS,
-            ChannelState(dim=1, rank=2, multiplicity=multiplicity, flattened=True),
-            label=label,
-        )
-
-    def per_channel(self, node: fx.Node, state: ChannelState, found: int, *, what: str) -> int:
-        """Entries per producer channel in a dim holding ``found`` entries (checked).
-
-        After a flatten of unknown spatial size (``state.multiplicity is None``) the answer is
-        inferred as ``found / width``, as a ``Linear`` consumer does; otherwise ``found`` must be
-        ``width * multiplicity``.
-        """
-        if state.multiplicity is None:
-            if found % self.width:
-                self.refuse(
-                    node,
-                    f"{what}={found} is not a multiple of the producer's width {self.width}",
-                    fix="check the flatten, or pass example_inputs so shapes are known",
-                )
-            return found // self.width
-        self.expect_width(node, found, self.width * state.multiplicity, what=what)
-        return state.multiplicity
-
-    # -- failures -------------------------------------------------------------------------------
-    def expect_width(self, node: fx.Node, found: int, expected: int, *, what: str) -> None:
-        if found != expected:
-            self.refuse(
-                node,
-                f"{what}={found} but the producer '{self.producer}' delivers {expected} "
-                f"(width {self.width})",
-                fix="check the model's layer sizes",
-            )
-
-    def refuse(self, node: fx.Node, what: str, *, fix: str) -> NoReturn:
-        where = f"module '{node.target}'" if node.op == "call_module" else f"node '{node.name}'"
-        message = (
-            f"cannot analyse the channels of layer '{self.producer}' at {where}: {what}.\n"
-            f"  fx node: {node.format_node()}\n  fix: {fix}"
-        )
-        if self.strict:
-            raise UnsupportedModelError(message)
-        raise _Refusal(message)
-
-
-def analyse(
-    gm: fx.GraphModule, registry: Registry, *, strict: bool = True
-) -> dict[str, ChannelGroup]:
-    """Build one :class:`ChannelGroup` per layer of ``gm``, in depth order.
+def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> Analysis:
+    """Find every channel group of ``gm`` (see the module docstring).
 
     Args:
         gm: a traced model (with ``tensor_meta`` on its nodes when shapes were propagated).
         registry: handler lookup.
-        strict: raise on anything unsupported (default) instead of marking the affected
-            producers as blocked.
+        strict: raise on anything unsupported instead of blocking the groups it touches.
 
     Raises:
-        UnsupportedModelError: with ``strict``, on coupled widths, weight sharing, grouped
-            convolutions and unknown ops, naming the fx node and the module path.
+        UnsupportedModelError: with ``strict``, on unknown ops that touch channels, weight
+            sharing, and layouts that cannot be followed; the message names the fx node.
     """
-    ctx = WalkContext(gm, registry, strict)
-    layer_nodes = [n for n in gm.graph.nodes if _role(n, ctx) == "layer"]
+    ctx = FlowContext(gm, registry, strict)
     shared = _shared_modules(gm, ctx)
-    groups: dict[str, ChannelGroup] = {}
-    for node in layer_nodes:
-        name = str(node.target)
-        handler: LayerHandler = registry.for_node(node, ctx.modules)  # type: ignore[assignment]
-        module = ctx.modules[name]
-        ctx.producer, ctx.width = name, handler.out_width(module)
+    for node in gm.graph.nodes:
+        ctx.node = node
+        if node.op in ("placeholder", "get_attr"):
+            ctx.layouts[node] = None
+            continue
+        if node.op == "output":
+            for layout in ctx.tracked_inputs(node):
+                ctx.mark_output(layout)
+            continue
+        handler = registry.for_node(node, ctx.modules)
+        is_layer = handler is not None and _role(handler, node, ctx) == "layer"
+        inputs = ctx.tracked_inputs(node)
+        if not inputs and not is_layer:
+            ctx.layouts[node] = None
+            continue
         try:
-            if name in shared:
-                ctx.refuse(node, shared[name], fix="give each call its own module")
-            reason = handler.unsupported_reason(module)
-            if reason is not None:
-                ctx.refuse(node, reason, fix="replace it with a supported layer")
-            group = _walk(node, handler.producer_state(node, module, ctx), ctx, shared)
-        except _Refusal as refusal:
-            group = ChannelGroup(producers=(name,), blocked=str(refusal))
-        node.meta[META_GROUP] = group
-        groups[name] = group
-    return groups
+            if node.op == "call_module" and str(node.target) in shared:
+                ctx.refuse(node, shared[str(node.target)], fix="give each call its own module")
+            if handler is None:
+                ctx.refuse(
+                    node,
+                    f"'{ctx.op_name(node)}' is not an op netsurgeon knows",
+                    fix="register a handler for it (netsurgeon.graph.registry), or make the "
+                    "enclosing module a leaf (trace(..., leaf_modules=[...]))",
+                )
+            layout = handler.flow(node, ctx)
+        except Refusal as refusal:
+            ctx.block(node, inputs, str(refusal))
+            layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
+        ctx.layouts[node] = layout
+        if isinstance(layout, Layout):
+            node.meta[META_LAYOUT] = layout
+    return _collect(ctx)
 
 
-def _role(node: fx.Node, ctx: WalkContext) -> str | None:
+def _role(handler: Any, node: fx.Node, ctx: FlowContext) -> str:
     if node.op != "call_module":
-        return None
-    handler = ctx.registry.for_module(ctx.modules[str(node.target)])
-    return None if handler is None else handler.role
+        return "op"
+    return handler.role_of(ctx.module_of(node))
 
 
-def _shared_modules(gm: fx.GraphModule, ctx: WalkContext) -> dict[str, str]:
+def _blocked_output(node: fx.Node, handler: Any, ctx: FlowContext, reason: str) -> Layout:
+    """A refused layer still produces a (blocked) group, so what follows stays analysable."""
+    module, name = ctx.module_of(node), str(node.target)
+    earlier = [gid for gid, made in enumerate(ctx.producers) if name in made]
+    gid = earlier[0] if earlier else ctx.new_group(name, handler.out_width(module))
+    ctx.blocked[gid].append(f"{reason} (at {node.format_node()})")
+    return handler.output_layout(node, module, gid, ctx)
+
+
+def _collect(ctx: FlowContext) -> Analysis:
+    roots = {gid: ctx.find(gid) for gid in range(len(ctx.parent))}
+    members: dict[int, list[int]] = defaultdict(list)
+    for gid, root in roots.items():
+        members[root].append(gid)
+    name = {root: ctx.names[root] for root in members}  # the root is the first-created member
+
+    def piece_map(layout: Layout, factor: int) -> tuple[IndexMap, tuple[tuple[str, ...], ...]]:
+        pieces = tuple(
+            Piece(
+                None if s.group is None else name[roots[s.group]],
+                s.start,
+                s.stop,
+                s.multiplicity * factor,
+            )
+            for s in layout.segments
+        )
+        return IndexMap(pieces), tuple(s.path for s in layout.segments)
+
+    consumers: dict[str, list[ConsumerRef]] = defaultdict(list)
+    for c in ctx.consumers:
+        index_map, paths = piece_map(c.layout, c.factor)
+        ref = ConsumerRef(c.layer, index_map, paths, c.layout.flattened, c.groups)
+        for group in index_map.groups:
+            consumers[group].append(ref)
+    followers: dict[str, list[FollowerRef]] = defaultdict(list)
+    for f in ctx.followers:
+        index_map, _ = piece_map(f.layout, f.factor)
+        ref = FollowerRef(f.name, f.kind, index_map, f.dim, f.fill)
+        for group in index_map.groups:
+            if ref not in followers[group]:
+                followers[group].append(ref)
+
+    groups: list[ChannelGroup] = []
+    group_of: dict[str, str] = {}
+    for root in sorted(members):
+        ids = sorted(members[root])
+        producers = tuple(p for gid in ids for p in ctx.producers[gid])
+        reasons = list(dict.fromkeys(r for gid in ids for r in ctx.blocked[gid]))
+        blocks = ctx.blocks[root]
+        unit = ctx.units[root]
+        for gid in ids:
+            blocks = math.lcm(blocks, ctx.blocks[gid])
+            unit = math.lcm(unit, ctx.units[gid])
+        width = ctx.widths[root]
+        if width % blocks:
+            reasons.append(f"its width {width} does not split into {blocks} equal blocks")
+        elif (width // blocks) % unit:
+            reasons.append(
+                f"its blocks of {width // blocks} channels do not split into normalisation "
+                f"groups of {unit}"
+            )
+        group = ChannelGroup(
+            name=name[root],
+            producers=producers,
+            consumers=tuple(consumers[name[root]]),
+            followers=tuple(followers[name[root]]),
+            width=width,
+            blocks=blocks,
+            granularity=blocks * unit,
+            reaches_output=any(gid in ctx.outputs for gid in ids),
+            blocked="; ".join(reasons) if reasons else None,
+        )
+        groups.append(group)
+        for producer in producers:
+            group_of[producer] = group.name
+    widths = {
+        ctx.names[gid]: ctx.widths[gid] for gid in range(len(ctx.parent)) if ctx.producers[gid]
+    }
+    return Analysis(groups, group_of, widths)
+
+
+def _role_of_name(name: str, ctx: FlowContext) -> str | None:
+    module = ctx.modules.get(name)
+    handler = None if module is None else ctx.registry.for_module(module)
+    return None if handler is None else handler.role_of(module)
+
+
+def _shared_modules(gm: fx.GraphModule, ctx: FlowContext) -> dict[str, str]:
     """Layers/followers called more than once, or whose parameters are read directly."""
     calls: dict[str, int] = {}
     reasons: dict[str, str] = {}
     for node in gm.graph.nodes:
-        if _role(node, ctx) in ("layer", "follower"):
+        if node.op == "call_module" and _role_of_name(str(node.target), ctx) in (
+            "layer",
+            "follower",
+        ):
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
         elif node.op == "get_attr":
             owner = str(node.target).rpartition(".")[0]
@@ -310,16 +218,14 @@ def _shared_modules(gm: fx.GraphModule, ctx: WalkContext) -> dict[str, str]:
     return reasons
 
 
-def _tied_parameters(gm: fx.GraphModule, ctx: WalkContext) -> dict[str, str]:
+def _tied_parameters(gm: fx.GraphModule, ctx: FlowContext) -> dict[str, str]:
     """``{module: other users}`` for parameters reached by two call sites or attribute reads."""
     owners: dict[int, list[str]] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             params = list(ctx.modules[str(node.target)].parameters())
         elif node.op == "get_attr":
-            value: Any = gm
-            for part in str(node.target).split("."):
-                value = getattr(value, part)
+            value = ctx.attr(node)
             params = [value] if isinstance(value, nn.Parameter) else []
         else:
             continue
@@ -332,70 +238,3 @@ def _tied_parameters(gm: fx.GraphModule, ctx: WalkContext) -> dict[str, str]:
         for name in names if len(names) > 1 else ():
             tied.setdefault(name, ", ".join(repr(n) for n in names if n != name))
     return tied
-
-
-def _role_of_name(name: str, ctx: WalkContext) -> str | None:
-    module = ctx.modules.get(name)
-    handler = None if module is None else ctx.registry.for_module(module)
-    return None if handler is None else handler.role
-
-
-def _walk(
-    start: fx.Node, state: ChannelState, ctx: WalkContext, shared: dict[str, str]
-) -> ChannelGroup:
-    edges: list[Edge] = []
-    followers: list[FollowerRef] = []
-    reaches_output = False
-    blocked: str | None = None
-    start.meta[META_STATE] = state
-    stack = [(user, state, ()) for user in reversed(list(start.users))]
-    seen: set[fx.Node] = set()
-    while stack:
-        node, state, path = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.op == "output":
-            reaches_output = True
-            continue
-        handler = ctx.registry.for_node(node, ctx.modules)
-        if handler is None:
-            ctx.refuse(
-                node,
-                f"'{ctx.op_name(node)}' is not a known width-preserving op",
-                fix="register a handler for it (netsurgeon.graph.registry) or make the enclosing "
-                "module a leaf",
-            )
-        flow = handler.flow(node, state, ctx)
-        label = flow.label or ctx.op_name(node)
-        if flow.kind is FlowKind.CONSUMER:
-            assert flow.state is not None and flow.state.multiplicity is not None
-            edges.append(
-                Edge(
-                    ctx.producer,
-                    str(node.target),
-                    flow.state.multiplicity,
-                    path,
-                    flattened=flow.state.flattened,
-                )
-            )
-            continue
-        if flow.kind is FlowKind.QUERY:
-            continue
-        if flow.kind is FlowKind.FOLLOWER:
-            if str(node.target) in shared:  # a follower shared by two producers grows twice
-                ctx.refuse(node, shared[str(node.target)], fix="give each call its own module")
-            followers.append(FollowerRef(str(node.target), flow.state.multiplicity or 1))
-        if flow.kind is FlowKind.BLOCK:
-            blocked = blocked or f"{flow.reason} (at {node.format_node()})"
-        if flow.state is None:
-            continue
-        node.meta[META_STATE] = flow.state
-        stack.extend((user, flow.state, (*path, label)) for user in reversed(list(node.users)))
-    return ChannelGroup(
-        producers=(ctx.producer,),
-        edges=tuple(edges),
-        followers=tuple(followers),
-        reaches_output=reaches_output,
-        blocked=blocked,
-    )

@@ -3,47 +3,66 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
 
 import networkx as nx
 from torch import fx, nn
 
-from netsurgeon.graph.analysis import ChannelGroup, Edge
+from netsurgeon.errors import WidenError
+from netsurgeon.graph.analysis import Analysis
+from netsurgeon.graph.groups import ChannelGroup, Edge
 from netsurgeon.graph.registry import Registry
 
 __all__ = ["LayerGraph"]
 
 
 class LayerGraph:
-    """The width-owning layers of a model, in depth order, with their producer/consumer edges.
+    """Width-owning layers and channel groups of a model, as traced (a snapshot).
 
     Built by :func:`netsurgeon.trace`. Layer names are qualified module names exactly as
-    ``model.named_modules()`` gives them (``"conv3"``, ``"features.3"``).
+    ``model.named_modules()`` gives them (``"conv3"``, ``"layer1.0.conv2"``). A graph knows the
+    widths it was traced with (:meth:`widths`); after a widening, trace again.
 
     Example:
         >>> import torch.nn as nn, netsurgeon
         >>> g = netsurgeon.trace(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)))
         >>> g.layers, g.consumers_of("0"), sorted(g.output_layers)
         (['0', '2'], ['2'], ['2'])
+        >>> [(grp.name, grp.width, grp.widenable) for grp in g.groups]
+        [('0', 8, True), ('2', 4, False)]
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        gm: fx.GraphModule,
-        groups: Mapping[str, ChannelGroup],
-        registry: Registry,
+        self, model: nn.Module, gm: fx.GraphModule, analysis: Analysis, registry: Registry
     ) -> None:
         self.model = model
         self.gm = gm
         self.registry = registry
-        self._groups = dict(groups)
+        self._groups = {g.name: g for g in analysis.groups}
+        self._group_of = dict(analysis.group_of)
+        self._widths = dict(analysis.widths)
+
+    # -- groups ---------------------------------------------------------------------------------
+    @property
+    def groups(self) -> list[ChannelGroup]:
+        """Every channel group, in depth order of its first producer."""
+        return list(self._groups.values())
+
+    def group_of(self, layer: str) -> ChannelGroup:
+        """The group ``layer`` produces into."""
+        self.check_layer(layer)
+        return self._groups[self._group_of[layer]]
+
+    def resolve(self, key: str) -> ChannelGroup:
+        """The group named ``key``, or produced into by layer ``key`` (a plan key)."""
+        if key in self._groups:
+            return self._groups[key]
+        return self.group_of(key)
 
     # -- layers ---------------------------------------------------------------------------------
     @property
     def layers(self) -> list[str]:
-        """Every width-owning layer, in depth (topological) order."""
-        return list(self._groups)
+        """Every width-owning layer (producer), in depth (topological) order."""
+        return list(self._widths)
 
     def module(self, name: str) -> nn.Module:
         """The module object of layer (or follower) ``name``."""
@@ -54,76 +73,68 @@ class LayerGraph:
         return self.registry.for_module(self.module(name))
 
     def widths(self) -> dict[str, int]:
-        """``{layer: output width}`` (``out_channels`` / ``out_features``) in depth order."""
-        return {name: self.handler(name).out_width(self.module(name)) for name in self._groups}
+        """``{layer: output width}`` as traced, in depth order."""
+        return dict(self._widths)
 
     @property
     def output_layers(self) -> frozenset[str]:
         """Layers whose output reaches the model output: never widened."""
-        return frozenset(n for n, g in self._groups.items() if g.reaches_output)
+        return frozenset(n for n in self._widths if self.group_of(n).reaches_output)
 
     @property
     def widenable_layers(self) -> list[str]:
-        """Layers that ``widen`` accepts, in depth order."""
-        return [n for n, g in self._groups.items() if g.widenable]
+        """Layers whose group ``widen`` accepts, in depth order."""
+        return [n for n in self._widths if self.group_of(n).widenable]
 
     def unwidenable_reason(self, name: str) -> str | None:
-        """Why ``name`` cannot be widened, or ``None`` if it can."""
-        group = self.group(name)
-        if group.blocked is not None:
-            return group.blocked
-        if group.reaches_output:
-            return (
-                "its output reaches the model output, so widening it would change the output shape"
-            )
-        return None
+        """Why ``name``'s group cannot be widened, or ``None`` if it can."""
+        return self.resolve(name).reason
 
     def group(self, name: str) -> ChannelGroup:
-        """The channel group that ``name`` produces into."""
-        self.check_layer(name)
-        return self._groups[name]
+        """The channel group that layer ``name`` produces into (alias of :meth:`group_of`)."""
+        return self.group_of(name)
 
     def check_layer(self, name: str) -> None:
-        """Raise ``KeyError``-like :class:`~netsurgeon.errors.WidenError` for an unknown name."""
-        if name not in self._groups:
-            from netsurgeon.errors import WidenError
-
-            close = difflib.get_close_matches(name, self._groups, n=3)
+        """Raise :class:`~netsurgeon.errors.WidenError` for a name that is no layer or group."""
+        if name not in self._widths and name not in self._groups:
+            known = list(self._widths)
+            close = difflib.get_close_matches(name, known, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise WidenError(
                 f"'{name}' is not a layer of {type(self.model).__name__}.{hint} "
-                f"Layers: {', '.join(self._groups)}"
+                f"Layers: {', '.join(known)}"
             )
 
     # -- edges ----------------------------------------------------------------------------------
     def edges_from(self, name: str) -> tuple[Edge, ...]:
-        """Edges from producer ``name`` to each of its consumers."""
-        return self.group(name).edges
+        """Edges from producer ``name`` to each consumer of its group."""
+        return tuple(e for e in self.group_of(name).edges if e.producer == name)
 
     def edges_into(self, name: str) -> tuple[Edge, ...]:
-        """Edges from every producer of ``name`` into it."""
+        """Edges from every producer of every group that layer ``name`` reads."""
         self.check_layer(name)
         return tuple(e for g in self._groups.values() for e in g.edges if e.consumer == name)
 
     def consumers_of(self, name: str) -> list[str]:
-        return [e.consumer for e in self.edges_from(name)]
+        return list(dict.fromkeys(c.layer for c in self.group_of(name).consumers))
 
     def producers_of(self, name: str) -> list[str]:
-        return [e.producer for e in self.edges_into(name)]
+        return list(dict.fromkeys(e.producer for e in self.edges_into(name)))
 
     def followers_of(self, name: str) -> list[str]:
-        """Channel-wise modules (BatchNorm, per-channel PReLU) that grow with ``name``."""
-        return [f.name for f in self.group(name).followers]
+        """Per-channel modules and parameters that grow with ``name``'s group."""
+        return [f.name for f in self.group_of(name).followers]
 
     def to_networkx(self) -> nx.DiGraph:
-        """Layers as nodes (type, width, output, widenable) and edges with path data."""
+        """Layers as nodes (type, width, group, output, widenable), edges with path data."""
         graph = nx.DiGraph()
-        widths = self.widths()
-        for name, group in self._groups.items():
+        for name, width in self._widths.items():
+            group = self.group_of(name)
             graph.add_node(
                 name,
                 type=type(self.module(name)).__name__,
-                width=widths[name],
+                width=width,
+                group=group.name,
                 output=group.reaches_output,
                 widenable=group.widenable,
                 followers=[f.name for f in group.followers],
@@ -136,30 +147,39 @@ class LayerGraph:
                     e.consumer,
                     kind="flatten" if e.flattened else "identity",
                     multiplicity=e.multiplicity,
+                    offset=e.offset,
+                    group=e.group,
                     path=list(e.path),
                 )
         return graph
 
     # -- display --------------------------------------------------------------------------------
     def summary(self) -> str:
-        """A table: layer, type, width, consumers (x multiplicity), followers, ops on the way."""
-        rows = [("layer", "type", "width", "consumers", "followers", "path", "widen")]
-        widths = self.widths()
-        for name, group in self._groups.items():
-            consumers = ", ".join(
-                e.consumer + (f" x{e.multiplicity}" if e.multiplicity != 1 else "")
-                for e in group.edges
-            )
-            path = " | ".join(" > ".join(e.path) for e in group.edges)
-            status = "output" if group.reaches_output else ("no" if group.blocked else "yes")
+        """A table of the groups: producers, width, granularity, consumers, followers, status."""
+        rows = [("group", "producers", "width", "gran", "consumers", "followers", "widen")]
+        for group in self._groups.values():
+            consumers = []
+            for c in group.consumers:
+                pieces = [p for p in c.index_map.pieces if p.group == group.name]
+                mult = pieces[0].per_channel if pieces else 1
+                tag = (f" x{mult}" if mult != 1 else "") + (
+                    f" @{c.index_map.size}" if len(c.index_map.pieces) > 1 else ""
+                )
+                consumers.append(c.layer + tag)
+            if group.reaches_output:
+                status = "output"
+            elif group.blocked:
+                status = "no: " + group.blocked.split("\n")[0]
+            else:
+                status = "yes"
             rows.append(
                 (
-                    name,
-                    type(self.module(name)).__name__,
-                    str(widths[name]),
-                    consumers or "-",
+                    group.name,
+                    ", ".join(group.producers) or "-",
+                    str(group.width),
+                    str(group.granularity),
+                    ", ".join(consumers) or "-",
                     ", ".join(f.name for f in group.followers) or "-",
-                    path or "-",
                     status,
                 )
             )
@@ -174,4 +194,7 @@ class LayerGraph:
         return self.summary()
 
     def __repr__(self) -> str:
-        return f"LayerGraph({type(self.model).__name__}, layers={len(self._groups)})"
+        return (
+            f"LayerGraph({type(self.model).__name__}, layers={len(self._widths)}, "
+            f"groups={len(self._groups)})"
+        )

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from torch import fx, nn
 
 if TYPE_CHECKING:
-    from netsurgeon.graph.analysis import WalkContext
-    from netsurgeon.graph.flow import ChannelState, Flow
+    from netsurgeon.graph.context import FlowContext
+    from netsurgeon.graph.layout import Layout
 
 __all__ = [
     "REGISTRY",
@@ -35,17 +35,24 @@ __all__ = [
 
 
 class OpHandler:
-    """Knows how a producer's channels flow through one kind of fx node.
+    """Knows how channels flow through one kind of fx node.
 
-    Subclasses override :meth:`flow`. Module handlers that own a width (layers) or grow with one
-    (followers) also carry the surgery for their type; see :mod:`netsurgeon.graph.handlers`.
+    Subclasses override :meth:`flow` (the analysis: how channels pass, join or split). Module
+    handlers that own a width (layers) or grow with one (followers) also describe their layout
+    for the surgery: which ``(tensor, dim)`` pairs and size attributes change; see
+    :mod:`netsurgeon.graph.handlers`.
     """
 
     #: "layer" (owns a width: producer and consumer), "follower" (channel-wise parameters),
-    #: or "op" (everything else).
+    #: or "op" (everything else). Decided per instance by :meth:`role_of`.
     role: str = "op"
 
-    def flow(self, node: fx.Node, state: ChannelState, ctx: WalkContext) -> Flow:
+    def role_of(self, module: nn.Module) -> str:
+        """The role of this module instance (a conv with ``groups == in == out`` is a follower)."""
+        return self.role
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | tuple[Layout | None, ...] | None:
+        """The layout of ``node``'s output, given its inputs' layouts in ``ctx``."""
         raise NotImplementedError
 
 

@@ -3,12 +3,17 @@
 - :class:`NAGNMonitor` collects the Normalized Activation Gradient Norm per layer during training.
 - :func:`plan_growth` / :class:`GrowthPlanner` turn a NAGN profile into width increments
   (:class:`GrowthPlan`), following section 3 of "Where to grow".
+- :class:`Grower` runs both, and ``netsurgeon.widen``, from the user's training loop
+  (:class:`GrowthConfig` in, :class:`GrowthEvent` out).
 """
 
 from __future__ import annotations
 
-from netsurgeon.nagn.grower import Grower, GrowthConfig, GrowthEvent
+from netsurgeon.nagn.config import GrowthConfig
+from netsurgeon.nagn.events import GrowthEvent
+from netsurgeon.nagn.grower import Grower
 from netsurgeon.nagn.monitor import DEFAULT_EVERY, NAGNMonitor
+from netsurgeon.nagn.optimizers import KNOWN_OPTIMIZERS
 from netsurgeon.nagn.planner import (
     GrowthPlan,
     GrowthPlanner,
@@ -21,6 +26,7 @@ from netsurgeon.nagn.where import WHERE_CRITERIA
 
 __all__ = [
     "DEFAULT_EVERY",
+    "KNOWN_OPTIMIZERS",
     "WHERE_CRITERIA",
     "Grower",
     "GrowthConfig",

@@ -14,125 +14,44 @@ backward passes of that epoch. The rules (all in :class:`GrowthConfig`):
 * **Termination.** At every trigger after the first, the current-window mean is compared with the
   one at the previous trigger; an improvement below ``delta_stop`` (absolute accuracy points by
   default, ``stop_mode="relative"`` for a fraction) disables growth for good, and that trigger does
-  not grow.
+  not grow. ``max_growths`` and the caps (``max_params``, ``max_flops``, ``max_width``) stop it
+  too; ``stop_cause`` says which rule did, ``stop_reason`` says it in words.
 * **Where.** The planner turns the epoch's NAGN profile into increments; the where-criterion
-  (``"nagn"``, ``"uniform"``, ``"random"``) decides how that budget is spread.
+  (``"nagn"``, ``"uniform"``, ``"random"``) decides how that budget is spread, and the caps
+  scale it down if it would exceed them.
+
+``step`` is atomic: it either completes, or raises and leaves the model, the optimizer and the
+grower (windows, triggers, history, generators, the monitor's accumulators) as they were. Every
+trigger, plan and stop is logged on the ``netsurgeon`` logger hierarchy (this module's logger).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from netsurgeon.cost import CostPreview, FittedPlan, fit_to_budget, preview
+from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
+from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
 from netsurgeon.graph import trace
-from netsurgeon.nagn.monitor import DEFAULT_EVERY, NAGNMonitor
-from netsurgeon.nagn.planner import (
-    DEFAULT_MAX_STEP,
-    GrowthPlan,
-    GrowthPlanner,
-    conv_backbone_groups,
-)
+from netsurgeon.nagn.config import GrowthConfig
+from netsurgeon.nagn.events import GrowthEvent
+from netsurgeon.nagn.monitor import NAGNMonitor
+from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
+from netsurgeon.nagn.planner import GrowthPlanner, conv_backbone_groups
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import widen
 
-__all__ = ["Grower", "GrowthConfig", "GrowthEvent", "window_gain"]
+__all__ = ["Grower", "GrowthConfig", "GrowthEvent", "StopCause", "window_gain"]
 
+logger = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class GrowthConfig:
-    """Growth hyper-parameters; defaults are the paper's (section 4).
-
-    Attributes:
-        delta_acc: relative validation-accuracy gain between two consecutive windows below which
-            growth triggers (paper: 3e-3).
-        w_acc: window length in epochs (paper: 3).
-        tau: contrast threshold of the planner (paper: 5e-2).
-        delta_stop: minimum improvement of the window accuracy between two consecutive
-            triggers; below it growth stops for good (paper: 5e-2).
-        stop_mode: ``"absolute"`` (accuracy points, 0.05 = 5 points) or ``"relative"``.
-        max_step: most units one layer gains per growth (paper: unset; see docs/nagn.md).
-        where: ``"nagn"`` (paper), ``"uniform"`` or ``"random"``, at matched budget.
-        monotone: enforce the non-decreasing width constraint over the conv backbone.
-        fallback: planner rule when no layer clears ``tau`` (``"fraction"``, ``"unit"``, ``"none"``).
-        neighbourhood: ``"arithmetic"`` (the paper's eq. 2 and end rule) or ``"geometric"``
-            (the same in log space; see ``netsurgeon.nagn.planner.relative_contrast``).
-        every: NAGN is collected on one training step out of ``every``.
-        reduction: how the user's loss reduces over the batch (``"mean"`` or ``"sum"``).
-        restart_windows: restart the accuracy windows after each trigger.
-        max_growths: stop after this many growth events (``None``: no limit).
-        init: initialisation strategy for new units (``"paper"``, ``"net2net"``).
-        seed: seeds new weights and the ``"random"`` criterion.
-    """
-
-    delta_acc: float = 3e-3
-    w_acc: int = 3
-    tau: float = 5e-2
-    delta_stop: float = 5e-2
-    stop_mode: Literal["absolute", "relative"] = "absolute"
-    max_step: int | None = DEFAULT_MAX_STEP
-    where: str = "nagn"
-    monotone: bool = True
-    fallback: str = "fraction"
-    neighbourhood: Literal["arithmetic", "geometric"] = "arithmetic"
-    every: int = DEFAULT_EVERY
-    reduction: Literal["mean", "sum"] = "mean"
-    restart_windows: bool = True
-    max_growths: int | None = None
-    init: str = "paper"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.where not in WHERE_CRITERIA:
-            raise ValueError(f"where={self.where!r}; expected one of {sorted(WHERE_CRITERIA)}")
-        if self.stop_mode not in ("absolute", "relative"):
-            raise ValueError(f"stop_mode={self.stop_mode!r}; expected 'absolute' or 'relative'")
-        if isinstance(self.w_acc, bool) or not isinstance(self.w_acc, int) or self.w_acc < 1:
-            raise ValueError(f"w_acc={self.w_acc!r}; expected an int >= 1 (epochs per window)")
-        for name in ("delta_acc", "delta_stop", "tau"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name}={getattr(self, name)!r}; expected a finite number")
-
-
-@dataclass(frozen=True)
-class GrowthEvent:
-    """One growth: when, why (the NAGN profile and the planner's record) and what changed.
-
-    Attributes:
-        epoch: the epoch (1-based count of ``step`` calls) at whose end the model grew.
-        window_accuracy: mean validation accuracy of the window that triggered.
-        where: the criterion that spread the budget.
-        profile: NAGN per layer during the epoch.
-        plan: the planner's record (its increments are the NAGN plan's).
-        increments: units actually added per layer (equal to the plan's for ``"nagn"``).
-        widths_before, widths_after: layer widths.
-        params_before, params_after: parameter counts.
-    """
-
-    epoch: int
-    window_accuracy: float
-    where: str
-    profile: dict[str, float]
-    plan: GrowthPlan
-    increments: dict[str, int]
-    widths_before: dict[str, int]
-    widths_after: dict[str, int]
-    params_before: int
-    params_after: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["plan"] = self.plan.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GrowthEvent:
-        return cls(**{**data, "plan": GrowthPlan.from_dict(data["plan"])})
+StopCause = Literal["delta_stop", "max_growths", "budget"]
 
 
 def window_gain(accuracies: list[float], w: int) -> float | None:
@@ -153,16 +72,45 @@ class Grower:
     """Grow ``model`` in place during training, where NAGN says it is under-expressive.
 
     Args:
-        model: the user's model (any model ``netsurgeon.trace`` accepts).
-        optimizer: its state is carried across every growth.
+        model: the user's model (any model ``netsurgeon.trace`` accepts), not a DDP wrapper.
+        optimizer: the optimizer that trains ``model``; its state is carried across every growth.
+            ``None`` warns (:class:`~netsurgeon.errors.NetsurgeonWarning`): an optimizer with
+            per-parameter state that the grower does not know about fails at its next step.
         config: the growth rules.
+        example_inputs: one input batch (a tensor or a tuple of forward arguments; only shapes
+            are used) on which forward FLOPs are counted for the events and for ``max_flops``.
+        distributed: the model is trained with ``DistributedDataParallel``: agree on the
+            accuracy and all-reduce NAGN over ``group``; every rank calls ``step`` together.
+            See :mod:`netsurgeon.distributed`.
+        group: the process group (default: the whole world).
+
+    Attributes:
+        history: every :class:`GrowthEvent`, in order.
+        accuracies: every accuracy ``step`` recorded.
+        epoch: the number of completed ``step`` calls.
+        stopped: growth is disabled for good (``step`` still records accuracies).
+        stop_cause: why: ``"delta_stop"``, ``"max_growths"`` or ``"budget"``; ``None`` while
+            growing.
+        stop_reason: the same in words, with the numbers.
+
+    Raises:
+        WidenError: ``model`` is a DDP/FSDP/``torch.compile`` wrapper.
+        TypeError: ``optimizer`` or ``config`` has the wrong type.
+        ConfigError: the caps do not fit this model (unknown ``max_width`` layer, ``max_flops``
+            without ``example_inputs``, a model already above ``max_params``/``max_flops``).
 
     Example:
-        >>> grower = Grower(model, optimizer, GrowthConfig())          # doctest: +SKIP
-        >>> for epoch in range(epochs):                                 # doctest: +SKIP
-        ...     train_one_epoch(model, optimizer)   # NAGN collected here
-        ...     event = grower.step(evaluate(model, val_loader))
-        ...     if event: print(event.widths_after)
+        >>> import torch, torch.nn.functional as F
+        >>> from netsurgeon.models import vgg
+        >>> model = vgg([[4], [4]], num_classes=3, image_size=8)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> grower = Grower(model, opt, GrowthConfig(w_acc=1, delta_acc=1.0, every=1))
+        >>> for epoch in range(2):
+        ...     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+        ...     opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()  # NAGN here
+        ...     event = grower.step(0.5)  # validation accuracy, in [0, 1]
+        >>> event.epoch, event.params_after > event.params_before
+        (2, True)
     """
 
     def __init__(
@@ -170,12 +118,38 @@ class Grower:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
         config: GrowthConfig | None = None,
+        *,
+        example_inputs: Any = None,
+        distributed: bool = False,
+        group: Any = None,
     ) -> None:
+        _check_model(model)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise NetsurgeonTypeError(
+                f"Grower: optimizer must be a torch.optim.Optimizer or None, got "
+                f"{type(optimizer).__name__}."
+            )
+        if config is not None and not isinstance(config, GrowthConfig):
+            raise NetsurgeonTypeError(
+                f"Grower: config must be a GrowthConfig, got {type(config).__name__}; build one "
+                "with GrowthConfig(**fields)."
+            )
         self.model = model
         self.optimizer = optimizer
         self.config = config or GrowthConfig()
+        self.example_inputs = example_inputs
+        self.distributed = bool(distributed)
+        self.group = group
         graph = trace(model, strict=False)
         self.layers = graph.layers
+        if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
+            check_same_on_all_ranks(
+                (dataclasses.asdict(self.config), graph.widths()),
+                "the GrowthConfig or the model's widths",
+                group,
+            )
+        self._check_budget(graph.widths())
+        warn_about_optimizer(model, optimizer, stacklevel=2)
         self.monitor = NAGNMonitor(
             model, self.layers, reduction=self.config.reduction, every=self.config.every
         )
@@ -185,6 +159,9 @@ class Grower:
             monotone=self.config.monotone,
             fallback=self.config.fallback,
             neighbourhood=self.config.neighbourhood,
+            end_rule=self.config.end_rule,
+            score=self.config.score,
+            drag_limit=self.config.drag_limit,
         )
         device = next(model.parameters()).device
         self._weights_rng = torch.Generator(device=device).manual_seed(self.config.seed)
@@ -193,34 +170,111 @@ class Grower:
         self.accuracies: list[float] = []
         self.epoch = 0
         self.stopped = False
+        self.stop_cause: StopCause | None = None
         self.stop_reason: str | None = None
         self._window: list[float] = []
         self._last_trigger_accuracy: float | None = None
 
+    def _check_budget(self, widths: dict[str, int]) -> None:
+        cfg = self.config
+        if isinstance(cfg.max_width, dict):
+            unknown = sorted(set(cfg.max_width) - set(widths))
+            if unknown:
+                raise ConfigError(
+                    f"GrowthConfig.max_width names {unknown}, which are not layers of "
+                    f"{type(self.model).__name__}; layers: {list(widths)}."
+                )
+        if cfg.max_flops is not None and self.example_inputs is None:
+            raise ConfigError(
+                f"GrowthConfig.max_flops={cfg.max_flops} caps forward FLOPs, which are counted on "
+                "example inputs: pass Grower(..., example_inputs=one_batch)."
+            )
+        if cfg.max_params is None and self.example_inputs is None:
+            return
+        now = preview(self.model, {}, self.example_inputs)  # also proves FLOPs can be counted
+        for cap, value in (("max_params", now.params_before), ("max_flops", now.flops_before)):
+            limit = getattr(cfg, cap)
+            if limit is not None and value is not None and value > limit:
+                raise ConfigError(
+                    f"GrowthConfig.{cap}={limit:,} is below what the model has already "
+                    f"({value:,}); raise the cap, or drop it."
+                )
+
     # -- the per-epoch call ----------------------------------------------------------------------
-    def step(self, val_accuracy: float) -> GrowthEvent | None:
+    def step(self, val_accuracy: float | torch.Tensor) -> GrowthEvent | None:
         """Record this epoch's validation accuracy; grow if the rules say so.
+
+        Args:
+            val_accuracy: the fraction of correct validation samples, in [0, 1] (not percent).
+                With ``distributed=True`` the ranks' values are averaged first.
 
         Returns:
             The :class:`GrowthEvent` when the model grew at this call, else ``None``.
+
+        Raises:
+            ValueError: the accuracy is not a finite number in [0, 1]. Nothing changes.
+            MonitorError: a trigger found no NAGN (no training step since the last ``step``).
+                Nothing changes: train an epoch and call ``step`` again.
+            WidenError: the widening was refused. Nothing changes.
         """
-        if isinstance(val_accuracy, torch.Tensor):
-            val_accuracy = float(val_accuracy)
-        if not isinstance(val_accuracy, (int, float)) or not math.isfinite(val_accuracy):
-            raise ValueError(f"val_accuracy must be a finite number, got {val_accuracy!r}")
-        self.epoch += 1
-        self.accuracies.append(float(val_accuracy))
-        self._window.append(float(val_accuracy))
-        event = None
-        gain = window_gain(self._window, self.config.w_acc)
-        if not self.stopped and gain is not None and gain < self.config.delta_acc:
-            event = self._on_trigger()
+        accuracy = self._accuracy(val_accuracy)
+        saved = self._snapshot()
+        try:
+            event = self._advance(accuracy)
+        except BaseException as e:
+            self._restore(saved)
+            logger.warning(
+                "epoch %d: step failed (%s: %s); the model, the optimizer and the grower are "
+                "unchanged",
+                self.epoch + 1,
+                type(e).__name__,
+                e,
+            )
+            raise
         self.monitor.reset()
+        if self.stopped:
+            self.monitor.detach()
         return event
 
-    def _on_trigger(self) -> GrowthEvent | None:
+    def _accuracy(self, value: float | torch.Tensor) -> float:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value)
+        if self.distributed:
+            return agree_on_accuracy(value, self.group)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(
+                f"val_accuracy must be a finite number in [0, 1], got {type(value).__name__}"
+            )
+        if not math.isfinite(value):
+            raise ValueError(f"val_accuracy must be a finite number in [0, 1], got {value!r}")
+        if not 0.0 <= value <= 1.0:
+            hint = f" ({value} -> {value / 100:g})" if 1.0 < value <= 100.0 else ""
+            raise ValueError(
+                f"val_accuracy={value!r} is outside [0, 1]: pass the fraction of correct samples, "
+                f"not a percentage{hint}. delta_stop={self.config.delta_stop} is in the same units "
+                "(0.05 = 5 points)."
+            )
+        return float(value)
+
+    def _advance(self, accuracy: float) -> GrowthEvent | None:
+        self.epoch += 1
+        self.accuracies.append(accuracy)
+        self._window.append(accuracy)
+        gain = window_gain(self._window, self.config.w_acc)
+        if self.stopped or gain is None or gain >= self.config.delta_acc:
+            return None
+        return self._on_trigger(gain)
+
+    def _on_trigger(self, gain: float) -> GrowthEvent | None:
         cfg = self.config
         accuracy = sum(self._window[-cfg.w_acc :]) / cfg.w_acc
+        logger.info(
+            "epoch %d: trigger: window gain %.4g < delta_acc=%g (window mean %.4f)",
+            self.epoch,
+            gain,
+            cfg.delta_acc,
+            accuracy,
+        )
         if cfg.restart_windows:
             self._window = []
         if self._last_trigger_accuracy is not None:
@@ -229,18 +283,24 @@ class Grower:
                 improvement /= self._last_trigger_accuracy
             if improvement < cfg.delta_stop:
                 self._stop(
+                    "delta_stop",
                     f"epoch {self.epoch}: window accuracy improved by {improvement:.4g} "
-                    f"({cfg.stop_mode}) since the last trigger, below delta_stop={cfg.delta_stop}"
+                    f"({cfg.stop_mode}) since the last trigger, below delta_stop={cfg.delta_stop}",
                 )
                 return None
         self._last_trigger_accuracy = accuracy
         event = self._grow(accuracy)
-        if cfg.max_growths is not None and len(self.history) >= cfg.max_growths:
-            self._stop(f"reached max_growths={cfg.max_growths}")
+        if (
+            event is not None
+            and cfg.max_growths is not None
+            and len(self.history) >= cfg.max_growths
+        ):
+            self._stop("max_growths", f"reached max_growths={cfg.max_growths}")
         return event
 
     def _grow(self, accuracy: float) -> GrowthEvent | None:
-        profile = self.monitor.profile()  # MonitorError if the epoch had no training step
+        cfg = self.config
+        profile = self.monitor.profile(all_reduce=self.distributed, group=self.group)
         graph = trace(self.model, strict=False)
         widths = graph.widths()
         growable = graph.widenable_layers
@@ -248,44 +308,109 @@ class Grower:
             profile,
             widths,
             output_layers=[n for n in self.layers if n not in growable],
-            monotone_groups=conv_backbone_groups(self.model, self.layers)
-            if self.config.monotone
-            else None,
+            monotone_groups=conv_backbone_groups(self.model, self.layers) if cfg.monotone else None,
         )
-        increments = WHERE_CRITERIA[self.config.where](
-            plan.increments, widths, growable, self._where_rng
-        )
-        if not increments:
+        requested = WHERE_CRITERIA[cfg.where](plan.increments, widths, growable, self._where_rng)
+        if not requested:
+            logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
+            return None
+        fitted = self._fit(requested)
+        same = fitted.increments == plan.increments
+        plan = plan.with_cost(fitted.cost if same else self._preview(plan.increments))
+        logger.debug("epoch %d: %s", self.epoch, plan)
+        if not fitted.increments:
+            message = (
+                f"epoch {self.epoch}: the caps {_caps(cfg, fitted.limited_by)} leave no room for "
+                f"{requested} (the model has {fitted.cost.params_before:,} parameters)"
+            )
+            if _budget_exhausted(cfg, fitted, widths, growable):
+                self._stop("budget", message)
+            else:
+                logger.info("%s; other layers may still grow later", message)
             return None
         params_before = _count(self.model)
         widen(
             self.model,
-            increments,
+            fitted.increments,
             optimizer=self.optimizer,
             generator=self._weights_rng,
-            init=self.config.init,
+            init=cfg.init,
+            graph=graph,
         )
+        # Nothing below can fail: the widening is the step's last fallible operation.
         event = GrowthEvent(
             epoch=self.epoch,
             window_accuracy=accuracy,
-            where=self.config.where,
+            where=cfg.where,
             profile=profile,
             plan=plan,
-            increments=increments,
+            increments=fitted.increments,
             widths_before=widths,
-            widths_after=graph.widths(),
+            widths_after=fitted.cost.widths_after,
             params_before=params_before,
             params_after=_count(self.model),
+            optimizer=None if self.optimizer is None else type(self.optimizer).__name__,
+            optimizer_known=optimizer_is_known(self.optimizer),
+            requested=requested,
+            limited_by=fitted.limited_by,
+            cost=fitted.cost,
         )
         self.history.append(event)
+        logger.info("epoch %d: %s", event.epoch, event.summary())
         return event
 
-    def _stop(self, reason: str) -> None:
-        self.stopped, self.stop_reason = True, reason
+    def _fit(self, requested: dict[str, int]) -> FittedPlan:
+        budget = self.config.budget
+        if budget.active:
+            return fit_to_budget(
+                self.model, requested, budget, self.example_inputs, init=self.config.init
+            )
+        return FittedPlan(requested, requested, (), 1.0, self._preview(requested))
+
+    def _preview(self, increments: dict[str, int]) -> CostPreview:
+        return preview(self.model, increments, self.example_inputs, init=self.config.init)
+
+    def _stop(self, cause: StopCause, reason: str) -> None:
+        self.stopped, self.stop_cause, self.stop_reason = True, cause, reason
+        logger.info("epoch %d: growth stopped (%s): %s", self.epoch, cause, reason)
+
+    # -- atomicity ---------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple[Any, ...]:
+        return (
+            self.epoch,
+            list(self.accuracies),
+            list(self._window),
+            self._last_trigger_accuracy,
+            self.stopped,
+            self.stop_cause,
+            self.stop_reason,
+            list(self.history),
+            self._weights_rng.get_state(),
+            self._where_rng.get_state(),
+        )
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        (
+            self.epoch,
+            accuracies,
+            window,
+            self._last_trigger_accuracy,
+            self.stopped,
+            self.stop_cause,
+            self.stop_reason,
+            history,
+            weights_rng,
+            where_rng,
+        ) = saved
+        self.accuracies[:] = accuracies
+        self._window = window
+        self.history[:] = history
+        self._weights_rng.set_state(weights_rng)
+        self._where_rng.set_state(where_rng)
 
     # -- lifecycle and checkpoints ----------------------------------------------------------------
     def close(self) -> None:
-        """Detach the monitor's hooks."""
+        """Detach the monitor's hooks (growth stopping does this too)."""
         self.monitor.detach()
 
     def state_dict(self) -> dict[str, Any]:
@@ -297,6 +422,7 @@ class Grower:
             "window": list(self._window),
             "last_trigger_accuracy": self._last_trigger_accuracy,
             "stopped": self.stopped,
+            "stop_cause": self.stop_cause,
             "stop_reason": self.stop_reason,
             "history": [event.to_dict() for event in self.history],
             "weights_rng": self._weights_rng.get_state(),
@@ -305,21 +431,60 @@ class Grower:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (load the grown model with
-        ``netsurgeon.load_state_dict`` first)."""
+        ``netsurgeon.load_state_dict`` first). Nothing changes if it raises."""
         if state["config"] != dataclasses.asdict(self.config):
             raise ValueError(
                 "the checkpoint was made with a different GrowthConfig; construct the Grower "
                 f"with GrowthConfig(**state['config']). Checkpoint: {state['config']}"
             )
+        history = [GrowthEvent.from_dict(e) for e in state["history"]]
+        rng_states = (self._weights_rng.get_state(), self._where_rng.get_state())
+        try:
+            self._weights_rng.set_state(state["weights_rng"])
+            self._where_rng.set_state(state["where_rng"])
+        except Exception:
+            self._weights_rng.set_state(rng_states[0])
+            self._where_rng.set_state(rng_states[1])
+            raise
         self.epoch = state["epoch"]
         self.accuracies = list(state["accuracies"])
         self._window = list(state["window"])
         self._last_trigger_accuracy = state["last_trigger_accuracy"]
         self.stopped = state["stopped"]
+        self.stop_cause = state.get("stop_cause")
         self.stop_reason = state["stop_reason"]
-        self.history = [GrowthEvent.from_dict(e) for e in state["history"]]
-        self._weights_rng.set_state(state["weights_rng"])
-        self._where_rng.set_state(state["where_rng"])
+        self.history = history
+        if self.stopped:
+            self.monitor.detach()
+        else:
+            self.monitor.attach()
+
+
+def _check_model(model: object) -> None:
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise WidenError(
+            "Grower got a DistributedDataParallel wrapper; grow the plain module: "
+            "Grower(ddp.module, optimizer, config, distributed=True), and after each growth "
+            "ddp = netsurgeon.distributed.rewrap(ddp)."
+        )
+    if not isinstance(model, nn.Module):
+        raise NetsurgeonTypeError(f"Grower expects an nn.Module, got {type(model).__name__}.")
+
+
+def _budget_exhausted(
+    config: GrowthConfig, fitted: FittedPlan, widths: dict[str, int], growable: list[str]
+) -> bool:
+    """Whether no future plan can fit: a global cap bound, or every layer is at its width cap."""
+    if set(fitted.limited_by) & {"max_params", "max_flops"}:
+        return True
+    budget = config.budget
+    return all(
+        (cap := budget.width_cap(name)) is not None and widths[name] >= cap for name in growable
+    )
+
+
+def _caps(config: GrowthConfig, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{name}={getattr(config, name)}" for name in names) or "(none)"
 
 
 def _count(model: nn.Module) -> int:

@@ -224,20 +224,37 @@ class NAGNMonitor:
         """Training forwards selected for collection since the last reset."""
         return self._collected
 
-    def profile(self) -> dict[str, float]:
+    def profile(self, *, all_reduce: bool = False, group: Any = None) -> dict[str, float]:
         """``{layer: NAGN}`` in depth order. The only place that synchronises with the device.
 
+        Args:
+            all_reduce: sum the accumulators of every rank of ``group`` first (one
+                ``torch.distributed.all_reduce`` of a ``(2, layers)`` float64 tensor), so every
+                rank gets the NAGN of all the samples seen by all ranks. Every rank of the group
+                must call it (a collective); the local accumulators are left as they are.
+            group: the process group (default: the whole world).
+
         Raises:
-            MonitorError: a layer has received no gradient since the last reset.
+            MonitorError: a layer has received no gradient since the last reset (on any rank,
+                with ``all_reduce``).
         """
-        empty = [s.name for s in self._states if s.samples == 0 or s.total is None]
+        totals = [0.0 if s.total is None else s.total for s in self._states]
+        samples = [s.samples for s in self._states]
+        scope = ""
+        if all_reduce:
+            totals, samples, world = _all_reduce_sums(totals, samples, group)
+            scope = f" on any of the {world} ranks"
+        empty = [s.name for s, n in zip(self._states, samples, strict=True) if n == 0]
         if empty:
             raise MonitorError(
-                f"NAGNMonitor has no gradient for layer(s) {empty} since the last reset "
-                f"({self._steps} training forwards seen, every={self.every}). Run a training "
+                f"NAGNMonitor has no gradient for layer(s) {empty} since the last reset{scope} "
+                f"({self._steps} training forwards seen here, every={self.every}). Run a training "
                 "forward and backward (grad enabled, model.train()) while the monitor is attached."
             )
-        return {s.name: math.sqrt(float(s.total) / s.samples) for s in self._states}
+        return {
+            s.name: math.sqrt(float(total) / n)
+            for s, total, n in zip(self._states, totals, samples, strict=True)
+        }
 
     # ------------------------------------------------------------------ hooks
 
@@ -283,3 +300,36 @@ class NAGNMonitor:
             state.total = state.total.to(grad.device)
         state.total.add_(norm.square(), alpha=scale)
         state.samples += batch
+
+
+def _all_reduce_sums(
+    totals: list[Any], samples: list[int], group: Any
+) -> tuple[list[float], list[int], int]:
+    """Sum per-layer ``totals`` and ``samples`` over the ranks of ``group`` (one collective)."""
+    import torch.distributed as dist  # lazy: most users never need it
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise MonitorError(
+            "NAGNMonitor.profile(all_reduce=True) needs an initialised torch.distributed process "
+            "group; call torch.distributed.init_process_group first, or use all_reduce=False."
+        )
+    backend = str(dist.get_backend(group))
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if "nccl" in backend
+        else torch.device("cpu")
+    )
+    sums = torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.as_tensor(t).to(device=device, dtype=torch.float64).reshape(())
+                    for t in totals
+                ]
+            ),
+            torch.tensor(samples, dtype=torch.float64, device=device),
+        ]
+    )
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    sums = sums.cpu()
+    return sums[0].tolist(), [round(n) for n in sums[1].tolist()], dist.get_world_size(group)

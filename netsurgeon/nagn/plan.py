@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from netsurgeon.cost import CostPreview
 
 __all__ = ["GrowthPlan", "LayerPlan"]
 
@@ -25,8 +28,9 @@ class LayerPlan:
         nagn: ``NAGN_l``.
         neighbour: neighbourhood mean ``g~_l`` actually used for the contrast.
         neighbour_rule: ``"interior"``, ``"extrapolated"``, ``"adjacent"`` (end layer whose
-            extrapolation was <= 0), ``"single"`` (one-layer profile) or ``"zero"`` (neighbourhood
-            mean is 0: no evidence, ``r = 0``).
+            extrapolation was <= 0, or ``end_rule="adjacent"``), ``"end-none"`` (end layer under
+            ``end_rule="none"``: ``r = 0``), ``"single"`` (one-layer profile) or ``"zero"``
+            (neighbourhood mean is 0: no evidence, ``r = 0``).
         extrapolated: the raw extrapolation for end layers (may be <= 0), else ``None``.
         contrast: relative contrast ``r_l``.
         excess: ``p_l = max(r_l - tau, 0)``.
@@ -64,6 +68,12 @@ class GrowthPlan:
         max_excess: ``max_j p_j`` over growable layers.
         tau, max_step, monotone, fallback, fallback_fraction: the settings used.
         monotone_groups: the layer groups the constraint was applied to.
+        cost: what applying ``increments`` costs (widths, parameters and FLOPs before and after,
+            a :class:`~netsurgeon.cost.CostPreview`), when attached with :meth:`with_cost`
+            (the grower does); ``None`` otherwise.
+        neighbourhood, end_rule, score, drag_limit: the readings used (see
+            :func:`netsurgeon.nagn.planner.plan_growth`); records written before a reading
+            existed read back with its default, which is what they were planned with.
     """
 
     rows: tuple[LayerPlan, ...]
@@ -77,6 +87,15 @@ class GrowthPlan:
     fallback_fraction: float
     monotone_groups: tuple[tuple[str, ...], ...] = field(default=())
     neighbourhood: str = "arithmetic"
+    end_rule: str = "extrapolate"
+    score: str = "normalised"
+    drag_limit: str = "step"
+    cost: CostPreview | None = None
+
+    def with_cost(self, cost: CostPreview) -> GrowthPlan:
+        """This plan with ``cost`` attached (e.g. ``netsurgeon.preview(model, plan.increments,
+        x)``); ``str(plan)`` then shows widths, parameters and FLOPs before and after."""
+        return replace(self, cost=cost)
 
     @property
     def layers(self) -> list[str]:
@@ -118,6 +137,7 @@ class GrowthPlan:
         out = asdict(self)
         out["monotone_groups"] = [list(g) for g in self.monotone_groups]
         out["increments"] = self.increments
+        out["cost"] = None if self.cost is None else self.cost.to_dict()
         return _finite_or_none(out)
 
     @classmethod
@@ -126,11 +146,17 @@ class GrowthPlan:
         rows = tuple(
             LayerPlan(**{k: _nan_if_none(k, v) for k, v in row.items()}) for row in data["rows"]
         )
-        names = {f.name for f in fields(cls)} - {"rows", "monotone_groups"}
+        names = {f.name for f in fields(cls)} - {"rows", "monotone_groups", "cost"}
+        cost = data.get("cost")
+        if cost is not None:
+            from netsurgeon.cost import CostPreview  # records stay importable without torch
+
+            cost = CostPreview.from_dict(cost)
         return cls(
             rows=rows,
             monotone_groups=tuple(tuple(g) for g in data.get("monotone_groups", ())),
-            **{k: _nan_if_none(k, data[k]) for k in names},
+            cost=cost,
+            **{k: _nan_if_none(k, data[k]) for k in names if k in data},
         )
 
     def to_json(self, **kwargs: Any) -> str:
@@ -140,9 +166,17 @@ class GrowthPlan:
     def __str__(self) -> str:
         head = (
             f"GrowthPlan(rule={self.rule}, tau={self.tau:g}, max_step={self.max_step}, "
-            f"monotone={self.monotone}, fallback={self.fallback}, m={self.median_slope:.4g})"
+            f"monotone={self.monotone}, fallback={self.fallback}, m={self.median_slope:.4g}"
+            + "".join(
+                f", {name}={getattr(self, name)}"
+                for name, default in _READING_DEFAULTS.items()
+                if getattr(self, name) != default
+            )
+            + ")"
         )
-        cols = ("layer", "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn", "")
+        cols = ("layer", "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn")
+        cost_cols = ("n'", "params", "params'", "FLOPs", "FLOPs'") if self.cost else ()
+        cols = (*cols, *cost_cols, "")
         lines = [
             (
                 row.name,
@@ -155,23 +189,54 @@ class GrowthPlan:
                 f"{row.score:.3f}",
                 str(row.raw_increment),
                 str(row.increment),
+                *self._cost_cells(row.name),
                 ("output" if row.is_output else "") + (" monotone" if row.adjusted else ""),
             )
             for row in self.rows
         ]
+        if self.cost is not None:
+            total = self.cost.total
+            lines.append(("total", *[""] * 9, *self._cost_cells(None, total), ""))
         widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
 
         def fmt(cells: Sequence[str]) -> str:
             first = cells[0].ljust(widths[0])
             rest = (
-                c.rjust(w) if i < 9 else c
+                c.rjust(w) if i < len(cols) - 2 else c
                 for i, (c, w) in enumerate(zip(cells[1:], widths[1:], strict=True))
             )
             return "  ".join([first, *rest]).rstrip()
 
         return "\n".join([head, fmt(cols), *(fmt(line) for line in lines)])
 
+    def _cost_cells(self, name: str | None, row: Any = None) -> tuple[str, ...]:
+        """The cost columns of layer ``name`` (or of ``row``): n', params, params', FLOPs, FLOPs'."""
+        if self.cost is None:
+            return ()
+        if row is None:
+            try:
+                row = self.cost.row(name)
+            except KeyError:
+                return ("",) * 5
 
+        def num(x: int | None) -> str:
+            return "-" if x is None else f"{x:,}"
+
+        return (
+            str(row.width_after) if row.width_after else "",
+            num(row.params_before),
+            num(row.params_after),
+            num(row.flops_before),
+            num(row.flops_after),
+        )
+
+
+_READING_DEFAULTS = {
+    "neighbourhood": "arithmetic",
+    "end_rule": "extrapolate",
+    "score": "normalised",
+    "drag_limit": "step",
+}
 _FLOAT_FIELDS = frozenset(
     {"nagn", "neighbour", "contrast", "excess", "score", "median_slope", "max_excess"}
 )

@@ -21,22 +21,43 @@ Given a NAGN profile ``g_1 .. g_L`` (depth order) and the current widths ``n_1 .
 
 Every intermediate is kept in a frozen :class:`GrowthPlan`. The plan is exactly invariant to
 scaling the profile by a power of two (the contrast is a ratio).
+
+Readings the paper leaves open, as named options (defaults = the paper's text; docs/nagn.md):
+
+- ``end_rule``: the end layers' neighbourhood: ``"extrapolate"`` (median slope, step 1),
+  ``"adjacent"`` (the single real neighbour) or ``"none"`` (no contrast at the ends: ``r = 0``).
+- ``score``: ``"normalised"`` (``s = p / max p``, step 3), ``"damped"`` (``s = p / max(max p, 1)``:
+  normalised only when the leading excess exceeds 1, else the excess itself, so a layer that
+  clears ``tau`` by 0.2 gains 20 % instead of doubling) or ``"excess"`` (``s = min(p, 1)``, never
+  normalised).
+- ``drag_limit``: how far the non-decreasing constraint may raise a layer in one step:
+  ``"step"`` (``min(max_step, n_l)``, step 6), ``"double"`` (``n_l``, ignoring ``max_step``) or
+  ``"none"`` (all the way to its predecessor).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from netsurgeon.errors import PlanError
+from netsurgeon.nagn.contrast import (
+    END_RULES,
+    NEIGHBOURHOODS,
+    EndRule,
+    Neighbourhood,
+    relative_contrast,
+)
 from netsurgeon.nagn.plan import GrowthPlan, LayerPlan
 
 __all__ = [
+    "DRAG_LIMITS",
+    "END_RULES",
     "FALLBACKS",
+    "SCORES",
     "GrowthPlan",
     "GrowthPlanner",
     "LayerPlan",
@@ -52,92 +73,13 @@ FALLBACKS: tuple[str, ...] = ("fraction", "unit", "none")
 #: Default per-step cap on added units (Delta_max); see docs/nagn.md for the reasoning.
 DEFAULT_MAX_STEP = 32
 
-Neighbourhood = Literal["arithmetic", "geometric"]
-NEIGHBOURHOODS = ("arithmetic", "geometric")
+Score = Literal["normalised", "damped", "excess"]
+SCORES: tuple[str, ...] = ("normalised", "damped", "excess")
+DragLimit = Literal["step", "double", "none"]
+DRAG_LIMITS: tuple[str, ...] = ("step", "double", "none")
 
 
-# ----------------------------------------------------------------------------- records
-
-
-def relative_contrast(
-    nagn: Sequence[float], neighbourhood: Neighbourhood = "arithmetic"
-) -> tuple[list[float], list[float], list[str], list[float | None], float]:
-    """Neighbourhood means and relative contrasts of a profile (paper eq. 2 and the end rule).
-
-    Args:
-        nagn: ``(L,)`` non-negative NAGN values in depth order.
-        neighbourhood: ``"arithmetic"`` (the paper: mean of the two neighbours, median slope of
-            differences at the ends) or ``"geometric"`` (the same rules in log space: geometric
-            mean of the neighbours, median *ratio* at the ends; ``m`` is then that log-ratio).
-            NAGN tends to grow geometrically with depth; in log space such a trend has zero
-            contrast everywhere, including at the end layers. Needs a positive profile; with a
-            zero anywhere the arithmetic rules are used.
-
-    Returns:
-        ``(neighbour, contrast, rule, extrapolated, m)``: three ``(L,)`` lists (see
-        :class:`LayerPlan` for the rule names), the ``(L,)`` raw end-layer extrapolations
-        (``None`` for interior layers) and the median slope ``m`` (``nan`` when ``L == 1``).
-
-    Example:
-        >>> _, r, _, _, m = relative_contrast([1.0, 2.0, 1.0, 1.0])
-        >>> [round(x, 3) for x in r], m
-        ([-0.5, 1.0, -0.333, 0.0], 0.0)
-    """
-    g = [float(x) for x in nagn]
-    size = len(g)
-    if size == 1:
-        return [g[0]], [0.0], ["single"], [None], math.nan
-    if neighbourhood == "geometric" and min(g) > 0:
-        return _geometric_contrast(g)
-    m = statistics.median(g[i + 1] - g[i] for i in range(size - 1))
-    neighbour: list[float] = []
-    rule: list[str] = []
-    extrapolated: list[float | None] = []
-    for i in range(size):
-        if 0 < i < size - 1:
-            neighbour.append((g[i - 1] + g[i + 1]) / 2)
-            rule.append("interior")
-            extrapolated.append(None)
-            continue
-        adjacent = g[1] if i == 0 else g[size - 2]
-        guess = adjacent - m if i == 0 else adjacent + m
-        extrapolated.append(guess)
-        if guess > 0:
-            neighbour.append(guess)
-            rule.append("extrapolated")
-        else:
-            neighbour.append(adjacent)
-            rule.append("adjacent")
-    contrast = []
-    for i in range(size):
-        if neighbour[i] > 0:  # a vanishing neighbourhood may overflow: keep it finite
-            contrast.append(min(g[i] / neighbour[i] - 1.0, sys.float_info.max))
-        else:
-            contrast.append(0.0)
-            rule[i] = "zero"
-    return neighbour, contrast, rule, extrapolated, m
-
-
-def _geometric_contrast(
-    g: list[float],
-) -> tuple[list[float], list[float], list[str], list[float | None], float]:
-    """:func:`relative_contrast` in log space, for a strictly positive profile."""
-    logs = [math.log(x) for x in g]
-    size = len(g)
-    m = statistics.median(logs[i + 1] - logs[i] for i in range(size - 1))
-    neighbour, rule, extrapolated = [], [], []
-    for i in range(size):
-        if 0 < i < size - 1:
-            neighbour.append(math.exp((logs[i - 1] + logs[i + 1]) / 2))
-            rule.append("interior")
-            extrapolated.append(None)
-        else:
-            guess = math.exp(logs[1] - m) if i == 0 else math.exp(logs[size - 2] + m)
-            neighbour.append(guess)
-            rule.append("extrapolated")
-            extrapolated.append(guess)
-    contrast = [min(x / nb - 1.0, sys.float_info.max) for x, nb in zip(g, neighbour, strict=True)]
-    return neighbour, contrast, rule, extrapolated, m
+# ----------------------------------------------------------------------------- constraint
 
 
 def monotone_adjust(
@@ -193,6 +135,20 @@ def _check_settings(
         or not 0 < fallback_fraction <= 1
     ):
         raise PlanError(f"fallback_fraction must be in (0, 1]; found {fallback_fraction!r}.")
+
+
+def _check_readings(neighbourhood: str, end_rule: str, score: str, drag_limit: str) -> None:
+    for name, value, allowed in (
+        ("neighbourhood", neighbourhood, NEIGHBOURHOODS),
+        ("end_rule", end_rule, END_RULES),
+        ("score", score, SCORES),
+        ("drag_limit", drag_limit, DRAG_LIMITS),
+    ):
+        if value not in allowed:
+            raise PlanError(
+                f"{name}={value!r} is not a planner reading; expected one of {allowed} "
+                "(docs/nagn.md, 'Choices the paper leaves open')."
+            )
 
 
 def _check_inputs(
@@ -279,6 +235,9 @@ def plan_growth(
     fallback: Fallback = "fraction",
     fallback_fraction: float = 0.125,
     neighbourhood: Neighbourhood = "arithmetic",
+    end_rule: EndRule = "extrapolate",
+    score: Score = "normalised",
+    drag_limit: DragLimit = "step",
 ) -> GrowthPlan:
     """Decide how many units each layer gains from its NAGN profile (paper section 3).
 
@@ -298,6 +257,12 @@ def plan_growth(
         fallback_fraction: the fraction used by ``fallback="fraction"``.
         neighbourhood: ``"arithmetic"`` (the paper) or ``"geometric"``; see
             :func:`relative_contrast`.
+        end_rule: the end layers' neighbourhood: ``"extrapolate"`` (the paper),
+            ``"adjacent"`` or ``"none"``; see :func:`relative_contrast`.
+        score: ``"normalised"`` (the paper: ``s = p / max p``), ``"damped"``
+            (``s = p / max(max p, 1)``) or ``"excess"`` (``s = min(p, 1)``).
+        drag_limit: most the non-decreasing constraint adds to a layer in one step:
+            ``"step"`` (``min(max_step, n_l)``), ``"double"`` (``n_l``) or ``"none"``.
 
     Returns:
         A frozen :class:`GrowthPlan`; ``plan.increments`` is ``{layer: dn > 0}``.
@@ -313,8 +278,7 @@ def plan_growth(
         {'b': 4}
     """
     _check_settings(tau, max_step, fallback, fallback_fraction)
-    if neighbourhood not in NEIGHBOURHOODS:
-        raise PlanError(f"neighbourhood={neighbourhood!r}; expected one of {NEIGHBOURHOODS}")
+    _check_readings(neighbourhood, end_rule, score, drag_limit)
     names, g, n = _check_inputs(profile, widths)
     if output_layers is None:
         outputs = {names[-1]}
@@ -331,7 +295,7 @@ def plan_growth(
     growable = [i for i, name in enumerate(names) if name not in outputs]
     cap = [n[i] if max_step is None else min(max_step, n[i]) for i in range(len(names))]
 
-    neighbour, r, how, extrapolated, m = relative_contrast(g, neighbourhood)
+    neighbour, r, how, extrapolated, m = relative_contrast(g, neighbourhood, end_rule)
     p = [max(x - tau, 0.0) for x in r]
     max_p = max((p[i] for i in growable), default=0.0)
     s = [0.0] * len(names)
@@ -340,8 +304,9 @@ def plan_growth(
         rule = "no growable layers"
     elif max_p > 0:
         rule = "contrast"
+        scale = {"normalised": max_p, "damped": max(max_p, 1.0), "excess": 1.0}[score]
         for i in growable:
-            s[i] = p[i] / max_p
+            s[i] = min(p[i] / scale, 1.0)
             raw[i] = min(cap[i], math.floor(s[i] * n[i]))
     else:
         rule = f"fallback:{fallback}"
@@ -362,8 +327,9 @@ def plan_growth(
         index = {name: i for i, name in enumerate(names)}
         for group in groups:
             members = [index[name] for name in group if name not in outputs]
+            drag = {"step": cap, "double": n, "none": [sys.maxsize] * len(n)}[drag_limit]
             adjusted = monotone_adjust(
-                [n[i] for i in members], [final[i] for i in members], [cap[i] for i in members]
+                [n[i] for i in members], [final[i] for i in members], [drag[i] for i in members]
             )
             for i, dn in zip(members, adjusted, strict=True):
                 final[i] = dn
@@ -398,6 +364,9 @@ def plan_growth(
         fallback_fraction=float(fallback_fraction),
         monotone_groups=groups,
         neighbourhood=neighbourhood,
+        end_rule=end_rule,
+        score=score,
+        drag_limit=drag_limit,
     )
 
 
@@ -438,6 +407,7 @@ class GrowthPlanner:
         monotone: enforce the non-decreasing width constraint.
         fallback: ``"fraction"``, ``"unit"`` or ``"none"`` (see :func:`plan_growth`).
         fallback_fraction: fraction of the width a fallback layer gains (at least one unit).
+        neighbourhood, end_rule, score, drag_limit: the readings of :func:`plan_growth`.
 
     Example:
         >>> planner = GrowthPlanner(tau=0.05, max_step=4)
@@ -452,9 +422,13 @@ class GrowthPlanner:
     fallback: Fallback = "fraction"
     fallback_fraction: float = 0.125
     neighbourhood: Neighbourhood = "arithmetic"
+    end_rule: EndRule = "extrapolate"
+    score: Score = "normalised"
+    drag_limit: DragLimit = "step"
 
     def __post_init__(self) -> None:
         _check_settings(self.tau, self.max_step, self.fallback, self.fallback_fraction)
+        _check_readings(self.neighbourhood, self.end_rule, self.score, self.drag_limit)
 
     def plan(
         self,
@@ -476,4 +450,7 @@ class GrowthPlanner:
             fallback=self.fallback,
             fallback_fraction=self.fallback_fraction,
             neighbourhood=self.neighbourhood,
+            end_rule=self.end_rule,
+            score=self.score,
+            drag_limit=self.drag_limit,
         )

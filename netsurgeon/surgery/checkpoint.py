@@ -25,8 +25,20 @@ __all__ = ["load_state_dict", "plan_from_state_dict"]
 class _Placeholder(PaperInit):
     """Zero rows: the checkpoint's values overwrite them, and no random number is drawn."""
 
-    def new_rows(self, weight, out, *, old_in, sources, generator):
-        out.zero_()
+    def fill_rows(self, weight, *, row_inserts, col_inserts, old_in, sources, generator):
+        pass  # new rows stay zero
+
+    def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
+        if fill is not None:
+            super().fill_entries(
+                tensor,
+                dim=dim,
+                index_map=index_map,
+                inserts=inserts,
+                fill=fill,
+                sources=sources,
+                generator=generator,
+            )
 
 
 def plan_from_state_dict(

@@ -20,11 +20,14 @@ A new strategy is one class with the four methods of :class:`InitStrategy` and a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, TypeVar
 
 import torch
+
+from netsurgeon.graph import IndexMap, Insertion
+from netsurgeon.surgery.index import kept_index, place, slots
 
 __all__ = [
     "INIT_STRATEGIES",
@@ -52,61 +55,70 @@ def register_init(name: str) -> Callable[[S], S]:
 
 
 class InitStrategy:
-    """How to fill the grown part of each tensor. Subclasses implement the four methods."""
+    """How to fill the grown part of each tensor. Subclasses implement the four methods.
+
+    Every method works on a tensor whose old entries are already in place (see
+    :mod:`netsurgeon.surgery.index`) and whose new entries are zero; ``inserts`` say where the new
+    entries are, ``index_map`` which group channels the entries of a dim hold, and ``sources``
+    (per group) which old channel each new channel derives from.
+    """
 
     name: ClassVar[str] = ""
 
-    def sources(self, width: int, k: int, generator: torch.Generator | None) -> torch.Tensor | None:
-        """Which old unit each of the ``k`` new units derives from (``None``: from none)."""
+    def sources(
+        self, width: int, k: int, blocks: int, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """For each of the ``k`` new channels, the old channel it derives from (``None``: none).
+
+        New channels ``[j*k/b, (j+1)*k/b)`` go to block ``j``; their sources must lie in it.
+        """
         return None
 
-    def grow_columns(
+    def fill_columns(
         self,
         weight: torch.Tensor,
-        out: torch.Tensor,
         *,
-        width: int,
-        k: int,
-        multiplicity: int,
-        sources: torch.Tensor | None,
+        index_map: IndexMap,
+        inserts: Sequence[Insertion],
+        sources: Mapping[str, torch.Tensor | None],
+        widths: Mapping[str, int],
         generator: torch.Generator | None,
     ) -> None:
-        """Write ``weight`` ``(o, i, *kernel)`` grown to ``(o, i + k*m, *kernel)`` into ``out``.
+        """Write the new input columns (dim 1) of ``weight`` ``(out, in_new, *kernel)``.
 
-        ``width`` is the producer's old width (``i = width * m``).
+        ``widths`` are the old widths of the groups in ``index_map``.
         """
         raise NotImplementedError
 
-    def new_rows(
+    def fill_rows(
         self,
         weight: torch.Tensor,
-        out: torch.Tensor,
         *,
+        row_inserts: Sequence[Insertion],
+        col_inserts: Sequence[Insertion],
         old_in: int,
         sources: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> None:
-        """Write the ``k`` new output rows ``(k, i, *kernel)`` into ``out``.
-
-        ``weight`` ``(o, i, *kernel)`` already has its grown input columns; ``old_in`` is the
-        input width before this widening (the columns carrying signal).
-        """
+        """Write the new output rows (dim 0) of ``weight``; ``old_in`` columns carry signal."""
         raise NotImplementedError
 
-    def new_bias(self, bias: torch.Tensor, k: int, sources: torch.Tensor | None) -> torch.Tensor:
-        """The ``(k,)`` biases of the new outputs."""
-        raise NotImplementedError
-
-    def grow_channelwise(
+    def fill_entries(
         self,
         tensor: torch.Tensor,
         *,
-        k: int,
-        multiplicity: int,
-        fill: float,
-        sources: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """A follower's per-channel tensor ``(n*m,)`` -> ``((n + k)*m,)``."""
+        dim: int,
+        index_map: IndexMap,
+        inserts: Sequence[Insertion],
+        fill: float | None,
+        sources: Mapping[str, torch.Tensor | None],
+        generator: torch.Generator | None,
+    ) -> None:
+        """Write the new entries of a per-channel tensor (a bias, BatchNorm, a depthwise filter).
+
+        ``fill`` is the paper's value for a new entry; ``None`` means Kaiming over the rest of
+        the entry (a depthwise filter over its kernel).
+        """
         raise NotImplementedError
 
 
@@ -114,20 +126,29 @@ class InitStrategy:
 class PaperInit(InitStrategy):
     """The paper's scheme (module docstring): Kaiming rows, zero columns, neutral followers."""
 
-    def grow_columns(self, weight, out, *, width, k, multiplicity, sources, generator):
-        out[:, : weight.shape[1]].copy_(weight)
-        out[:, weight.shape[1] :].zero_()
+    def fill_columns(self, weight, *, index_map, inserts, sources, widths, generator):
+        pass  # new columns stay zero
 
-    def new_rows(self, weight, out, *, old_in, sources, generator):
-        std = math.sqrt(2.0 / (old_in * math.prod(weight.shape[2:])))
-        out[:, old_in:].zero_()
-        normal_(out[:, :old_in], std, generator)
+    def fill_rows(self, weight, *, row_inserts, col_inserts, old_in, sources, generator):
+        kernel = math.prod(weight.shape[2:])
+        std = math.sqrt(2.0 / (old_in * kernel))
+        for at, ins in slots(row_inserts):
+            rows = weight.narrow(0, at, ins.count)
+            if not col_inserts:
+                normal_(rows, std, generator)
+                continue
+            draw = rows.new_empty((ins.count, old_in, *weight.shape[2:]))
+            normal_(draw, std, generator)
+            place(draw, rows, {1: col_inserts})
 
-    def new_bias(self, bias, k, sources):
-        return bias.new_zeros(k)
-
-    def grow_channelwise(self, tensor, *, k, multiplicity, fill, sources):
-        return torch.cat([tensor, tensor.new_full((k * multiplicity,), fill)])
+    def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
+        for at, ins in slots(inserts):
+            entries = tensor.narrow(dim, at, ins.count)
+            if fill is None:
+                std = math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :]))
+                normal_(entries, std, generator)
+            else:
+                entries.fill_(fill)
 
 
 @register_init("net2net")
@@ -144,36 +165,100 @@ class Net2NetInit(InitStrategy):
             raise ValueError(f"split_noise must be in [0, 1), got {split_noise}")
         self.split_noise = split_noise
 
-    def sources(self, width, k, generator):
-        return torch.randint(0, width, (k,), generator=generator)
+    def sources(self, width, k, blocks, generator):
+        size, per_block = width // blocks, k // blocks
+        device = _device_of(generator)
+        if blocks == 1:
+            return torch.randint(0, width, (k,), generator=generator, device=device).cpu()
+        return torch.cat(
+            [
+                torch.randint(
+                    j * size, (j + 1) * size, (per_block,), generator=generator, device=device
+                ).cpu()
+                for j in range(blocks)
+            ]
+        )
 
-    def grow_columns(self, weight, out, *, width, k, multiplicity, sources, generator):
-        assert sources is not None  # set by ``sources``; an internal invariant
-        owner = torch.cat([torch.arange(width), sources])  # unit -> original unit
-        copies = torch.bincount(owner, minlength=width).to(weight.dtype)
-        noise = torch.rand(owner.numel(), generator=generator, dtype=torch.float64) * 2 - 1
-        noise *= self.split_noise
-        # Centre the noise within each original and its copies: their fractions sum to one.
-        totals = torch.zeros(width, dtype=torch.float64).index_add_(0, owner, noise)
-        noise -= totals[owner] / copies.double()[owner]
-        fraction = (1.0 + noise.to(weight.dtype)) / copies[owner]
-        blocks = weight.unflatten(1, (width, multiplicity))
-        grown = blocks[:, owner.to(weight.device)]
-        grown *= _broadcast(fraction.to(weight.device), blocks.dim(), 1)
-        out.copy_(grown.flatten(1, 2))
+    def fill_columns(self, weight, *, index_map, inserts, sources, widths, generator):
+        """Each copy's columns take a share of its source's columns; shares sum to one."""
+        kept = kept_index(index_map.size, inserts, weight.device)
+        added = {id(ins): at for at, ins in slots(inserts)}
+        originals = weight.clone()
+        for group in index_map.groups:
+            source = sources.get(group)
+            if source is None:
+                continue
+            width = widths[group]
+            owner = torch.cat([torch.arange(width), source])
+            copies = torch.bincount(owner, minlength=width).to(torch.float64)
+            noise = (
+                torch.rand(
+                    owner.numel(),
+                    generator=generator,
+                    dtype=torch.float64,
+                    device=_device_of(generator),
+                ).cpu()
+                * 2
+                - 1
+            )
+            noise *= self.split_noise
+            totals = torch.zeros(width, dtype=torch.float64).index_add_(0, owner, noise)
+            noise -= totals[owner] / copies[owner]
+            fraction = ((1.0 + noise) / copies[owner]).to(weight.dtype).to(weight.device)
+            for offset, piece in index_map.offsets():
+                if piece.group != group:
+                    continue
+                m = piece.per_channel
+                for c in range(piece.start, piece.stop):
+                    if copies[c] > 1:
+                        first = offset + (c - piece.start) * m
+                        cols = kept[first : first + m]
+                        weight[:, cols] = originals[:, cols] * fraction[c]
+            for ins in inserts:
+                if ins.group != group:
+                    continue
+                at = added[id(ins)]
+                for n, i in enumerate(ins.new_channels):
+                    cols = _entries_in_piece(index_map, ins, int(source[i]), kept)
+                    dst = slice(at + n * ins.per_channel, at + (n + 1) * ins.per_channel)
+                    weight[:, dst] = originals[:, cols] * fraction[width + i]
 
-    def new_rows(self, weight, out, *, old_in, sources, generator):
-        assert sources is not None
-        out.copy_(weight[sources.to(weight.device)])
+    def fill_rows(self, weight, *, row_inserts, col_inserts, old_in, sources, generator):
+        kept = kept_index(weight.shape[0] - sum(i.count for i in row_inserts), row_inserts)
+        for at, ins in slots(row_inserts):
+            src = kept[sources[list(ins.new_channels)]].to(weight.device)
+            weight.narrow(0, at, ins.count).copy_(weight[src])
 
-    def new_bias(self, bias, k, sources):
-        assert sources is not None
-        return bias[sources.to(bias.device)].clone()
+    def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
+        kept = kept_index(index_map.size, inserts, tensor.device)
+        for at, ins in slots(inserts):
+            source = sources.get(ins.group)
+            for n, i in enumerate(ins.new_channels):
+                cols = _entries_in_piece(index_map, ins, int(source[i]), kept)
+                dst = tensor.narrow(dim, at + n * ins.per_channel, ins.per_channel)
+                dst.copy_(tensor.index_select(dim, cols))
 
-    def grow_channelwise(self, tensor, *, k, multiplicity, fill, sources):
-        assert sources is not None
-        blocks = tensor.unflatten(0, (-1, multiplicity))
-        return torch.cat([blocks, blocks[sources.to(tensor.device)]]).flatten()
+
+def _device_of(generator: torch.Generator | None) -> torch.device | None:
+    """Draw where the generator lives (a CUDA generator cannot fill a CPU tensor)."""
+    return None if generator is None else generator.device
+
+
+def _entries_in_piece(
+    index_map: IndexMap, ins: Insertion, channel: int, kept: torch.Tensor
+) -> torch.Tensor:
+    """New positions of ``channel``'s entries in the piece that ``ins`` extends."""
+    for offset, piece in index_map.offsets():
+        end = offset + piece.entries
+        if (
+            piece.group == ins.group
+            and offset < ins.position <= end
+            and piece.start <= channel < piece.stop
+        ):
+            first = offset + (channel - piece.start) * piece.per_channel
+            return kept[first : first + piece.per_channel]
+    first_entries = index_map.entries_of(ins.group, channel)[: ins.per_channel]
+    return kept[torch.tensor(first_entries, dtype=torch.long)]
 
 
 def get_init(init: str | InitStrategy) -> InitStrategy:
@@ -220,9 +305,3 @@ def normal_(out: torch.Tensor, std: float, generator: torch.Generator | None) ->
 
     with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
         list(pool.map(fill, chunks, seeds))
-
-
-def _broadcast(vector: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
-    shape = [1] * rank
-    shape[dim] = -1
-    return vector.view(shape)

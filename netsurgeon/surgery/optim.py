@@ -2,7 +2,7 @@
 
 Policy: every per-parameter state tensor with the parameter's old shape (AdamW ``exp_avg``,
 ``exp_avg_sq``, ``max_exp_avg_sq``; SGD ``momentum_buffer``; RMSprop ``square_avg``; Adagrad
-``sum``; ...) is embedded in a tensor of the new shape: old slices bit-identical, grown slices
+``sum``; ...) is grown with the parameter's own insertions: old entries bit-identical, new entries
 holding the value a fresh optimizer starts from (zero, except Rprop's ``step_size``, which starts
 at the group's ``lr``, and Adagrad's ``sum``, at ``initial_accumulator_value``). Scalars
 (``step``) are untouched. The parameter objects themselves do not change, so ``param_groups``
@@ -19,22 +19,29 @@ correction takes thousands of steps to reach 1. ``docs/widen.md`` records the me
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 
 from netsurgeon.errors import WidenError
-from netsurgeon.surgery.tensors import embed
+from netsurgeon.graph import Insertion
+from netsurgeon.surgery.index import grow
 
 __all__ = ["grown_state"]
 
 
 def grown_state(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor, new_shape: tuple[int, ...], name: str
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    inserts: Mapping[int, Sequence[Insertion]],
+    name: str,
 ) -> dict[str, torch.Tensor]:
     """The replacement state tensors of ``param`` for ``new_shape`` (nothing is modified).
 
     Args:
         optimizer: holds the state.
-        param: a parameter about to grow from ``param.shape`` to ``new_shape``.
+        param: a parameter about to grow.
+        inserts: ``{dim: insertions}``, as for the parameter itself.
         name: the parameter's qualified name, for error messages.
 
     Returns:
@@ -58,7 +65,7 @@ def grown_state(
                 "factored state that cannot be grown. Fix: widen without optimizer= and build a "
                 "new optimizer afterwards."
             )
-        grown[key] = embed(value, new_shape, fill=_initial_value(optimizer, param, key))
+        grown[key] = grow(value, inserts, fill=_initial_value(optimizer, param, key))
     return grown
 
 

@@ -9,6 +9,8 @@ all old ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 __all__ = [
@@ -54,16 +56,19 @@ def embed(old: torch.Tensor, shape: tuple[int, ...], fill: float = 0.0) -> torch
     return like_format(new, old)
 
 
-def replace_tensor_(tensor: torch.Tensor, new: torch.Tensor) -> None:
+def replace_tensor_(
+    tensor: torch.Tensor, new: torch.Tensor, grow_grad: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
     """Make ``tensor`` (a Parameter or buffer) hold ``new``'s data, keeping the same object.
 
     ``Tensor.set_`` under ``no_grad`` swaps storage, sizes and strides in place, so references
     held by optimizers, schedulers and hooks stay valid, and a previous step's autograd graph that
     is still alive does not poison the next backward (``param.data = new`` does: the cached
-    gradient accumulator keeps the old shape). The gradient is grown with zeros, old entries kept.
+    gradient accumulator keeps the old shape). The gradient is grown by ``grow_grad`` (zeros at
+    the new entries, old entries kept where the parameter keeps them).
     """
     grad = tensor.grad if isinstance(tensor, torch.nn.Parameter) else None
     with torch.no_grad():
         tensor.set_(new)
     if grad is not None:
-        tensor.grad = embed(grad, tuple(new.shape)) if grad.shape != new.shape else grad
+        tensor.grad = grow_grad(grad) if grad.shape != new.shape else grad

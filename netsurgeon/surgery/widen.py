@@ -8,8 +8,9 @@ staging that fails, leaves the model and the optimizer bit-identical.
 
 from __future__ import annotations
 
+import copy
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,43 +18,62 @@ import torch
 from torch import nn
 
 from netsurgeon.errors import NetsurgeonTypeError, WidenError
-from netsurgeon.graph import LayerGraph, trace
+from netsurgeon.graph import IndexMap, Insertion, LayerGraph, Piece, trace
 from netsurgeon.guards import check_plain_module
+from netsurgeon.surgery.index import grow, grown_size, place
 from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.optim import grown_state
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
-__all__ = ["Surgery", "stage", "validate_plan", "widen"]
+__all__ = [
+    "AttrChange",
+    "Surgery",
+    "TensorChange",
+    "resolve_plan",
+    "stage",
+    "validate_plan",
+    "widen",
+]
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """One parameter or buffer and its staged value; ``inserts`` grow its grad and state too."""
+
+    name: str
+    tensor: torch.Tensor
+    new: torch.Tensor
+    inserts: Mapping[int, Sequence[Insertion]]
+
+
+@dataclass(frozen=True)
+class AttrChange:
+    """A size attribute of a module (``out_channels``, ``num_features``, ``groups``, ...)."""
+
+    module: nn.Module
+    attr: str
+    value: int
 
 
 @dataclass
 class Surgery:
-    """Everything a widening will change, computed but not yet applied.
+    """Everything a widening will change, computed but not yet applied (typed records)."""
 
-    Attributes:
-        tensors: ``(qualified name, tensor object, new value)`` for parameters and buffers.
-        widths: ``(module, handler, new widths)`` attribute updates.
-        optimizer_state: ``(parameter, {state key: new value})``.
-    """
-
-    tensors: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    widths: list[tuple[nn.Module, Any, dict[str, int]]] = field(default_factory=list)
+    tensors: list[TensorChange] = field(default_factory=list)
+    attrs: list[AttrChange] = field(default_factory=list)
     optimizer_state: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = field(
         default_factory=list
     )
 
     def new_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(new.shape) for name, _, new in self.tensors}
+        return {c.name: tuple(c.new.shape) for c in self.tensors}
 
     def commit(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Apply the staged changes. Nothing here validates or allocates beyond ``.grad``."""
-        for _, tensor, new in self.tensors:
-            replace_tensor_(tensor, new)
-        for module, handler, widths in self.widths:
-            if handler.role == "layer":
-                handler.set_widths(module, **widths)
-            else:
-                handler.set_width(module, widths["width"])
+        for c in self.tensors:
+            replace_tensor_(c.tensor, c.new, lambda g, c=c: grow(g, c.inserts))
+        for a in self.attrs:
+            setattr(a.module, a.attr, a.value)
         if optimizer is not None:
             for param, state in self.optimizer_state:
                 optimizer.state[param].update(state)
@@ -67,30 +87,39 @@ def widen(
     generator: torch.Generator | None = None,
     init: str | InitStrategy = "paper",
     example_inputs: Any = None,
+    graph: LayerGraph | None = None,
 ) -> nn.Module:
-    """Add ``plan[name]`` output units to each named layer, in place, preserving the output.
+    """Add ``plan[key]`` channels to each named group, in place, preserving the output.
 
-    Consumers get matching zero (``"paper"``) input columns, repeated with the flatten
-    multiplicity; followers (BatchNorm) grow; module attributes (``out_channels``,
-    ``in_features``, ``num_features``) are updated. Parameters stay the same ``nn.Parameter``
-    objects (their data is replaced), so optimizers, schedulers and hooks remain valid.
+    A key names a channel group (``graph.groups[i].name``) or any of its producer layers. Every
+    producer of a group gets ``k`` new output units; every consumer gets matching input columns
+    (zero under ``"paper"``) at the positions the group occupies in its input (after a flatten,
+    repeated with the multiplicity; after a concatenation, at the end of the group's segment);
+    followers (BatchNorm, depthwise convs, layer scales, ...) grow. Module attributes
+    (``out_channels``, ``in_features``, ``num_features``, ``groups``) are updated. Parameters stay
+    the same ``nn.Parameter`` objects (their data is replaced), so optimizers, schedulers and
+    hooks remain valid.
 
     Args:
         model: the user's module, modified in place.
-        plan: ``{layer name: units to add}``; names as in ``netsurgeon.trace(model).layers``.
-        optimizer: if given, its per-parameter state is grown with zeros (old slices kept).
+        plan: ``{group or layer name: channels to add}``; ``k`` must be a positive multiple of
+            the group's ``granularity``.
+        optimizer: if given, its per-parameter state is grown (old entries kept).
         generator: random source for new weights (on the model's device).
         init: ``"paper"`` (default), ``"net2net"``, or an ``InitStrategy`` instance.
         example_inputs: forwarded to :func:`netsurgeon.trace` for shape propagation.
+        graph: a graph just traced from ``model`` (saves tracing again); it must match the
+            model's current widths.
 
     Returns:
         ``model`` itself.
 
     Raises:
-        WidenError: unknown layer (with close matches), output layer, unwidenable layer (with
-            the reason), bad count, wrapped model (DDP/FSDP/``torch.compile``), optimizer state
-            that cannot be grown. Nothing is changed when it raises.
-        TypeError: ``plan`` is not a mapping of ``str`` to ``int``.
+        WidenError: unknown name (with close matches), output or unwidenable group (with the
+            reason), bad count or granularity, two keys for one group with different counts,
+            a stale ``graph``, a wrapped model, optimizer state that cannot be grown. Nothing is
+            changed when it raises.
+        NetsurgeonTypeError: ``plan`` is not a mapping of ``str`` to ``int``.
 
     Example:
         >>> import torch, torch.nn as nn, netsurgeon
@@ -107,17 +136,37 @@ def widen(
         raise NetsurgeonTypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    graph = trace(model, example_inputs, strict=False)
+    if graph is None:
+        graph = trace(model, example_inputs, strict=False)
+    else:
+        check_graph(model, graph)
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     surgery.commit(optimizer)
     return model
 
 
+def check_graph(model: nn.Module, graph: LayerGraph) -> None:
+    """Refuse a graph traced from another model, or before the model last changed width."""
+    if graph.model is not model:
+        raise WidenError(
+            f"graph= was traced from another model ({type(graph.model).__name__} at "
+            f"{id(graph.model):#x}); pass the graph of this model or omit graph="
+        )
+    for name, width in graph.widths().items():
+        module = graph.module(name)
+        current = graph.handler(name).out_width(module)
+        if current != width:
+            raise WidenError(
+                f"graph= is stale: layer '{name}' was traced at width {width} but is now "
+                f"{current}; trace the model again (netsurgeon.trace) or omit graph="
+            )
+
+
 def validate_plan(plan: Mapping[str, int]) -> dict[str, int]:
-    """Check the plan's types and counts (layer names are checked against the graph later)."""
+    """Check the plan's types and counts (names are checked against the graph later)."""
     if not isinstance(plan, Mapping):
         raise NetsurgeonTypeError(
-            f"plan must be a mapping {{layer name: units}}, got {type(plan).__name__}"
+            f"plan must be a mapping {{group or layer name: units}}, got {type(plan).__name__}"
         )
     checked: dict[str, int] = {}
     for name, k in plan.items():
@@ -143,6 +192,42 @@ def _as_count(k: object) -> int | None:
         return None
 
 
+def resolve_plan(graph: LayerGraph, plan: Mapping[str, int]) -> dict[str, int]:
+    """``{group name: k}`` from a plan naming groups or producers (checked).
+
+    Raises:
+        WidenError: unknown name, unwidenable or output group, ``k`` not a multiple of the
+            group's granularity, or two keys for one group with different ``k``.
+    """
+    growth: dict[str, int] = {}
+    named_by: dict[str, str] = {}
+    for key, k in plan.items():
+        group = graph.resolve(key)
+        if group.reason is not None:
+            what = f"layer '{key}'" if key in graph.widths() else f"group '{key}'"
+            if len(group.producers) > 1:
+                what += f" (group '{group.name}' of {', '.join(group.producers)})"
+            raise WidenError(f"cannot widen {what}: {group.reason}")
+        if k % group.granularity:
+            low = k - k % group.granularity
+            options = ", ".join(str(v) for v in (low, low + group.granularity) if v > 0)
+            raise WidenError(
+                f"plan[{key!r}] = {k}: group '{group.name}' grows in multiples of "
+                f"{group.granularity} (its channels are split into {group.blocks} blocks"
+                f"{' and normalisation groups' if group.granularity != group.blocks else ''}); "
+                f"use {options}"
+            )
+        if group.name in growth and growth[group.name] != k:
+            raise WidenError(
+                f"plan[{key!r}] = {k} and plan[{named_by[group.name]!r}] = "
+                f"{growth[group.name]} name the same group '{group.name}' "
+                f"(producers {', '.join(group.producers)}); give one count"
+            )
+        growth[group.name] = k
+        named_by[group.name] = key
+    return growth
+
+
 def stage(
     graph: LayerGraph,
     plan: Mapping[str, int],
@@ -154,84 +239,134 @@ def stage(
     """Compute every tensor the plan changes, without modifying the model.
 
     Raises:
-        WidenError: a planned layer is unknown, an output layer, or marked unwidenable.
+        WidenError: see :func:`resolve_plan`.
     """
-    for name in plan:
-        graph.check_layer(name)
-        reason = graph.unwidenable_reason(name)
-        if reason is not None:
-            raise WidenError(f"cannot widen layer '{name}': {reason}")
-    widths = graph.widths()
-    sources = {name: strategy.sources(widths[name], k, generator) for name, k in plan.items()}
+    growth = resolve_plan(graph, plan)
+    groups = {g.name: g for g in graph.groups}
+    spec = {name: (groups[name].width, k, groups[name].blocks) for name, k in growth.items()}
+    widths = {g.name: g.width for g in graph.groups}
+    sources = {
+        name: strategy.sources(groups[name].width, k, groups[name].blocks, generator)
+        for name, k in growth.items()
+    }
+    consumers = {c.layer: c for name in growth for c in groups[name].consumers}
+    followers = {f.name: f for name in growth for f in groups[name].followers}
     surgery = Surgery()
     with torch.no_grad():
-        for name in graph.layers:
-            incoming = [e for e in graph.edges_into(name) if e.producer in plan]
-            if name in plan or incoming:
+        for layer in graph.layers:
+            own = graph.group_of(layer).name
+            consumer = consumers.get(layer)
+            if own in growth or consumer is not None:
                 _stage_layer(
-                    graph, name, plan, incoming, sources, widths, strategy, generator, surgery
+                    graph, layer, own, consumer, spec, sources, widths, strategy, generator, surgery
                 )
-        for name, k in plan.items():
-            for follower in graph.group(name).followers:
-                _stage_follower(graph, follower, k, sources[name], strategy, surgery)
+        for follower in followers.values():
+            _stage_follower(graph, follower, spec, sources, strategy, generator, surgery)
         if optimizer is not None:
-            _stage_optimizer(optimizer, surgery)
+            for change in surgery.tensors:
+                if isinstance(change.tensor, nn.Parameter):
+                    state = grown_state(optimizer, change.tensor, change.inserts, change.name)
+                    if state:
+                        surgery.optimizer_state.append((change.tensor, state))
     return surgery
 
 
-def _stage_layer(graph, name, plan, incoming, sources, widths, strategy, generator, surgery):
-    """Stage one layer's weight and bias: grown input columns, then new output rows.
-
-    The new weight is allocated once and written region by region: old rows (with their grown
-    columns) on top, new rows below.
-    """
+def _stage_layer(graph, name, own, consumer, spec, sources, widths, strategy, generator, surgery):
+    """One layer's weight and bias: new input columns where its groups grow, new output rows."""
     module, handler = graph.module(name), graph.handler(name)
-    weight, bias = module.weight, module.bias
+    weight = module.weight
     old_out, old_in = handler.out_width(module), handler.in_width(module)
-    new_in = old_in + sum(plan[e.producer] * e.multiplicity for e in incoming)
-    new_out = old_out + plan.get(name, 0)
-    new = weight.new_empty((new_out, new_in, *weight.shape[2:]))
-    top = new[:old_out]
-    if incoming:  # one producer per consumer today; it owns all input columns
-        (edge,) = incoming
-        strategy.grow_columns(
-            weight.detach(),
-            top,
-            width=widths[edge.producer],
-            k=plan[edge.producer],
-            multiplicity=edge.multiplicity,
-            sources=sources[edge.producer],
+    conv_groups = handler.conv_groups(module)
+    rows = IndexMap((Piece(own, 0, old_out),)).insertions(spec) if own in spec else []
+    cols: list[Insertion] = []
+    if consumer is not None:
+        cols = consumer.index_map.insertions(spec)
+        if conv_groups > 1:  # the weight holds one conv group's columns: block 0's insertions
+            cols = [i for i in cols if i.position <= old_in // conv_groups]
+    inserts = {0: rows, 1: cols}
+    new = weight.new_zeros(
+        (grown_size(old_out, rows), grown_size(weight.shape[1], cols), *weight.shape[2:])
+    )
+    place(weight.detach(), new, inserts)
+    if cols and conv_groups == 1:
+        strategy.fill_columns(
+            new,
+            index_map=consumer.index_map,
+            inserts=cols,
+            sources=sources,
+            widths=widths,
             generator=generator,
         )
-    else:
-        top.copy_(weight)
-    if name in plan:
-        strategy.new_rows(
-            top, new[old_out:], old_in=old_in, sources=sources[name], generator=generator
+    if rows:
+        strategy.fill_rows(
+            new,
+            row_inserts=rows,
+            col_inserts=cols,
+            old_in=weight.shape[1],
+            sources=sources[own],
+            generator=generator,
         )
-        if bias is not None:
-            extra = strategy.new_bias(bias.detach(), plan[name], sources[name])
-            surgery.tensors.append((f"{name}.bias", bias, torch.cat([bias.detach(), extra])))
-    surgery.tensors.append((f"{name}.weight", weight, like_format(new, weight)))
-    surgery.widths.append((module, handler, {"out_width": new_out, "in_width": new_in}))
-
-
-def _stage_follower(graph, follower, k, sources, strategy, surgery):
-    module, handler = graph.module(follower.name), graph.handler(follower.name)
-    for attr, fill in handler.tensors(module).items():
-        tensor = getattr(module, attr)
-        new = strategy.grow_channelwise(
-            tensor.detach(), k=k, multiplicity=follower.multiplicity, fill=fill, sources=sources
-        )
-        surgery.tensors.append((f"{follower.name}.{attr}", tensor, new))
-    surgery.widths.append(
-        (module, handler, {"width": handler.width(module) + k * follower.multiplicity})
+    surgery.tensors.append(
+        TensorChange(f"{name}.weight", weight, like_format(new, weight), inserts)
     )
+    bias = getattr(module, "bias", None)
+    if rows and bias is not None:
+        grown = grow(bias.detach(), {0: rows})
+        strategy.fill_entries(
+            grown,
+            dim=0,
+            index_map=IndexMap((Piece(own, 0, old_out),)),
+            inserts=rows,
+            fill=0.0,
+            sources=sources,
+            generator=generator,
+        )
+        surgery.tensors.append(TensorChange(f"{name}.bias", bias, grown, {0: rows}))
+    added_in = sum(i.count for i in cols) * conv_groups
+    surgery.attrs.append(AttrChange(module, handler.out_attr, grown_size(old_out, rows)))
+    surgery.attrs.append(AttrChange(module, handler.in_attr, old_in + added_in))
 
 
-def _stage_optimizer(optimizer, surgery):
-    for name, tensor, new in surgery.tensors:
-        if isinstance(tensor, nn.Parameter):
-            state = grown_state(optimizer, tensor, tuple(new.shape), name)
-            if state:
-                surgery.optimizer_state.append((tensor, state))
+def _stage_follower(graph, follower, spec, sources, strategy, generator, surgery):
+    inserts = follower.index_map.insertions(spec)
+    if not inserts:
+        return
+    if follower.kind == "parameter":
+        tensor = _tensor(graph.model, follower.name)
+        fills = {"": (tensor, follower.dim, follower.fill)}
+    else:
+        module, handler = graph.module(follower.name), graph.handler(follower.name)
+        fills = {
+            f".{attr}": (getattr(module, attr), 0, fill)
+            for attr, fill in handler.tensors(module).items()
+        }
+    for suffix, (tensor, dim, fill) in fills.items():
+        new = grow(tensor.detach(), {dim: inserts})
+        strategy.fill_entries(
+            new,
+            dim=dim,
+            index_map=follower.index_map,
+            inserts=inserts,
+            fill=fill,
+            sources=sources,
+            generator=generator,
+        )
+        surgery.tensors.append(
+            TensorChange(follower.name + suffix, tensor, like_format(new, tensor), {dim: inserts})
+        )
+    if follower.kind == "module":
+        added = sum(i.count for i in inserts)
+        probe = copy.copy(module)  # the handler's own arithmetic, on a shallow copy
+        handler.grow_attrs(probe, added)
+        for attr, value in vars(probe).items():
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and value != getattr(module, attr)
+            ):
+                surgery.attrs.append(AttrChange(module, attr, value))
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, attr)

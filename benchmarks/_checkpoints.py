@@ -1,0 +1,133 @@
+"""Epoch checkpoints of ``benchmarks/cifar_vgg.py`` runs: capture, atomic files, resume checks.
+
+A run writes ``OUT/checkpoints/<run_id>.pt`` after every ``checkpoint_every`` epochs and removes
+it once its final JSON exists. The file holds everything the next epoch depends on, so a run
+continued from it trains bit-identically (on the same machine and torch build) to one that never
+stopped:
+
+* the model's state dict (possibly grown: :func:`restore` rebuilds it on the initial model with
+  ``netsurgeon.load_state_dict``, which widens it to the checkpoint's widths),
+* the optimizer's and the learning-rate schedule's state dicts,
+* the Grower's ``state_dict()`` (accuracy windows, trigger state, history, its RNGs),
+* the training loader's generator (batch order and augmentation) and the global torch RNG,
+* the run's records so far (per-epoch metrics, growth events), its accumulated training wall
+  and CPU time, and the first epoch of each segment (process) that trained it.
+
+A checkpoint made with other result-shaping settings, or on other data (the data digests of
+``_records.data_record``), is refused like a finished record is (:class:`SweepError`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from _records import SweepError, check_config
+
+import netsurgeon
+from netsurgeon import Grower
+from netsurgeon.data import TensorLoader
+
+__all__ = ["FORMAT", "capture", "load_checkpoint", "restore", "save_checkpoint"]
+
+FORMAT = 1  # bump when the layout below changes; older files are then refused
+
+
+def capture(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    loader: TensorLoader,
+    grower: Grower | None,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """The training state at an epoch boundary; ``run`` holds the driver's own bookkeeping
+    (``config``, ``data``, ``epochs``, ``events``, ``train_time_s``, ``train_cpu_s``,
+    ``segment_starts``)."""
+    return {
+        "format": FORMAT,
+        **run,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "grower": grower.state_dict() if grower is not None else None,
+        "loader_rng": loader.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def restore(state: dict[str, Any], model: torch.nn.Module) -> None:
+    """Widen the freshly built initial ``model`` to the checkpoint's widths and load its values.
+
+    Call before the optimizer, schedule and Grower are built on ``model``; then
+    :func:`restore_training` loads theirs.
+    """
+    netsurgeon.load_state_dict(model, state["model"])
+
+
+def restore_training(
+    state: dict[str, Any],
+    *,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    loader: TensorLoader,
+    grower: Grower | None,
+) -> None:
+    """Load the optimizer, schedule, Grower and RNG states of ``state``."""
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if (grower is None) != (state["grower"] is None):
+        raise SweepError("a checkpoint of a grown run was offered to a static one (or back)")
+    if grower is not None:
+        grower.load_state_dict(state["grower"])
+    loader.generator.set_state(state["loader_rng"])
+    torch.set_rng_state(state["torch_rng"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: the file appears only complete, so a kill mid-write keeps the last one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(
+    path: Path,
+    config: dict[str, Any],
+    defaults: dict[str, Any],
+    data: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None when there is none.
+
+    Args:
+        path: ``OUT/checkpoints/<run_id>.pt``.
+        config: the sweep's resolved config (``_records.config_dict``).
+        defaults: ``_records.config_defaults`` of the config class.
+        data: ``_records.data_record`` of the data this process loaded.
+
+    Raises:
+        SweepError: the checkpoint has another format, was made with other settings (each
+            difference named) or on other data.
+    """
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != FORMAT:
+        raise SweepError(
+            f"{path} has checkpoint format {state.get('format')!r}, this driver writes {FORMAT}; "
+            "delete the file to restart that run from epoch 1, or use the driver that wrote it."
+        )
+    check_config(path, state["config"], config, defaults)
+    if state["data"] != data:
+        differ = sorted(
+            k for k in data.keys() | state["data"].keys() if state["data"].get(k) != data.get(k)
+        )
+        raise SweepError(
+            f"{path} was trained on other data than this sweep loaded (differs in {differ}); "
+            "resume with the same dataset copy and split, or pass a fresh --out."
+        )
+    return state

@@ -1,0 +1,280 @@
+"""Figures of ``benchmarks/cifar_vgg.py``, drawn from the run JSONs alone.
+
+Per initial config (``<config>`` is its width tag, e.g. ``2.2.2-4.4.4-8.8.8``):
+
+- ``fig1a_nagn_profile_<config>.png``: NAGN per layer at the first trigger (mean ± std over
+  seeds), the paper's Fig. 1a.
+- ``fig2a_accuracy_<config>.png``: the paper's Fig. 2a layout. Left: test accuracy over epochs of
+  the grown runs (per criterion) and of their static baselines, mean ± std over seeds, growth
+  epochs as red dashed lines. Right: every seed's curve over its cumulative training time, which
+  shows what growth saves.
+- ``fig2a_widths_<config>_<where>.png``: the growth trajectory, one column per seed. Top: the
+  width of every layer over epochs; bottom: the parameter count, with the static baseline's as a
+  dotted line. Growth epochs are marked; the title gives the final widths.
+
+Across configs: ``fig2b_ratios.png``, accuracy ratio against training-time ratio per config and
+criterion with the paper's point (Fig. 2b).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from _records import width_tag
+
+__all__ = ["write_figures"]
+
+_GROWTH = {"color": "red", "ls": "--", "lw": 0.8, "alpha": 0.5}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, folder: Path, name: str, written: list[str]) -> None:
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=120)
+    _plt().close(fig)
+    written.append(name)
+
+
+def _profile_figure(config: str, mine: Sequence[dict], folder: Path, written: list[str]) -> None:
+    import numpy as np
+
+    profiles = [r["events"][0]["profile"] for r in mine if r["where"] == "nagn" and r["events"]]
+    if not profiles:
+        return
+    names = list(profiles[0])
+    values = np.array([[p.get(n, np.nan) for n in names] for p in profiles], dtype=float)
+    fig, ax = _plt().subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.2))
+    x = np.arange(len(names))
+    ax.errorbar(x, np.nanmean(values, 0), yerr=np.nanstd(values, 0), marker="o", capsize=3)
+    ax.set_xticks(x, [n.replace(".conv", "") for n in names], rotation=45, ha="right")
+    ax.set_ylabel("NAGN")
+    ax.set_title(f"NAGN at the first trigger — {config} ({len(profiles)} seeds)")
+    _save(fig, folder, f"fig1a_nagn_profile_{config}.png", written)
+
+
+def _band(ax: Any, series: Sequence[Sequence[float]], label: str, style: str) -> None:
+    import numpy as np
+
+    length = min(len(s) for s in series)
+    values = np.array([s[:length] for s in series], dtype=float)
+    epochs = np.arange(1, length + 1)
+    mean, std = values.mean(0), values.std(0)
+    (line,) = ax.plot(epochs, mean, style, label=f"{label} (n={len(series)})")
+    ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+
+
+def _time_axis(run: dict) -> tuple[list[float], str]:
+    """Cumulative training time per epoch: process CPU time when recorded, else wall time."""
+    if all("train_cpu_s" in e for e in run["epochs"]):
+        return [e["train_cpu_s"] / 60 for e in run["epochs"]], "training CPU time (min)"
+    return [e["train_time_s"] / 60 for e in run["epochs"]], "training wall time (min)"
+
+
+def _accuracy_figure(
+    config: str, mine: Sequence[dict], by_id: dict[str, dict], folder: Path, written: list[str]
+) -> None:
+    """Fig. 2a: grown vs static test accuracy over epochs (mean ± std) and over training time."""
+    wheres = sorted({r["where"] for r in mine}, key=lambda w: (w != "nagn", w))
+    fig, (left, right) = _plt().subplots(1, 2, figsize=(11, 3.8))
+    statics = {}
+    for where in wheres:
+        grown = [r for r in mine if r["where"] == where]
+        _band(left, [[e["test_acc"] for e in r["epochs"]] for r in grown], f"grown ({where})", "-")
+        if where != wheres[0]:
+            continue
+        for r in grown:  # the baselines of the first criterion (their widths differ per criterion)
+            base = by_id.get(r.get("baseline_run_id"))
+            if base is not None:
+                statics[r["seed"]] = base
+            for event in r["events"]:
+                left.axvline(event["epoch"], **_GROWTH)
+    if statics:
+        curves = [[e["test_acc"] for e in s["epochs"]] for s in statics.values()]
+        _band(left, curves, f"static baselines of {wheres[0]}", "k-")
+    left.set_xlabel("epoch")
+    left.set_ylabel("test accuracy")
+    left.set_title(f"{config}: mean ± std over seeds; red: growth ({wheres[0]})", fontsize=9)
+    left.legend(fontsize=8, loc="lower right")
+    label = "training time"
+    for r in sorted(mine, key=lambda r: (r["where"], r["seed"])):
+        if r["where"] != wheres[0]:
+            continue
+        times, label = _time_axis(r)
+        (line,) = right.plot(times, [e["test_acc"] for e in r["epochs"]], lw=1)
+        base = by_id.get(r.get("baseline_run_id"))
+        if base is not None:
+            times_b, _ = _time_axis(base)
+            right.plot(
+                times_b, [e["test_acc"] for e in base["epochs"]], ":", color=line.get_color()
+            )
+        line.set_label(f"seed {r['seed']}: grown (—) vs static (⋯)")
+    right.set_xlabel(label)
+    right.set_ylabel("test accuracy")
+    right.set_title(f"per seed, grown ({wheres[0]}) vs its static baseline", fontsize=9)
+    right.legend(fontsize=7, loc="lower right")
+    _save(fig, folder, f"fig2a_accuracy_{config}.png", written)
+
+
+def _log_axis(ax: Any, values: set[int], base: int = 10) -> None:
+    """Log scale labelled with plain numbers: the given values when few, else the defaults."""
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.set_yscale("log", base=base)
+    ax.minorticks_off()
+    if len(values) <= 8:
+        ax.set_yticks(sorted(values), labels=[f"{v:,}" for v in sorted(values)])
+    else:
+        formatter = ScalarFormatter()
+        formatter.set_scientific(False)
+        ax.yaxis.set_major_formatter(formatter)
+
+
+def _widths_figure(
+    config: str,
+    where: str,
+    grown: Sequence[dict],
+    by_id: dict[str, dict],
+    folder: Path,
+    written: list[str],
+) -> None:
+    """The growth trajectory: every layer's width and the parameter count over epochs, per seed."""
+    grown = sorted(grown, key=lambda r: r["seed"])
+    plt = _plt()
+    fig, axes = plt.subplots(
+        2, len(grown), figsize=(3.6 * len(grown) + 0.8, 5.2), squeeze=False, sharex=True
+    )
+    for column, run in enumerate(grown):
+        top, bottom = axes[0][column], axes[1][column]
+        epochs = [e["epoch"] for e in run["epochs"]]
+        flat = [[w for block in e["widths"] for w in block] for e in run["epochs"]]
+        names = [
+            f"b{b}.{c}"
+            for b, block in enumerate(run["epochs"][0]["widths"])
+            for c in range(len(block))
+        ]
+        for k, name in enumerate(
+            names
+        ):  # later layers drawn thinner, on top: overlaps stay visible
+            top.plot(
+                epochs,
+                [row[k] for row in flat],
+                drawstyle="steps-post",
+                lw=3.2 - 2.4 * k / max(1, len(names) - 1),
+                label=name,
+            )
+        bottom.plot(epochs, [e["params"] for e in run["epochs"]], drawstyle="steps-post", lw=1.5)
+        base = by_id.get(run.get("baseline_run_id"))
+        if base is not None:
+            bottom.axhline(base["params_final"], color="k", ls=":", lw=1, label="static baseline")
+        for event in run["events"]:
+            for ax in (top, bottom):
+                ax.axvline(event["epoch"], **_GROWTH)
+        top.set_title(
+            f"seed {run['seed']}: → {width_tag(run['widths_final'])}\n"
+            f"{len(run['events'])} growths"
+            + (f", at {[e['epoch'] for e in run['events']]}" if run["events"] else ""),
+            fontsize=8,
+        )
+        _log_axis(top, {w for row in flat for w in row}, base=2)
+        params = [e["params"] for e in run["epochs"]]
+        _log_axis(bottom, {params[0], params[-1]} | ({base["params_final"]} if base else set()))
+        bottom.set_xlabel("epoch")
+        if column == 0:
+            top.set_ylabel("width (channels)")
+            bottom.set_ylabel("parameters")
+            top.legend(fontsize=6, ncol=2 if len(names) > 4 else 1, loc="upper left")
+            bottom.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"growth trajectory of {config} ({where})", fontsize=10)
+    _save(fig, folder, f"fig2a_widths_{config}_{where}.png", written)
+
+
+def _ratio_figure(
+    rows: Sequence[Any], totals: dict, paper: tuple, folder: Path, written: list[str]
+) -> None:
+    (paper_acc, paper_time) = paper
+    fig, ax = _plt().subplots(figsize=(5, 4))
+    for where in sorted({r.where for r in rows}):
+        mine = [r for r in rows if r.where == where]
+        ax.errorbar(
+            [r.time_ratio[0] for r in mine],
+            [r.acc_ratio[0] for r in mine],
+            xerr=[r.time_ratio[1] for r in mine],
+            yerr=[r.acc_ratio[1] for r in mine],
+            fmt="o",
+            capsize=2,
+            label=f"{where} (per config)",
+        )
+        t = totals[where]
+        ax.errorbar(
+            [t["time_ratio_configs"][0]],
+            [t["acc_ratio_configs"][0]],
+            xerr=[t["time_ratio_configs"][1]],
+            yerr=[t["acc_ratio_configs"][1]],
+            fmt="s",
+            ms=9,
+            capsize=4,
+            label=f"{where} (mean)",
+        )
+    ax.errorbar(
+        [paper_time[0]],
+        [paper_acc[0]],
+        xerr=[paper_time[1]],
+        yerr=[paper_acc[1]],
+        fmt="*",
+        color="grey",
+        ms=12,
+        label="paper",
+    )
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.axvline(1.0, color="k", lw=0.6)
+    ax.set_xlabel("training time ratio (grown / static)")
+    ax.set_ylabel("test accuracy ratio (grown / static)")
+    ax.legend(fontsize=7)
+    _save(fig, folder, "fig2b_ratios.png", written)
+
+
+def write_figures(
+    out: Path,
+    runs: Sequence[dict],
+    rows: Sequence[Any],
+    totals: dict,
+    paper: tuple[tuple[float, float], tuple[float, float]],
+) -> list[str]:
+    """Draw every figure into ``out/figures``; return the file names written.
+
+    Args:
+        out: the sweep folder.
+        runs: every run record (grown and static).
+        rows: the per-(config, criterion) summary rows (``_report.Row``).
+        totals: ``_report.overall`` of those rows.
+        paper: ``((acc ratio mean, std), (time ratio mean, std))`` of the paper.
+    """
+    folder = Path(out) / "figures"
+    folder.mkdir(exist_ok=True)
+    written: list[str] = []
+    by_id = {r["run_id"]: r for r in runs}
+    grown = [r for r in runs if r["kind"] == "grown"]
+    configs: dict[str, list[dict]] = defaultdict(list)
+    for run in grown:
+        configs[width_tag(run["widths_initial"])].append(run)
+    for config, mine in sorted(configs.items()):
+        _profile_figure(config, mine, folder, written)
+        _accuracy_figure(config, mine, by_id, folder, written)
+        for where in sorted({r["where"] for r in mine}):
+            _widths_figure(
+                config, where, [r for r in mine if r["where"] == where], by_id, folder, written
+            )
+    if rows:
+        _ratio_figure(rows, totals, paper, folder, written)
+    return written

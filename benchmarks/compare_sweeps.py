@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Put two sweeps of ``cifar_vgg.py`` side by side, per config, criterion and seed.
+
+Made to validate a short preset against the full protocol (docs/benchmark.md, "A CPU preset"):
+for each grown run present in both sweeps it lists when growth first triggered (epoch,
+optimizer step, learning rate as a share of its peak), how many growths there were, the final
+widths, and the grown/static accuracy and CPU-time ratios; then the mean ratios per sweep and
+the per-seed agreement of the final widths.
+
+Example:
+    python benchmarks/compare_sweeps.py runs/cpu-fig2a runs/paper-fig2a
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _records import width_tag
+
+__all__ = ["compare", "run_summary"]
+
+
+def _load(folder: Path) -> dict[str, dict]:
+    return {
+        (run := json.loads(p.read_text()))["run_id"]: run
+        for p in sorted((Path(folder) / "runs").glob("*.json"))
+    }
+
+
+def _steps_per_epoch(run: dict) -> int:
+    cfg, data = run["config"], run["data"]
+    return -(-data["train"] // cfg["batch_size"])  # ceil: the loader keeps the last batch
+
+
+def run_summary(run: dict, runs: dict[str, dict]) -> dict:
+    """First trigger, growths, final widths and ratios of one grown run (None when unknown)."""
+    first = run["events"][0] if run["events"] else None
+    peak = run["config"]["lr"]
+    base = runs.get(run.get("baseline_run_id"))
+    out = {
+        "first_epoch": first["epoch"] if first else None,
+        "first_step": first["epoch"] * _steps_per_epoch(run) if first else None,
+        "first_lr": run["epochs"][first["epoch"] - 1]["lr"] / peak if first else None,
+        "growths": len(run["events"]),
+        "final": width_tag(run["widths_final"]),
+        "acc_ratio": None,
+        "cpu_ratio": None,
+    }
+    if base is not None:
+        out["acc_ratio"] = run["final"]["test_acc"] / base["final"]["test_acc"]
+        out["cpu_ratio"] = run["final"]["train_cpu_s"] / base["final"]["train_cpu_s"]
+    return out
+
+
+def _fmt(value: float | int | str | None, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def compare(a: Path, b: Path) -> str:
+    """Markdown: one row per (config, criterion, seed) grown in both sweeps, then the means."""
+    runs_a, runs_b = _load(a), _load(b)
+    keys = sorted(
+        {
+            (width_tag(r["widths_initial"]), r["where"], r["seed"])
+            for r in runs_a.values()
+            if r["kind"] == "grown"
+        }
+        & {
+            (width_tag(r["widths_initial"]), r["where"], r["seed"])
+            for r in runs_b.values()
+            if r["kind"] == "grown"
+        }
+    )
+    index = {
+        name: {
+            (width_tag(r["widths_initial"]), r["where"], r["seed"]): r
+            for r in runs.values()
+            if r["kind"] == "grown"
+        }
+        for name, runs in (("a", runs_a), ("b", runs_b))
+    }
+    cells = (
+        "first trigger: epoch / step / LR",
+        "growths",
+        "final widths",
+        "acc ratio",
+        "CPU ratio",
+    )
+    head = ["config", "where", "seed", *[f"{c} ({n})" for c in cells for n in ("A", "B")]]
+    lines = [
+        f"A = {a}, B = {b}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    ratios: dict[str, dict[str, list[float]]] = {"a": {}, "b": {}}
+    same_widths = 0
+    for key in keys:
+        sa = run_summary(index["a"][key], runs_a)
+        sb = run_summary(index["b"][key], runs_b)
+        same_widths += sa["final"] == sb["final"]
+        row = [key[0], key[1], str(key[2])]
+        for s in (sa, sb):
+            row.append(
+                f"{_fmt(s['first_epoch'])} / {_fmt(s['first_step'])} / {_fmt(s['first_lr'], '.0%')}"
+            )
+        row += [str(sa["growths"]), str(sb["growths"]), sa["final"], sb["final"]]
+        for field in ("acc_ratio", "cpu_ratio"):
+            row += [_fmt(sa[field], ".3f"), _fmt(sb[field], ".3f")]
+            for name, s in (("a", sa), ("b", sb)):
+                if s[field] is not None:
+                    ratios[name].setdefault(field, []).append(s[field])
+        lines.append("| " + " | ".join(row) + " |")
+    if not keys:
+        return "\n".join([*lines, "", "(no grown run is present in both sweeps)", ""])
+    lines += ["", f"- final widths equal in {same_widths} of {len(keys)} runs"]
+    for name, folder in (("a", a), ("b", b)):
+        for field, values in sorted(ratios[name].items()):
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            lines.append(
+                f"- {folder}: {field.replace('_', ' ')} {statistics.fmean(values):.3f} ± {sd:.3f} "
+                f"over {len(values)} pairs"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("a", type=Path, help="sweep folder (e.g. the short preset)")
+    parser.add_argument("b", type=Path, help="sweep folder (e.g. the full protocol)")
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in (args.a, args.b) if not (f / "runs").is_dir()]
+    if missing:
+        print(f"compare_sweeps.py: error: no runs/ folder in {missing}", file=sys.stderr)
+        return 2
+    print(compare(args.a, args.b))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

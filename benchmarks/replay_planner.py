@@ -1,0 +1,270 @@
+#!/usr/bin/env python
+"""Replay recorded growth decisions of ``cifar_vgg.py`` under other readings of the paper's rules.
+
+The paper leaves open how some rules read (docs/nagn.md). A run record holds, per epoch, the
+validation accuracy and the widths, and at every growth the NAGN profile the planner saw. Two
+replays need no training:
+
+1. **Planner readings at each trigger.** The profile and widths recorded at a trigger are planned
+   again under each reading (``READINGS``: end rule, score, drag limit, neighbourhood). At a run's
+   first trigger this is an exact counterfactual: every reading has trained the same network up
+   to there. At later triggers the widths and profile come from the recorded (paper-reading) run,
+   so the answer says what the reading does *from that state*.
+2. **Trigger and stop readings over the recorded accuracies.** The grower's trigger/stop logic
+   (window restart, ``delta_stop`` absolute or relative) is re-run on the recorded validation
+   accuracies. The replay is exact while its growth decisions agree with the record; where a
+   reading stops growth earlier, its final widths are the record's widths at that epoch (exact);
+   where it would grow at an epoch the record did not, it diverges and the replay says so.
+
+Example:
+    python benchmarks/replay_planner.py runs/paper-fig2a --out replay.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _records import width_tag
+
+from netsurgeon.nagn import plan_growth
+from netsurgeon.nagn.grower import window_gain
+
+__all__ = ["READINGS", "STOP_READINGS", "StopReplay", "replan", "replay_report", "replay_stops"]
+
+#: Planner readings compared at each trigger: name -> keyword arguments of ``plan_growth``.
+READINGS: dict[str, dict[str, str]] = {
+    "paper": {},
+    "end=adjacent": {"end_rule": "adjacent"},
+    "end=none": {"end_rule": "none"},
+    "geometric": {"neighbourhood": "geometric"},
+    "score=damped": {"score": "damped"},
+    "score=excess": {"score": "excess"},
+    "drag=double": {"drag_limit": "double"},
+    "drag=none": {"drag_limit": "none"},
+    "end=adjacent, damped": {"end_rule": "adjacent", "score": "damped"},
+}
+
+#: Trigger/stop readings: name -> (restart_windows, stop_mode).
+STOP_READINGS: dict[str, tuple[bool, str]] = {
+    "restart, absolute (default)": (True, "absolute"),
+    "restart, relative": (True, "relative"),
+    "no restart, absolute": (False, "absolute"),
+    "no restart, relative": (False, "relative"),
+}
+
+
+# ------------------------------------------------------------------------------ planner replay
+
+
+def _planner_settings(run: dict) -> dict[str, Any]:
+    growth = run["config"]["growth"]
+    return {
+        "tau": growth["tau"],
+        "max_step": growth["max_step"],
+        "monotone": growth["monotone"],
+        "fallback": growth["fallback"],
+    }
+
+
+def replan(run: dict, event: dict, reading: Mapping[str, str]) -> dict[str, int]:
+    """The increments the planner gives the recorded trigger ``event`` under ``reading``.
+
+    Uses the run's own planner settings (tau, max_step, monotone, fallback), the event's
+    output layers and monotone groups, and the reading's keyword arguments on top.
+    """
+    plan = event["plan"]
+    outputs = [row["name"] for row in plan["rows"] if row["is_output"]]
+    groups = [list(g) for g in plan.get("monotone_groups", [])] or None
+    replanned = plan_growth(
+        event["profile"],
+        event["widths_before"],
+        output_layers=outputs,
+        monotone_groups=groups if plan["monotone"] else None,
+        **{**_planner_settings(run), **reading},
+    )
+    return replanned.increments
+
+
+def _conv_widths(widths: Mapping[str, int], increments: Mapping[str, int]) -> str:
+    """``"4/4/4/8"``: widths after growth of every layer but the output (last)."""
+    names = list(widths)[:-1]
+    return "/".join(str(widths[n] + increments.get(n, 0)) for n in names)
+
+
+# ------------------------------------------------------------------------------ stop replay
+
+
+@dataclass(frozen=True)
+class StopReplay:
+    """The grower's trigger/stop logic re-run on a record's validation accuracies.
+
+    Attributes:
+        reading: name in :data:`STOP_READINGS`.
+        growth_epochs: epochs at which this reading grows, as far as the replay is exact.
+        stop_epoch: the epoch at which it disables growth for good (None: not within the run).
+        diverges_at: the first epoch at which it would grow where the record did not (the
+            record's later accuracies then belong to another network), or None.
+        final_widths: the widths this reading ends with, when exact (it stopped, or matched the
+            record to the end); None when it diverges.
+    """
+
+    reading: str
+    growth_epochs: tuple[int, ...]
+    stop_epoch: int | None
+    diverges_at: int | None
+    final_widths: str | None
+
+
+def replay_stops(run: dict, reading: str) -> StopReplay:
+    """Re-run the trigger/stop rules of :class:`netsurgeon.Grower` over ``run``'s accuracies.
+
+    A trigger at which the record's own rules neither grew nor stopped had an empty plan; any
+    reading that reaches that epoch in the same state (all growths so far as recorded) gets the
+    same empty plan, so it does not diverge there.
+    """
+    growth = run["config"]["growth"]
+    own = (growth.get("restart_windows", True), growth.get("stop_mode", "absolute"))
+    empty = _simulate(run, *own, empty=None)[1]
+    return _simulate(run, *STOP_READINGS[reading], empty=empty, name=reading)[0]
+
+
+def _simulate(
+    run: dict, restart: bool, stop_mode: str, empty: set[int] | None, name: str = "own"
+) -> tuple[StopReplay, set[int]]:
+    """The replay, and the epochs of triggers that grew nothing without stopping.
+
+    ``empty=None`` trusts the record: a trigger where it did not grow is an empty plan (true
+    for the record's own rules only).
+    """
+    growth = run["config"]["growth"]
+    w, delta_acc, delta_stop = growth["w_acc"], growth["delta_acc"], growth["delta_stop"]
+    max_growths = growth.get("max_growths")
+    recorded = {e["epoch"] for e in run["events"]}
+    window: list[float] = []
+    last: float | None = None
+    grown: list[int] = []
+    empties: set[int] = set()
+
+    def result(stop: int | None = None, diverges: int | None = None) -> StopReplay:
+        if diverges is not None:
+            return StopReplay(name, tuple(grown), stop, diverges, None)
+        if stop is None:
+            return StopReplay(name, tuple(grown), None, None, width_tag(run["widths_final"]))
+        before = run["epochs"][stop - 2]["widths"]  # the widths going into the step at ``stop``
+        return StopReplay(name, tuple(grown), stop, None, width_tag(before))
+
+    for epoch, record in enumerate(run["epochs"], start=1):
+        window.append(record["val_acc"])
+        gain = window_gain(window, w)
+        if gain is None or gain >= delta_acc:
+            if epoch in recorded:  # the record grew here, this reading did not trigger
+                return result(diverges=epoch), empties
+            continue
+        current = sum(window[-w:]) / w
+        if restart:
+            window = []
+        if last is not None:
+            improvement = current - last
+            if stop_mode == "relative" and last > 0:
+                improvement /= last
+            if improvement < delta_stop:
+                return result(stop=epoch), empties
+        last = current
+        if epoch in recorded:
+            grown.append(epoch)
+            if max_growths is not None and len(grown) >= max_growths:
+                return result(stop=epoch + 1), empties
+        elif empty is None or epoch in empty:
+            empties.add(epoch)  # same state, same profile: the same empty plan
+        else:
+            return result(diverges=epoch), empties  # would grow; no profile recorded here
+    return result(), empties
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _grown_runs(folders: Sequence[Path]) -> list[dict]:
+    """Finished grown runs, then the snapshots of grown runs still training (``progress/``)."""
+    runs = []
+    for folder in folders:
+        done = set()
+        for path in sorted((Path(folder) / "runs").glob("*.json")):
+            run = json.loads(path.read_text())
+            done.add(run["run_id"])
+            if run["kind"] == "grown":
+                runs.append(run)
+        for path in sorted((Path(folder) / "progress").glob("*.json")):
+            run = json.loads(path.read_text())
+            if run["kind"] == "grown" and run["run_id"] not in done:
+                run["run_id"] += f" (running, epoch {len(run['epochs'])})"
+                runs.append(run)
+    return runs
+
+
+def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
+    """Markdown tables and JSON-ready data of both replays over every grown run in ``folders``."""
+    runs = _grown_runs(folders)
+    data: dict[str, Any] = {"planner": [], "stops": []}
+    lines = ["## Planner readings at each recorded trigger", ""]
+    head = ["run", "trigger", *READINGS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        for k, event in enumerate(run["events"]):
+            cells = [run["run_id"], f"{event['epoch']}" + (" (exact)" if k == 0 else "")]
+            row = {"run_id": run["run_id"], "epoch": event["epoch"], "first": k == 0}
+            for name, reading in READINGS.items():
+                increments = replan(run, event, reading)
+                row[name] = increments
+                added = sum(increments.values())
+                cells.append(f"+{added} → {_conv_widths(event['widths_before'], increments)}")
+            if run["where"] == "nagn":
+                row["recorded"] = event["increments"]
+            data["planner"].append(row)
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Trigger and stop readings over the recorded accuracies", ""]
+    head = ["run", "recorded growths", *STOP_READINGS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:  # every criterion: the trigger and stop rules do not depend on it
+        cells = [run["run_id"], ", ".join(str(e["epoch"]) for e in run["events"]) or "none"]
+        for name in STOP_READINGS:
+            result = replay_stops(run, name)
+            data["stops"].append({"run_id": run["run_id"], **result.__dict__})
+            grown = ",".join(map(str, result.growth_epochs)) or "none"
+            if result.diverges_at is not None:
+                cells.append(f"grows {grown}; diverges at {result.diverges_at}")
+            elif result.stop_epoch is not None:
+                cells.append(f"grows {grown}; stops at {result.stop_epoch} → {result.final_widths}")
+            else:
+                cells.append(f"grows {grown} → {result.final_widths}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n", data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("folders", nargs="+", type=Path, help="sweep folders (with runs/)")
+    parser.add_argument("--out", type=Path, help="write the markdown here (and .json beside it)")
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in args.folders if not (f / "runs").is_dir()]
+    if missing:
+        print(f"replay_planner.py: error: no runs/ folder in {missing}", file=sys.stderr)
+        return 2
+    text, data = replay_report(args.folders)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Budgets: cap what a widening may add, and scale a plan down to fit, deterministically.
+
+Three caps, each optional (:class:`Budget`):
+
+* ``max_width``: a layer's width after growth (one int for every layer, or ``{layer: width}``);
+  applied first, layer by layer: ``k_l <- min(k_l, max(0, cap_l - n_l))``.
+* ``max_params``: the model's parameter count after growth;
+* ``max_flops``: the model's forward FLOPs on the example inputs after growth.
+
+If the (width-capped) plan ``k`` exceeds ``max_params`` or ``max_flops``, it is scaled by the
+largest ``t`` in ``0..T`` (``T = max_l k_l``) for which ``k_l(t) = floor(k_l * t / T)`` fits.
+Each ``k_l(t)`` is non-decreasing in ``t`` and parameters and FLOPs only grow with a plan, so a
+bisection over ``t`` finds it with ``log2(T) + 1`` previews; the result keeps the plan's
+proportions (where to grow) and cuts how much. Every count comes from
+:func:`~netsurgeon.cost.preview.preview`, i.e. from the real ``widen`` staged on a meta copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from netsurgeon.cost.preview import CostPreview, preview
+
+__all__ = ["Budget", "FittedPlan", "fit_to_budget"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Caps on a model after growth; ``None`` leaves a cap off.
+
+    Attributes:
+        max_params: most parameters the model may have.
+        max_flops: most forward FLOPs on the example inputs.
+        max_width: most units per layer: one int for every layer, or ``{layer name: width}``.
+    """
+
+    max_params: int | None = None
+    max_flops: int | None = None
+    max_width: int | Mapping[str, int] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether any cap is set."""
+        return any(v is not None for v in (self.max_params, self.max_flops, self.max_width))
+
+    def width_cap(self, layer: str) -> int | None:
+        """The width cap of ``layer``, or ``None``."""
+        if isinstance(self.max_width, Mapping):
+            return self.max_width.get(layer)
+        return self.max_width
+
+    def exceeded_by(self, cost: CostPreview) -> tuple[str, ...]:
+        """The caps (``"max_params"``, ``"max_flops"``) that ``cost.*_after`` exceeds."""
+        out = []
+        if self.max_params is not None and cost.params_after > self.max_params:
+            out.append("max_params")
+        if (
+            self.max_flops is not None
+            and cost.flops_after is not None
+            and cost.flops_after > self.max_flops
+        ):
+            out.append("max_flops")
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class FittedPlan:
+    """A plan after the caps of a :class:`Budget`.
+
+    Attributes:
+        requested: the plan asked for.
+        increments: what fits (layers cut to 0 are dropped); ready for ``widen``.
+        limited_by: the caps that cut the plan, in the order ``max_width``, ``max_params``,
+            ``max_flops``; empty when it fitted as asked.
+        scale: the factor ``t / T`` applied after the width caps (1.0 when none was needed).
+        cost: the :class:`CostPreview` of ``increments``.
+    """
+
+    requested: dict[str, int]
+    increments: dict[str, int]
+    limited_by: tuple[str, ...]
+    scale: float
+    cost: CostPreview
+
+
+def fit_to_budget(
+    model: nn.Module,
+    plan: Mapping[str, int],
+    budget: Budget,
+    example_inputs: Any = None,
+    *,
+    init: str = "paper",
+) -> FittedPlan:
+    """Scale ``plan`` down until ``model`` widened by it stays within ``budget``; changes nothing.
+
+    Args:
+        model: the model the plan is for (not modified).
+        plan: ``{layer: units to add}``.
+        budget: the caps.
+        example_inputs: needed when ``budget.max_flops`` is set (FLOPs are counted on them).
+        init: passed to the previews (``widen`` checks it).
+
+    Returns:
+        A :class:`FittedPlan`; its ``increments`` may be empty when nothing fits.
+
+    Raises:
+        ValueError: ``max_flops`` without ``example_inputs``.
+        WidenError, TypeError, ValueError: ``widen`` would refuse the plan (the same error).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> fitted = fit_to_budget(net, {"0": 8}, Budget(max_params=80))
+        >>> fitted.increments, fitted.limited_by, fitted.cost.params_after
+        ({'0': 3}, ('max_params',), 79)
+    """
+    if budget.max_flops is not None and example_inputs is None:
+        raise ValueError(
+            f"budget.max_flops={budget.max_flops} needs example_inputs to count FLOPs on; pass "
+            "one input batch (its FLOPs are what max_flops caps)."
+        )
+
+    def cost_of(increments: Mapping[str, int]) -> CostPreview:
+        return preview(model, increments, example_inputs, init=init)
+
+    asked = cost_of(plan)  # refuses exactly what widen refuses, before any arithmetic on it
+    requested, widths = asked.plan, asked.widths_before
+    capped = dict(requested)
+    limited: list[str] = []
+    for name, k in requested.items():
+        cap = budget.width_cap(name)
+        if cap is not None and name in widths and widths[name] + k > cap:
+            capped[name] = max(0, cap - widths[name])
+            if "max_width" not in limited:
+                limited.append("max_width")
+    capped = {name: k for name, k in capped.items() if k > 0}
+    full = asked if capped == requested else cost_of(capped)
+    over = budget.exceeded_by(full)
+    if not over:
+        return FittedPlan(requested, capped, tuple(limited), 1.0, full)
+    limited.extend(over)
+    steps = max(capped.values(), default=0)
+    best_t, best = 0, None
+    low, high = 0, steps - 1  # t = steps is the full plan, known not to fit
+    while low <= high:
+        t = (low + high) // 2
+        cost = cost_of(_scaled(capped, t, steps))
+        if budget.exceeded_by(cost):
+            high = t - 1
+        else:
+            best_t, best, low = t, cost, t + 1
+    if best is None:  # not even t = 0 fits: the model is already over budget
+        best = cost_of({})
+    increments = _scaled(capped, best_t, steps)
+    return FittedPlan(requested, increments, tuple(limited), best_t / steps if steps else 0.0, best)
+
+
+def _scaled(plan: Mapping[str, int], t: int, steps: int) -> dict[str, int]:
+    """``{l: floor(k_l * t / steps)}`` without the zeros."""
+    scaled = {name: k * t // steps for name, k in plan.items()} if steps else {}
+    return {name: k for name, k in scaled.items() if k > 0}

@@ -1,0 +1,348 @@
+"""The handler interface: what a handler may ask and record while the analysis walks the graph.
+
+The walker (:mod:`netsurgeon.graph.analysis`) visits every fx node once, in topological order,
+and asks the node's handler for the :class:`~netsurgeon.graph.layout.Layout` of its output. The
+handler reads its inputs' layouts and records what it finds through this context: a new group
+(a producer layer), a consumer, a follower, a join of groups, a constraint (``k`` must be a
+multiple of ``n``), or a block (the groups it touches cannot grow, with the reason). Handlers
+never see the walker, and the walker knows no op types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import torch
+from torch import fx, nn
+
+from netsurgeon.errors import UnsupportedModelError
+from netsurgeon.graph.layout import Layout
+
+__all__ = ["FlowContext", "Refusal"]
+
+
+class Refusal(Exception):
+    """Raised by :meth:`FlowContext.refuse` in non-strict mode: blocks what the node touches."""
+
+
+@dataclass
+class _Consumer:
+    layer: str
+    layout: Layout
+    factor: int
+    groups: int
+
+
+@dataclass
+class _Follower:
+    name: str
+    kind: str
+    layout: Layout
+    factor: int
+    dim: int = 0
+    fill: float = 0.0
+
+
+@dataclass
+class FlowContext:
+    """Questions about the graph, and the records the analysis accumulates (module docstring)."""
+
+    gm: fx.GraphModule
+    registry: Any
+    strict: bool
+    modules: dict[str, nn.Module] = field(init=False)
+    layouts: dict[fx.Node, Layout | None] = field(default_factory=dict)
+    # per raw group id (union-find over them gives the final groups)
+    parent: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    producers: list[list[str]] = field(default_factory=list)
+    blocked: list[list[str]] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
+    outputs: set[int] = field(default_factory=set)
+    consumers: list[_Consumer] = field(default_factory=list)
+    followers: list[_Follower] = field(default_factory=list)
+    node: fx.Node | None = None  # the node being analysed, for messages
+
+    def __post_init__(self) -> None:
+        self.modules = dict(self.gm.named_modules())
+
+    # -- questions ------------------------------------------------------------------------------
+    def module_of(self, node: fx.Node) -> nn.Module:
+        return self.modules[str(node.target)]
+
+    def shape_of(self, value: Any) -> tuple[int, ...] | None:
+        if not isinstance(value, fx.Node):
+            return None
+        if value.op == "get_attr":
+            tensor = self.attr(value)
+            return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+        shape = getattr(value.meta.get("tensor_meta"), "shape", None)
+        return None if shape is None else tuple(shape)
+
+    def rank_of(self, value: Any) -> int | None:
+        shape = self.shape_of(value)
+        return None if shape is None else len(shape)
+
+    def attr(self, node: fx.Node) -> Any:
+        value: Any = self.gm
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        return value
+
+    def op_name(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return type(self.module_of(node)).__name__
+        if node.op == "call_method":
+            return f".{node.target}()"
+        return getattr(node.target, "__name__", str(node.target))
+
+    def layout(self, value: Any) -> Layout | None:
+        """The layout of a tensor argument (``None`` for constants and untracked tensors)."""
+        found = self.layouts.get(value) if isinstance(value, fx.Node) else None
+        return found if isinstance(found, Layout) else None
+
+    def input(self, node: fx.Node, index: int = 0) -> Layout | None:
+        return self.layout(node.args[index]) if len(node.args) > index else None
+
+    def tracked_inputs(self, node: fx.Node) -> list[Layout]:
+        """Every layout reaching ``node`` (the pieces of a multi-output input included)."""
+        return [lay for n in node.all_input_nodes for lay in _layouts(self.layouts.get(n))]
+
+    def width(self, group: int) -> int:
+        return self.widths[group]
+
+    # -- records --------------------------------------------------------------------------------
+    def new_group(self, name: str, width: int, *, producer: bool = True) -> int:
+        """A new group of ``width`` channels made by ``name`` (a producer layer, unless not)."""
+        gid = len(self.parent)
+        self.parent.append(gid)
+        self.names.append(name)
+        self.widths.append(width)
+        self.producers.append([name] if producer else [])
+        self.blocked.append([])
+        self.blocks.append(1)
+        self.units.append(1)
+        return gid
+
+    def find(self, gid: int) -> int:
+        while self.parent[gid] != gid:
+            self.parent[gid] = self.parent[self.parent[gid]]
+            gid = self.parent[gid]
+        return gid
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            keep, drop = (ra, rb) if ra < rb else (rb, ra)
+            self.parent[drop] = keep
+
+    def consume(self, node: fx.Node, layout: Layout, in_width: int, *, groups: int = 1) -> None:
+        """Record layer ``node`` reading ``layout`` as its ``in_width`` input columns."""
+        factor = self.resolve_factor(node, layout, in_width, what="input width")
+        if groups > 1:
+            self.require_blocks(node, layout, groups, what=f"grouped convolution (groups={groups})")
+        self.consumers.append(_Consumer(str(node.target), layout, factor, groups))
+
+    def follow(
+        self,
+        node: fx.Node,
+        name: str,
+        layout: Layout,
+        found: int,
+        *,
+        kind: str = "module",
+        dim: int = 0,
+        fill: float = 0.0,
+    ) -> None:
+        """Record a per-channel module or parameter holding ``found`` entries along ``layout``."""
+        factor = self.resolve_factor(node, layout, found, what=f"'{name}' width")
+        self.followers.append(_Follower(name, kind, layout, factor, dim, fill))
+
+    def resolve_factor(self, node: fx.Node, layout: Layout, found: int, *, what: str) -> int:
+        """The flatten factor that makes ``layout`` hold ``found`` entries (checked)."""
+        units = layout.units()
+        if layout.factor is not None:
+            if units * layout.factor != found:
+                self.refuse(
+                    node,
+                    f"{what} is {found} but the channels arriving deliver {units * layout.factor}"
+                    f" ({self.describe(layout)})",
+                    fix="check the model's layer sizes",
+                )
+            return layout.factor
+        if units == 0 or found % units:
+            self.refuse(
+                node,
+                f"{what} {found} is not a multiple of the {units} channels arriving "
+                f"({self.describe(layout)})",
+                fix="check the flatten, or pass example_inputs so shapes are known",
+            )
+        return found // units
+
+    def require_blocks(self, node: fx.Node, layout: Layout, n: int, *, what: str) -> None:
+        """The node splits the channels into ``n`` equal blocks: each must grow alike."""
+        if n == 1:
+            return
+        segments = layout.segments
+        if len(segments) != 1 or segments[0].group is None:
+            self.block(node, layout, f"{what} over a concatenation of several groups")
+            return
+        seg = segments[0]
+        gid = self.find(seg.group)
+        if seg.start != 0 or seg.stop != self.widths[gid] or self.widths[gid] % n:
+            self.block(node, layout, f"{what} over part of a group")
+            return
+        self.blocks[gid] = math.lcm(self.blocks[gid], n)
+
+    def require_unit(self, layout: Layout, unit: int) -> None:
+        """Each block of these groups may only grow by multiples of ``unit`` channels."""
+        for gid in layout.groups:
+            root = self.find(gid)
+            self.units[root] = math.lcm(self.units[root], unit)
+
+    def block(self, node: fx.Node, layout: Layout | Iterable[Layout] | None, reason: str) -> None:
+        """Mark every group in ``layout`` unwidenable, naming ``node`` (not an error)."""
+        layouts = [layout] if isinstance(layout, Layout) or layout is None else list(layout)
+        message = f"{reason} (at {node.format_node()})"
+        for lay in layouts:
+            for gid in lay.groups if lay is not None else ():
+                self.blocked[gid].append(message)
+
+    def mark_output(self, layout: Layout) -> None:
+        self.outputs.update(layout.groups)
+
+    # -- joins ----------------------------------------------------------------------------------
+    def join(self, node: fx.Node, operands: Sequence[Any], label: str) -> Layout | None:
+        """Elementwise combination of ``operands``: tracked layouts unify segment by segment.
+
+        Python scalars are ignored; free parameters (``get_attr``, maybe ``expand`` ed) that hold
+        one entry per channel become followers (``fill`` is 1 for ``mul``/``div`` and 0 for
+        ``add``/``sub``); tensors of size 1 on the channel dim broadcast. Anything else blocks.
+        """
+        tracked = [(a, lay) for a in operands if (lay := self.layout(a)) is not None]
+        if not tracked:
+            return None
+        base = tracked[0][1]
+        others = [lay for _, lay in tracked[1:]]
+        for other in others:
+            if not self._compatible(base, other):
+                if self._broadcasts(other, base):
+                    self.block(node, other, f"'{label}' broadcasts these channels (width 1)")
+                    continue
+                if self._broadcasts(base, other):
+                    self.block(node, base, f"'{label}' broadcasts these channels (width 1)")
+                    base = other
+                    continue
+                self.refuse(
+                    node,
+                    f"'{label}' joins tensors whose channels are laid out differently: "
+                    f"{self.describe(base)} vs {self.describe(other)}",
+                    fix="join tensors produced the same way, or make the join a leaf module",
+                )
+            for a, b in zip(base.segments, other.segments, strict=True):
+                if a.group is not None and b.group is not None:
+                    self.union(a.group, b.group)
+        for arg in operands:
+            if not isinstance(arg, fx.Node) or self.layouts.get(arg) is not None:
+                continue
+            self._join_untracked(node, arg, base, label)
+        return base.replace(segments=tuple(s.with_path(label) for s in base.segments))
+
+    def _compatible(self, a: Layout, b: Layout) -> bool:
+        if a.normalized_dim() != b.normalized_dim() or (a.dim != b.dim and a.rank is None):
+            return False
+        if len(a.segments) != len(b.segments) or a.factor != b.factor:
+            return False
+        return all(
+            x.channels == y.channels
+            and x.multiplicity == y.multiplicity
+            and (x.group is None) == (y.group is None)
+            for x, y in zip(a.segments, b.segments, strict=True)
+        )
+
+    def _broadcasts(self, small: Layout, big: Layout) -> bool:
+        return (
+            len(small.segments) == 1
+            and small.units() == 1
+            and small.normalized_dim() == big.normalized_dim()
+            and big.units() > 1
+        )
+
+    def _join_untracked(self, node: fx.Node, arg: fx.Node, base: Layout, label: str) -> None:
+        source = _free_parameter(arg)
+        shape = self.shape_of(source if source is not None else arg)
+        channel, rank = base.normalized_dim(), base.rank
+        if shape is None or channel is None or rank is None:
+            self.block(
+                node,
+                base,
+                f"'{label}' combines the channels with '{arg.name}', whose shape is unknown",
+            )
+            return
+        dim = channel - (rank - len(shape))
+        size = shape[dim] if 0 <= dim < len(shape) else 1
+        if size == 1:
+            return  # broadcast along the channels
+        if source is not None and not base.flattened:
+            fill = 1.0 if label in _MULTIPLICATIVE else 0.0
+            self.follow(node, str(source.target), base, size, kind="parameter", dim=dim, fill=fill)
+            return
+        self.block(
+            node,
+            base,
+            f"'{label}' combines the channels with '{arg.name}' of {size} entries, which "
+            "netsurgeon does not track",
+        )
+
+    # -- failures -------------------------------------------------------------------------------
+    def describe(self, layout: Layout) -> str:
+        parts = []
+        for s in layout.segments:
+            who = "untracked" if s.group is None else self.names[self.find(s.group)]
+            span = "" if s.group is None else f"[{s.start}:{s.stop}]"
+            parts.append(f"{who}{span}" + (f" x{s.multiplicity}" if s.multiplicity != 1 else ""))
+        return f"channels on dim {layout.normalized_dim()}: " + " + ".join(parts)
+
+    def unknown(self, node: fx.Node, what: str) -> NoReturn:
+        """Shapes are needed to follow the channels here: block what ``node`` touches."""
+        raise Refusal(
+            f"{what} at {node.format_node()}; pass example_inputs to trace/widen so shapes "
+            "are known"
+        )
+
+    def refuse(self, node: fx.Node, what: str, *, fix: str) -> NoReturn:
+        """Strict: raise :class:`UnsupportedModelError`; else block what ``node`` touches."""
+        where = f"module '{node.target}'" if node.op == "call_module" else f"node '{node.name}'"
+        if self.strict:
+            raise UnsupportedModelError(
+                f"cannot analyse the channels at {where}: {what}.\n  fx node: "
+                f"{node.format_node()}\n  fix: {fix}; or trace(model, strict=False) to analyse "
+                "the rest of the model"
+            )
+        raise Refusal(f"cannot analyse the channels at {where}: {what} (fix: {fix})")
+
+
+_MULTIPLICATIVE = frozenset({"mul", "truediv", "div", "imul", "itruediv", ".mul()", ".div()"})
+
+
+def _free_parameter(node: fx.Node) -> fx.Node | None:
+    """The ``get_attr`` node behind ``node`` through ``expand``/``expand_as``, if any."""
+    while node.op == "call_method" and node.target in ("expand", "expand_as", "to", "type_as"):
+        node = node.args[0]  # type: ignore[assignment]
+    return node if node.op == "get_attr" else None
+
+
+def _layouts(value: Any) -> list[Layout]:
+    """The layouts inside a node's value: a layout, a tuple of them, or ``Pieces``."""
+    if isinstance(value, Layout):
+        return [value]
+    if isinstance(value, tuple):
+        return [v for v in value if isinstance(v, Layout)]
+    if value is not None and hasattr(value, "layouts"):
+        return [v for v in (*value.layouts, value.same) if isinstance(v, Layout)]
+    return []

@@ -1,0 +1,246 @@
+"""The records of the analysis: channel groups, their consumers and followers, and index maps.
+
+A :class:`ChannelGroup` is a set of channels that must grow together:
+
+* its **producers**: one or more width-owning layers whose outputs are joined elementwise (a
+  residual stream's blocks, the two sides of a gate);
+* its **consumers**: layers that read the channels, each through an :class:`IndexMap` saying where
+  the group's channels sit among the consumer's input columns;
+* its **followers**: per-channel modules and parameters on the way (BatchNorm, a depthwise conv,
+  a layer scale), each with its own index map.
+
+Growing a group by ``k`` with ``blocks = b`` inserts ``k / b`` channels at the end of each of its
+``b`` equal blocks (``b = 1``: at the end). Every map turns that into entry positions.
+
+Example, ``torch.cat([a(x), b(x)], 1) -> conv``: the consumer ``conv`` reads ``a`` through
+``IndexMap((Piece("a", 0, 4, 1), Piece("b", 0, 6, 1)))``; growing ``a`` by 2 inserts two zero
+columns at position 4, growing ``b`` inserts them at 10 (12 if ``a`` grows too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+__all__ = ["ChannelGroup", "ConsumerRef", "Edge", "FollowerRef", "IndexMap", "Insertion", "Piece"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Channels ``[start, stop)`` of ``group`` along a dim, ``per_channel`` entries each.
+
+    An untracked piece (``group`` None) is a fixed block of ``per_channel * (stop - start)``
+    entries (features concatenated from the model input, for example).
+    """
+
+    group: str | None
+    start: int
+    stop: int
+    per_channel: int = 1
+
+    @property
+    def entries(self) -> int:
+        return (self.stop - self.start) * self.per_channel
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """``count`` new entries at ``position`` (in old coordinates) for new channels of ``group``.
+
+    ``new_channels`` are the indices ``0..k-1`` of the group's new channels that the inserted
+    entries hold, in order, each ``per_channel`` entries wide.
+    """
+
+    position: int
+    count: int
+    group: str
+    new_channels: range
+    per_channel: int
+
+
+@dataclass(frozen=True)
+class IndexMap:
+    """How the entries of one dim are made of group channels: pieces in order."""
+
+    pieces: tuple[Piece, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(p.entries for p in self.pieces)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.group for p in self.pieces if p.group is not None))
+
+    def offsets(self) -> Iterator[tuple[int, Piece]]:
+        offset = 0
+        for piece in self.pieces:
+            yield offset, piece
+            offset += piece.entries
+
+    def entries_of(self, group: str, channel: int) -> list[int]:
+        """Positions (old coordinates) of every entry of ``group``'s ``channel``."""
+        found: list[int] = []
+        for offset, p in self.offsets():
+            if p.group == group and p.start <= channel < p.stop:
+                first = offset + (channel - p.start) * p.per_channel
+                found.extend(range(first, first + p.per_channel))
+        return found
+
+    def insertions(self, growth: Mapping[str, tuple[int, int, int]]) -> list[Insertion]:
+        """Where new entries go when groups grow.
+
+        Args:
+            growth: ``{group: (width, k, blocks)}``; block ``j`` of ``[j*w/b, (j+1)*w/b)``
+                gains new channels ``[j*k/b, (j+1)*k/b)`` at its end.
+
+        Returns:
+            Insertions sorted by position (ties keep piece order).
+        """
+        found: list[Insertion] = []
+        for offset, p in self.offsets():
+            if p.group is None or p.group not in growth:
+                continue
+            width, k, blocks = growth[p.group]
+            size, per_block = width // blocks, k // blocks
+            for j in range(blocks):
+                end = (j + 1) * size
+                if p.start < end <= p.stop:
+                    found.append(
+                        Insertion(
+                            position=offset + (end - p.start) * p.per_channel,
+                            count=per_block * p.per_channel,
+                            group=p.group,
+                            new_channels=range(j * per_block, (j + 1) * per_block),
+                            per_channel=p.per_channel,
+                        )
+                    )
+        return sorted(found, key=lambda i: i.position)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Producer ``producer``'s channel ``c`` feeds consumer input columns ``[off + c*m, ...+m)``.
+
+    Attributes:
+        producer: a producer of the group (qualified layer name).
+        consumer: the consuming layer.
+        multiplicity: ``m``, entries per channel at the consumer (1 unless flattened).
+        path: labels of the ops between the group's last join (or producer) and the consumer.
+        flattened: whether a flatten/reshape lies on the path.
+        offset: where the group's first channel sits among the consumer's input columns.
+        group: the group's name.
+    """
+
+    producer: str
+    consumer: str
+    multiplicity: int
+    path: tuple[str, ...]
+    flattened: bool = False
+    offset: int = 0
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class ConsumerRef:
+    """A layer reading one or more groups on its input dim, through ``index_map``.
+
+    ``groups`` is the layer's ``groups`` (grouped conv): its weight's input dim holds
+    ``size / groups`` columns, and each conv group reads one equal block of the map.
+    """
+
+    layer: str
+    index_map: IndexMap
+    paths: tuple[tuple[str, ...], ...] = ()
+    flattened: bool = False
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class FollowerRef:
+    """A per-channel module or free parameter that grows with the groups in ``index_map``.
+
+    Attributes:
+        name: module path (``kind == "module"``) or parameter/buffer path (``"parameter"``).
+        kind: ``"module"`` or ``"parameter"``.
+        index_map: where the groups' channels sit along the follower's channel dim.
+        dim: the parameter's grown dim (``"parameter"`` only).
+        fill: the value a new entry gets under the paper's init (``"parameter"`` only).
+    """
+
+    name: str
+    kind: str
+    index_map: IndexMap
+    dim: int = 0
+    fill: float = 0.0
+
+    @property
+    def multiplicity(self) -> int:
+        """Entries per channel of the first piece (1 unless the follower comes after a flatten)."""
+        return self.index_map.pieces[0].per_channel if self.index_map.pieces else 1
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must grow together, with everything that grows along (module docstring).
+
+    Attributes:
+        name: stable name (its first producer in depth order), usable as a plan key.
+        producers: width-owning layers whose outputs carry these channels.
+        consumers: layers reading them.
+        followers: per-channel modules and parameters that grow with them.
+        width: the number of channels when traced.
+        blocks: insertion points (``chunk(n)`` or a grouped conv split the group into blocks).
+        granularity: a widening's ``k`` must be a multiple of it.
+        reaches_output: the channels reach the model output (then never widened).
+        blocked: why the group cannot be widened (``None`` when it can, apart from the output).
+    """
+
+    name: str
+    producers: tuple[str, ...]
+    consumers: tuple[ConsumerRef, ...] = ()
+    followers: tuple[FollowerRef, ...] = ()
+    width: int = 0
+    blocks: int = 1
+    granularity: int = 1
+    reaches_output: bool = False
+    blocked: str | None = None
+
+    @property
+    def widenable(self) -> bool:
+        return not self.reaches_output and self.blocked is None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the group cannot be widened, or ``None`` if it can."""
+        if self.blocked is not None:
+            return self.blocked
+        if self.reaches_output:
+            return (
+                "its output reaches the model output, so widening it would change the output shape"
+            )
+        return None
+
+    @property
+    def edges(self) -> tuple[Edge, ...]:
+        """One edge per (producer, consumer), at the group's first piece in that consumer."""
+        found = []
+        for consumer in self.consumers:
+            for i, (offset, piece) in enumerate(consumer.index_map.offsets()):
+                if piece.group != self.name:
+                    continue
+                path = consumer.paths[i] if i < len(consumer.paths) else ()
+                for producer in self.producers:
+                    found.append(
+                        Edge(
+                            producer,
+                            consumer.layer,
+                            piece.per_channel,
+                            path,
+                            consumer.flattened,
+                            offset,
+                            self.name,
+                        )
+                    )
+                break
+        return tuple(found)

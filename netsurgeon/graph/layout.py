@@ -1,0 +1,113 @@
+"""Where channels sit in a tensor: the index map from channel groups to positions on one dim.
+
+Every tensor downstream of a width-owning layer carries a :class:`Layout`: which dimension holds
+channels (``dim``), and how the entries of that dimension belong to channel groups, as an ordered
+tuple of :class:`Segment` s. One segment is a contiguous range ``[start, stop)`` of one group's
+channels, each channel owning ``multiplicity * layout.factor`` consecutive entries (more than one
+after a channel-major flatten). The maps compose:
+
+* a producer layer starts a new group: one segment ``[0, width)``, multiplicity 1;
+* ``flatten`` multiplies every multiplicity by the flattened spatial size (``factor`` stays
+  unknown, ``None``, when shapes were not propagated; the consumer's width then resolves it);
+* ``torch.cat`` along the channel dim concatenates the operands' segments: growing operand ``i``
+  inserts at the end of its own segment and shifts every later one;
+* ``chunk`` along the channel dim slices the segments;
+* ``permute``/``transpose``/``movedim`` move ``dim``;
+* an elementwise join (``add``, ``mul``, ...) unifies the groups segment by segment.
+
+Example: ``cat([conv_a(x), conv_b(x)], 1)`` with widths 4 and 6, then ``flatten`` of a 2x2 map::
+
+    Layout(dim=1, rank=2, segments=(Segment(a, 0, 4, 4), Segment(b, 0, 6, 4)), flattened=True)
+
+Channel 2 of ``b`` owns the entries ``[4*4 + 2*4, 4*4 + 3*4)`` of that dim. Growing ``a`` by 1
+inserts 4 entries at position 16 and moves all of ``b``'s entries 4 to the right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["Layout", "Segment"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Channels ``[start, stop)`` of group ``group``, ``multiplicity`` entries each.
+
+    ``group`` is ``None`` for a fixed piece netsurgeon does not track (the model's input
+    concatenated to features); its size is ``stop - start`` entries when known.
+    """
+
+    group: int | None
+    start: int
+    stop: int
+    multiplicity: int = 1
+    path: tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return self.stop - self.start
+
+    def with_path(self, label: str) -> Segment:
+        return dataclasses.replace(self, path=(*self.path, label))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The channel layout of one tensor (see the module docstring).
+
+    Attributes:
+        dim: the channel dimension; non-negative when the rank is known, else counted from the
+            end (``-1``: the last dim, where ``nn.Linear`` puts its features).
+        rank: the tensor's rank when known.
+        segments: the groups' channel ranges along ``dim``, in order.
+        flattened: a flatten merged the channels with trailing dims.
+        factor: entries per unit of ``multiplicity``; ``None`` after a flatten of unknown size.
+    """
+
+    dim: int
+    rank: int | None
+    segments: tuple[Segment, ...]
+    flattened: bool = False
+    factor: int | None = 1
+
+    def normalized_dim(self) -> int | None:
+        """The channel dimension as a non-negative index, or ``None`` when it cannot be known."""
+        if self.dim >= 0:
+            return self.dim
+        return None if self.rank is None else self.rank + self.dim
+
+    def is_last_dim(self) -> bool:
+        if self.dim == -1:
+            return True
+        return self.rank is not None and self.dim == self.rank - 1
+
+    def same_dim(self, dim: int) -> bool | None:
+        """Whether ``dim`` (as the user wrote it) is the channel dim; ``None``: cannot tell."""
+        channel = self.normalized_dim()
+        if dim < 0 and self.rank is None:
+            return dim == self.dim if self.dim < 0 else None
+        if dim < 0:
+            dim += self.rank  # type: ignore[operator]
+        return None if channel is None else dim == channel
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(s.group for s in self.segments if s.group is not None))
+
+    def entries(self) -> int | None:
+        """Entries along ``dim``, or ``None`` when the flatten factor is unknown."""
+        if self.factor is None:
+            return None
+        return sum(s.channels * s.multiplicity for s in self.segments) * self.factor
+
+    def units(self) -> int:
+        """Entries along ``dim`` in units of ``factor``."""
+        return sum(s.channels * s.multiplicity for s in self.segments)
+
+    def replace(self, **changes: object) -> Layout:
+        return dataclasses.replace(self, **changes)
+
+    def with_path(self, label: str) -> Layout:
+        return self.replace(segments=tuple(s.with_path(label) for s in self.segments))
