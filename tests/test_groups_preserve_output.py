@@ -119,17 +119,21 @@ def _widenable(graph) -> list:
     return [g for g in graph.groups if g.widenable]
 
 
-def _draw_plan(data: st.DataObject, graph) -> dict[str, int]:
-    """``{g.name: g.granularity * m}``, ``m`` in 1..3, over a random non-empty set of groups."""
+def _draw_plan(data: st.DataObject, graph, *, by_producer: bool = False) -> dict[str, int]:
+    """``{g.name: g.granularity * m}``, ``m`` in 1..3, over a random non-empty set of groups.
+
+    ``by_producer``: key each group by its name or by any of its producers, at random.
+    """
     groups = _widenable(graph)
     assume(groups)
     chosen = data.draw(
         st.lists(st.sampled_from(groups), min_size=1, unique_by=lambda g: g.name), label="groups"
     )
-    return {
-        g.name: g.granularity * data.draw(st.integers(1, 3), label=f"k/{g.granularity} {g.name}")
-        for g in chosen
-    }
+    plan = {}
+    for g in chosen:
+        key = data.draw(st.sampled_from(sorted({g.name, *g.producers}))) if by_producer else g.name
+        plan[key] = g.granularity * data.draw(st.integers(1, 3), label=f"k/{g.granularity} {key}")
+    return plan
 
 
 def _group_widths(model: nn.Module) -> dict[str, int]:
@@ -270,7 +274,9 @@ def test_widening_random_groups_of_random_dag_models_preserves_output(
     x = x.to(dtype)
     example_inputs = x if data.draw(st.booleans(), label="example_inputs given") else None
     graph = netsurgeon.trace(model, example_inputs)
-    plan = _draw_plan(data, graph)
+    for group in graph.groups:  # every producer names its group
+        assert {graph.group_of(p).name for p in group.producers} == {group.name}
+    plan = _draw_plan(data, graph, by_producer=True)
     reuse = data.draw(st.booleans(), label="graph passed to widen")
     _widen_and_compare(
         model,
