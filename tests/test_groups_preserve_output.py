@@ -624,3 +624,73 @@ def test_widening_every_group_of_a_model_with_every_block_preserves_output(init:
     _, graph, _ = _widen_every_group(spec, init, multiple=1)
     unwidenable = {g.name for g in graph.groups if not g.widenable}
     assert unwidenable == {"head.out"}  # only the output
+
+
+class FollowedConv(nn.Module):
+    """``conv1 -> follower -> act -> conv2 -> mean -> fc`` for a per-channel follower module."""
+
+    def __init__(self, follower: nn.Module) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.follower = follower
+        self.conv2 = nn.Conv2d(8, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.tanh(self.follower(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+FOLLOWERS = {
+    "BatchNorm2d": lambda: nn.BatchNorm2d(8),
+    "InstanceNorm2d": lambda: nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+    "GroupNorm one channel per group": lambda: nn.GroupNorm(8, 8),
+    "PReLU per channel": lambda: nn.PReLU(8),
+}
+
+
+@INITS
+@pytest.mark.parametrize("follower", list(FOLLOWERS))
+def test_per_channel_followers_grow_with_their_group(follower: str, init: str) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = FollowedConv(FOLLOWERS[follower]()).double()
+        with torch.no_grad():
+            for name, tensor in model.follower.state_dict().items():
+                if "var" in name:  # random statistics, affine entries and slopes
+                    tensor.uniform_(0.5, 1.5)
+                elif tensor.is_floating_point():
+                    tensor.normal_(0.0, 0.5)
+    assert "follower" in _names(netsurgeon.trace(model).group_of("conv1").followers)
+    x = torch.randn(3, 3, 5, 5, dtype=torch.float64)
+    _widen_and_compare(model, x, {"conv1": 3}, init=init, seed=0)
+    for tensor in model.follower.state_dict().values():
+        assert tensor.dim() == 0 or tensor.shape == (11,)
+
+
+class ChannelsLastMlp(nn.Module):
+    """ConvNeXt's pattern: ``permute`` to ``(B, H, W, C)``, a Linear MLP, ``permute`` back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc1 = nn.Linear(6, 10)
+        self.fc2 = nn.Linear(10, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        y = self.fc2(torch.nn.functional.gelu(self.fc1(x.permute(0, 2, 3, 1))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+@INITS
+def test_widening_a_channels_last_mlp_between_permutes_preserves_output(init: str) -> None:
+    model = ChannelsLastMlp().double()
+    graph = netsurgeon.trace(model)
+    assert set(graph.group_of("conv").producers) == {"conv", "fc2"}
+    assert "fc1" in _names(graph.group_of("conv").consumers)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    _widen_and_compare(model, x, {"conv": 2, "fc1": 4}, init=init, seed=0)
+    assert (model.fc1.in_features, model.fc1.out_features, model.fc2.out_features) == (8, 14, 8)
