@@ -16,6 +16,7 @@ from torch import nn
 from netsurgeon.errors import WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
+from netsurgeon.surgery.index import slots
 from netsurgeon.surgery.init import PaperInit
 from netsurgeon.surgery.widen import stage
 
@@ -26,7 +27,8 @@ class _Placeholder(PaperInit):
     """Zero rows: the checkpoint's values overwrite them, and no random number is drawn."""
 
     def fill_rows(self, weight, *, row_inserts, col_inserts, old_in, sources, generator):
-        pass  # new rows stay zero
+        for at, ins in slots(row_inserts):
+            weight.narrow(0, at, ins.count).zero_()
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
         if fill is not None:

@@ -100,7 +100,10 @@ class InitStrategy:
         sources: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> None:
-        """Write the new output rows (dim 0) of ``weight``; ``old_in`` columns carry signal."""
+        """Write the new output rows (dim 0) of ``weight``; ``old_in`` columns carry signal.
+
+        Every entry of the new rows must be written, except the new columns (already zero).
+        """
         raise NotImplementedError
 
     def fill_entries(

@@ -20,7 +20,7 @@ from torch import nn
 from netsurgeon.errors import NetsurgeonTypeError, WidenError
 from netsurgeon.graph import IndexMap, Insertion, LayerGraph, Piece, trace
 from netsurgeon.guards import check_plain_module
-from netsurgeon.surgery.index import grow, grown_size, place
+from netsurgeon.surgery.index import grow, grown_size, place, slots
 from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.optim import grown_state
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
@@ -284,10 +284,12 @@ def _stage_layer(graph, name, own, consumer, spec, sources, widths, strategy, ge
         if conv_groups > 1:  # the weight holds one conv group's columns: block 0's insertions
             cols = [i for i in cols if i.position <= old_in // conv_groups]
     inserts = {0: rows, 1: cols}
-    new = weight.new_zeros(
+    new = weight.new_empty(
         (grown_size(old_out, rows), grown_size(weight.shape[1], cols), *weight.shape[2:])
     )
-    place(weight.detach(), new, inserts)
+    place(weight.detach(), new, inserts)  # old rows x old columns; the rest is written below
+    for at, ins in slots(cols):
+        new.narrow(1, at, ins.count).zero_()
     if cols and conv_groups == 1:
         strategy.fill_columns(
             new,
