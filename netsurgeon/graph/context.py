@@ -238,12 +238,14 @@ class FlowContext:
                     self.block(node, base, f"'{label}' broadcasts these channels (width 1)")
                     base = other
                     continue
-                self.refuse(
+                self.block(
                     node,
-                    f"'{label}' joins tensors whose channels are laid out differently: "
-                    f"{self.describe(base)} vs {self.describe(other)}",
-                    fix="join tensors produced the same way, or make the join a leaf module",
+                    [base, other],
+                    f"'{label}' joins tensors whose channels are laid out differently "
+                    f"({self.describe(base)} vs {self.describe(other)}): one producer's channels "
+                    "would have to grow inside another's",
                 )
+                continue
             for a, b in zip(base.segments, other.segments, strict=True):
                 if a.group is not None and b.group is not None:
                     self.union(a.group, b.group)

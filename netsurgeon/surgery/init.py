@@ -66,11 +66,19 @@ class InitStrategy:
     name: ClassVar[str] = ""
 
     def sources(
-        self, width: int, k: int, blocks: int, generator: torch.Generator | None
+        self,
+        width: int,
+        k: int,
+        blocks: int,
+        generator: torch.Generator | None,
+        *,
+        unit: int = 1,
     ) -> torch.Tensor | None:
         """For each of the ``k`` new channels, the old channel it derives from (``None``: none).
 
         New channels ``[j*k/b, (j+1)*k/b)`` go to block ``j``; their sources must lie in it.
+        With ``unit > 1`` (a GroupNorm of ``unit`` channels per group) new channels come in runs
+        of ``unit`` that must copy whole old normalisation groups, in order.
         """
         return None
 
@@ -168,19 +176,18 @@ class Net2NetInit(InitStrategy):
             raise ValueError(f"split_noise must be in [0, 1), got {split_noise}")
         self.split_noise = split_noise
 
-    def sources(self, width, k, blocks, generator):
+    def sources(self, width, k, blocks, generator, *, unit=1):
         size, per_block = width // blocks, k // blocks
         device = _device_of(generator)
-        if blocks == 1:
+        if blocks == 1 and unit == 1:
             return torch.randint(0, width, (k,), generator=generator, device=device).cpu()
-        return torch.cat(
-            [
-                torch.randint(
-                    j * size, (j + 1) * size, (per_block,), generator=generator, device=device
-                ).cpu()
-                for j in range(blocks)
-            ]
-        )
+        parts = []
+        for j in range(blocks):  # whole normalisation groups of the block, copied in order
+            picks = torch.randint(
+                0, size // unit, (per_block // unit,), generator=generator, device=device
+            ).cpu()
+            parts.append((j * size + picks[:, None] * unit + torch.arange(unit)).flatten())
+        return torch.cat(parts)
 
     def fill_columns(self, weight, *, index_map, inserts, sources, widths, generator):
         """Each copy's columns take a share of its source's columns; shares sum to one."""

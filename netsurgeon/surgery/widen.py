@@ -246,7 +246,13 @@ def stage(
     spec = {name: (groups[name].width, k, groups[name].blocks) for name, k in growth.items()}
     widths = {g.name: g.width for g in graph.groups}
     sources = {
-        name: strategy.sources(groups[name].width, k, groups[name].blocks, generator)
+        name: strategy.sources(
+            groups[name].width,
+            k,
+            groups[name].blocks,
+            generator,
+            unit=groups[name].granularity // groups[name].blocks,
+        )
         for name, k in growth.items()
     }
     consumers = {c.layer: c for name in growth for c in groups[name].consumers}
