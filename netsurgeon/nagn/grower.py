@@ -16,9 +16,11 @@ backward passes of that epoch. The rules (all in :class:`GrowthConfig`):
   default, ``stop_mode="relative"`` for a fraction) disables growth for good, and that trigger does
   not grow. ``max_growths`` and the caps (``max_params``, ``max_flops``, ``max_width``) stop it
   too; ``stop_cause`` says which rule did, ``stop_reason`` says it in words.
-* **Where.** The planner turns the epoch's NAGN profile into increments; the where-criterion
-  (``"nagn"``, ``"uniform"``, ``"random"``) decides how that budget is spread, and the caps
-  scale it down if it would exceed them.
+* **Where.** The group planner (:func:`netsurgeon.nagn.plan_group_growth`) turns the epoch's
+  NAGN profile into increments per channel group (a VGG's layers, a ResNet's stage streams and
+  block interiors); the where-criterion (``"nagn"``, ``"uniform"``, ``"random"``) decides how
+  that budget is spread over the widenable groups, each rounded to its granularity, and the caps
+  scale it down if it would exceed them. One trace per growth: the plan and ``widen`` share it.
 
 ``step`` is atomic: it either completes, or raises and leaves the model, the optimizer and the
 grower (windows, triggers, history, generators, the monitor's accumulators) as they were. Every
@@ -41,9 +43,10 @@ from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
 from netsurgeon.graph import trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
+from netsurgeon.nagn.groups import round_to_granularity
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
-from netsurgeon.nagn.planner import GrowthPlanner, conv_backbone_groups
+from netsurgeon.nagn.planner import GrowthPlanner
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import widen
 
@@ -162,6 +165,8 @@ class Grower:
             end_rule=self.config.end_rule,
             score=self.config.score,
             drag_limit=self.config.drag_limit,
+            combine=self.config.combine,
+            neighbourhood_order=self.config.neighbourhood_order,
         )
         device = next(model.parameters()).device
         self._weights_rng = torch.Generator(device=device).manual_seed(self.config.seed)
@@ -301,16 +306,18 @@ class Grower:
     def _grow(self, accuracy: float) -> GrowthEvent | None:
         cfg = self.config
         profile = self.monitor.profile(all_reduce=self.distributed, group=self.group)
-        graph = trace(self.model, strict=False)
+        graph = trace(self.model, strict=False)  # the one trace of this growth
         widths = graph.widths()
-        growable = graph.widenable_layers
-        plan = self.planner.plan(
-            profile,
-            widths,
-            output_layers=[n for n in self.layers if n not in growable],
-            monotone_groups=conv_backbone_groups(self.model, self.layers) if cfg.monotone else None,
+        plan = self.planner.plan_groups(profile, graph, monotone_groups=None)
+        groups = {record.name: record for record in plan.groups}
+        group_widths = {name: record.width for name, record in groups.items()}
+        growable = [name for name, record in groups.items() if record.widenable]
+        requested = WHERE_CRITERIA[cfg.where](
+            plan.increments, group_widths, growable, self._where_rng
         )
-        requested = WHERE_CRITERIA[cfg.where](plan.increments, widths, growable, self._where_rng)
+        requested = round_to_granularity(
+            requested, group_widths, {name: r.granularity for name, r in groups.items()}
+        )
         if not requested:
             logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
@@ -323,7 +330,7 @@ class Grower:
                 f"epoch {self.epoch}: the caps {_caps(cfg, fitted.limited_by)} leave no room for "
                 f"{requested} (the model has {fitted.cost.params_before:,} parameters)"
             )
-            if _budget_exhausted(cfg, fitted, widths, growable):
+            if _budget_exhausted(cfg, fitted, group_widths, growable):
                 self._stop("budget", message)
             else:
                 logger.info("%s; other layers may still grow later", message)
@@ -432,7 +439,9 @@ class Grower:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (load the grown model with
         ``netsurgeon.load_state_dict`` first). Nothing changes if it raises."""
-        if state["config"] != dataclasses.asdict(self.config):
+        # Checkpoints written before the group readings existed planned with their defaults.
+        saved = {"combine": "rms", "neighbourhood_order": "graph", **state["config"]}
+        if saved != dataclasses.asdict(self.config):
             raise ValueError(
                 "the checkpoint was made with a different GrowthConfig; construct the Grower "
                 f"with GrowthConfig(**state['config']). Checkpoint: {state['config']}"

@@ -49,7 +49,17 @@ from netsurgeon.nagn.contrast import (
     NEIGHBOURHOODS,
     EndRule,
     Neighbourhood,
+    chain_neighbours,
+    graph_contrast,
     relative_contrast,
+)
+from netsurgeon.nagn.groups import (
+    COMBINES,
+    NEIGHBOURHOOD_ORDERS,
+    Combine,
+    NeighbourhoodOrder,
+    _check_choice,
+    round_to_granularity,
 )
 from netsurgeon.nagn.plan import GrowthPlan, LayerPlan
 
@@ -225,7 +235,7 @@ def _check_groups(
 
 def plan_growth(
     profile: Mapping[str, float],
-    widths: Mapping[str, int],
+    widths: Mapping[str, int] | Any,
     *,
     output_layers: Iterable[str] | None = None,
     tau: float = 0.05,
@@ -267,6 +277,12 @@ def plan_growth(
     Returns:
         A frozen :class:`GrowthPlan`; ``plan.increments`` is ``{layer: dn > 0}``.
 
+    Passing a ``LayerGraph`` (``netsurgeon.trace(model)``) as ``widths`` plans on its channel
+    groups instead, with the group readings' defaults: ``plan_growth(profile, graph)`` is
+    :func:`netsurgeon.nagn.plan_group_growth`; ``output_layers`` must then be ``None``
+    (unwidenable groups never grow). Use it for models with residual streams, concatenations or
+    grouped convolutions, where one layer's increment is not free.
+
     Raises:
         PlanError: mismatched layer names, a negative or non-finite NAGN, a width < 1, an
             unknown output layer or a bad setting.
@@ -277,6 +293,29 @@ def plan_growth(
         >>> plan.increments
         {'b': 4}
     """
+    if hasattr(widths, "groups") and hasattr(widths, "group_of"):  # a LayerGraph
+        if output_layers is not None:
+            raise PlanError(
+                "plan_growth(profile, graph) plans channel groups: unwidenable groups (the output "
+                "among them) never grow, so output_layers must be None; found "
+                f"{output_layers!r}. Pass graph.widths() instead of the graph for a per-layer plan."
+            )
+        from netsurgeon.nagn.group_planner import plan_group_growth
+
+        return plan_group_growth(
+            profile,
+            widths,  # type: ignore[arg-type]
+            tau=tau,
+            max_step=max_step,
+            monotone=monotone,
+            monotone_groups=monotone_groups,
+            fallback=fallback,
+            fallback_fraction=fallback_fraction,
+            neighbourhood=neighbourhood,
+            end_rule=end_rule,
+            score=score,
+            drag_limit=drag_limit,
+        )
     _check_settings(tau, max_step, fallback, fallback_fraction)
     _check_readings(neighbourhood, end_rule, score, drag_limit)
     names, g, n = _check_inputs(profile, widths)
@@ -292,10 +331,70 @@ def plan_growth(
                 f"output_layers {unknown} are not in the profile (layers: {names}). "
                 "Pass the names of profiled layers that must never grow."
             )
+    groups = None
+    if monotone:
+        groups = (
+            (tuple(name for name in names if name not in outputs),)
+            if monotone_groups is None
+            else _check_groups(monotone_groups, names)
+        )
+    before, after = chain_neighbours(len(names))
+    return decide(
+        names,
+        g,
+        n,
+        outputs,
+        before,
+        after,
+        groups,
+        tau=tau,
+        max_step=max_step,
+        fallback=fallback,
+        fallback_fraction=fallback_fraction,
+        neighbourhood=neighbourhood,
+        end_rule=end_rule,
+        score=score,
+        drag_limit=drag_limit,
+    )
+
+
+def decide(
+    names: Sequence[str],
+    g: Sequence[float],
+    n: Sequence[int],
+    outputs: set[str] | frozenset[str],
+    before: Sequence[Sequence[int]],
+    after: Sequence[Sequence[int]],
+    monotone_groups: tuple[tuple[str, ...], ...] | None,
+    *,
+    tau: float,
+    max_step: int | None,
+    fallback: str,
+    fallback_fraction: float,
+    neighbourhood: Neighbourhood,
+    end_rule: EndRule,
+    score: str,
+    drag_limit: str,
+    granularity: Sequence[int] | None = None,
+    **record: Any,
+) -> GrowthPlan:
+    """Steps 1-6 of the module docstring on checked inputs; the shared core of every planner.
+
+    Args:
+        names, g, n: ``(L,)`` node names, NAGN values and widths, in depth order.
+        outputs: names that never grow (they still have a contrast).
+        before, after: ``(L,)`` neighbour indices (:func:`graph_contrast`); a chain gives the
+            paper's rule. The fallback compares a node with the mean NAGN of ``before``.
+        monotone_groups: the chains the non-decreasing constraint runs along, each in depth
+            order; ``None`` when the constraint is off.
+        granularity: ``(L,)``: final increments rounded up to a multiple
+            (:func:`~netsurgeon.nagn.groups.round_to_granularity`); ``None``: all 1.
+        record: extra :class:`GrowthPlan` fields (the group planner's settings and records).
+    """
     growable = [i for i, name in enumerate(names) if name not in outputs]
     cap = [n[i] if max_step is None else min(max_step, n[i]) for i in range(len(names))]
 
-    neighbour, r, how, extrapolated, m = relative_contrast(g, neighbourhood, end_rule)
+    neighbour, r, how, extrapolated, m = graph_contrast(g, before, after, neighbourhood, end_rule)
     p = [max(x - tau, 0.0) for x in r]
     max_p = max((p[i] for i in growable), default=0.0)
     s = [0.0] * len(names)
@@ -311,28 +410,32 @@ def plan_growth(
     else:
         rule = f"fallback:{fallback}"
         for i in growable:
-            if i == 0 or g[i] <= g[i - 1] or fallback == "none":
+            if not before[i] or fallback == "none":
+                continue
+            previous = math.fsum(g[j] for j in before[i]) / len(before[i])
+            if g[i] <= previous:
                 continue
             step = 1 if fallback == "unit" else max(1, math.floor(fallback_fraction * n[i]))
             raw[i] = min(cap[i], step)
 
     final = list(raw)
-    groups: tuple[tuple[str, ...], ...] = ()
-    if monotone:
-        groups = (
-            (tuple(names[i] for i in growable),)
-            if monotone_groups is None
-            else _check_groups(monotone_groups, names)
-        )
+    if monotone_groups is not None:
         index = {name: i for i, name in enumerate(names)}
-        for group in groups:
+        drag = {"step": cap, "double": list(n), "none": [sys.maxsize] * len(n)}[drag_limit]
+        for group in monotone_groups:
             members = [index[name] for name in group if name not in outputs]
-            drag = {"step": cap, "double": n, "none": [sys.maxsize] * len(n)}[drag_limit]
             adjusted = monotone_adjust(
                 [n[i] for i in members], [final[i] for i in members], [drag[i] for i in members]
             )
             for i, dn in zip(members, adjusted, strict=True):
                 final[i] = dn
+    if granularity is not None:
+        rounded = round_to_granularity(
+            dict(zip(names, final, strict=True)),
+            dict(zip(names, n, strict=True)),
+            dict(zip(names, granularity, strict=True)),
+        )
+        final = [rounded.get(name, 0) for name in names]
 
     rows = tuple(
         LayerPlan(
@@ -359,22 +462,27 @@ def plan_growth(
         max_excess=max_p,
         tau=float(tau),
         max_step=max_step,
-        monotone=monotone,
+        monotone=monotone_groups is not None,
         fallback=fallback,
         fallback_fraction=float(fallback_fraction),
-        monotone_groups=groups,
+        monotone_groups=monotone_groups or (),
         neighbourhood=neighbourhood,
         end_rule=end_rule,
         score=score,
         drag_limit=drag_limit,
+        **record,
     )
 
 
 def conv_backbone_groups(model: Any, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    """The monotone group of a CNN: its convolution layers among ``layers``, in the given order.
+    """The monotone group of a CNN: the layers among ``layers`` with a spatial kernel.
 
-    The paper's constraint is about the conv backbone; a dense classifier head that tapers
-    (512 -> 128 -> 10) is normal and is left unconstrained.
+    A layer has a spatial kernel when its ``weight`` has more than two dims (``(out, in,
+    *kernel)``: a convolution), which is what the graph's layer handlers expose. The paper's
+    constraint is about the conv backbone; a dense classifier head that tapers (512 -> 128 -> 10)
+    is normal and is left unconstrained. For models with residual streams use the group planner
+    (:func:`netsurgeon.nagn.plan_group_growth`), whose default chain is
+    :func:`netsurgeon.nagn.groups.backbone_chain`.
 
     Args:
         model: the ``nn.Module`` the names refer to.
@@ -391,9 +499,13 @@ def conv_backbone_groups(model: Any, layers: Sequence[str]) -> tuple[tuple[str, 
     """
     from torch import nn
 
-    convs = tuple(
-        name for name in layers if isinstance(model.get_submodule(name), nn.modules.conv._ConvNd)
-    )
+    def has_kernel(name: str) -> bool:
+        weight = getattr(model.get_submodule(name), "weight", None)
+        if weight is None or isinstance(weight, nn.parameter.UninitializedParameter):
+            return False
+        return weight.dim() > 2
+
+    convs = tuple(name for name in layers if has_kernel(name))
     return (convs,) if convs else ()
 
 
@@ -408,6 +520,8 @@ class GrowthPlanner:
         fallback: ``"fraction"``, ``"unit"`` or ``"none"`` (see :func:`plan_growth`).
         fallback_fraction: fraction of the width a fallback layer gains (at least one unit).
         neighbourhood, end_rule, score, drag_limit: the readings of :func:`plan_growth`.
+        combine, neighbourhood_order: the group readings of :meth:`plan_groups`
+            (:func:`netsurgeon.nagn.plan_group_growth`).
 
     Example:
         >>> planner = GrowthPlanner(tau=0.05, max_step=4)
@@ -425,10 +539,42 @@ class GrowthPlanner:
     end_rule: EndRule = "extrapolate"
     score: Score = "normalised"
     drag_limit: DragLimit = "step"
+    combine: Combine = "rms"
+    neighbourhood_order: NeighbourhoodOrder = "graph"
 
     def __post_init__(self) -> None:
         _check_settings(self.tau, self.max_step, self.fallback, self.fallback_fraction)
         _check_readings(self.neighbourhood, self.end_rule, self.score, self.drag_limit)
+        _check_choice("combine", self.combine, COMBINES)
+        _check_choice("neighbourhood_order", self.neighbourhood_order, NEIGHBOURHOOD_ORDERS)
+
+    def plan_groups(
+        self,
+        profile: Mapping[str, float],
+        graph: Any,
+        *,
+        monotone_groups: Iterable[Iterable[str]] | None = None,
+    ) -> GrowthPlan:
+        """Plan one growth of the channel groups of ``graph`` (see
+        :func:`netsurgeon.nagn.plan_group_growth`); keys of the increments are group names."""
+        from netsurgeon.nagn.group_planner import plan_group_growth
+
+        return plan_group_growth(
+            profile,
+            graph,
+            combine=self.combine,
+            neighbourhood_order=self.neighbourhood_order,
+            tau=self.tau,
+            max_step=self.max_step,
+            monotone=self.monotone,
+            monotone_groups=monotone_groups,
+            fallback=self.fallback,
+            fallback_fraction=self.fallback_fraction,
+            neighbourhood=self.neighbourhood,
+            end_rule=self.end_rule,
+            score=self.score,
+            drag_limit=self.drag_limit,
+        )
 
     def plan(
         self,
