@@ -241,8 +241,9 @@ def round_to_granularity(
 ) -> dict[str, int]:
     """Each ``k`` rounded up to the next multiple of its group's granularity, within doubling.
 
-    A ``k`` that would round above the width ``n`` (more than doubling) rounds down instead; a
-    ``k`` that rounds to 0 is dropped. Names missing from ``granularity`` have granularity 1.
+    A ``k`` that would round above ``max(n, k)`` (past doubling, or past what
+    ``drag_limit="none"`` already allowed) rounds down instead; a ``k`` that rounds to 0 is
+    dropped; a multiple is kept as it is. Names missing from ``granularity`` have granularity 1.
 
     Example:
         >>> round_to_granularity({"a": 3, "b": 5, "c": 1}, {"a": 8, "b": 6, "c": 2},
@@ -253,8 +254,8 @@ def round_to_granularity(
     for name, k in increments.items():
         step = max(1, int(granularity.get(name, 1)))
         up = -(-int(k) // step) * step
-        if name in widths and up > widths[name]:
-            up = widths[name] // step * step
+        if name in widths and up > max(widths[name], k):
+            up = int(k) // step * step
         if up > 0:
             out[name] = up
     return out
