@@ -143,7 +143,7 @@ class Grower:
         self.example_inputs = example_inputs
         self.distributed = bool(distributed)
         self.group = group
-        graph = trace(model, strict=False)
+        graph = trace(model, example_inputs, strict=False)
         self.layers = graph.layers
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
@@ -306,7 +306,8 @@ class Grower:
     def _grow(self, accuracy: float) -> GrowthEvent | None:
         cfg = self.config
         profile = self.monitor.profile(all_reduce=self.distributed, group=self.group)
-        graph = trace(self.model, strict=False)  # the one trace of this growth
+        # The one trace of this growth; with example inputs, shapes resolve what ranks alone cannot.
+        graph = trace(self.model, self.example_inputs, strict=False)
         widths = graph.widths()
         plan = self.planner.plan_groups(profile, graph, monotone_groups=None)
         groups = {record.name: record for record in plan.groups}
