@@ -191,7 +191,8 @@ class GrowthPlan:
             )
             + ")"
         )
-        cols = ("layer", "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn")
+        first = "layer" if self.combine is None else "group"
+        cols = (first, "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn")
         cost_cols = ("n'", "params", "params'", "FLOPs", "FLOPs'") if self.cost else ()
         cols = (*cols, *cost_cols, "")
         lines = [
@@ -224,7 +225,13 @@ class GrowthPlan:
             )
             return "  ".join([first, *rest]).rstrip()
 
-        return "\n".join([head, fmt(cols), *(fmt(line) for line in lines)])
+        inside = [
+            f"  {g.name}: {self.combine} of "
+            + ", ".join(f"{name} {value:.4g}" for name, value in g.producers)
+            for g in self.groups
+            if len(g.producers) > 1
+        ]
+        return "\n".join([head, fmt(cols), *(fmt(line) for line in lines), *inside])
 
     def _cost_cells(self, name: str | None, row: Any = None) -> tuple[str, ...]:
         """The cost columns of layer ``name`` (or of ``row``): n', params, params', FLOPs, FLOPs'."""
