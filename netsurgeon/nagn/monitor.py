@@ -306,11 +306,11 @@ def _layer_names(model: nn.Module) -> list[str]:
 
     try:
         return list(trace(model, strict=False).layers)
-    except Exception:  # an untraceable model: fall back to modules with a weight
+    except Exception:  # an untraceable model: fall back to modules that own a weight
         return [
             n
             for n, m in model.named_modules()
-            if isinstance(m.__dict__.get("_parameters", {}).get("weight"), nn.Parameter)
+            if isinstance(getattr(m, "weight", None), nn.Parameter)
         ]
 
 
