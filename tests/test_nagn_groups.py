@@ -261,3 +261,24 @@ def _check_same_plan(profile, graph, monotone_groups, order, **reading) -> None:
     assert per_group.median_slope == per_layer.median_slope or (
         math.isnan(per_group.median_slope) and math.isnan(per_layer.median_slope)
     )
+
+
+def test_budget_scaling_keeps_increments_multiples_of_the_granularity() -> None:
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.g = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+            self.h = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.h(F.relu(self.g(F.relu(self.a(x)))))
+
+    model = Grouped()
+    params = sum(p.numel() for p in model.parameters())
+    budget = netsurgeon.Budget(max_params=params + 200)  # 4 channels cost 184, 8 cost 368
+    fitted = netsurgeon.fit_to_budget(model, {"a": 8}, budget, granularity={"a": 4})
+    assert fitted.limited_by == ("max_params",)
+    assert fitted.increments == {"a": 4}  # the largest multiple of 4 within the cap
+    assert fitted.cost.params_after == params + 184
+    netsurgeon.widen(model, fitted.increments)  # widen accepts it

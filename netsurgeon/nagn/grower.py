@@ -322,7 +322,7 @@ class Grower:
         if not requested:
             logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
-        fitted = self._fit(requested)
+        fitted = self._fit(requested, {name: r.granularity for name, r in groups.items()})
         same = fitted.increments == plan.increments
         plan = plan.with_cost(fitted.cost if same else self._preview(plan.increments))
         logger.debug("epoch %d: %s", self.epoch, plan)
@@ -367,11 +367,16 @@ class Grower:
         logger.info("epoch %d: %s", event.epoch, event.summary())
         return event
 
-    def _fit(self, requested: dict[str, int]) -> FittedPlan:
+    def _fit(self, requested: dict[str, int], granularity: dict[str, int]) -> FittedPlan:
         budget = self.config.budget
         if budget.active:
             return fit_to_budget(
-                self.model, requested, budget, self.example_inputs, init=self.config.init
+                self.model,
+                requested,
+                budget,
+                self.example_inputs,
+                init=self.config.init,
+                granularity=granularity,
             )
         return FittedPlan(requested, requested, (), 1.0, self._preview(requested))
 
