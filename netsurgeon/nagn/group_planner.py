@@ -23,6 +23,16 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from netsurgeon.errors import PlanError
+from netsurgeon.nagn.checks import (
+    DEFAULT_MAX_STEP,
+    DragLimit,
+    Fallback,
+    Score,
+    _check_groups,
+    _check_inputs,
+    _check_readings,
+    _check_settings,
+)
 from netsurgeon.nagn.contrast import EndRule, Neighbourhood, chain_neighbours
 from netsurgeon.nagn.groups import (
     COMBINES,
@@ -34,17 +44,7 @@ from netsurgeon.nagn.groups import (
     group_profile,
 )
 from netsurgeon.nagn.plan import GrowthPlan
-from netsurgeon.nagn.planner import (
-    DEFAULT_MAX_STEP,
-    DragLimit,
-    Fallback,
-    Score,
-    _check_groups,
-    _check_inputs,
-    _check_readings,
-    _check_settings,
-    decide,
-)
+from netsurgeon.nagn.planner import decide
 
 if TYPE_CHECKING:
     from netsurgeon.graph import LayerGraph
