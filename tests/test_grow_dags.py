@@ -117,7 +117,8 @@ def test_uniform_and_random_spread_the_nagn_budget_over_widenable_groups() -> No
 
 class RandomDag(nn.Module):
     """Node 0: a conv of the input. Node ``i``: ``conv(h_j)``, ``conv(h_j) + h_k`` (a residual
-    join, same width) or ``conv(cat(h_j, h_k))``; each conv is followed by BatchNorm and ReLU.
+    join, same width), ``conv(cat(h_j, h_k))`` or a grouped conv of ``h_j`` (``groups=2``: both
+    groups get granularity 2); each conv is followed by BatchNorm and ReLU.
     The head reads the pooled concatenation of every node, so every node gets a gradient."""
 
     def __init__(self, widths: list[int], ops: list[tuple[str, int, int]], classes: int) -> None:
@@ -126,7 +127,8 @@ class RandomDag(nn.Module):
         convs = [nn.Conv2d(3, widths[0], 3, padding=1)]
         for (op, j, k), width in zip(ops, widths[1:], strict=True):
             cin = widths[j] + widths[k] if op == "cat" else widths[j]
-            convs.append(nn.Conv2d(cin, width, 3, padding=1))
+            groups = 2 if op == "grouped" else 1
+            convs.append(nn.Conv2d(cin, width, 3, padding=1, groups=groups))
         self.convs = nn.ModuleList(convs)
         self.bns = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
         self.head = nn.Linear(sum(widths), classes)
@@ -146,15 +148,22 @@ def dags(draw: st.DrawFn) -> tuple[list[int], list[tuple[str, int, int]]]:
     widths = [draw(st.integers(2, 5))]
     ops = []
     for i in range(1, draw(st.integers(2, 4))):
-        op = draw(st.sampled_from(["conv", "add", "cat"] if i > 1 else ["conv", "add"]))
+        op = draw(st.sampled_from(["conv", "add", "cat", "grouped"] if i > 1 else ["conv", "add"]))
         j = draw(st.integers(0, i - 1))
+        if op == "grouped" and widths[j] % 2:
+            op = "conv"
         k = draw(st.integers(0, i - 1).filter(lambda k, j=j, op=op: op != "cat" or k != j))
         ops.append((op, j, k))
-        widths.append(widths[k] if op == "add" else draw(st.integers(2, 5)))
+        if op == "add":
+            widths.append(widths[k])
+        elif op == "grouped":
+            widths.append(draw(st.sampled_from([2, 4])))
+        else:
+            widths.append(draw(st.integers(2, 5)))
     return widths, ops
 
 
-@settings(max_examples=10)
+@settings(max_examples=12)
 @given(dag=dags(), where=st.sampled_from(["nagn", "uniform", "random"]))
 def test_growth_steps_on_random_dags_keep_the_loss(
     dag: tuple[list[int], list[tuple[str, int, int]]], where: str
@@ -173,3 +182,4 @@ def test_growth_steps_on_random_dags_keep_the_loss(
         assert set(event.increments) <= widenable
         for record in event.plan.groups:  # producers of one group share one width
             assert len({event.widths_after[p] for p, _ in record.producers}) == 1
+            assert event.increments.get(record.name, 0) % record.granularity == 0
