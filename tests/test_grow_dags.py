@@ -163,7 +163,7 @@ def dags(draw: st.DrawFn) -> tuple[list[int], list[tuple[str, int, int]]]:
     return widths, ops
 
 
-@settings(max_examples=12)
+@settings(max_examples=8)
 @given(dag=dags(), where=st.sampled_from(["nagn", "uniform", "random"]))
 def test_growth_steps_on_random_dags_keep_the_loss(
     dag: tuple[list[int], list[tuple[str, int, int]]], where: str
