@@ -38,12 +38,23 @@ class Arch:
         build: ``(widths, num_classes, in_channels, image_size, hidden, device) -> model``.
         widths_of: a (grown) model's current widths as a spec.
         expand: a short spec completed with ``blocks`` (identity for VGG).
+        cpu_channels_last: train in channels_last on CPUs (faster for VGGs, bench_pipeline).
+            False for ResNets: with torch 2.14.1 the backward of a 1x1 stride-2 conv (the
+            projection shortcut) in channels_last on CPU corrupts the heap at narrow widths
+            (``Conv2d(4, 8, 1, 2)``, batch 100 of 16x16: glibc abort; 8 -> 16 passes).
     """
 
     name: str
     build: Callable[..., nn.Module]
     widths_of: Callable[[nn.Module], Widths]
     expand: Callable[[Widths, int], Widths]
+    cpu_channels_last: bool = True
+
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        """The memory format of the model and its batches on ``device``."""
+        if device.type == "cpu" and not self.cpu_channels_last:
+            return torch.contiguous_format
+        return torch.channels_last
 
 
 def _vgg_build(
@@ -104,5 +115,7 @@ def _same(widths: Widths, blocks: int) -> Widths:
 
 ARCHS: dict[str, Arch] = {
     "vgg": Arch("vgg", _vgg_build, _vgg_widths, _same),
-    "resnet": Arch("resnet", _resnet_build, _resnet_widths, _resnet_expand),
+    "resnet": Arch(
+        "resnet", _resnet_build, _resnet_widths, _resnet_expand, cpu_channels_last=False
+    ),
 }

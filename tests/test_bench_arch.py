@@ -45,3 +45,10 @@ def test_resnet_refuses_hidden_layers_and_short_rows() -> None:
         ARCHS["resnet"].build(((4, 4),), 10, 3, 16, hidden=(8,))
     with pytest.raises(ValueError, match="expand short rows"):
         ARCHS["resnet"].build(((4,),), 10, 3, 16)
+
+
+def test_resnets_train_in_contiguous_format_on_cpu_and_vggs_in_channels_last() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert ARCHS["resnet"].memory_format(cpu) == torch.contiguous_format
+    assert ARCHS["resnet"].memory_format(cuda) == torch.channels_last
+    assert ARCHS["vgg"].memory_format(cpu) == torch.channels_last
