@@ -312,17 +312,16 @@ class Grower:
         plan = self.planner.plan_groups(profile, graph, monotone_groups=None)
         groups = {record.name: record for record in plan.groups}
         group_widths = {name: record.width for name, record in groups.items()}
+        granularity = {name: record.granularity for name, record in groups.items()}
         growable = [name for name, record in groups.items() if record.widenable]
         requested = WHERE_CRITERIA[cfg.where](
             plan.increments, group_widths, growable, self._where_rng
         )
-        requested = round_to_granularity(
-            requested, group_widths, {name: r.granularity for name, r in groups.items()}
-        )
+        requested = round_to_granularity(requested, group_widths, granularity)
         if not requested:
             logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
-        fitted = self._fit(requested, {name: r.granularity for name, r in groups.items()})
+        fitted = self._fit(requested, granularity)
         same = fitted.increments == plan.increments
         plan = plan.with_cost(fitted.cost if same else self._preview(plan.increments))
         logger.debug("epoch %d: %s", self.epoch, plan)
