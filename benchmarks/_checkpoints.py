@@ -30,7 +30,7 @@ import netsurgeon
 from netsurgeon import Grower
 from netsurgeon.data import TensorLoader
 
-__all__ = ["FORMAT", "capture", "load_checkpoint", "restore", "save_checkpoint"]
+__all__ = ["FORMAT", "capture", "load_checkpoint", "restore", "restore_training", "save_checkpoint"]
 
 FORMAT = 1  # bump when the layout below changes; older files are then refused
 
