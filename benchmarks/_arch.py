@@ -41,7 +41,9 @@ class Arch:
         cpu_channels_last: train in channels_last on CPUs (faster for VGGs, bench_pipeline).
             False for ResNets: with torch 2.14.1 the backward of a 1x1 stride-2 conv (the
             projection shortcut) in channels_last on CPU corrupts the heap at narrow widths
-            (``Conv2d(4, 8, 1, 2)``, batch 100 of 16x16: glibc abort; 8 -> 16 passes).
+            (``Conv2d(4, 8, 1, 2)``, batch 100 of 16x16: glibc abort; 8 -> 16 passes): oneDNN's
+            1x1 nhwc backward-weights writes past its workspace when in-channels < its block
+            (uxlfoundation/oneDNN#6035).
     """
 
     name: str
