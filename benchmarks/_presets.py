@@ -59,6 +59,45 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 100,
         "growth": GrowthConfig(w_acc=1, delta_acc=1e6, every=1),
     },
+    # CIFAR ResNets (--arch resnet; rows are stream widths per stage, 3 basic blocks each). CPU:
+    # the "cpu" preset's data protocol (80 steps per epoch on 10k images, full validation split)
+    # on two narrow ResNet-20s, all three criteria at matched budget; sized for about an hour on
+    # 2 cores (unmeasured until its first run).
+    "resnet-cpu": {
+        "arch": "resnet",
+        "configs": (((4,), (8,), (16,)), ((8,), (16,), (32,))),
+        "seeds": (0,),
+        "epochs": 30,
+        "where": ("nagn", "uniform", "random"),
+        "dataset": "imagefolder",
+        "data_dir": "/tmp/cifar10-jpeg",
+        "jobs": 2,
+        "batch_size": 125,
+        "train_subset": 10_000,
+        "test_subset": 5_000,
+    },
+    # The full 200-epoch protocol on a GPU, three ResNet-20 starts, five seeds.
+    "resnet-gpu": {
+        "arch": "resnet",
+        "configs": (((4,), (8,), (16,)), ((8,), (16,), (32,)), ((16,), (32,), (64,))),
+        "seeds": (0, 1, 2, 3, 4),
+        "epochs": 200,
+        "where": ("nagn", "uniform", "random"),
+    },
+    # Seconds: a ResNet-8 on synthetic images, a trigger forced at epoch 2.
+    "resnet-smoke": {
+        "arch": "resnet",
+        "blocks": 1,
+        "configs": (((2,), (2,), (4,)),),
+        "seeds": (0,),
+        "epochs": 4,
+        "where": ("nagn", "uniform"),
+        "dataset": "synthetic",
+        "synthetic_size": (400, 100),
+        "synthetic_image_size": 16,
+        "batch_size": 100,
+        "growth": GrowthConfig(w_acc=1, delta_acc=1e6, every=1),
+    },
     # Offline demo on scikit-learn's digits (8x8, shown at 16x16), about a minute on a CPU.
     "demo": {
         "configs": (((4,), (2,), (8,)),),

@@ -14,7 +14,8 @@ is synchronised before every clock read.
 
 Presets (``--preset``): paper (default), fig1, cpu (candidate CPU stand-in for paper, pending
 validation), quick (fast end-to-end check on real data), smoke (tests), demo (offline digits,
-what ``make demo`` runs). See docs/benchmark.md.
+what ``make demo`` runs); resnet-cpu, resnet-gpu and resnet-smoke grow CIFAR ResNets
+(``--arch resnet``, benchmarks/_arch.py) under the same protocol. See docs/benchmark.md.
 
 Example:
     python benchmarks/cifar_vgg.py --preset quick --data-dir /tmp/cifar10-jpeg
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _checkpoints
 import _report
+from _arch import ARCHS
 from _checkpoints import load_checkpoint, save_checkpoint
 from _environment import environment
 from _presets import PRESETS
@@ -65,7 +67,7 @@ from netsurgeon.data import (
     evaluate,
     load_dataset,
 )
-from netsurgeon.models import vgg, widths_of
+from netsurgeon.models import vgg
 
 Widths = tuple[tuple[int, ...], ...]
 WHERE_CHOICES = ("nagn", "uniform", "random")
@@ -85,6 +87,8 @@ class BenchConfig:
     seeds: tuple[int, ...]  # one grown run (per criterion) + its static baseline per seed
     epochs: int  # epochs per run (paper: 200)
     where: tuple[str, ...] = ("nagn",)  # growth criteria run side by side, matched budget
+    arch: str = "vgg"  # model family (benchmarks/_arch.py): "vgg", or "resnet" (rows per stage)
+    blocks: int = 3  # resnet: basic blocks per stage for a row that gives one width (3: ResNet-20)
     dataset: str = "cifar10"  # one of netsurgeon.data.DATASETS
     data_dir: str | None = None  # cifar10: holds cifar-10-batches-py/; imagefolder: train/, test/
     device: str = "cpu"  # torch device of data and model
@@ -115,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="model family (default: the preset's)")
+    p.add_argument("--blocks", type=int, help="resnet: blocks per stage (default 3)")
     p.add_argument("--configs", nargs="+", metavar="SPEC", help="e.g. 4/4/8 '[[8,3,8],[16]]'")
     p.add_argument("--seeds", metavar="LIST", help="e.g. 0,1,2 or 0-4")
     p.add_argument("--epochs", type=int)
@@ -151,6 +157,13 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path
         values["where"] = tuple(w.strip() for w in args.where.split(",") if w.strip())
     if args.dataset is not None and args.dataset != values.get("dataset", "cifar10"):
         values.pop("data_dir", None)  # the preset's folder belongs to the preset's dataset
+    for name in ("arch", "blocks"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    arch = ARCHS[values.get("arch", "vgg")]
+    values["configs"] = tuple(
+        arch.expand(_as_widths(c), values.get("blocks", 3)) for c in values["configs"]
+    )
     for name in ("epochs", "jobs", "threads", "dataset", "data_dir", "checkpoint_every"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -166,6 +179,10 @@ def _check(cfg: BenchConfig) -> None:
     problems = []
     if not cfg.configs:
         problems.append("--configs: at least one width spec is needed")
+    if cfg.blocks < 1:
+        problems.append(f"--blocks must be >= 1, got {cfg.blocks}")
+    if cfg.arch == "resnet" and cfg.hidden:
+        problems.append(f"--arch resnet has no hidden dense layers; drop hidden={cfg.hidden}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         problems.append(f"--seeds: need distinct seeds, got {list(cfg.seeds)}")
     if cfg.epochs < 1:
@@ -236,7 +253,8 @@ def load_data(cfg: BenchConfig) -> DatasetSplits:
 def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoader:
     """The training batches of one run: the dataset's own augmentation, seeded by the run.
 
-    channels_last also on CPUs: faster than NCHW for these nets (bench_pipeline).
+    channels_last also on CPUs: faster than NCHW for these nets (bench_pipeline); the arch
+    decides (ResNets stay contiguous on CPUs, benchmarks/_arch.py).
     """
     return TensorLoader(
         data.train,
@@ -246,7 +264,7 @@ def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoad
         augment=data.augment,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
-        memory_format=torch.channels_last,
+        memory_format=ARCHS[cfg.arch].memory_format(torch.device(cfg.device)),
     )
 
 
@@ -289,7 +307,7 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
 
     data = load_data(cfg)
     device = torch.device(cfg.device)
-    fmt = torch.channels_last  # also on CPUs: faster than NCHW for these nets (bench_pipeline)
+    fmt = ARCHS[cfg.arch].memory_format(device)  # channels_last unless the arch says otherwise
     shared = {
         "config": config_dict(cfg),
         "data": data_record(data),
@@ -302,13 +320,8 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
     )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
-        model = vgg(
-            spec.widths,
-            data.num_classes,
-            data.in_channels,
-            data.image_size,
-            hidden=cfg.hidden,
-            device=device,
+        model = ARCHS[cfg.arch].build(
+            spec.widths, data.num_classes, data.in_channels, data.image_size, cfg.hidden, device
         )
     if state is not None:  # the initial model, widened to the checkpoint's widths
         _checkpoints.restore(state, model)
@@ -375,7 +388,7 @@ def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, progress: bool = Tr
         _sync(device)
         train_time += (t1 - t0) + (time.perf_counter() - t2)
         train_cpu += (c1 - c0) + (time.process_time() - c2)  # robust to other load; CPU runs
-        widths = widths_of(model)
+        widths = [list(row) for row in ARCHS[cfg.arch].widths_of(model)]
         epochs.append(
             {
                 "epoch": epoch,
@@ -443,7 +456,8 @@ def _snapshot(
     segment_starts: list[int],
 ) -> dict:
     """The run's record after the epochs so far (:func:`_records.run_record`)."""
-    widths = widths_of(model)
+    arch = ARCHS[shared["config"].get("arch", "vgg")]
+    widths = [list(row) for row in arch.widths_of(model)]
     return run_record(
         run_id=spec.run_id,
         where=spec.where,

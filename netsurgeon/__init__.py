@@ -33,6 +33,7 @@ from netsurgeon.nagn import (
     GrowthPlan,
     GrowthPlanner,
     NAGNMonitor,
+    plan_group_growth,
     plan_growth,
 )
 from netsurgeon.surgery import InitStrategy, load_state_dict, register_init, widen
@@ -63,6 +64,7 @@ __all__ = [
     "__version__",
     "fit_to_budget",
     "load_state_dict",
+    "plan_group_growth",
     "plan_growth",
     "preview",
     "register_init",

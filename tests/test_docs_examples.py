@@ -27,7 +27,7 @@ BLOCKS = _marked_blocks(DOCS / "nagn.md")
 
 
 def test_the_marked_blocks_are_found():
-    assert len(BLOCKS) == 2
+    assert len(BLOCKS) == 3
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

@@ -17,7 +17,7 @@ proportions (where to grow) and cuts how much. Every count comes from
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,7 @@ def fit_to_budget(
     example_inputs: Any = None,
     *,
     init: str = "paper",
+    granularity: Mapping[str, int] | None = None,
 ) -> FittedPlan:
     """Scale ``plan`` down until ``model`` widened by it stays within ``budget``; changes nothing.
 
@@ -103,6 +104,9 @@ def fit_to_budget(
         budget: the caps.
         example_inputs: needed when ``budget.max_flops`` is set (FLOPs are counted on them).
         init: passed to the previews (``widen`` checks it).
+        granularity: ``{plan key: g}``: every capped or scaled ``k`` is rounded down to a
+            multiple of ``g`` (a channel group's granularity; ``widen`` requires it). Keys not
+            in it have granularity 1.
 
     Returns:
         A :class:`FittedPlan`; its ``increments`` may be empty when nothing fits.
@@ -124,6 +128,12 @@ def fit_to_budget(
             "one input batch (its FLOPs are what max_flops caps)."
         )
 
+    steps_of = dict(granularity or {})
+
+    def down(name: str, k: int) -> int:
+        g = max(1, int(steps_of.get(name, 1)))
+        return k // g * g
+
     def cost_of(increments: Mapping[str, int]) -> CostPreview:
         return preview(model, increments, example_inputs, init=init)
 
@@ -134,7 +144,7 @@ def fit_to_budget(
     for name, k in requested.items():
         cap = budget.width_cap(name)
         if cap is not None and name in widths and widths[name] + k > cap:
-            capped[name] = max(0, cap - widths[name])
+            capped[name] = down(name, max(0, cap - widths[name]))
             if "max_width" not in limited:
                 limited.append("max_width")
     capped = {name: k for name, k in capped.items() if k > 0}
@@ -148,18 +158,23 @@ def fit_to_budget(
     low, high = 0, steps - 1  # t = steps is the full plan, known not to fit
     while low <= high:
         t = (low + high) // 2
-        cost = cost_of(_scaled(capped, t, steps))
+        cost = cost_of(_scaled(capped, t, steps, down))
         if budget.exceeded_by(cost):
             high = t - 1
         else:
             best_t, best, low = t, cost, t + 1
     if best is None:  # not even t = 0 fits: the model is already over budget
         best = cost_of({})
-    increments = _scaled(capped, best_t, steps)
+    increments = _scaled(capped, best_t, steps, down)
     return FittedPlan(requested, increments, tuple(limited), best_t / steps if steps else 0.0, best)
 
 
-def _scaled(plan: Mapping[str, int], t: int, steps: int) -> dict[str, int]:
-    """``{l: floor(k_l * t / steps)}`` without the zeros."""
-    scaled = {name: k * t // steps for name, k in plan.items()} if steps else {}
+def _scaled(
+    plan: Mapping[str, int],
+    t: int,
+    steps: int,
+    down: Callable[[str, int], int] = lambda name, k: k,
+) -> dict[str, int]:
+    """``{l: floor(k_l * t / steps)}``, rounded down by ``down`` (to a granularity), no zeros."""
+    scaled = {name: down(name, k * t // steps) for name, k in plan.items()} if steps else {}
     return {name: k for name, k in scaled.items() if k > 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from netsurgeon.models.resnet import BasicBlock, ResNet, resnet, resnet_widths_of
 from netsurgeon.models.vgg import (
     FIG1_WIDTHS,
     PAPER_WIDTHS,
@@ -16,7 +17,11 @@ __all__ = [
     "FIG1_WIDTHS",
     "PAPER_WIDTHS",
     "VGG",
+    "BasicBlock",
     "ConvBNReLU",
+    "ResNet",
+    "resnet",
+    "resnet_widths_of",
     "vgg",
     "vgg_num_parameters",
     "widths_of",

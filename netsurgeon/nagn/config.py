@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from netsurgeon.cost import Budget
 from netsurgeon.errors import ConfigError, NetsurgeonTypeError
+from netsurgeon.nagn.groups import COMBINES, NEIGHBOURHOOD_ORDERS
 from netsurgeon.nagn.monitor import DEFAULT_EVERY
 from netsurgeon.nagn.planner import (
     DEFAULT_MAX_STEP,
@@ -45,12 +46,18 @@ class GrowthConfig:
         max_step: most units one layer gains per growth (paper: unset; see docs/nagn.md); an
             int >= 1 or ``None``.
         where: ``"nagn"`` (paper), ``"uniform"`` or ``"random"``, at matched budget.
-        monotone: enforce the non-decreasing width constraint over the conv backbone.
+        monotone: enforce the non-decreasing width constraint along the backbone chain of
+            channel groups (a VGG's conv layers, a ResNet's stage streams;
+            ``netsurgeon.nagn.groups.backbone_chain``).
         fallback: planner rule when no layer clears ``tau`` (``"fraction"``, ``"unit"``, ``"none"``).
         neighbourhood: ``"arithmetic"`` (the paper's eq. 2 and end rule) or ``"geometric"``
             (the same in log space; see ``netsurgeon.nagn.planner.relative_contrast``).
         end_rule, score, drag_limit: planner readings the paper leaves open; the defaults are
             its text (``netsurgeon.nagn.planner.plan_growth``, docs/nagn.md).
+        combine: one NAGN per channel group from its producers': ``"rms"``, ``"max"`` or
+            ``"mean"`` (``netsurgeon.nagn.groups``; the same for single-producer groups).
+        neighbourhood_order: a group's neighbourhood: ``"graph"`` (the groups it reads and that
+            read it) or ``"depth"`` (its neighbours in depth order); the same on a chain.
         every: NAGN is collected on one training step out of ``every``; an int >= 1.
         reduction: how the user's loss reduces over the batch (``"mean"`` or ``"sum"``).
         restart_windows: restart the accuracy windows after each trigger.
@@ -90,6 +97,10 @@ class GrowthConfig:
     score: Literal["normalised", "damped", "excess"] = "normalised"
     # Most the non-decreasing constraint adds to a layer per step: "step", "double" or "none".
     drag_limit: Literal["step", "double", "none"] = "step"
+    # One NAGN per channel group from its producers': "rms", "max" or "mean".
+    combine: Literal["rms", "max", "mean"] = "rms"
+    # A group's neighbours: "graph" (reads / read by) or "depth" (chain in depth order).
+    neighbourhood_order: Literal["graph", "depth"] = "graph"
     every: int = DEFAULT_EVERY
     reduction: Literal["mean", "sum"] = "mean"
     restart_windows: bool = True
@@ -117,6 +128,8 @@ class GrowthConfig:
         _choice(self, "end_rule", END_RULES)
         _choice(self, "score", SCORES)
         _choice(self, "drag_limit", DRAG_LIMITS)
+        _choice(self, "combine", COMBINES)
+        _choice(self, "neighbourhood_order", NEIGHBOURHOOD_ORDERS)
         _choice(self, "reduction", ("mean", "sum"))
         _choice(
             self,

@@ -1,11 +1,20 @@
-"""The relative contrast of a NAGN profile: paper eq. (2) and its end-layer rule.
+"""The relative contrast of a NAGN profile: paper eq. (2) and its end-layer rule, on a DAG.
 
-``r_l = g_l / g~_l - 1`` with ``g~_l`` the neighbourhood mean: the mean of the two neighbours
-for interior layers; at the two ends, an extrapolation with the median slope
-``m = median(g_{l+1} - g_l)``: ``g~_1 = g_2 - m`` and ``g~_L = g_{L-1} + m``. Readings the paper
-leaves open are arguments: ``neighbourhood`` (arithmetic or in log space) and ``end_rule``
-(extrapolate, the single real neighbour, or no contrast at the ends). The planner
-(:mod:`netsurgeon.nagn.planner`) turns contrasts into increments.
+``r_l = g_l / g~_l - 1`` with ``g~_l`` the neighbourhood mean. On a chain (the paper): the mean of
+the two neighbours for interior layers; at the two ends, an extrapolation with the median slope
+``m = median(g_{l+1} - g_l)``: ``g~_1 = g_2 - m`` and ``g~_L = g_{L-1} + m``.
+
+On a DAG (:func:`graph_contrast`) each node ``i`` has the nodes it reads from (``before[i]``) and
+the nodes that read it (``after[i]``). An interior node (both non-empty) uses
+``g~_i = (mean(g[before]) + mean(g[after])) / 2``; a node with one side only is an end, and
+extrapolates from the mean of that side with the median slope over every neighbouring pair
+``u < v`` (depth order), ``m = median(g_v - g_u)``; a node with no neighbour has no contrast. On a
+chain (``before[i] = [i - 1]``, ``after[i] = [i + 1]``) this is exactly the paper's rule:
+:func:`relative_contrast` is :func:`graph_contrast` on the chain.
+
+Readings the paper leaves open are arguments: ``neighbourhood`` (arithmetic or in log space) and
+``end_rule`` (extrapolate, the single real neighbour side, or no contrast at the ends). The
+planner (:mod:`netsurgeon.nagn.planner`) turns contrasts into increments.
 """
 
 from __future__ import annotations
@@ -16,7 +25,15 @@ import sys
 from collections.abc import Sequence
 from typing import Literal
 
-__all__ = ["END_RULES", "NEIGHBOURHOODS", "EndRule", "Neighbourhood", "relative_contrast"]
+__all__ = [
+    "END_RULES",
+    "NEIGHBOURHOODS",
+    "EndRule",
+    "Neighbourhood",
+    "chain_neighbours",
+    "graph_contrast",
+    "relative_contrast",
+]
 
 Neighbourhood = Literal["arithmetic", "geometric"]
 NEIGHBOURHOODS: tuple[str, ...] = ("arithmetic", "geometric")
@@ -24,12 +41,26 @@ NEIGHBOURHOODS: tuple[str, ...] = ("arithmetic", "geometric")
 EndRule = Literal["extrapolate", "adjacent", "none"]
 END_RULES: tuple[str, ...] = ("extrapolate", "adjacent", "none")
 
+Contrast = tuple[list[float], list[float], list[str], list[float | None], float]
+
+
+def chain_neighbours(size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """``(before, after)`` of a chain of ``size`` nodes: ``[[], [0], [1], ...]``, ``[[1], ...]``.
+
+    Example:
+        >>> chain_neighbours(3)
+        ([[], [0], [1]], [[1], [2], []])
+    """
+    before = [[i - 1] if i > 0 else [] for i in range(size)]
+    after = [[i + 1] if i < size - 1 else [] for i in range(size)]
+    return before, after
+
 
 def relative_contrast(
     nagn: Sequence[float],
     neighbourhood: Neighbourhood = "arithmetic",
     end_rule: EndRule = "extrapolate",
-) -> tuple[list[float], list[float], list[str], list[float | None], float]:
+) -> Contrast:
     """Neighbourhood means and relative contrasts of a profile (paper eq. 2 and the end rule).
 
     Args:
@@ -54,85 +85,93 @@ def relative_contrast(
         >>> [round(x, 3) for x in r], m
         ([-0.5, 1.0, -0.333, 0.0], 0.0)
     """
+    before, after = chain_neighbours(len(nagn))
+    return graph_contrast(nagn, before, after, neighbourhood, end_rule)
+
+
+def graph_contrast(
+    nagn: Sequence[float],
+    before: Sequence[Sequence[int]],
+    after: Sequence[Sequence[int]],
+    neighbourhood: Neighbourhood = "arithmetic",
+    end_rule: EndRule = "extrapolate",
+) -> Contrast:
+    """Relative contrasts of the nodes of a DAG (module docstring); a chain gives eq. (2).
+
+    Args:
+        nagn: ``(L,)`` non-negative NAGN values, in depth order.
+        before: ``(L,)`` lists of indices node ``i`` reads from (its predecessors).
+        after: ``(L,)`` lists of indices that read node ``i`` (its successors).
+        neighbourhood: ``"arithmetic"`` or ``"geometric"`` (see :func:`relative_contrast`);
+            the means over a side are then arithmetic or geometric too.
+        end_rule: ``"extrapolate"``, ``"adjacent"`` or ``"none"`` (see :func:`relative_contrast`);
+            an end is a node with neighbours on one side only.
+
+    Returns:
+        ``(neighbour, contrast, rule, extrapolated, m)`` as :func:`relative_contrast`; ``m`` is
+        ``nan`` when no two nodes are neighbours. A node without neighbours gets rule
+        ``"single"`` and ``r = 0``.
+
+    Example:
+        >>> _, r, how, _, _ = graph_contrast([1.0, 2.0, 4.0], [[], [0], [0, 1]], [[1, 2], [2], []])
+        >>> [round(x, 3) for x in r], how
+        ([0.0, -0.2, 0.143], ['extrapolated', 'interior', 'extrapolated'])
+    """
     g = [float(x) for x in nagn]
     size = len(g)
-    if size == 1:
-        return [g[0]], [0.0], ["single"], [None], math.nan
-    if neighbourhood == "geometric" and min(g) > 0:
-        neighbour, contrast, rule, extrapolated, m = _geometric_contrast(g)
-    else:
-        neighbour, contrast, rule, extrapolated, m = _arithmetic_contrast(g)
-    if end_rule != "extrapolate":
-        for i in (0, size - 1):
-            if end_rule == "adjacent":
-                neighbour[i] = g[1] if i == 0 else g[size - 2]
-                rule[i] = "adjacent"
-                contrast[i] = _ratio(g[i], neighbour[i])
-                if neighbour[i] <= 0:
-                    rule[i] = "zero"
-            else:
-                neighbour[i], contrast[i], rule[i] = g[i], 0.0, "end-none"
-    return neighbour, contrast, rule, extrapolated, m
+    pairs = sorted(
+        {(min(i, j), max(i, j)) for i in range(size) for j in (*before[i], *after[i]) if i != j}
+    )
+    geometric = neighbourhood == "geometric" and size > 0 and min(g) > 0
+    values = [math.log(x) for x in g] if geometric else g
+    m = statistics.median(values[v] - values[u] for u, v in pairs) if pairs else math.nan
 
+    def side(indices: Sequence[int]) -> float:
+        return math.fsum(values[j] for j in indices) / len(indices)
 
-def _ratio(value: float, neighbour: float) -> float:
-    """``value / neighbour - 1``, 0 for a non-positive neighbourhood, clamped to stay finite."""
-    if neighbour <= 0:
-        return 0.0
-    return min(value / neighbour - 1.0, sys.float_info.max)
+    def back(value: float) -> float:
+        return math.exp(value) if geometric else value
 
-
-def _arithmetic_contrast(
-    g: list[float],
-) -> tuple[list[float], list[float], list[str], list[float | None], float]:
-    """The paper's rules: neighbour mean inside, median-difference extrapolation at the ends."""
-    size = len(g)
-    m = statistics.median(g[i + 1] - g[i] for i in range(size - 1))
     neighbour: list[float] = []
     rule: list[str] = []
     extrapolated: list[float | None] = []
     for i in range(size):
-        if 0 < i < size - 1:
-            neighbour.append((g[i - 1] + g[i + 1]) / 2)
+        b = [j for j in before[i] if j != i]
+        a = [j for j in after[i] if j != i]
+        if b and a:
+            neighbour.append(back((side(b) + side(a)) / 2))
             rule.append("interior")
             extrapolated.append(None)
             continue
-        adjacent = g[1] if i == 0 else g[size - 2]
-        guess = adjacent - m if i == 0 else adjacent + m
+        if not b and not a:
+            neighbour.append(g[i])
+            rule.append("single")
+            extrapolated.append(None)
+            continue
+        adjacent = side(a) - m if a else side(b) + m
+        guess = back(adjacent)
         extrapolated.append(guess)
-        if guess > 0:
+        one_side = a or b
+        real = g[one_side[0]] if len(one_side) == 1 else back(side(one_side))
+        if end_rule == "adjacent":
+            neighbour.append(real)
+            rule.append("adjacent")
+        elif end_rule == "none":
+            neighbour.append(g[i])
+            rule.append("end-none")
+        elif geometric or guess > 0:
             neighbour.append(guess)
             rule.append("extrapolated")
         else:
-            neighbour.append(adjacent)
+            neighbour.append(real)
             rule.append("adjacent")
-    contrast = []
+    contrast: list[float] = []
     for i in range(size):
-        if neighbour[i] > 0:  # a vanishing neighbourhood may overflow: keep it finite
+        if rule[i] in ("single", "end-none"):
+            contrast.append(0.0)
+        elif neighbour[i] > 0:  # a vanishing neighbourhood may overflow: keep it finite
             contrast.append(min(g[i] / neighbour[i] - 1.0, sys.float_info.max))
         else:
             contrast.append(0.0)
             rule[i] = "zero"
-    return neighbour, contrast, rule, extrapolated, m
-
-
-def _geometric_contrast(
-    g: list[float],
-) -> tuple[list[float], list[float], list[str], list[float | None], float]:
-    """:func:`relative_contrast` in log space, for a strictly positive profile."""
-    logs = [math.log(x) for x in g]
-    size = len(g)
-    m = statistics.median(logs[i + 1] - logs[i] for i in range(size - 1))
-    neighbour, rule, extrapolated = [], [], []
-    for i in range(size):
-        if 0 < i < size - 1:
-            neighbour.append(math.exp((logs[i - 1] + logs[i + 1]) / 2))
-            rule.append("interior")
-            extrapolated.append(None)
-        else:
-            guess = math.exp(logs[1] - m) if i == 0 else math.exp(logs[size - 2] + m)
-            neighbour.append(guess)
-            rule.append("extrapolated")
-            extrapolated.append(guess)
-    contrast = [min(x / nb - 1.0, sys.float_info.max) for x, nb in zip(g, neighbour, strict=True)]
     return neighbour, contrast, rule, extrapolated, m

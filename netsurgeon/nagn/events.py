@@ -20,11 +20,12 @@ class GrowthEvent:
         epoch: the epoch (1-based count of ``step`` calls) at whose end the model grew.
         window_accuracy: mean validation accuracy of the window that triggered.
         where: the criterion that spread the budget.
-        profile: NAGN per layer during the epoch.
+        profile: NAGN per layer during the epoch (every producer of a stream has its own value;
+            ``plan.groups`` has the combined ones).
         plan: the planner's record (its increments are the NAGN plan's; ``plan.cost`` is the
             cost of those increments).
-        increments: units actually added per layer (equal to the plan's for ``"nagn"`` within
-            the caps).
+        increments: units actually added per channel group, keyed by group name (its first
+            producer; a VGG's layer names), equal to the plan's for ``"nagn"`` within the caps.
         widths_before, widths_after: layer widths.
         params_before, params_after: parameter counts.
         optimizer: class name of the optimizer whose state was carried, ``None`` when the grower

@@ -16,9 +16,11 @@ backward passes of that epoch. The rules (all in :class:`GrowthConfig`):
   default, ``stop_mode="relative"`` for a fraction) disables growth for good, and that trigger does
   not grow. ``max_growths`` and the caps (``max_params``, ``max_flops``, ``max_width``) stop it
   too; ``stop_cause`` says which rule did, ``stop_reason`` says it in words.
-* **Where.** The planner turns the epoch's NAGN profile into increments; the where-criterion
-  (``"nagn"``, ``"uniform"``, ``"random"``) decides how that budget is spread, and the caps
-  scale it down if it would exceed them.
+* **Where.** The group planner (:func:`netsurgeon.nagn.plan_group_growth`) turns the epoch's
+  NAGN profile into increments per channel group (a VGG's layers, a ResNet's stage streams and
+  block interiors); the where-criterion (``"nagn"``, ``"uniform"``, ``"random"``) decides how
+  that budget is spread over the widenable groups, each rounded to its granularity, and the caps
+  scale it down if it would exceed them. One trace per growth: the plan and ``widen`` share it.
 
 ``step`` is atomic: it either completes, or raises and leaves the model, the optimizer and the
 grower (windows, triggers, history, generators, the monitor's accumulators) as they were. Every
@@ -41,9 +43,10 @@ from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
 from netsurgeon.graph import trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
+from netsurgeon.nagn.groups import round_to_granularity
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
-from netsurgeon.nagn.planner import GrowthPlanner, conv_backbone_groups
+from netsurgeon.nagn.planner import GrowthPlanner
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import widen
 
@@ -140,7 +143,7 @@ class Grower:
         self.example_inputs = example_inputs
         self.distributed = bool(distributed)
         self.group = group
-        graph = trace(model, strict=False)
+        graph = trace(model, example_inputs, strict=False)
         self.layers = graph.layers
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
@@ -162,6 +165,8 @@ class Grower:
             end_rule=self.config.end_rule,
             score=self.config.score,
             drag_limit=self.config.drag_limit,
+            combine=self.config.combine,
+            neighbourhood_order=self.config.neighbourhood_order,
         )
         device = next(model.parameters()).device
         self._weights_rng = torch.Generator(device=device).manual_seed(self.config.seed)
@@ -301,20 +306,22 @@ class Grower:
     def _grow(self, accuracy: float) -> GrowthEvent | None:
         cfg = self.config
         profile = self.monitor.profile(all_reduce=self.distributed, group=self.group)
-        graph = trace(self.model, strict=False)
+        # The one trace of this growth; with example inputs, shapes resolve what ranks alone cannot.
+        graph = trace(self.model, self.example_inputs, strict=False)
         widths = graph.widths()
-        growable = graph.widenable_layers
-        plan = self.planner.plan(
-            profile,
-            widths,
-            output_layers=[n for n in self.layers if n not in growable],
-            monotone_groups=conv_backbone_groups(self.model, self.layers) if cfg.monotone else None,
+        plan = self.planner.plan_groups(profile, graph, monotone_groups=None)
+        groups = {record.name: record for record in plan.groups}
+        group_widths = {name: record.width for name, record in groups.items()}
+        granularity = {name: record.granularity for name, record in groups.items()}
+        growable = [name for name, record in groups.items() if record.widenable]
+        requested = WHERE_CRITERIA[cfg.where](
+            plan.increments, group_widths, growable, self._where_rng
         )
-        requested = WHERE_CRITERIA[cfg.where](plan.increments, widths, growable, self._where_rng)
+        requested = round_to_granularity(requested, group_widths, granularity)
         if not requested:
             logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
-        fitted = self._fit(requested)
+        fitted = self._fit(requested, granularity)
         same = fitted.increments == plan.increments
         plan = plan.with_cost(fitted.cost if same else self._preview(plan.increments))
         logger.debug("epoch %d: %s", self.epoch, plan)
@@ -323,7 +330,7 @@ class Grower:
                 f"epoch {self.epoch}: the caps {_caps(cfg, fitted.limited_by)} leave no room for "
                 f"{requested} (the model has {fitted.cost.params_before:,} parameters)"
             )
-            if _budget_exhausted(cfg, fitted, widths, growable):
+            if _budget_exhausted(cfg, fitted, group_widths, growable):
                 self._stop("budget", message)
             else:
                 logger.info("%s; other layers may still grow later", message)
@@ -359,11 +366,16 @@ class Grower:
         logger.info("epoch %d: %s", event.epoch, event.summary())
         return event
 
-    def _fit(self, requested: dict[str, int]) -> FittedPlan:
+    def _fit(self, requested: dict[str, int], granularity: dict[str, int]) -> FittedPlan:
         budget = self.config.budget
         if budget.active:
             return fit_to_budget(
-                self.model, requested, budget, self.example_inputs, init=self.config.init
+                self.model,
+                requested,
+                budget,
+                self.example_inputs,
+                init=self.config.init,
+                granularity=granularity,
             )
         return FittedPlan(requested, requested, (), 1.0, self._preview(requested))
 

@@ -65,8 +65,10 @@ class NAGNMonitor:
 
     Args:
         model: the model whose training forwards are observed.
-        layers: qualified module names, in depth order; default ``netsurgeon.trace(model).layers``
-            (every width-owning layer, output layers included).
+        layers: qualified module names, in depth order; default
+            ``netsurgeon.trace(model, strict=False).layers``: every width-owning layer of any
+            model ``trace`` accepts, output layers and layers of unwidenable groups included
+            (measuring never needs a layer to be widenable).
         reduction: how the training loss reduces over the batch: ``"mean"`` (the default of
             ``nn.CrossEntropyLoss``) or ``"sum"``.
         every: collect on one training forward/backward out of ``every``.
@@ -109,7 +111,7 @@ class NAGNMonitor:
         if layers is None:
             from netsurgeon.graph import trace  # lazy: graph depends on torch.fx tracing
 
-            layers = list(trace(model).layers)
+            layers = list(trace(model, strict=False).layers)
         elif isinstance(layers, str):
             raise TypeError(f"layers must be a sequence of names; found the string {layers!r}.")
         names = list(layers)
@@ -138,14 +140,10 @@ class NAGNMonitor:
         known = dict(model.named_modules())
         unknown = [n for n in names if n not in known]
         if unknown:
-            valid = [
-                n
-                for n, m in known.items()
-                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear))
-            ]
             raise ValueError(
                 f"unknown layer name(s) {unknown} in {type(model).__name__}; valid layer names "
-                f"(Linear/Conv modules): {valid}. Use the qualified names of model.named_modules()."
+                f"(width-owning layers): {_layer_names(model)}. Use the qualified names of "
+                "model.named_modules()."
             )
 
     def attach(self) -> NAGNMonitor:
@@ -300,6 +298,20 @@ class NAGNMonitor:
             state.total = state.total.to(grad.device)
         state.total.add_(norm.square(), alpha=scale)
         state.samples += batch
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    """The width-owning layers of ``model`` as the graph sees them (for error messages)."""
+    from netsurgeon.graph import trace  # lazy: graph depends on torch.fx tracing
+
+    try:
+        return list(trace(model, strict=False).layers)
+    except Exception:  # an untraceable model: fall back to modules that own a weight
+        return [
+            n
+            for n, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), nn.Parameter)
+        ]
 
 
 def _all_reduce_sums(

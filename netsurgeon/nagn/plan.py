@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from netsurgeon.nagn.groups import GroupNAGN
+
 if TYPE_CHECKING:
     from netsurgeon.cost import CostPreview
 
@@ -68,6 +70,12 @@ class GrowthPlan:
         max_excess: ``max_j p_j`` over growable layers.
         tau, max_step, monotone, fallback, fallback_fraction: the settings used.
         monotone_groups: the layer groups the constraint was applied to.
+        combine: the group statistic of a group plan (``"rms"``, ``"max"``, ``"mean"``;
+            :func:`netsurgeon.nagn.plan_group_growth`); ``None`` for a per-layer plan, whose
+            rows are layers.
+        neighbourhood_order: ``"graph"`` or ``"depth"`` (a per-layer plan is a depth chain).
+        groups: for a group plan, each group's record (:class:`~netsurgeon.nagn.groups.GroupNAGN`:
+            per-producer NAGN, granularity, neighbours), in row order; ``()`` otherwise.
         cost: what applying ``increments`` costs (widths, parameters and FLOPs before and after,
             a :class:`~netsurgeon.cost.CostPreview`), when attached with :meth:`with_cost`
             (the grower does); ``None`` otherwise.
@@ -90,6 +98,9 @@ class GrowthPlan:
     end_rule: str = "extrapolate"
     score: str = "normalised"
     drag_limit: str = "step"
+    combine: str | None = None
+    neighbourhood_order: str = "depth"
+    groups: tuple[GroupNAGN, ...] = ()
     cost: CostPreview | None = None
 
     def with_cost(self, cost: CostPreview) -> GrowthPlan:
@@ -146,7 +157,7 @@ class GrowthPlan:
         rows = tuple(
             LayerPlan(**{k: _nan_if_none(k, v) for k, v in row.items()}) for row in data["rows"]
         )
-        names = {f.name for f in fields(cls)} - {"rows", "monotone_groups", "cost"}
+        names = {f.name for f in fields(cls)} - {"rows", "monotone_groups", "cost", "groups"}
         cost = data.get("cost")
         if cost is not None:
             from netsurgeon.cost import CostPreview  # records stay importable without torch
@@ -155,6 +166,7 @@ class GrowthPlan:
         return cls(
             rows=rows,
             monotone_groups=tuple(tuple(g) for g in data.get("monotone_groups", ())),
+            groups=tuple(_group_from_dict(g) for g in data.get("groups", ())),
             cost=cost,
             **{k: _nan_if_none(k, data[k]) for k in names if k in data},
         )
@@ -172,9 +184,15 @@ class GrowthPlan:
                 for name, default in _READING_DEFAULTS.items()
                 if getattr(self, name) != default
             )
+            + (
+                f", groups: combine={self.combine}, order={self.neighbourhood_order}"
+                if self.combine is not None
+                else ""
+            )
             + ")"
         )
-        cols = ("layer", "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn")
+        first = "layer" if self.combine is None else "group"
+        cols = (first, "n", "NAGN", "nbr", "how", "r", "p", "s", "dn0", "dn")
         cost_cols = ("n'", "params", "params'", "FLOPs", "FLOPs'") if self.cost else ()
         cols = (*cols, *cost_cols, "")
         lines = [
@@ -207,7 +225,13 @@ class GrowthPlan:
             )
             return "  ".join([first, *rest]).rstrip()
 
-        return "\n".join([head, fmt(cols), *(fmt(line) for line in lines)])
+        inside = [
+            f"  {g.name}: {self.combine} of "
+            + ", ".join(f"{name} {value:.4g}" for name, value in g.producers)
+            for g in self.groups
+            if len(g.producers) > 1
+        ]
+        return "\n".join([head, fmt(cols), *(fmt(line) for line in lines), *inside])
 
     def _cost_cells(self, name: str | None, row: Any = None) -> tuple[str, ...]:
         """The cost columns of layer ``name`` (or of ``row``): n', params, params', FLOPs, FLOPs'."""
@@ -240,6 +264,18 @@ _READING_DEFAULTS = {
 _FLOAT_FIELDS = frozenset(
     {"nagn", "neighbour", "contrast", "excess", "score", "median_slope", "max_excess"}
 )
+
+
+def _group_from_dict(data: Mapping[str, Any]) -> GroupNAGN:
+    return GroupNAGN(
+        **{
+            **data,
+            "nagn": _nan_if_none("nagn", data["nagn"]),
+            "producers": tuple((name, _nan_if_none("nagn", v)) for name, v in data["producers"]),
+            "before": tuple(data.get("before", ())),
+            "after": tuple(data.get("after", ())),
+        }
+    )
 
 
 def _nan_if_none(key: str, value: Any) -> Any:

@@ -41,15 +41,38 @@ import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from netsurgeon.errors import PlanError
+from netsurgeon.nagn.checks import (
+    DEFAULT_MAX_STEP,
+    DRAG_LIMITS,
+    FALLBACKS,
+    SCORES,
+    DragLimit,
+    Fallback,
+    Score,
+    _check_groups,
+    _check_inputs,
+    _check_readings,
+    _check_settings,
+)
 from netsurgeon.nagn.contrast import (
     END_RULES,
     NEIGHBOURHOODS,
     EndRule,
     Neighbourhood,
+    chain_neighbours,
+    graph_contrast,
     relative_contrast,
+)
+from netsurgeon.nagn.groups import (
+    COMBINES,
+    NEIGHBOURHOOD_ORDERS,
+    Combine,
+    NeighbourhoodOrder,
+    _check_choice,
+    round_to_granularity,
 )
 from netsurgeon.nagn.plan import GrowthPlan, LayerPlan
 
@@ -57,6 +80,7 @@ __all__ = [
     "DRAG_LIMITS",
     "END_RULES",
     "FALLBACKS",
+    "NEIGHBOURHOODS",
     "SCORES",
     "GrowthPlan",
     "GrowthPlanner",
@@ -66,18 +90,6 @@ __all__ = [
     "plan_growth",
     "relative_contrast",
 ]
-
-Fallback = Literal["fraction", "unit", "none"]
-FALLBACKS: tuple[str, ...] = ("fraction", "unit", "none")
-
-#: Default per-step cap on added units (Delta_max); see docs/nagn.md for the reasoning.
-DEFAULT_MAX_STEP = 32
-
-Score = Literal["normalised", "damped", "excess"]
-SCORES: tuple[str, ...] = ("normalised", "damped", "excess")
-DragLimit = Literal["step", "double", "none"]
-DRAG_LIMITS: tuple[str, ...] = ("step", "double", "none")
-
 
 # ----------------------------------------------------------------------------- constraint
 
@@ -111,121 +123,12 @@ def monotone_adjust(
     return out
 
 
-# ----------------------------------------------------------------------------- checks
-
-
-def _check_settings(
-    tau: float, max_step: int | None, fallback: str, fallback_fraction: float
-) -> None:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
-        raise PlanError(f"tau must be a finite number >= 0; found {tau!r}. Use e.g. tau=0.05.")
-    if tau < 0:
-        raise PlanError(f"tau must be >= 0 (a contrast threshold); found {tau}. Use e.g. 0.05.")
-    if max_step is not None and (
-        isinstance(max_step, bool) or not isinstance(max_step, int) or max_step < 1
-    ):
-        raise PlanError(
-            f"max_step must be an int >= 1 or None (no absolute cap); found {max_step!r}."
-        )
-    if fallback not in FALLBACKS:
-        raise PlanError(f"fallback must be one of {FALLBACKS}; found {fallback!r}.")
-    if (
-        isinstance(fallback_fraction, bool)
-        or not isinstance(fallback_fraction, (int, float))
-        or not 0 < fallback_fraction <= 1
-    ):
-        raise PlanError(f"fallback_fraction must be in (0, 1]; found {fallback_fraction!r}.")
-
-
-def _check_readings(neighbourhood: str, end_rule: str, score: str, drag_limit: str) -> None:
-    for name, value, allowed in (
-        ("neighbourhood", neighbourhood, NEIGHBOURHOODS),
-        ("end_rule", end_rule, END_RULES),
-        ("score", score, SCORES),
-        ("drag_limit", drag_limit, DRAG_LIMITS),
-    ):
-        if value not in allowed:
-            raise PlanError(
-                f"{name}={value!r} is not a planner reading; expected one of {allowed} "
-                "(docs/nagn.md, 'Choices the paper leaves open')."
-            )
-
-
-def _check_inputs(
-    profile: Mapping[str, float], widths: Mapping[str, int]
-) -> tuple[list[str], list[float], list[int]]:
-    if not isinstance(profile, Mapping) or not isinstance(widths, Mapping):
-        raise PlanError(
-            "profile and widths must be mappings {layer: value}; found "
-            f"{type(profile).__name__} and {type(widths).__name__}."
-        )
-    names = list(profile)
-    if not names:
-        raise PlanError("profile is empty: expected one NAGN value per layer, found none.")
-    if set(names) != set(widths):
-        missing = [n for n in names if n not in widths]
-        extra = [n for n in widths if n not in profile]
-        raise PlanError(
-            "profile and widths name different layers: "
-            f"missing from widths {missing}, missing from profile {extra}. "
-            "Pass both for the same layers (e.g. monitor.profile() and graph.widths())."
-        )
-    values: list[float] = []
-    for name in names:
-        v = profile[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise PlanError(
-                f"NAGN of layer {name!r} must be a finite number >= 0; found {v!r}. "
-                "A nan usually means the layer received no gradient while the monitor collected."
-            )
-        values.append(float(v))
-    ints: list[int] = []
-    for name in names:
-        w = widths[name]
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise PlanError(f"width of layer {name!r} must be an int >= 1; found {w!r}.")
-        ints.append(w)
-    return names, values, ints
-
-
-def _check_groups(
-    groups: Iterable[Iterable[str]], names: Sequence[str]
-) -> tuple[tuple[str, ...], ...]:
-    index = {n: i for i, n in enumerate(names)}
-    seen: set[str] = set()
-    out = []
-    for group in groups:
-        if isinstance(group, str):
-            raise PlanError(
-                f"monotone_groups must be a sequence of sequences of layer names; found the "
-                f"string {group!r} as a group. Wrap it: [[{group!r}, ...]]."
-            )
-        group = tuple(group)
-        for name in group:
-            if name not in index:
-                raise PlanError(
-                    f"monotone group names layer {name!r}, which is not in the profile "
-                    f"(layers: {list(names)})."
-                )
-            if name in seen:
-                raise PlanError(f"layer {name!r} appears in more than one monotone group.")
-            seen.add(name)
-        order = [index[n] for n in group]
-        if order != sorted(order):
-            raise PlanError(
-                f"monotone group {list(group)} is not in profile (depth) order; "
-                "list its layers from input to output."
-            )
-        out.append(group)
-    return tuple(out)
-
-
 # ----------------------------------------------------------------------------- planner
 
 
 def plan_growth(
     profile: Mapping[str, float],
-    widths: Mapping[str, int],
+    widths: Mapping[str, int] | Any,
     *,
     output_layers: Iterable[str] | None = None,
     tau: float = 0.05,
@@ -267,6 +170,12 @@ def plan_growth(
     Returns:
         A frozen :class:`GrowthPlan`; ``plan.increments`` is ``{layer: dn > 0}``.
 
+    Passing a ``LayerGraph`` (``netsurgeon.trace(model)``) as ``widths`` plans on its channel
+    groups instead, with the group readings' defaults: ``plan_growth(profile, graph)`` is
+    :func:`netsurgeon.nagn.plan_group_growth`; ``output_layers`` must then be ``None``
+    (unwidenable groups never grow). Use it for models with residual streams, concatenations or
+    grouped convolutions, where one layer's increment is not free.
+
     Raises:
         PlanError: mismatched layer names, a negative or non-finite NAGN, a width < 1, an
             unknown output layer or a bad setting.
@@ -277,6 +186,29 @@ def plan_growth(
         >>> plan.increments
         {'b': 4}
     """
+    if hasattr(widths, "groups") and hasattr(widths, "group_of"):  # a LayerGraph
+        if output_layers is not None:
+            raise PlanError(
+                "plan_growth(profile, graph) plans channel groups: unwidenable groups (the output "
+                "among them) never grow, so output_layers must be None; found "
+                f"{output_layers!r}. Pass graph.widths() instead of the graph for a per-layer plan."
+            )
+        from netsurgeon.nagn.group_planner import plan_group_growth
+
+        return plan_group_growth(
+            profile,
+            widths,  # type: ignore[arg-type]
+            tau=tau,
+            max_step=max_step,
+            monotone=monotone,
+            monotone_groups=monotone_groups,
+            fallback=fallback,
+            fallback_fraction=fallback_fraction,
+            neighbourhood=neighbourhood,
+            end_rule=end_rule,
+            score=score,
+            drag_limit=drag_limit,
+        )
     _check_settings(tau, max_step, fallback, fallback_fraction)
     _check_readings(neighbourhood, end_rule, score, drag_limit)
     names, g, n = _check_inputs(profile, widths)
@@ -292,10 +224,70 @@ def plan_growth(
                 f"output_layers {unknown} are not in the profile (layers: {names}). "
                 "Pass the names of profiled layers that must never grow."
             )
+    groups = None
+    if monotone:
+        groups = (
+            (tuple(name for name in names if name not in outputs),)
+            if monotone_groups is None
+            else _check_groups(monotone_groups, names)
+        )
+    before, after = chain_neighbours(len(names))
+    return decide(
+        names,
+        g,
+        n,
+        outputs,
+        before,
+        after,
+        groups,
+        tau=tau,
+        max_step=max_step,
+        fallback=fallback,
+        fallback_fraction=fallback_fraction,
+        neighbourhood=neighbourhood,
+        end_rule=end_rule,
+        score=score,
+        drag_limit=drag_limit,
+    )
+
+
+def decide(
+    names: Sequence[str],
+    g: Sequence[float],
+    n: Sequence[int],
+    outputs: set[str] | frozenset[str],
+    before: Sequence[Sequence[int]],
+    after: Sequence[Sequence[int]],
+    monotone_groups: tuple[tuple[str, ...], ...] | None,
+    *,
+    tau: float,
+    max_step: int | None,
+    fallback: str,
+    fallback_fraction: float,
+    neighbourhood: Neighbourhood,
+    end_rule: EndRule,
+    score: str,
+    drag_limit: str,
+    granularity: Sequence[int] | None = None,
+    **record: Any,
+) -> GrowthPlan:
+    """Steps 1-6 of the module docstring on checked inputs; the shared core of every planner.
+
+    Args:
+        names, g, n: ``(L,)`` node names, NAGN values and widths, in depth order.
+        outputs: names that never grow (they still have a contrast).
+        before, after: ``(L,)`` neighbour indices (:func:`graph_contrast`); a chain gives the
+            paper's rule. The fallback compares a node with the mean NAGN of ``before``.
+        monotone_groups: the chains the non-decreasing constraint runs along, each in depth
+            order; ``None`` when the constraint is off.
+        granularity: ``(L,)``: final increments rounded up to a multiple
+            (:func:`~netsurgeon.nagn.groups.round_to_granularity`); ``None``: all 1.
+        record: extra :class:`GrowthPlan` fields (the group planner's settings and records).
+    """
     growable = [i for i, name in enumerate(names) if name not in outputs]
     cap = [n[i] if max_step is None else min(max_step, n[i]) for i in range(len(names))]
 
-    neighbour, r, how, extrapolated, m = relative_contrast(g, neighbourhood, end_rule)
+    neighbour, r, how, extrapolated, m = graph_contrast(g, before, after, neighbourhood, end_rule)
     p = [max(x - tau, 0.0) for x in r]
     max_p = max((p[i] for i in growable), default=0.0)
     s = [0.0] * len(names)
@@ -311,28 +303,32 @@ def plan_growth(
     else:
         rule = f"fallback:{fallback}"
         for i in growable:
-            if i == 0 or g[i] <= g[i - 1] or fallback == "none":
+            if not before[i] or fallback == "none":
+                continue
+            previous = math.fsum(g[j] for j in before[i]) / len(before[i])
+            if g[i] <= previous:
                 continue
             step = 1 if fallback == "unit" else max(1, math.floor(fallback_fraction * n[i]))
             raw[i] = min(cap[i], step)
 
     final = list(raw)
-    groups: tuple[tuple[str, ...], ...] = ()
-    if monotone:
-        groups = (
-            (tuple(names[i] for i in growable),)
-            if monotone_groups is None
-            else _check_groups(monotone_groups, names)
-        )
+    if monotone_groups is not None:
         index = {name: i for i, name in enumerate(names)}
-        for group in groups:
+        drag = {"step": cap, "double": list(n), "none": [sys.maxsize] * len(n)}[drag_limit]
+        for group in monotone_groups:
             members = [index[name] for name in group if name not in outputs]
-            drag = {"step": cap, "double": n, "none": [sys.maxsize] * len(n)}[drag_limit]
             adjusted = monotone_adjust(
                 [n[i] for i in members], [final[i] for i in members], [drag[i] for i in members]
             )
             for i, dn in zip(members, adjusted, strict=True):
                 final[i] = dn
+    if granularity is not None:
+        rounded = round_to_granularity(
+            dict(zip(names, final, strict=True)),
+            dict(zip(names, n, strict=True)),
+            dict(zip(names, granularity, strict=True)),
+        )
+        final = [rounded.get(name, 0) for name in names]
 
     rows = tuple(
         LayerPlan(
@@ -359,22 +355,27 @@ def plan_growth(
         max_excess=max_p,
         tau=float(tau),
         max_step=max_step,
-        monotone=monotone,
+        monotone=monotone_groups is not None,
         fallback=fallback,
         fallback_fraction=float(fallback_fraction),
-        monotone_groups=groups,
+        monotone_groups=monotone_groups or (),
         neighbourhood=neighbourhood,
         end_rule=end_rule,
         score=score,
         drag_limit=drag_limit,
+        **record,
     )
 
 
 def conv_backbone_groups(model: Any, layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    """The monotone group of a CNN: its convolution layers among ``layers``, in the given order.
+    """The monotone group of a CNN: the layers among ``layers`` with a spatial kernel.
 
-    The paper's constraint is about the conv backbone; a dense classifier head that tapers
-    (512 -> 128 -> 10) is normal and is left unconstrained.
+    A layer has a spatial kernel when its ``weight`` has more than two dims (``(out, in,
+    *kernel)``: a convolution), which is what the graph's layer handlers expose. The paper's
+    constraint is about the conv backbone; a dense classifier head that tapers (512 -> 128 -> 10)
+    is normal and is left unconstrained. For models with residual streams use the group planner
+    (:func:`netsurgeon.nagn.plan_group_growth`), whose default chain is
+    :func:`netsurgeon.nagn.groups.backbone_chain`.
 
     Args:
         model: the ``nn.Module`` the names refer to.
@@ -391,9 +392,13 @@ def conv_backbone_groups(model: Any, layers: Sequence[str]) -> tuple[tuple[str, 
     """
     from torch import nn
 
-    convs = tuple(
-        name for name in layers if isinstance(model.get_submodule(name), nn.modules.conv._ConvNd)
-    )
+    def has_kernel(name: str) -> bool:
+        weight = getattr(model.get_submodule(name), "weight", None)
+        if weight is None or isinstance(weight, nn.parameter.UninitializedParameter):
+            return False
+        return weight.dim() > 2
+
+    convs = tuple(name for name in layers if has_kernel(name))
     return (convs,) if convs else ()
 
 
@@ -408,6 +413,8 @@ class GrowthPlanner:
         fallback: ``"fraction"``, ``"unit"`` or ``"none"`` (see :func:`plan_growth`).
         fallback_fraction: fraction of the width a fallback layer gains (at least one unit).
         neighbourhood, end_rule, score, drag_limit: the readings of :func:`plan_growth`.
+        combine, neighbourhood_order: the group readings of :meth:`plan_groups`
+            (:func:`netsurgeon.nagn.plan_group_growth`).
 
     Example:
         >>> planner = GrowthPlanner(tau=0.05, max_step=4)
@@ -425,10 +432,42 @@ class GrowthPlanner:
     end_rule: EndRule = "extrapolate"
     score: Score = "normalised"
     drag_limit: DragLimit = "step"
+    combine: Combine = "rms"
+    neighbourhood_order: NeighbourhoodOrder = "graph"
 
     def __post_init__(self) -> None:
         _check_settings(self.tau, self.max_step, self.fallback, self.fallback_fraction)
         _check_readings(self.neighbourhood, self.end_rule, self.score, self.drag_limit)
+        _check_choice("combine", self.combine, COMBINES)
+        _check_choice("neighbourhood_order", self.neighbourhood_order, NEIGHBOURHOOD_ORDERS)
+
+    def plan_groups(
+        self,
+        profile: Mapping[str, float],
+        graph: Any,
+        *,
+        monotone_groups: Iterable[Iterable[str]] | None = None,
+    ) -> GrowthPlan:
+        """Plan one growth of the channel groups of ``graph`` (see
+        :func:`netsurgeon.nagn.plan_group_growth`); keys of the increments are group names."""
+        from netsurgeon.nagn.group_planner import plan_group_growth
+
+        return plan_group_growth(
+            profile,
+            graph,
+            combine=self.combine,
+            neighbourhood_order=self.neighbourhood_order,
+            tau=self.tau,
+            max_step=self.max_step,
+            monotone=self.monotone,
+            monotone_groups=monotone_groups,
+            fallback=self.fallback,
+            fallback_fraction=self.fallback_fraction,
+            neighbourhood=self.neighbourhood,
+            end_rule=self.end_rule,
+            score=self.score,
+            drag_limit=self.drag_limit,
+        )
 
     def plan(
         self,

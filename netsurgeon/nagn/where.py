@@ -1,6 +1,8 @@
 """Where-criteria: how a growth budget is spread over the layers.
 
-Every criterion receives the NAGN plan (paper section 3) and returns increments. ``"nagn"`` uses
+Every criterion receives the NAGN plan (paper section 3) and returns increments. The grower
+passes channel groups as the "layers" (group names, group widths, the widenable groups) and
+rounds each result to its group's granularity afterwards. ``"nagn"`` uses
 the plan as is. ``"uniform"`` and ``"random"`` add *the same total number of units* as the NAGN
 plan, so a comparison between criteria is at matched growth budget and asks only *where*:
 

@@ -1,0 +1,123 @@
+"""The model families ``benchmarks/cifar_vgg.py`` grows: one width spec format for all of them.
+
+A width spec is a tuple of rows of positive ints, the same type for every family, so that run
+ids, records, reports and figures need not know which family they hold:
+
+* ``vgg``: one row per block, one width per conv (``((8, 3, 8), (16,), (32,))``);
+* ``resnet``: one row per stage, ``(stream, interior_0, ..., interior_{b-1})``: the stage's
+  residual-stream width, then each basic block's interior (``conv1``) width. A short row
+  ``(w,)`` means ``w`` everywhere in the stage, with ``blocks`` blocks (``expand``):
+  ``4/8/16`` with 3 blocks is ``((4, 4, 4, 4), (8, 8, 8, 8), (16, 16, 16, 16))``, ResNet-20's
+  layout at a quarter of its width.
+
+``widths_of(model)`` reads a (grown) model back into the same spec, which is how a static
+baseline is built at a grown run's final widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from netsurgeon.models import resnet, resnet_widths_of, vgg, widths_of
+
+__all__ = ["ARCHS", "Arch"]
+
+Widths = tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How to build, read back and complete the width spec of one model family.
+
+    Attributes:
+        name: the ``--arch`` value.
+        build: ``(widths, num_classes, in_channels, image_size, hidden, device) -> model``.
+        widths_of: a (grown) model's current widths as a spec.
+        expand: a short spec completed with ``blocks`` (identity for VGG).
+        cpu_channels_last: train in channels_last on CPUs (faster for VGGs, bench_pipeline).
+            False for ResNets: with torch 2.14.1 the backward of a 1x1 stride-2 conv (the
+            projection shortcut) in channels_last on CPU corrupts the heap at narrow widths
+            (``Conv2d(4, 8, 1, 2)``, batch 100 of 16x16: glibc abort; 8 -> 16 passes): oneDNN's
+            1x1 nhwc backward-weights writes past its workspace when in-channels < its block
+            (uxlfoundation/oneDNN#6035).
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    widths_of: Callable[[nn.Module], Widths]
+    expand: Callable[[Widths, int], Widths]
+    cpu_channels_last: bool = True
+
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        """The memory format of the model and its batches on ``device``."""
+        if device.type == "cpu" and not self.cpu_channels_last:
+            return torch.contiguous_format
+        return torch.channels_last
+
+
+def _vgg_build(
+    widths: Widths,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    hidden: tuple[int, ...] = (),
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    return vgg(widths, num_classes, in_channels, image_size, hidden=hidden, device=device)
+
+
+def _vgg_widths(model: nn.Module) -> Widths:
+    return tuple(tuple(block) for block in widths_of(model))
+
+
+def _resnet_build(
+    widths: Widths,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    hidden: tuple[int, ...] = (),
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    if hidden:
+        raise ValueError(
+            f"--arch resnet has no hidden dense layers (its classifier is one Linear after a "
+            f"global pool); found hidden={hidden}. Drop --hidden."
+        )
+    if any(len(row) < 2 for row in widths):
+        raise ValueError(
+            f"resnet width spec {widths} needs (stream, interior per block) per stage; expand "
+            "short rows with the blocks count first."
+        )
+    return resnet(
+        tuple(row[0] for row in widths),
+        tuple(len(row) - 1 for row in widths),
+        num_classes,
+        in_channels,
+        inner=tuple(row[1:] for row in widths),
+        device=device,
+    )
+
+
+def _resnet_widths(model: nn.Module) -> Widths:
+    streams, interiors = resnet_widths_of(model)
+    return tuple((s, *row) for s, row in zip(streams, interiors, strict=True))
+
+
+def _resnet_expand(widths: Widths, blocks: int) -> Widths:
+    return tuple(row * (blocks + 1) if len(row) == 1 else row for row in widths)
+
+
+def _same(widths: Widths, blocks: int) -> Widths:
+    return widths
+
+
+ARCHS: dict[str, Arch] = {
+    "vgg": Arch("vgg", _vgg_build, _vgg_widths, _same),
+    "resnet": Arch(
+        "resnet", _resnet_build, _resnet_widths, _resnet_expand, cpu_channels_last=False
+    ),
+}

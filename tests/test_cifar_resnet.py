@@ -1,0 +1,83 @@
+"""benchmarks/cifar_vgg.py ``--arch resnet`` end to end on ``--preset resnet-smoke`` (seconds).
+
+The driver, its run records, report and figures are shared with the VGG reproduction; what
+differs is the model family (``benchmarks/_arch.py``): width specs are ``(stream, interiors...)``
+per stage, and a static baseline is rebuilt from a grown run's final spec.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_driver() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cifar_vgg", ROOT / "benchmarks" / "cifar_vgg.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cifar_vgg"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+driver = _load_driver()
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("resnet-smoke")
+    threads = torch.get_num_threads()
+    try:
+        assert driver.main(["--preset", "resnet-smoke", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the driver sizes torch's thread pool for its runs
+    return out
+
+
+def _runs(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+
+
+def test_resnet_smoke_grows_streams_or_interiors_and_builds_matching_baselines(
+    smoke_out: Path,
+) -> None:
+    runs = _runs(smoke_out)
+    grown = [r for r in runs.values() if r["where"]]
+    assert {r["where"] for r in grown} == {"nagn", "uniform"}
+    for run in grown:
+        assert run["config"]["arch"] == "resnet"
+        assert run["widths_initial"] == [[2, 2], [2, 2], [4, 4]]  # (stream, interior) per stage
+        assert run["events"], f"{run['run_id']}: the preset forces a trigger at epoch 2"
+        final = run["widths_final"]
+        assert final != run["widths_initial"]
+        baseline = runs[run["baseline_run_id"]]
+        assert baseline["widths_initial"] == final == baseline["widths_final"]
+        assert baseline["params_final"] == run["params_final"]  # the same network, from scratch
+    assert (smoke_out / "summary.md").read_text().count("2.2-2.2-4.4") >= 2
+
+
+def test_resnet_presets_are_the_issue_protocols() -> None:
+    cpu = driver.resolve_config(["--preset", "resnet-cpu"])[0]
+    assert cpu.arch == "resnet" and cpu.where == ("nagn", "uniform", "random")
+    assert cpu.configs == (
+        ((4, 4, 4, 4), (8, 8, 8, 8), (16, 16, 16, 16)),
+        ((8, 8, 8, 8), (16, 16, 16, 16), (32, 32, 32, 32)),
+    )
+    gpu = driver.resolve_config(["--preset", "resnet-gpu", "--device", "cpu"])[0]
+    assert gpu.epochs == 200 and len(gpu.configs) == 3 and gpu.configs[2][2][0] == 64
+
+
+def test_arch_and_blocks_options_expand_short_specs() -> None:
+    cfg = driver.resolve_config(
+        ["--preset", "smoke", "--arch", "resnet", "--blocks", "2", "--configs", "4/8"]
+    )[0]
+    assert cfg.configs == (((4, 4, 4), (8, 8, 8)),)
+    with pytest.raises(ValueError, match="--blocks must be >= 1"):
+        driver.resolve_config(["--preset", "resnet-smoke", "--blocks", "0"])
