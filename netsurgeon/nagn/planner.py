@@ -457,16 +457,8 @@ class GrowthPlanner:
             graph,
             combine=self.combine,
             neighbourhood_order=self.neighbourhood_order,
-            tau=self.tau,
-            max_step=self.max_step,
-            monotone=self.monotone,
             monotone_groups=monotone_groups,
-            fallback=self.fallback,
-            fallback_fraction=self.fallback_fraction,
-            neighbourhood=self.neighbourhood,
-            end_rule=self.end_rule,
-            score=self.score,
-            drag_limit=self.drag_limit,
+            **self._rules(),
         )
 
     def plan(
@@ -482,14 +474,12 @@ class GrowthPlanner:
             profile,
             widths,
             output_layers=output_layers,
-            tau=self.tau,
-            max_step=self.max_step,
-            monotone=self.monotone,
             monotone_groups=monotone_groups,
-            fallback=self.fallback,
-            fallback_fraction=self.fallback_fraction,
-            neighbourhood=self.neighbourhood,
-            end_rule=self.end_rule,
-            score=self.score,
-            drag_limit=self.drag_limit,
+            **self._rules(),
         )
+
+    def _rules(self) -> dict[str, Any]:
+        """The settings both planners share, as keyword arguments."""
+        names = ("tau", "max_step", "monotone", "fallback", "fallback_fraction")
+        readings = ("neighbourhood", "end_rule", "score", "drag_limit")
+        return {name: getattr(self, name) for name in (*names, *readings)}
