@@ -1,13 +1,15 @@
 """The handler registry: per-op knowledge, looked up by module type, function or method name.
 
-The dependency walker (:mod:`netsurgeon.graph.analysis`) knows no layer types. For every fx node on
-a producer's path it asks the registry for a handler and lets the handler say what happens to the
-channels (a :class:`~netsurgeon.graph.flow.Flow`). Supporting a new op is one small class and one
-registration::
+The dependency walker (:mod:`netsurgeon.graph.analysis`) knows no layer types. For every fx node
+that channels reach it asks the registry for a handler, and the handler returns the layout of the
+node's output (a :class:`~netsurgeon.graph.layout.Layout`), recording consumers, followers, joins
+and blocks through the :class:`~netsurgeon.graph.context.FlowContext`. Supporting a new op is one
+small class and one registration::
 
-    @register_module(nn.GroupNorm)        # hypothetical
-    class GroupNormHandler(FollowerHandler):
-        ...
+    @register_module(nn.LocalResponseNorm)        # hypothetical
+    class LocalResponseNormHandler(OpHandler):
+        def flow(self, node, ctx):
+            ...
 
 Lookups for modules walk the type's MRO, so a user's ``class MyConv(nn.Conv2d)`` is handled as a
 ``Conv2d`` unless something more specific is registered.

@@ -19,7 +19,7 @@ import torch
 
 from netsurgeon.graph import Insertion
 
-__all__ = ["grow", "grown_size", "kept_index", "new_index", "place", "runs", "slots"]
+__all__ = ["grow", "grown_size", "kept_index", "place", "runs", "slots"]
 
 Inserts = Sequence[Insertion]
 
@@ -53,12 +53,6 @@ def slots(inserts: Inserts) -> list[tuple[int, Insertion]]:
 def kept_index(size: int, inserts: Inserts, device: torch.device | None = None) -> torch.Tensor:
     """New positions of the old entries, ``(size,)``."""
     parts = [torch.arange(n, n + stop - start) for start, stop, n in runs(size, inserts)]
-    return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)).to(device)
-
-
-def new_index(inserts: Inserts, device: torch.device | None = None) -> torch.Tensor:
-    """Positions of the new entries, in insertion order."""
-    parts = [torch.arange(n, n + ins.count) for n, ins in slots(inserts)]
     return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)).to(device)
 
 

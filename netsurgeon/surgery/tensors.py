@@ -1,10 +1,8 @@
-"""Pure tensor functions for growing weights, and the one in-place primitive that commits them.
+"""The memory format of grown tensors, and the one in-place primitive that commits them.
 
-Layout convention: every layer weight is ``(out, in, *kernel)`` (``Linear``: no kernel), every
-per-channel tensor is ``(n,)``. Growth always appends: the old tensor stays in the leading corner
-``[:out, :in, ...]`` of the new one. That holds through a flatten too, because ``flatten`` is
-channel-major: feature ``c*m + s`` belongs to channel ``c``, so new channels' features come after
-all old ones.
+Layout convention: every layer weight is ``(out, in / groups, *kernel)`` (``Linear``: no kernel),
+every per-channel tensor is ``(n,)``. Where the new entries go is decided once per tensor dim by
+the group's index map (:mod:`netsurgeon.surgery.index`); this module only swaps values in.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
-    "embed",
     "like_format",
     "replace_tensor_",
 ]
@@ -35,25 +32,6 @@ def like_format(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     ):
         return new.contiguous(memory_format=torch.channels_last_3d)
     return new
-
-
-def embed(old: torch.Tensor, shape: tuple[int, ...], fill: float = 0.0) -> torch.Tensor:
-    """A tensor of ``shape`` holding ``old`` in its leading corner and ``fill`` elsewhere.
-
-    Args:
-        old: ``(d0, d1, ...)``.
-        shape: ``(D0, D1, ...)`` with ``Di >= di`` and the same rank.
-        fill: value of the grown region.
-
-    Example:
-        >>> embed(torch.ones(1, 2), (2, 3)).tolist()
-        [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
-    """
-    if tuple(shape) == tuple(old.shape):
-        return old.clone()
-    new = torch.full(shape, fill, dtype=old.dtype, device=old.device)
-    new[tuple(slice(0, n) for n in old.shape)] = old
-    return like_format(new, old)
 
 
 def replace_tensor_(
