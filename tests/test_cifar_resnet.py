@@ -7,48 +7,23 @@ per stage, and a static baseline is rebuilt from a grown run's final spec.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-import torch
+from driver_helpers import load_driver, run_preset, run_records
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_driver() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cifar_vgg", ROOT / "benchmarks" / "cifar_vgg.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cifar_vgg"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-driver = _load_driver()
+driver = load_driver()
 
 
 @pytest.fixture(scope="module")
 def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("resnet-smoke")
-    threads = torch.get_num_threads()
-    try:
-        assert driver.main(["--preset", "resnet-smoke", "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)  # the driver sizes torch's thread pool for its runs
-    return out
-
-
-def _runs(out: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    return run_preset("resnet-smoke", tmp_path_factory.mktemp("resnet-smoke"))
 
 
 def test_resnet_smoke_grows_streams_or_interiors_and_builds_matching_baselines(
     smoke_out: Path,
 ) -> None:
-    runs = _runs(smoke_out)
+    runs = run_records(smoke_out)
     grown = [r for r in runs.values() if r["where"]]
     assert {r["where"] for r in grown} == {"nagn", "uniform"}
     for run in grown:

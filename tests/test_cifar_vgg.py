@@ -4,49 +4,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from driver_helpers import load_driver, run_preset, run_records
 
 from netsurgeon.data import ImageTensors
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_driver() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cifar_vgg", ROOT / "benchmarks" / "cifar_vgg.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cifar_vgg"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-driver = _load_driver()
+driver = load_driver()
 
 
 @pytest.fixture(scope="module")
 def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("smoke")
-    threads = torch.get_num_threads()
-    try:
-        assert driver.main(["--preset", "smoke", "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)  # the driver sizes torch's thread pool for its runs
-    return out
-
-
-def _runs(out: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    return run_preset("smoke", tmp_path_factory.mktemp("smoke"))
 
 
 def test_smoke_writes_one_json_per_run_with_per_epoch_metrics(smoke_out: Path) -> None:
-    runs = _runs(smoke_out)
+    runs = run_records(smoke_out)
     grown = [r for r in runs.values() if r["kind"] == "grown"]
     assert {r["where"] for r in grown} == {"nagn", "uniform"}
     assert len(runs) == len(grown) + len({r["baseline_run_id"] for r in grown})
@@ -62,7 +39,7 @@ def test_smoke_writes_one_json_per_run_with_per_epoch_metrics(smoke_out: Path) -
 
 
 def test_smoke_grown_runs_record_growth_events_and_grow(smoke_out: Path) -> None:
-    for run in _runs(smoke_out).values():
+    for run in run_records(smoke_out).values():
         if run["kind"] != "grown":
             continue
         assert run["events"], f"{run['run_id']}: the smoke preset forces a trigger at epoch 2"
@@ -75,7 +52,7 @@ def test_smoke_grown_runs_record_growth_events_and_grow(smoke_out: Path) -> None
 
 
 def test_static_baseline_has_the_grown_final_widths_and_seed(smoke_out: Path) -> None:
-    runs = _runs(smoke_out)
+    runs = run_records(smoke_out)
     for run in runs.values():
         if run["kind"] == "grown":
             static = runs[run["baseline_run_id"]]
@@ -86,7 +63,7 @@ def test_static_baseline_has_the_grown_final_widths_and_seed(smoke_out: Path) ->
 
 
 def test_summary_ratios_are_computed_from_the_run_jsons(smoke_out: Path) -> None:
-    runs = _runs(smoke_out)
+    runs = run_records(smoke_out)
     with open(smoke_out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert {row["where"] for row in rows} == {"nagn", "uniform"}
@@ -222,7 +199,7 @@ def two_seed_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_run_of_a_sweep_records_the_same_data(two_seed_out: Path) -> None:
-    runs = list(_runs(two_seed_out).values())
+    runs = list(run_records(two_seed_out).values())
     assert {r["seed"] for r in runs} == {0, 1}
     assert {r["kind"] for r in runs} == {"grown", "static"}
     first = runs[0]["data"]
@@ -246,7 +223,7 @@ def test_every_run_of_a_sweep_records_the_same_data(two_seed_out: Path) -> None:
 def test_the_report_flags_a_run_that_saw_other_data(
     two_seed_out: Path, key: str, value: object
 ) -> None:
-    runs = list(_runs(two_seed_out).values())
+    runs = list(run_records(two_seed_out).values())
     odd = {**runs[-1], "data": {**runs[-1]["data"], key: value}}
     identical, lines = driver._report.data_identity([*runs[:-1], odd])
     assert not identical
@@ -254,7 +231,7 @@ def test_the_report_flags_a_run_that_saw_other_data(
 
 
 def test_old_records_without_digests_are_compared_on_what_they_have(two_seed_out: Path) -> None:
-    runs = list(_runs(two_seed_out).values())
+    runs = list(run_records(two_seed_out).values())
     old = {**runs[0], "data": {k: v for k, v in runs[0]["data"].items() if k != "digest"}}
     identical, lines = driver._report.data_identity([old, *runs[1:]])
     assert identical
