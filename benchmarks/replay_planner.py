@@ -6,7 +6,10 @@ validation accuracy and the widths, and at every growth the NAGN profile the pla
 replays need no training:
 
 1. **Planner readings at each trigger.** The profile and widths recorded at a trigger are planned
-   again under each reading (``READINGS``: end rule, score, drag limit, neighbourhood). At a run's
+   again under each reading (``READINGS``: end rule, score, drag limit, neighbourhood; for runs
+   planned on channel groups, a ResNet's, also ``GROUP_READINGS``: the group statistic and the
+   neighbourhood order). A group plan needs the layer graph at the trigger's widths: the run's
+   model family is rebuilt at those widths (``_arch``) and traced. At a run's
    first trigger this is an exact counterfactual: every reading has trained the same network up
    to there. At later triggers the widths and profile come from the recorded (paper-reading) run,
    so the answer says what the reading does *from that state*.
@@ -23,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,14 +34,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _arch import ARCHS
 from _records import width_tag
 
-from netsurgeon.nagn import plan_growth
+from netsurgeon import trace, widen
+from netsurgeon.nagn import plan_group_growth, plan_growth
 from netsurgeon.nagn.grower import window_gain
 
-__all__ = ["READINGS", "STOP_READINGS", "StopReplay", "replan", "replay_report", "replay_stops"]
+__all__ = [
+    "GROUP_READINGS",
+    "READINGS",
+    "STOP_READINGS",
+    "StopReplay",
+    "replan",
+    "replay_report",
+    "replay_stops",
+]
 
 #: Planner readings compared at each trigger: name -> keyword arguments of ``plan_growth``.
 READINGS: dict[str, dict[str, str]] = {
@@ -50,6 +66,13 @@ READINGS: dict[str, dict[str, str]] = {
     "drag=double": {"drag_limit": "double"},
     "drag=none": {"drag_limit": "none"},
     "end=adjacent, damped": {"end_rule": "adjacent", "score": "damped"},
+}
+
+#: Readings only a plan on channel groups has (``plan_group_growth``), compared on such runs too.
+GROUP_READINGS: dict[str, dict[str, str]] = {
+    "combine=max": {"combine": "max"},
+    "combine=mean": {"combine": "mean"},
+    "order=depth": {"neighbourhood_order": "depth"},
 }
 
 #: Trigger/stop readings: name -> (restart_windows, stop_mode).
@@ -74,21 +97,78 @@ def _planner_settings(run: dict) -> dict[str, Any]:
     }
 
 
-def replan(run: dict, event: dict, reading: Mapping[str, str]) -> dict[str, int]:
+def is_group_plan(event: dict) -> bool:
+    """Whether the recorded trigger was planned on channel groups (its plan names a statistic)."""
+    return event["plan"].get("combine") is not None
+
+
+def _spec_before(run: dict, event: dict) -> list[list[int]]:
+    """The run's width spec going into the growth at ``event`` (recorded after each epoch)."""
+    epoch = event["epoch"]
+    return run["epochs"][epoch - 2]["widths"] if epoch >= 2 else run["widths_initial"]
+
+
+def model_at(run: dict, event: dict) -> torch.nn.Module:
+    """The run's model family built at the widths it had at ``event`` (random weights).
+
+    Only the structure matters to a replay: the layer graph, its groups and widths. Checked
+    against the event's recorded per-layer widths.
+
+    Raises:
+        ValueError: the rebuilt model's widths differ from the record's (a record of another
+            model family, or one the driver's width spec cannot express).
+    """
+    config = run["config"]
+    arch = ARCHS[config.get("arch", "vgg")]
+    before = event["widths_before"]
+    outputs = [row["name"] for row in event["plan"]["rows"] if row["is_output"]]
+    num_classes = before[outputs[-1]] if outputs else 10
+    in_channels = len(run.get("data", {}).get("mean", (0, 0, 0)))
+    spec = tuple(tuple(row) for row in _spec_before(run, event))
+    model = arch.build(spec, num_classes, in_channels, 32, tuple(config.get("hidden", ())), "cpu")
+    widths = trace(model).widths()
+    found = {name: widths.get(name) for name in before}
+    if found != before:
+        raise ValueError(
+            f"{run['run_id']} epoch {event['epoch']}: the {arch.name} rebuilt at {spec} has "
+            f"widths {found}, but the record says {before}; replay needs the run's own family."
+        )
+    return model
+
+
+def replan(
+    run: dict, event: dict, reading: Mapping[str, str], model: torch.nn.Module | None = None
+) -> dict[str, int]:
     """The increments the planner gives the recorded trigger ``event`` under ``reading``.
 
     Uses the run's own planner settings (tau, max_step, monotone, fallback), the event's
-    output layers and monotone groups, and the reading's keyword arguments on top.
+    output layers and monotone groups, and the reading's keyword arguments on top. A trigger
+    planned on channel groups is replanned with :func:`netsurgeon.nagn.plan_group_growth` on
+    the graph of ``model`` (default: :func:`model_at`), with the recorded group statistic and
+    neighbourhood order unless the reading names another.
     """
     plan = event["plan"]
-    outputs = [row["name"] for row in plan["rows"] if row["is_output"]]
     groups = [list(g) for g in plan.get("monotone_groups", [])] or None
+    settings = {**_planner_settings(run), **reading}
+    if is_group_plan(event):
+        graph = trace(model if model is not None else model_at(run, event))
+        settings = {
+            "combine": plan["combine"],
+            "neighbourhood_order": plan["neighbourhood_order"],
+            "fallback_fraction": plan["fallback_fraction"],
+            **settings,
+        }
+        monotone = groups if plan["monotone"] else None
+        return plan_group_growth(
+            event["profile"], graph, monotone_groups=monotone, **settings
+        ).increments
+    outputs = [row["name"] for row in plan["rows"] if row["is_output"]]
     replanned = plan_growth(
         event["profile"],
         event["widths_before"],
         output_layers=outputs,
         monotone_groups=groups if plan["monotone"] else None,
-        **{**_planner_settings(run), **reading},
+        **settings,
     )
     return replanned.increments
 
@@ -97,6 +177,15 @@ def _conv_widths(widths: Mapping[str, int], increments: Mapping[str, int]) -> st
     """``"4/4/4/8"``: widths after growth of every layer but the output (last)."""
     names = list(widths)[:-1]
     return "/".join(str(widths[n] + increments.get(n, 0)) for n in names)
+
+
+def _spec_after(run: dict, model: torch.nn.Module, increments: Mapping[str, int]) -> str:
+    """The width spec tag (``4.6.4.4-8.8.8.8-...``) of ``model`` widened by ``increments``."""
+    arch = ARCHS[run["config"].get("arch", "vgg")]
+    grown = copy.deepcopy(model)
+    if any(increments.values()):
+        widen(grown, dict(increments))
+    return width_tag(arch.widths_of(grown))
 
 
 # ------------------------------------------------------------------------------ stop replay
@@ -210,26 +299,44 @@ def _grown_runs(folders: Sequence[Path]) -> list[dict]:
     return runs
 
 
-def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
-    """Markdown tables and JSON-ready data of both replays over every grown run in ``folders``."""
-    runs = _grown_runs(folders)
-    data: dict[str, Any] = {"planner": [], "stops": []}
-    lines = ["## Planner readings at each recorded trigger", ""]
-    head = ["run", "trigger", *READINGS]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def _planner_table(runs: Sequence[dict], readings: Mapping[str, Mapping[str, str]], data: dict):
+    """Markdown rows of the planner replay of every trigger of ``runs`` under ``readings``."""
+    head = ["run", "trigger", *readings]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         for k, event in enumerate(run["events"]):
             cells = [run["run_id"], f"{event['epoch']}" + (" (exact)" if k == 0 else "")]
             row = {"run_id": run["run_id"], "epoch": event["epoch"], "first": k == 0}
-            for name, reading in READINGS.items():
-                increments = replan(run, event, reading)
+            model = model_at(run, event) if is_group_plan(event) else None
+            for name, reading in readings.items():
+                increments = replan(run, event, reading, model)
                 row[name] = increments
                 added = sum(increments.values())
-                cells.append(f"+{added} → {_conv_widths(event['widths_before'], increments)}")
+                if model is None:
+                    after = _conv_widths(event["widths_before"], increments)
+                else:
+                    after = _spec_after(run, model, increments)
+                cells.append(f"+{added} → {after}")
             if run["where"] == "nagn":
                 row["recorded"] = event["increments"]
             data["planner"].append(row)
             lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
+    """Markdown tables and JSON-ready data of both replays over every grown run in ``folders``."""
+    runs = _grown_runs(folders)
+    data: dict[str, Any] = {"planner": [], "stops": []}
+    on_groups = [r for r in runs if any(is_group_plan(e) for e in r["events"])]
+    on_layers = [r for r in runs if r not in on_groups]
+    lines = ["## Planner readings at each recorded trigger", ""]
+    if on_layers or not on_groups:
+        lines += _planner_table(on_layers, READINGS, data)
+    if on_groups:
+        if on_layers:
+            lines += ["", "Runs planned on channel groups (widths after: the width spec):", ""]
+        lines += _planner_table(on_groups, {**READINGS, **GROUP_READINGS}, data)
     lines += ["", "## Trigger and stop readings over the recorded accuracies", ""]
     head = ["run", "recorded growths", *STOP_READINGS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -7,12 +7,24 @@ per stage, and a static baseline is rebuilt from a grown run's final spec.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
-from driver_helpers import load_driver, run_preset, run_records
+from driver_helpers import ROOT, load_driver, run_preset, run_records
 
 driver = load_driver()
+
+
+def _replay():
+    if "replay_planner" not in sys.modules:
+        path = ROOT / "benchmarks" / "replay_planner.py"
+        spec = importlib.util.spec_from_file_location("replay_planner", path)
+        sys.modules["replay_planner"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["replay_planner"])
+    return sys.modules["replay_planner"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +48,29 @@ def test_resnet_smoke_grows_streams_or_interiors_and_builds_matching_baselines(
         assert baseline["widths_initial"] == final == baseline["widths_final"]
         assert baseline["params_final"] == run["params_final"]  # the same network, from scratch
     assert (smoke_out / "summary.md").read_text().count("2.2-2.2-4.4") >= 2
+
+
+def test_replaying_a_resnet_trigger_replans_it_on_groups_exactly(smoke_out: Path) -> None:
+    replay = _replay()
+    (run,) = [r for r in run_records(smoke_out).values() if r["where"] == "nagn"]
+    event = run["events"][0]
+    assert replay.is_group_plan(event) and event["plan"]["combine"] == "rms"
+    text, data = replay.replay_report([smoke_out])
+    (row,) = [r for r in data["planner"] if r["run_id"] == run["run_id"]]
+    assert row["paper"] == event["increments"]  # the recorded plan, from the rebuilt graph
+    assert {"combine=max", "combine=mean", "order=depth"} <= set(row)
+    after = replay.width_tag(run["epochs"][event["epoch"] - 1]["widths"])
+    assert f"→ {after} |" in text.split(run["run_id"])[1]  # the spec after the recorded growth
+    assert replay.replan(run, event, {"combine": "max"}) == row["combine=max"]
+
+
+def test_replay_refuses_a_record_its_model_family_cannot_rebuild(smoke_out: Path) -> None:
+    replay = _replay()
+    (run,) = [r for r in run_records(smoke_out).values() if r["where"] == "nagn"]
+    event = copy.deepcopy(run["events"][0])
+    event["widths_before"]["stages.0.0.conv1"] += 1  # not what the spec before it builds
+    with pytest.raises(ValueError, match=r"stages.0.0.conv1.*replay needs the run's own family"):
+        replay.model_at(run, event)
 
 
 def test_resnet_presets_are_the_issue_protocols() -> None:
