@@ -358,12 +358,19 @@ def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("folders", nargs="+", type=Path, help="sweep folders (with runs/)")
+    parser.add_argument(
+        "folders", nargs="+", type=Path, help="sweep folders (with runs/ or progress/)"
+    )
     parser.add_argument("--out", type=Path, help="write the markdown here (and .json beside it)")
     args = parser.parse_args(argv)
-    missing = [str(f) for f in args.folders if not (f / "runs").is_dir()]
+    missing = [
+        str(f) for f in args.folders if not ((f / "runs").is_dir() or (f / "progress").is_dir())
+    ]
     if missing:
-        print(f"replay_planner.py: error: no runs/ folder in {missing}", file=sys.stderr)
+        print(
+            f"replay_planner.py: error: no runs/ or progress/ folder in {missing}",
+            file=sys.stderr,
+        )
         return 2
     text, data = replay_report(args.folders)
     print(text)
