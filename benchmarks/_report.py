@@ -31,6 +31,7 @@ __all__ = [
     "Row",
     "data_identity",
     "environment",
+    "growth_targets",
     "load_progress",
     "load_runs",
     "segments",
@@ -340,6 +341,66 @@ def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str
     return ["Growth trajectories (per grown run):", "", *lines, "", *stops, ""]
 
 
+def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
+    """Where growth went in runs planned on channel groups (a ResNet's): streams or interiors.
+
+    A *stream* is a group with several producers (a residual stream: the stem or projection and
+    every block's last conv write into it); an *interior* has one producer (a block's inner
+    conv). Per trigger: the group NAGN (the plan's statistic) averaged over each kind, the group
+    with the largest relative contrast, and the units each kind received. The output group is
+    left out (it never grows). Empty for per-layer plans (VGG).
+    """
+    rows = []
+    for run in sorted([*runs, *running], key=lambda r: r["run_id"]):
+        if run["kind"] != "grown":
+            continue
+        for event in run["events"]:
+            plan = event["plan"]
+            if plan.get("combine") is None:
+                continue
+            outputs = {row["name"] for row in plan["rows"] if row["is_output"]}
+            groups = [g for g in plan["groups"] if g["name"] not in outputs]
+            kinds = {g["name"]: "stream" if len(g["producers"]) > 1 else "interior" for g in groups}
+            nagn = {k: [g["nagn"] for g in groups if kinds[g["name"]] == k] for k in kinds.values()}
+            units = {k: 0 for k in ("stream", "interior")}
+            for name, k in event["increments"].items():
+                units[kinds.get(name, "interior")] += k
+            top = max(
+                (row for row in plan["rows"] if row["name"] not in outputs),
+                key=lambda row: row["contrast"],
+            )
+            mean = {k: statistics.fmean(v) if v else float("nan") for k, v in nagn.items()}
+            rows.append(
+                (
+                    run["run_id"] + (" (running)" if run.get("partial") else ""),
+                    str(event["epoch"]),
+                    f"{mean.get('stream', float('nan')):.4f}",
+                    f"{mean.get('interior', float('nan')):.4f}",
+                    f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})",
+                    str(units["stream"]),
+                    str(units["interior"]),
+                )
+            )
+    if not rows:
+        return []
+    head = (
+        "run",
+        "trigger",
+        "mean NAGN, streams",
+        "mean NAGN, interiors",
+        "largest contrast",
+        "units to streams",
+        "units to interiors",
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    intro = (
+        "Where growth went (channel groups; a stream has several producers, an interior one; "
+        "the output group is left out):"
+    )
+    return [intro, "", *lines, ""]
+
+
 def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
     rates = [r["images_per_s"] for r in runs]
     lines = [
@@ -450,6 +511,7 @@ def write_report(out: Path) -> str:
         "",
         *_criteria(runs),
         *trajectories(runs, load_progress(out)),
+        *growth_targets(runs, load_progress(out)),
         "Overall (mean ± std):",
         "",
         *overall_lines,

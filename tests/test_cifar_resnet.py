@@ -64,6 +64,18 @@ def test_replaying_a_resnet_trigger_replans_it_on_groups_exactly(smoke_out: Path
     assert replay.replan(run, event, {"combine": "max"}) == row["combine=max"]
 
 
+def test_the_report_says_whether_growth_went_to_streams_or_interiors(smoke_out: Path) -> None:
+    summary = (smoke_out / "summary.md").read_text()
+    assert "Where growth went" in summary
+    for run in (r for r in run_records(smoke_out).values() if r["where"]):
+        (event,) = run["events"]
+        groups = {g["name"]: g for g in event["plan"]["groups"]}
+        streams = sum(k for n, k in event["increments"].items() if len(groups[n]["producers"]) > 1)
+        interiors = sum(event["increments"].values()) - streams
+        (line,) = [ln for ln in summary.splitlines() if ln.startswith(f"| {run['run_id']} | 2 |")]
+        assert line.rstrip(" |").split(" | ")[-2:] == [str(streams), str(interiors)]
+
+
 def test_replay_refuses_a_record_its_model_family_cannot_rebuild(smoke_out: Path) -> None:
     replay = _replay()
     (run,) = [r for r in run_records(smoke_out).values() if r["where"] == "nagn"]
