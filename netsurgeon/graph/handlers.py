@@ -400,7 +400,7 @@ class FlattenModuleHandler(OpHandler):
     """``nn.Flatten(start_dim, end_dim)``."""
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        from netsurgeon.graph.functional import flatten_flow
+        from netsurgeon.graph.reshaping import flatten_flow
 
         module = ctx.module_of(node)
         return flatten_flow(node, ctx.input(node), module.start_dim, module.end_dim, "Flatten", ctx)

@@ -1,0 +1,449 @@
+"""Handlers for ops that move, merge or split the channel dim (``cat``, ``chunk``, ``view``, ...).
+
+Concatenating along the channels stacks the operands' segments (each keeps its group; a later
+segment's offset shifts when an earlier one grows); ``chunk``/``split`` are the mirror, and
+require their group to grow in equal blocks; ``getitem`` picks one piece. ``permute`` and friends
+move the channel dim, ``flatten``/``view``/``reshape`` merge it with the dims after it (each
+channel then spans ``factor`` entries) or un-flatten it, and block a group whose width a literal
+shape fixes. Along any other dim, ``cat``/``stack`` join their operands' groups.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import fx
+
+from netsurgeon.graph.layout import Layout, Segment
+from netsurgeon.graph.nodes import Pieces, first_layout, node_arg, normalize_dim
+from netsurgeon.graph.registry import OpHandler, register_function, register_method
+
+if TYPE_CHECKING:
+    from netsurgeon.graph.context import FlowContext
+
+__all__ = ["flatten_flow"]
+
+# ------------------------------------------------------------------------ concatenation and splits
+
+
+@register_function(torch.cat, torch.concat, torch.concatenate)
+class CatHandler(OpHandler):
+    """``torch.cat``: along the channels the segments concatenate; along another dim they join."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        tensors = list(node_arg(node, 0, "tensors", ()))
+        dim = node_arg(node, 1, "dim", 0)
+        tracked = [lay for t in tensors if (lay := ctx.layout(t)) is not None]
+        base = tracked[0]
+        same = base.same_dim(dim)
+        if same is None:
+            ctx.unknown(node, f"cat along dim {dim} of tensors whose rank is unknown")
+        if not same:
+            return ctx.join(node, tensors, "cat")
+        segments: list[Segment] = []
+        for t in tensors:
+            layout = ctx.layout(t)
+            if layout is None:
+                shape = ctx.shape_of(t)
+                if shape is None:
+                    ctx.unknown(
+                        node,
+                        f"cat of the channels with '{getattr(t, 'name', t)}', whose size is unknown",
+                    )
+                segments.append(Segment(None, 0, shape[base.normalized_dim() or 0]))
+                continue
+            if layout.normalized_dim() != base.normalized_dim() or layout.factor is None:
+                ctx.unknown(
+                    node,
+                    f"cat of tensors with their channels on different dims or flattened to an "
+                    f"unknown size ({ctx.describe(layout)})",
+                )
+            for s in layout.segments:
+                segments.append(
+                    Segment(s.group, s.start, s.stop, s.multiplicity * layout.factor, s.path)
+                )
+        flattened = any(lay.flattened for lay in tracked)
+        return Layout(base.dim, base.rank, tuple(s.with_path("cat") for s in segments), flattened)
+
+
+@register_function(torch.stack)
+class StackHandler(OpHandler):
+    """``torch.stack``: the operands join, and a new dim is inserted."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        tensors = list(node_arg(node, 0, "tensors", ()))
+        dim = node_arg(node, 1, "dim", 0)
+        joined = ctx.join(node, tensors, "stack")
+        if joined is None:
+            return None
+        channel, rank = joined.normalized_dim(), joined.rank
+        position = normalize_dim(dim, None if rank is None else rank + 1)
+        if channel is None or position is None:
+            ctx.unknown(node, "stack of tensors of unknown rank")
+        return joined.replace(
+            dim=channel + 1 if position <= channel else channel,
+            rank=None if rank is None else rank + 1,
+        )
+
+
+@register_function(torch.chunk, torch.split, torch.tensor_split, torch.unbind)
+@register_method("chunk", "split", "tensor_split", "unbind")
+class SplitHandler(OpHandler):
+    """``chunk(n, dim)`` along the channels splits each group into ``n`` blocks; ``split``
+    with literal sizes fixes the widths and blocks. Along other dims every piece keeps the layout.
+    """
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Pieces:
+        layout = first_layout(node, ctx)
+        name = getattr(node.target, "__name__", str(node.target))
+        dim = node_arg(node, 1 if name == "unbind" else 2, "dim", 0)
+        if layout is None:
+            return Pieces()
+        same = layout.same_dim(dim)
+        if same is None:
+            ctx.unknown(node, f"{name} along dim {dim} of a tensor of unknown rank")
+        if not same:
+            if name == "unbind":
+                channel = layout.normalized_dim()
+                position = normalize_dim(dim, layout.rank)
+                if channel is None or position is None:
+                    ctx.unknown(node, "unbind of a tensor of unknown rank")
+                layout = layout.replace(
+                    dim=channel - 1 if position < channel else channel,
+                    rank=None if layout.rank is None else layout.rank - 1,
+                )
+            return Pieces(same=layout.with_path(name))
+        count = node_arg(node, 1, "chunks", None)
+        if name != "chunk" or not isinstance(count, int) or layout.flattened:
+            ctx.block(
+                node,
+                layout,
+                f"'{name}' along the channels with fixed sizes ties them to today's widths; "
+                "use chunk(n, dim) to split them into equal parts",
+            )
+            return Pieces()
+        ctx.require_blocks(node, layout, count, what=f"chunk({count})")
+        if len(layout.segments) != 1:
+            return Pieces()
+        seg = layout.segments[0]
+        size = seg.channels // count
+        return Pieces(
+            [
+                layout.replace(
+                    segments=(
+                        Segment(
+                            seg.group,
+                            seg.start + j * size,
+                            seg.start + (j + 1) * size,
+                            seg.multiplicity,
+                            (*seg.path, f"chunk[{j}]"),
+                        ),
+                    )
+                )
+                for j in range(count)
+            ]
+        )
+
+
+@register_function(operator.getitem)
+class GetitemHandler(OpHandler):
+    """One output of a multi-output op, or ``x[:, 0]``-style indexing of a tensor.
+
+    Integer indices and full slices of non-channel dims move the channel dim; slicing or indexing
+    the channels themselves fixes their count and blocks.
+    """
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        source, index = node.args[0], node.args[1]
+        value = ctx.layouts.get(source)  # type: ignore[arg-type]
+        if isinstance(value, Pieces):
+            return value.get(index)
+        if isinstance(value, tuple):
+            return value[index] if isinstance(index, int) else None
+        layout = value
+        if layout is None:
+            return None
+        items = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
+            ctx.block(node, layout, "indexing with a tensor selects channels by value")
+            return None
+        channel, rank = layout.normalized_dim(), layout.rank
+        if channel is None or rank is None:
+            ctx.unknown(node, f"indexing {index!r} a tensor of unknown rank")
+        explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
+        dim_in, dim_out, new_channel = 0, 0, None
+        for item in items:
+            if item is Ellipsis:
+                skipped = rank - explicit
+                if dim_in <= channel < dim_in + skipped:
+                    new_channel = dim_out + channel - dim_in
+                dim_in += skipped
+                dim_out += skipped
+            elif item is None:
+                dim_out += 1
+            elif isinstance(item, int):
+                if dim_in == channel:
+                    ctx.block(node, layout, f"indexing {index!r} picks single channels")
+                    return None
+                dim_in += 1
+            elif isinstance(item, slice):
+                if dim_in == channel:
+                    if item != slice(None):
+                        ctx.block(
+                            node, layout, f"slicing {index!r} fixes how many channels are kept"
+                        )
+                        return None
+                    new_channel = dim_out
+                dim_in += 1
+                dim_out += 1
+            else:
+                ctx.refuse(node, f"index {item!r}", fix="index with ints and slices")
+        if new_channel is None:
+            new_channel = dim_out + channel - dim_in
+        new_rank = dim_out + rank - dim_in
+        return layout.replace(dim=new_channel, rank=new_rank).with_path("getitem")
+
+
+# ------------------------------------------------------------------------ moving the channel dim
+
+
+@register_function(torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.movedim)
+@register_method("permute", "transpose", "swapaxes", "swapdims", "movedim")
+class PermuteHandler(OpHandler):
+    """``permute``/``transpose``/``movedim``: the channel dim moves; nothing else changes."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        layout = first_layout(node, ctx)
+        name = getattr(node.target, "__name__", str(node.target))
+        channel, rank = layout.normalized_dim(), layout.rank
+        if channel is None or rank is None:
+            ctx.unknown(node, f"{name} of a tensor of unknown rank")
+        order = list(range(rank))
+        args = list(node.args[1:])
+        if name == "permute":
+            dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+            order = [d % rank for d in _arg_list(dims, node.kwargs.get("dims"))]
+        elif name in ("transpose", "swapaxes", "swapdims"):
+            a, b = (node_arg(node, 1, "dim0", 0) % rank, node_arg(node, 2, "dim1", 1) % rank)
+            order[a], order[b] = order[b], order[a]
+        else:  # movedim(source, destination)
+            src, dst = node_arg(node, 1, "source", 0), node_arg(node, 2, "destination", 0)
+            src = [src] if isinstance(src, int) else list(src)
+            dst = [dst] if isinstance(dst, int) else list(dst)
+            moved = dict(zip((d % rank for d in dst), (s % rank for s in src), strict=True))
+            rest = iter(d for d in range(rank) if d not in moved.values())
+            order = [moved[i] if i in moved else next(rest) for i in range(rank)]
+        if layout.flattened and order.index(channel) != channel:
+            ctx.block(node, layout, f"{name} of flattened channels")
+            return None
+        return layout.replace(dim=order.index(channel)).with_path(name)
+
+
+def _arg_list(dims: Any, fallback: Any) -> list[int]:
+    return list(dims if dims else fallback or ())
+
+
+@register_function(torch.flatten)
+@register_method("flatten")
+class FlattenHandler(OpHandler):
+    """``torch.flatten(x, start, end)``."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        start = node_arg(node, 1, "start_dim", 0)
+        end = node_arg(node, 2, "end_dim", -1)
+        return flatten_flow(node, first_layout(node, ctx), start, end, ctx.op_name(node), ctx)
+
+
+def flatten_flow(
+    node: fx.Node, layout: Layout | None, start: int, end: int, label: str, ctx: FlowContext
+) -> Layout | None:
+    """Merge dims ``start..end``. Channels first in the range become channel-major blocks."""
+    if layout is None:
+        return None
+    channel, rank = layout.normalized_dim(), layout.rank
+    if channel is None or rank is None:
+        ctx.unknown(node, f"{label} of a tensor of unknown rank")
+    s, e = start % rank, end % rank
+    if e <= s:
+        return layout.with_path(label)
+    if channel < s:
+        return layout.replace(rank=rank - (e - s)).with_path(label)
+    if channel > e:
+        return layout.replace(dim=channel - (e - s), rank=rank - (e - s)).with_path(label)
+    if channel != s:
+        ctx.block(
+            node,
+            layout,
+            f"{label}(start_dim={start}, end_dim={end}) merges the channels into the dim before "
+            "them, which interleaves them; use torch.flatten(x, 1)",
+        )
+        return None
+    shape = ctx.shape_of(node.args[0]) if node.args else None
+    factor = None
+    if shape is not None and layout.factor is not None:
+        factor = layout.factor * math.prod(shape[s + 1 : e + 1])
+    return layout.replace(rank=rank - (e - s), flattened=True, factor=factor).with_path(label)
+
+
+@register_function(torch.reshape)
+@register_method("view", "reshape")
+class ReshapeHandler(OpHandler):
+    """``view``/``reshape``: a flatten or un-flatten that keeps the channels whole passes.
+
+    With shapes known, the channel dim may merge with the dims after it (channel-major) or be
+    split from them again; its own size must come from the tensor (``-1`` or ``x.size(...)``),
+    not a literal, or the forward would break after a widening. Anything that splits the channels
+    (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them with earlier dims blocks.
+    """
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        layout = first_layout(node, ctx)
+        shape: Any = list(node.args[1:]) if node.op == "call_method" else node.args[1]
+        if node.op == "call_method" and len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+            shape = list(shape[0])
+        shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+        label = ctx.op_name(node)
+        if len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0]):
+            return flatten_flow(node, layout, 1, -1, f"{label}(batch, -1)", ctx)
+        before, after = ctx.shape_of(node.args[0]), ctx.shape_of(node)
+        if before is not None and after is not None and layout.normalized_dim() is not None:
+            return self._with_shapes(node, layout, shape, before, after, label, ctx)
+        return self._fixed(node, layout, shape, label, ctx)
+
+    def _with_shapes(self, node, layout, spec, before, after, label, ctx) -> Layout | None:
+        channel = layout.normalized_dim()
+        leading = math.prod(before[:channel])
+        j = next((i for i in range(len(after) + 1) if math.prod(after[:i]) == leading), None)
+        if j is None or j >= len(after):
+            ctx.block(
+                node, layout, f"{label} to {tuple(after)} merges the channels with earlier dims"
+            )
+            return None
+        size, out = before[channel], after[j]
+        if (isinstance(spec[j], int) and spec[j] != -1) or (len(spec) != len(after)):
+            return self._fixed(node, layout, spec, label, ctx)
+        if out == size:
+            return layout.replace(dim=j, rank=len(after)).with_path(label)
+        if out > size and out % size == 0 and layout.factor is not None:
+            merged = out // size  # channel-major merge with the dims after the channels
+            if math.prod(before[: channel + 1]) * merged in _prefix_products(before):
+                return layout.replace(
+                    dim=j, rank=len(after), flattened=True, factor=layout.factor * merged
+                ).with_path(label)
+        if out < size and size % out == 0 and layout.factor is not None:
+            split = size // out  # un-flatten: each channel's block of entries becomes new dims
+            if layout.factor % split == 0:
+                return layout.replace(
+                    dim=j,
+                    rank=len(after),
+                    factor=layout.factor // split,
+                    flattened=layout.factor // split > 1,
+                ).with_path(label)
+        ctx.block(
+            node,
+            layout,
+            f"{label} from {tuple(before)} to {tuple(after)} splits or interleaves the channels "
+            "(a channel shuffle, or heads of attention)",
+        )
+        return None
+
+    def _fixed(self, node, layout, shape, label, ctx) -> None:
+        ctx.block(
+            node,
+            layout,
+            f"{label} to the shape {tuple(shape)!r} fixes a size that depends on these channels' "
+            "width; use torch.flatten(x, 1) (or -1 for the channel dim)",
+        )
+        return None
+
+
+def _prefix_products(shape: Sequence[int]) -> set[int]:
+    return {math.prod(shape[:i]) for i in range(len(shape) + 1)}
+
+
+def _is_batch_size(arg: Any) -> bool:
+    """``x.size(0)``, ``x.size(dim=0)``, ``x.shape[0]`` or ``x.size()[0]`` of a traced tensor."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method" and arg.target == "size":
+        dim = arg.args[1] if len(arg.args) > 1 else arg.kwargs.get("dim")
+        return dim == 0
+    if arg.op == "call_function" and getattr(arg.target, "__name__", "") == "getitem":
+        source, index = arg.args[0], arg.args[1]
+        return (
+            index == 0
+            and isinstance(source, fx.Node)
+            and (
+                (source.op == "call_method" and source.target == "size" and len(source.args) == 1)
+                or (source.op == "call_function" and source.args[1:] == ("shape",))
+            )
+        )
+    return False
+
+
+@register_function(torch.squeeze, torch.unsqueeze)
+@register_method("squeeze", "unsqueeze")
+class SqueezeHandler(OpHandler):
+    """``x.squeeze(-1)`` / ``x.unsqueeze(2)`` of a non-channel dim: the channel index shifts.
+
+    ``squeeze()`` without a dim is refused: it would also drop the batch dim of a batch of one.
+    """
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        layout = first_layout(node, ctx)
+        dim = node_arg(node, 1, "dim", None)
+        channel, rank = layout.normalized_dim(), layout.rank
+        unsqueeze = str(getattr(node.target, "__name__", node.target)) == "unsqueeze"
+        if isinstance(dim, int) and dim < 0 and rank is None and layout.dim < 0:
+            return self._from_the_end(node, layout, dim, unsqueeze, ctx)
+        if not isinstance(dim, int) or channel is None or rank is None:
+            ctx.unknown(node, f"{ctx.op_name(node)} with dim={dim!r} on a tensor of unknown layout")
+        new_rank = rank + 1 if unsqueeze else rank - 1
+        position = dim % (new_rank if unsqueeze else rank)
+        if not unsqueeze and position == channel:  # legal only at width 1: e.g. a 1-unit head
+            ctx.block(node, layout, f"{ctx.op_name(node)} removes the channel dim (width 1)")
+            return None
+        if unsqueeze:
+            channel = channel + 1 if position <= channel else channel
+        else:
+            channel = channel - 1 if position < channel else channel
+        return layout.replace(dim=channel, rank=new_rank).with_path(ctx.op_name(node))
+
+    def _from_the_end(self, node, layout, dim, unsqueeze, ctx) -> Layout | None:
+        """Rank unknown, channels counted from the end (a Linear's): count ``dim`` so too."""
+        channel = layout.dim
+        if unsqueeze:
+            return layout.replace(dim=channel - 1 if dim >= channel else channel).with_path(
+                ctx.op_name(node)
+            )
+        if dim == channel:
+            ctx.block(node, layout, f"{ctx.op_name(node)} removes the channel dim (width 1)")
+            return None
+        return layout.replace(dim=channel + 1 if dim > channel else channel).with_path(
+            ctx.op_name(node)
+        )
+
+
+@register_method("expand", "expand_as", "repeat", "tile")
+@register_function(torch.tile)
+class ExpandHandler(OpHandler):
+    """``expand`` keeps the channels (right-aligned); ``repeat`` along them blocks."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        layout = first_layout(node, ctx)
+        after = ctx.shape_of(node)
+        channel, rank = layout.normalized_dim(), layout.rank
+        name = str(getattr(node.target, "__name__", node.target))
+        if after is None or channel is None or rank is None:
+            if name in ("expand", "expand_as"):
+                return layout.with_path(name)
+            ctx.unknown(node, f"{name} of a tensor of unknown shape")
+        new_channel = channel + len(after) - rank
+        if name in ("repeat", "tile") and after[new_channel] != ctx.shape_of(node.args[0])[channel]:
+            ctx.block(node, layout, f"{name} repeats the channels")
+            return None
+        return layout.replace(dim=new_channel, rank=len(after)).with_path(name)
