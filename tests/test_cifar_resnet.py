@@ -88,10 +88,10 @@ def test_replay_refuses_a_record_its_model_family_cannot_rebuild(smoke_out: Path
 def test_resnet_presets_are_the_issue_protocols() -> None:
     cpu = driver.resolve_config(["--preset", "resnet-cpu"])[0]
     assert cpu.arch == "resnet" and cpu.where == ("nagn", "uniform", "random")
-    assert cpu.configs == (
-        ((4, 4, 4, 4), (8, 8, 8, 8), (16, 16, 16, 16)),
-        ((8, 8, 8, 8), (16, 16, 16, 16), (32, 32, 32, 32)),
-    )
+    assert cpu.configs == (((4, 4, 4, 4), (8, 8, 8, 8), (16, 16, 16, 16)),)
+    assert cpu.epochs == 60 and cpu.batch_size == 125 and cpu.train_subset == 10_000
+    wider = driver.resolve_config(["--preset", "resnet-cpu", "--configs", "8/16/32"])[0]
+    assert wider.configs == (((8, 8, 8, 8), (16, 16, 16, 16), (32, 32, 32, 32)),)
     gpu = driver.resolve_config(["--preset", "resnet-gpu", "--device", "cpu"])[0]
     assert gpu.epochs == 200 and len(gpu.configs) == 3 and gpu.configs[2][2][0] == 64
 
