@@ -342,13 +342,14 @@ def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str
 
 
 def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
-    """Where growth went in runs planned on channel groups (a ResNet's): streams or interiors.
+    """Where growth went in models with joined channel groups (a ResNet's): streams or interiors.
 
     A *stream* is a group with several producers (a residual stream: the stem or projection and
     every block's last conv write into it); an *interior* has one producer (a block's inner
     conv). Per trigger: the group NAGN (the plan's statistic) averaged over each kind, the group
     with the largest relative contrast, and the units each kind received. The output group is
-    left out (it never grows). Empty for per-layer plans (VGG).
+    left out (it never grows). Triggers without a stream (a VGG's, or per-layer plans from
+    before group planning) are skipped.
     """
     rows = []
     for run in sorted([*runs, *running], key=lambda r: r["run_id"]):
@@ -356,26 +357,25 @@ def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[s
             continue
         for event in run["events"]:
             plan = event["plan"]
-            if plan.get("combine") is None:
-                continue
             outputs = {row["name"] for row in plan["rows"] if row["is_output"]}
-            groups = [g for g in plan["groups"] if g["name"] not in outputs]
+            groups = [g for g in plan.get("groups", ()) if g["name"] not in outputs]
             kinds = {g["name"]: "stream" if len(g["producers"]) > 1 else "interior" for g in groups}
-            nagn = {k: [g["nagn"] for g in groups if kinds[g["name"]] == k] for k in kinds.values()}
-            units = {k: 0 for k in ("stream", "interior")}
+            if "stream" not in kinds.values() or "interior" not in kinds.values():
+                continue
+            nagn = {
+                kind: statistics.fmean(g["nagn"] for g in groups if kinds[g["name"]] == kind)
+                for kind in ("stream", "interior")
+            }
+            units = {"stream": 0, "interior": 0}
             for name, k in event["increments"].items():
-                units[kinds.get(name, "interior")] += k
-            top = max(
-                (row for row in plan["rows"] if row["name"] not in outputs),
-                key=lambda row: row["contrast"],
-            )
-            mean = {k: statistics.fmean(v) if v else float("nan") for k, v in nagn.items()}
+                units[kinds[name]] += k
+            top = max((r for r in plan["rows"] if r["name"] in kinds), key=lambda r: r["contrast"])
             rows.append(
                 (
                     run["run_id"] + (" (running)" if run.get("partial") else ""),
                     str(event["epoch"]),
-                    f"{mean.get('stream', float('nan')):.4f}",
-                    f"{mean.get('interior', float('nan')):.4f}",
+                    f"{nagn['stream']:.4f}",
+                    f"{nagn['interior']:.4f}",
                     f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})",
                     str(units["stream"]),
                     str(units["interior"]),

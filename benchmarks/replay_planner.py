@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _arch import ARCHS
 from _records import width_tag
 
-from netsurgeon import trace, widen
+from netsurgeon import LayerGraph, trace, widen
 from netsurgeon.nagn import plan_group_growth, plan_growth
 from netsurgeon.nagn.grower import window_gain
 
@@ -50,6 +50,8 @@ __all__ = [
     "READINGS",
     "STOP_READINGS",
     "StopReplay",
+    "is_group_plan",
+    "model_at",
     "replan",
     "replay_report",
     "replay_stops",
@@ -98,7 +100,10 @@ def _planner_settings(run: dict) -> dict[str, Any]:
 
 
 def is_group_plan(event: dict) -> bool:
-    """Whether the recorded trigger was planned on channel groups (its plan names a statistic)."""
+    """Whether the recorded trigger was planned on channel groups (its plan names a statistic).
+
+    Every trigger of the current grower is; records made before group planning are per layer.
+    """
     return event["plan"].get("combine") is not None
 
 
@@ -108,15 +113,21 @@ def _spec_before(run: dict, event: dict) -> list[list[int]]:
     return run["epochs"][epoch - 2]["widths"] if epoch >= 2 else run["widths_initial"]
 
 
+def _image_size(config: Mapping[str, Any]) -> int:
+    """Pixels per side of the run's images (a VGG's classifier depends on it)."""
+    dataset = config.get("dataset", "cifar10")
+    return {"synthetic": config.get("synthetic_image_size", 32), "digits": 16}.get(dataset, 32)
+
+
 def model_at(run: dict, event: dict) -> torch.nn.Module:
     """The run's model family built at the widths it had at ``event`` (random weights).
 
     Only the structure matters to a replay: the layer graph, its groups and widths. Checked
-    against the event's recorded per-layer widths.
+    against the event's recorded per-layer widths and parameter count.
 
     Raises:
-        ValueError: the rebuilt model's widths differ from the record's (a record of another
-            model family, or one the driver's width spec cannot express).
+        ValueError: the rebuilt model differs from the record (a record of another model
+            family, or one the driver's width spec cannot express); names what differs.
     """
     config = run["config"]
     arch = ARCHS[config.get("arch", "vgg")]
@@ -125,40 +136,44 @@ def model_at(run: dict, event: dict) -> torch.nn.Module:
     num_classes = before[outputs[-1]] if outputs else 10
     in_channels = len(run.get("data", {}).get("mean", (0, 0, 0)))
     spec = tuple(tuple(row) for row in _spec_before(run, event))
-    model = arch.build(spec, num_classes, in_channels, 32, tuple(config.get("hidden", ())), "cpu")
+    hidden = tuple(config.get("hidden", ()))
+    model = arch.build(spec, num_classes, in_channels, _image_size(config), hidden, "cpu")
     widths = trace(model).widths()
-    found = {name: widths.get(name) for name in before}
-    if found != before:
+    wrong = {n: (w, widths.get(n)) for n, w in before.items() if widths.get(n) != w}
+    params = sum(p.numel() for p in model.parameters())
+    if wrong or params != event.get("params_before", params):
+        found = ", ".join(f"{n}: recorded {w}, rebuilt {f}" for n, (w, f) in wrong.items())
+        found = found or f"{params} parameters, recorded {event['params_before']}"
         raise ValueError(
-            f"{run['run_id']} epoch {event['epoch']}: the {arch.name} rebuilt at {spec} has "
-            f"widths {found}, but the record says {before}; replay needs the run's own family."
+            f"{run['run_id']} epoch {event['epoch']}: the {arch.name} rebuilt at {spec} is not "
+            f"the recorded model ({found}); replay needs the run's own model family."
         )
     return model
 
 
 def replan(
-    run: dict, event: dict, reading: Mapping[str, str], model: torch.nn.Module | None = None
+    run: dict, event: dict, reading: Mapping[str, str], graph: LayerGraph | None = None
 ) -> dict[str, int]:
     """The increments the planner gives the recorded trigger ``event`` under ``reading``.
 
     Uses the run's own planner settings (tau, max_step, monotone, fallback), the event's
     output layers and monotone groups, and the reading's keyword arguments on top. A trigger
     planned on channel groups is replanned with :func:`netsurgeon.nagn.plan_group_growth` on
-    the graph of ``model`` (default: :func:`model_at`), with the recorded group statistic and
+    ``graph`` (default: the trace of :func:`model_at`), with the recorded group statistic and
     neighbourhood order unless the reading names another.
     """
     plan = event["plan"]
     groups = [list(g) for g in plan.get("monotone_groups", [])] or None
+    monotone = groups if plan["monotone"] else None
     settings = {**_planner_settings(run), **reading}
     if is_group_plan(event):
-        graph = trace(model if model is not None else model_at(run, event))
         settings = {
             "combine": plan["combine"],
             "neighbourhood_order": plan["neighbourhood_order"],
             "fallback_fraction": plan["fallback_fraction"],
             **settings,
         }
-        monotone = groups if plan["monotone"] else None
+        graph = graph if graph is not None else trace(model_at(run, event))
         return plan_group_growth(
             event["profile"], graph, monotone_groups=monotone, **settings
         ).increments
@@ -167,7 +182,7 @@ def replan(
         event["profile"],
         event["widths_before"],
         output_layers=outputs,
-        monotone_groups=groups if plan["monotone"] else None,
+        monotone_groups=monotone,
         **settings,
     )
     return replanned.increments
@@ -179,8 +194,8 @@ def _conv_widths(widths: Mapping[str, int], increments: Mapping[str, int]) -> st
     return "/".join(str(widths[n] + increments.get(n, 0)) for n in names)
 
 
-def _spec_after(run: dict, model: torch.nn.Module, increments: Mapping[str, int]) -> str:
-    """The width spec tag (``4.6.4.4-8.8.8.8-...``) of ``model`` widened by ``increments``."""
+def _tag_after(run: dict, model: torch.nn.Module, increments: Mapping[str, int]) -> str:
+    """The width tag (``4.6.4.4-8.8.8.8-...``) of ``model`` widened by ``increments``."""
     arch = ARCHS[run["config"].get("arch", "vgg")]
     grown = copy.deepcopy(model)
     if any(increments.values()):
@@ -299,43 +314,55 @@ def _grown_runs(folders: Sequence[Path]) -> list[dict]:
     return runs
 
 
-def _planner_table(runs: Sequence[dict], readings: Mapping[str, Mapping[str, str]], data: dict):
-    """Markdown rows of the planner replay of every trigger of ``runs`` under ``readings``."""
+def _planner_table(
+    triggers: Sequence[tuple[dict, int, dict]],
+    readings: Mapping[str, Mapping[str, str]],
+    data: dict[str, Any],
+) -> list[str]:
+    """Markdown rows of the planner replay of ``(run, index, event)`` triggers under ``readings``.
+
+    Appends one JSON-ready row per trigger to ``data["planner"]``.
+    """
     head = ["run", "trigger", *readings]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in runs:
-        for k, event in enumerate(run["events"]):
-            cells = [run["run_id"], f"{event['epoch']}" + (" (exact)" if k == 0 else "")]
-            row = {"run_id": run["run_id"], "epoch": event["epoch"], "first": k == 0}
-            model = model_at(run, event) if is_group_plan(event) else None
-            for name, reading in readings.items():
-                increments = replan(run, event, reading, model)
-                row[name] = increments
-                added = sum(increments.values())
-                if model is None:
-                    after = _conv_widths(event["widths_before"], increments)
-                else:
-                    after = _spec_after(run, model, increments)
-                cells.append(f"+{added} → {after}")
-            if run["where"] == "nagn":
-                row["recorded"] = event["increments"]
-            data["planner"].append(row)
-            lines.append("| " + " | ".join(cells) + " |")
+    for run, k, event in triggers:
+        cells = [run["run_id"], f"{event['epoch']}" + (" (exact)" if k == 0 else "")]
+        row = {"run_id": run["run_id"], "epoch": event["epoch"], "first": k == 0}
+        model = model_at(run, event) if is_group_plan(event) else None
+        graph = trace(model) if model is not None else None
+        for name, reading in readings.items():
+            increments = replan(run, event, reading, graph)
+            row[name] = increments
+            added = sum(increments.values())
+            if model is None:
+                after = _conv_widths(event["widths_before"], increments)
+            else:
+                after = _tag_after(run, model, increments)
+            cells.append(f"+{added} → {after}")
+        if run["where"] == "nagn":
+            row["recorded"] = event["increments"]
+        data["planner"].append(row)
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
-    """Markdown tables and JSON-ready data of both replays over every grown run in ``folders``."""
+    """Markdown tables and JSON-ready data of both replays over every grown run in ``folders``.
+
+    Triggers planned per layer (older records) and on channel groups get a table each; the
+    group table adds :data:`GROUP_READINGS` and shows the width tag after each reading.
+    """
     runs = _grown_runs(folders)
     data: dict[str, Any] = {"planner": [], "stops": []}
-    on_groups = [r for r in runs if any(is_group_plan(e) for e in r["events"])]
-    on_layers = [r for r in runs if r not in on_groups]
+    triggers = [(run, k, event) for run in runs for k, event in enumerate(run["events"])]
+    on_groups = [t for t in triggers if is_group_plan(t[2])]
+    on_layers = [t for t in triggers if not is_group_plan(t[2])]
     lines = ["## Planner readings at each recorded trigger", ""]
     if on_layers or not on_groups:
         lines += _planner_table(on_layers, READINGS, data)
     if on_groups:
         if on_layers:
-            lines += ["", "Runs planned on channel groups (widths after: the width spec):", ""]
+            lines += ["", "Triggers planned on channel groups (width tags after growth):", ""]
         lines += _planner_table(on_groups, {**READINGS, **GROUP_READINGS}, data)
     lines += ["", "## Trigger and stop readings over the recorded accuracies", ""]
     head = ["run", "recorded growths", *STOP_READINGS]

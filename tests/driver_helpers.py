@@ -13,15 +13,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_driver() -> ModuleType:
-    """``benchmarks/cifar_vgg.py`` imported once per process (as ``cifar_vgg``)."""
-    if "cifar_vgg" in sys.modules:
-        return sys.modules["cifar_vgg"]
-    spec = importlib.util.spec_from_file_location("cifar_vgg", ROOT / "benchmarks" / "cifar_vgg.py")
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported once per process (as ``name``)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["cifar_vgg"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_driver() -> ModuleType:
+    """``benchmarks/cifar_vgg.py`` imported once per process (as ``cifar_vgg``)."""
+    return load_benchmark("cifar_vgg")
 
 
 def run_preset(preset: str, out: Path) -> Path:

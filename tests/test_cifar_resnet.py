@@ -8,23 +8,20 @@ per stage, and a static baseline is rebuilt from a grown run's final spec.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
+import statistics
 from pathlib import Path
 
 import pytest
-from driver_helpers import ROOT, load_driver, run_preset, run_records
+from driver_helpers import load_benchmark, load_driver, run_preset, run_records
+
+import netsurgeon
 
 driver = load_driver()
-
-
-def _replay():
-    if "replay_planner" not in sys.modules:
-        path = ROOT / "benchmarks" / "replay_planner.py"
-        spec = importlib.util.spec_from_file_location("replay_planner", path)
-        sys.modules["replay_planner"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["replay_planner"])
-    return sys.modules["replay_planner"]
+replay = load_benchmark("replay_planner")
+# resnet-smoke is a ResNet-8 (one block per stage): the stem's stream and each stage's stream
+# (projection + conv2) are written by several producers, each block's conv1 is an interior.
+STREAMS = {"conv", "stages.1.0.conv2", "stages.2.0.conv2"}
+INTERIORS = {"stages.0.0.conv1", "stages.1.0.conv1", "stages.2.0.conv1"}
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +47,29 @@ def test_resnet_smoke_grows_streams_or_interiors_and_builds_matching_baselines(
     assert (smoke_out / "summary.md").read_text().count("2.2-2.2-4.4") >= 2
 
 
+def _table_row(text: str, run_id: str, epoch: int) -> list[str]:
+    """The cells of the first markdown row for ``run_id`` at trigger ``epoch``."""
+    prefix = f"| {run_id} | {epoch} (exact) |"
+    line = next(ln for ln in text.splitlines() if ln.startswith(prefix))
+    return line.strip("| ").split(" | ")
+
+
 def test_replaying_a_resnet_trigger_replans_it_on_groups_exactly(smoke_out: Path) -> None:
-    replay = _replay()
     (run,) = [r for r in run_records(smoke_out).values() if r["where"] == "nagn"]
     event = run["events"][0]
     assert replay.is_group_plan(event) and event["plan"]["combine"] == "rms"
     text, data = replay.replay_report([smoke_out])
     (row,) = [r for r in data["planner"] if r["run_id"] == run["run_id"]]
     assert row["paper"] == event["increments"]  # the recorded plan, from the rebuilt graph
-    assert {"combine=max", "combine=mean", "order=depth"} <= set(row)
+    head = next(ln for ln in text.splitlines() if "combine=max" in ln).strip("| ").split(" | ")
+    cells = dict(zip(head, _table_row(text, run["run_id"], event["epoch"]), strict=True))
     after = replay.width_tag(run["epochs"][event["epoch"] - 1]["widths"])
-    assert f"→ {after} |" in text.split(run["run_id"])[1]  # the spec after the recorded growth
-    assert replay.replan(run, event, {"combine": "max"}) == row["combine=max"]
+    assert cells["paper"] == f"+{sum(event['increments'].values())} → {after}"
+    graph = netsurgeon.trace(replay.model_at(run, event))
+    groups = {g.name: g for g in graph.groups}
+    for reading in ("combine=max", "combine=mean", "order=depth"):
+        for name, k in row[reading].items():  # a valid plan on the rebuilt graph
+            assert groups[name].widenable and k % groups[name].granularity == 0, (reading, name)
 
 
 def test_the_report_says_whether_growth_went_to_streams_or_interiors(smoke_out: Path) -> None:
@@ -69,19 +77,24 @@ def test_the_report_says_whether_growth_went_to_streams_or_interiors(smoke_out: 
     assert "Where growth went" in summary
     for run in (r for r in run_records(smoke_out).values() if r["where"]):
         (event,) = run["events"]
-        groups = {g["name"]: g for g in event["plan"]["groups"]}
-        streams = sum(k for n, k in event["increments"].items() if len(groups[n]["producers"]) > 1)
-        interiors = sum(event["increments"].values()) - streams
+        nagn = {g["name"]: g["nagn"] for g in event["plan"]["groups"]}
+        assert set(nagn) == STREAMS | INTERIORS | {"fc"}
+        streams = sum(k for n, k in event["increments"].items() if n in STREAMS)
+        interiors = sum(k for n, k in event["increments"].items() if n in INTERIORS)
         (line,) = [ln for ln in summary.splitlines() if ln.startswith(f"| {run['run_id']} | 2 |")]
-        assert line.rstrip(" |").split(" | ")[-2:] == [str(streams), str(interiors)]
+        cells = line.strip("| ").split(" | ")
+        assert cells[2:4] == [
+            f"{statistics.fmean(nagn[n] for n in STREAMS):.4f}",
+            f"{statistics.fmean(nagn[n] for n in INTERIORS):.4f}",
+        ]
+        assert cells[-2:] == [str(streams), str(interiors)]
 
 
 def test_replay_refuses_a_record_its_model_family_cannot_rebuild(smoke_out: Path) -> None:
-    replay = _replay()
     (run,) = [r for r in run_records(smoke_out).values() if r["where"] == "nagn"]
     event = copy.deepcopy(run["events"][0])
     event["widths_before"]["stages.0.0.conv1"] += 1  # not what the spec before it builds
-    with pytest.raises(ValueError, match=r"stages.0.0.conv1.*replay needs the run's own family"):
+    with pytest.raises(ValueError, match=r"stages.0.0.conv1: recorded 3, rebuilt 2"):
         replay.model_at(run, event)
 
 

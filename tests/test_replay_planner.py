@@ -8,30 +8,17 @@ until its first decision that the record cannot answer, where it says so.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from driver_helpers import load_benchmark
 
 from netsurgeon import GrowthConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-replay = _load("replay_planner")
-driver = sys.modules.get("cifar_vgg") or _load("cifar_vgg")
+replay = load_benchmark("replay_planner")
+driver = load_benchmark("cifar_vgg")
 
 
 def _record(accuracies: list[float], growths: dict[int, list[list[int]]], start) -> dict:
@@ -132,7 +119,7 @@ def test_the_command_line_writes_markdown_and_json(sweep: Path, tmp_path: Path) 
 
 
 def test_comparing_a_sweep_with_itself_agrees_on_every_run(sweep: Path) -> None:
-    compare = sys.modules.get("compare_sweeps") or _load("compare_sweeps")
+    compare = load_benchmark("compare_sweeps")
     text = compare.compare(sweep, sweep)
     grown = list((sweep / "runs").glob("grown-*.json"))
     assert f"final widths equal in {len(grown)} of {len(grown)} runs" in text
@@ -148,3 +135,25 @@ def test_comparing_a_sweep_with_itself_agrees_on_every_run(sweep: Path) -> None:
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def test_a_record_from_before_group_planning_replays_per_layer(sweep: Path) -> None:
+    # Older records planned VGG layers one by one (no group statistic). On a VGG's chain the
+    # per-layer rule and the group rule agree, so the per-layer replay reproduces the record.
+    (path,) = (sweep / "runs").glob("grown-nagn_*.json")
+    run = json.loads(path.read_text())
+    for event in run["events"]:
+        event["plan"]["combine"] = None
+    assert not replay.is_group_plan(run["events"][0])
+    for event in run["events"]:
+        assert replay.replan(run, event, {}) == event["increments"]
+
+
+def test_a_sweep_with_only_progress_snapshots_is_replayed(sweep: Path, tmp_path: Path) -> None:
+    (path,) = (sweep / "runs").glob("grown-nagn_*.json")
+    run = json.loads(path.read_text())
+    (tmp_path / "progress").mkdir()
+    (tmp_path / "progress" / path.name).write_text(json.dumps({**run, "partial": True}))
+    out = tmp_path / "replay.md"
+    assert replay.main([str(tmp_path), "--out", str(out)]) == 0
+    assert f"{run['run_id']} (running, epoch {len(run['epochs'])})" in out.read_text()

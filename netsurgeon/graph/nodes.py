@@ -1,7 +1,7 @@
 """What op handlers read off an fx node: arguments, the input's layout, dims, multi-output layouts.
 
 Shared by the function/method handlers (:mod:`netsurgeon.graph.functional`,
-:mod:`netsurgeon.graph.reshaping`) and the module handlers.
+:mod:`netsurgeon.graph.reshaping`).
 """
 
 from __future__ import annotations
