@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 import time
@@ -500,6 +501,25 @@ def _load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
     )
 
 
+def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
+    """The final widths of a grown run still training whose growth has stopped, else None.
+
+    Read from the run's progress snapshot, or (on a fresh machine, where ``progress/`` is not
+    committed) from its checkpoint. A grower never grows again once stopped, so these are the
+    widths of the run's static baseline, which can start before the grown run finishes.
+    """
+    progress = out / "progress" / f"{spec.run_id}.json"
+    if progress.is_file():
+        snapshot = json.loads(progress.read_text())
+        return _as_widths(snapshot["widths_final"]) if snapshot.get("stop_reason") else None
+    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if (state.get("grower") or {}).get("stopped"):
+            return _as_widths(state["epochs"][-1]["widths"])
+    return None
+
+
 def _worker_init(cfg: BenchConfig) -> None:
     """Per process: share the CPU cores, load the data, and pay one-time costs off the clock."""
     device = torch.device(cfg.device)
@@ -536,6 +556,24 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
     def baseline(record: dict) -> RunSpec:
         return RunSpec(_as_widths(record["widths_final"]), record["seed"])
 
+    early: dict[str, str] = {}  # grown run id -> its baseline, scheduled before it finished
+
+    def early_baselines(specs: Sequence[RunSpec], known: set[str]) -> list[RunSpec]:
+        """Static baselines of grown runs in ``specs`` that stopped growing, not yet ``known``."""
+        found = []
+        for spec in specs:
+            widths = stopped_widths(spec, out) if spec.where and spec.run_id not in early else None
+            static = RunSpec(widths, spec.seed) if widths is not None else None
+            if static is not None and static.run_id not in known | set(records):
+                early[spec.run_id] = static.run_id
+                done = _load_done(static, cfg, out)
+                if done is not None:
+                    records[static.run_id] = done
+                else:
+                    found.append(static)
+                    known.add(static.run_id)
+        return found
+
     for record in list(records.values()):
         spec = baseline(record)
         if spec.run_id not in records and spec not in pending:
@@ -544,8 +582,9 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
                 records[spec.run_id] = done
             else:
                 pending.append(spec)
+    pending += early_baselines(list(pending), {s.run_id for s in pending})
 
-    total = len(records) + len(pending) + sum(1 for s in pending if s.where)  # + their statics
+    total = len(records) + len(pending) + sum(1 for s in pending if s.where) - len(early)
     bar = tqdm(total=total, desc="sweep", unit="run", initial=len(records))
     start = time.perf_counter()
     scheduled = {s.run_id for s in pending}
@@ -557,6 +596,8 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
         if record["kind"] != "grown":
             return []
         spec = baseline(record)
+        if early.get(record["run_id"]) == spec.run_id:
+            return []  # its baseline started when it stopped growing
         if spec.run_id in records or spec.run_id in scheduled:
             bar.total -= 1  # the same static baseline serves several grown runs
             bar.refresh()
@@ -570,7 +611,9 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
         return [spec]
 
     # A static baseline starts as soon as a slot frees after its grown run: both then run under
-    # similar machine load, which keeps the time ratio honest on a shared machine.
+    # similar machine load, which keeps the time ratio honest on a shared machine. A slot that
+    # would idle takes the baseline of a running grown run that has stopped growing (its final
+    # widths are known), polled once a minute from the run's progress snapshot.
     queue = sorted(pending, key=lambda s: s.where is not None)  # statics of resumed runs first
     if cfg.jobs == 1:
         while queue:
@@ -580,12 +623,17 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
         with ProcessPoolExecutor(
             cfg.jobs, mp_context=ctx, initializer=_worker_init, initargs=(cfg,)
         ) as pool:
-            futures: set[Future] = set()
-            while queue or futures:
-                while queue and len(futures) < cfg.jobs:
-                    futures.add(pool.submit(_run_in_worker, queue.pop(0), cfg, out))
-                done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            running: dict[Future, RunSpec] = {}
+            while queue or running:
+                if not queue and len(running) < cfg.jobs:
+                    queue += early_baselines(list(running.values()), scheduled)
+                while queue and len(running) < cfg.jobs:
+                    spec = queue.pop(0)
+                    running[pool.submit(_run_in_worker, spec, cfg, out)] = spec
+                idle = len(running) < cfg.jobs and any(s.where for s in running.values())
+                done, _ = wait(running, timeout=60 if idle else None, return_when=FIRST_COMPLETED)
                 for future in done:
+                    del running[future]
                     queue[:0] = finished(future.result())
     bar.close()
     wall = time.perf_counter() - start

@@ -457,3 +457,72 @@ def test_the_report_says_which_runs_were_trained_in_several_segments(
         f"processes: {record['run_id']} (2, from epochs 1, 3)"
     ) in text
     assert "read their time ratios with care" in (tmp_path / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------ baselines of stopped runs
+
+
+def _fake_train(calls: list[str], final: dict[str, list[list[int]]]):
+    """A stand-in for ``train_run`` that records its calls and returns minimal records."""
+
+    def train(spec, cfg, out, *, progress=True):
+        calls.append(spec.run_id)
+        widths = final.get(spec.run_id, [list(block) for block in spec.widths])
+        kind = "grown" if spec.where else "static"
+        return {
+            "run_id": spec.run_id,
+            "kind": kind,
+            "seed": spec.seed,
+            "widths_final": widths,
+            "final": {"test_acc": 0.5},
+        }
+
+    return train
+
+
+def test_stopped_widths_reads_progress_snapshots_then_checkpoints(tmp_path: Path) -> None:
+    spec = driver.RunSpec(((2,), (2,), (4,)), 0, "nagn")
+    assert driver.stopped_widths(spec, tmp_path) is None  # nothing there yet
+    checkpoint = tmp_path / "checkpoints" / f"{spec.run_id}.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"grower": {"stopped": False}, "epochs": [{"widths": [[2], [2], [4]]}]}, checkpoint)
+    assert driver.stopped_widths(spec, tmp_path) is None  # still growing
+    torch.save({"grower": {"stopped": True}, "epochs": [{"widths": [[3], [2], [4]]}]}, checkpoint)
+    assert driver.stopped_widths(spec, tmp_path) == ((3,), (2,), (4,))
+    progress = tmp_path / "progress" / f"{spec.run_id}.json"
+    progress.parent.mkdir()
+    progress.write_text(json.dumps({"widths_final": [[3], [3], [4]], "stop_reason": None}))
+    assert driver.stopped_widths(spec, tmp_path) is None  # the snapshot is newer: growing
+    progress.write_text(json.dumps({"widths_final": [[3], [3], [4]], "stop_reason": "epoch 9"}))
+    assert driver.stopped_widths(spec, tmp_path) == ((3,), (3,), (4,))
+
+
+def test_a_resumed_sweep_starts_the_baseline_of_a_stopped_run_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--where", "nagn", "--jobs", "1"])
+    grown = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    progress = tmp_path / "progress" / f"{grown.run_id}.json"
+    progress.parent.mkdir(parents=True)
+    progress.write_text(json.dumps({"widths_final": [[3], [2], [4]], "stop_reason": "stopped"}))
+    calls: list[str] = []
+    monkeypatch.setattr(driver, "train_run", _fake_train(calls, {grown.run_id: [[3], [2], [4]]}))
+    monkeypatch.setattr(driver, "environment", lambda device: {})
+    driver.run_sweep(cfg, tmp_path)
+    assert calls == ["static_3-2-4_s0", grown.run_id]  # the baseline once, before its run ends
+
+
+def test_a_baseline_started_early_is_replaced_if_the_run_ends_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stale snapshot cannot leave a grown run without its true baseline.
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--where", "nagn", "--jobs", "1"])
+    grown = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    progress = tmp_path / "progress" / f"{grown.run_id}.json"
+    progress.parent.mkdir(parents=True)
+    progress.write_text(json.dumps({"widths_final": [[3], [2], [4]], "stop_reason": "stopped"}))
+    calls: list[str] = []
+    monkeypatch.setattr(driver, "train_run", _fake_train(calls, {grown.run_id: [[4], [2], [4]]}))
+    monkeypatch.setattr(driver, "environment", lambda device: {})
+    driver.run_sweep(cfg, tmp_path)
+    assert calls == ["static_3-2-4_s0", grown.run_id, "static_4-2-4_s0"]
