@@ -317,11 +317,10 @@ def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str
         peak = run["config"]["lr"]
         steps = []
         for event in run["events"]:
-            lr = run["epochs"][event["epoch"] - 1]["lr"]
-            after = [event["widths_after"][k] for k in event["widths_after"]]
+            record = run["epochs"][event["epoch"] - 1]  # after the epoch's growth
             steps.append(
-                f"{event['epoch']} ({100 * lr / peak:.0f} %) +{sum(event['increments'].values())}"
-                f" → {'/'.join(map(str, after[:-1]))}"  # the output layer's width is the classes
+                f"{event['epoch']} ({100 * record['lr'] / peak:.0f} %) "
+                f"+{sum(event['increments'].values())} → {width_tag(record['widths'])}"
             )
         name, static = run["run_id"], "pending"
         if run.get("partial"):  # still training: widths and accuracy so far, no baseline yet

@@ -116,3 +116,12 @@ def test_arch_and_blocks_options_expand_short_specs() -> None:
     assert cfg.configs == (((4, 4, 4), (8, 8, 8)),)
     with pytest.raises(ValueError, match="--blocks must be >= 1"):
         driver.resolve_config(["--preset", "resnet-smoke", "--blocks", "0"])
+
+
+def test_the_trajectory_table_gives_the_width_spec_after_each_growth(smoke_out: Path) -> None:
+    summary = (smoke_out / "summary.md").read_text()
+    for run in (r for r in run_records(smoke_out).values() if r["where"]):
+        (event,) = run["events"]
+        after = replay.width_tag(run["epochs"][event["epoch"] - 1]["widths"])
+        (row,) = [ln for ln in summary.splitlines() if ln.startswith(f"| {run['run_id']} | 2 (")]
+        assert f"+{sum(event['increments'].values())} → {after} |" in row
