@@ -497,8 +497,16 @@ def test_stopped_widths_reads_progress_snapshots_then_checkpoints(tmp_path: Path
     assert driver.stopped_widths(spec, tmp_path) == ((3,), (3,), (4,))
 
 
+@pytest.mark.parametrize(
+    ("ends_at", "expected"),
+    [
+        ([[3], [2], [4]], ["static_3-2-4_s0", "grown-nagn_2-2-4_s0"]),  # the baseline once
+        # A stale snapshot cannot leave a grown run without its true baseline.
+        ([[4], [2], [4]], ["static_3-2-4_s0", "grown-nagn_2-2-4_s0", "static_4-2-4_s0"]),
+    ],
+)
 def test_a_resumed_sweep_starts_the_baseline_of_a_stopped_run_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ends_at: list[list[int]], expected: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg, _ = driver.resolve_config(["--preset", "smoke", "--where", "nagn", "--jobs", "1"])
     grown = driver.RunSpec(cfg.configs[0], 0, "nagn")
@@ -506,23 +514,7 @@ def test_a_resumed_sweep_starts_the_baseline_of_a_stopped_run_first(
     progress.parent.mkdir(parents=True)
     progress.write_text(json.dumps({"widths_final": [[3], [2], [4]], "stop_reason": "stopped"}))
     calls: list[str] = []
-    monkeypatch.setattr(driver, "train_run", _fake_train(calls, {grown.run_id: [[3], [2], [4]]}))
+    monkeypatch.setattr(driver, "train_run", _fake_train(calls, {grown.run_id: ends_at}))
     monkeypatch.setattr(driver, "environment", lambda device: {})
     driver.run_sweep(cfg, tmp_path)
-    assert calls == ["static_3-2-4_s0", grown.run_id]  # the baseline once, before its run ends
-
-
-def test_a_baseline_started_early_is_replaced_if_the_run_ends_elsewhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A stale snapshot cannot leave a grown run without its true baseline.
-    cfg, _ = driver.resolve_config(["--preset", "smoke", "--where", "nagn", "--jobs", "1"])
-    grown = driver.RunSpec(cfg.configs[0], 0, "nagn")
-    progress = tmp_path / "progress" / f"{grown.run_id}.json"
-    progress.parent.mkdir(parents=True)
-    progress.write_text(json.dumps({"widths_final": [[3], [2], [4]], "stop_reason": "stopped"}))
-    calls: list[str] = []
-    monkeypatch.setattr(driver, "train_run", _fake_train(calls, {grown.run_id: [[4], [2], [4]]}))
-    monkeypatch.setattr(driver, "environment", lambda device: {})
-    driver.run_sweep(cfg, tmp_path)
-    assert calls == ["static_3-2-4_s0", grown.run_id, "static_4-2-4_s0"]
+    assert calls == expected
