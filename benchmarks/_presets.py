@@ -65,7 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # on a quarter-width ResNet-20, all three criteria at matched budget, 60 epochs: a 30-epoch
     # first attempt never triggered (validation accuracy still rising 0.5-1 point per window
     # while the cosine schedule decayed; docs/benchmark.md). Evaluation in batches of 250: on a
-    # CPU, NCHW ResNets evaluate 2.5x slower in batches of 2000. About 50 min on 2 cores;
+    # CPU, NCHW ResNets evaluate 2.5x slower in batches of 2000. About an hour on 2 cores;
     # `--configs 8/16/32` runs the wider start instead (about twice that), `4/8/16 8/16/32` both.
     "resnet-cpu": {
         "arch": "resnet",
