@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,37 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"{option}: cannot read {text!r}; write 0,1,2 or 0-4.") from None
+
+
+def parse_overrides(items: Sequence[str], fields: Sequence[str], option: str) -> dict[str, Any]:
+    """``["end_rule=adjacent", "max_growths=2"]`` -> ``{"end_rule": "adjacent", "max_growths": 2}``.
+
+    Values are read as Python literals where they parse as one (``2``, ``0.03``, ``True``,
+    ``None``; also ``true``, ``false``, ``none``), else kept as strings. Types and ranges are the
+    config class's to check; here only the syntax and the field names are.
+
+    Example:
+        >>> parse_overrides(["score=damped", "delta_stop=0.03"], ["score", "delta_stop"], "--g")
+        {'score': 'damped', 'delta_stop': 0.03}
+    """
+    words = {"true": True, "false": False, "none": None, "null": None}
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not text:
+            raise ValueError(f"{option}: cannot read {item!r}; write NAME=VALUE, e.g. score=damped")
+        if name not in fields:
+            raise ValueError(
+                f"{option}: unknown setting {name!r}; expected one of {sorted(fields)}"
+            )
+        if name in values:
+            raise ValueError(f"{option}: {name!r} is given twice ({item!r}); give it once")
+        try:
+            values[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[name] = words.get(text.lower(), text)
+    return values
 
 
 def _finite(value: Any) -> Any:

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -54,6 +55,7 @@ from _records import (
     data_record,
     load_record,
     parse_ints,
+    parse_overrides,
     parse_widths,
     run_record,
     write_json,
@@ -134,6 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder (cifar10 / imagefolder)")
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument(
+        "--growth",
+        nargs="+",
+        action="extend",
+        metavar="NAME=VALUE",
+        help="override GrowthConfig fields, e.g. end_rule=adjacent score=damped (docs/nagn.md)",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=int,
         metavar="N",
@@ -168,6 +177,13 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path
     for name in ("epochs", "jobs", "threads", "dataset", "data_dir", "checkpoint_every"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    if args.growth:
+        # ``where`` and ``seed`` are per run (--where, --seeds), set when each grower is made.
+        fields = [
+            f.name for f in dataclasses.fields(GrowthConfig) if f.name not in ("where", "seed")
+        ]
+        overrides = parse_overrides(args.growth, fields, "--growth")
+        values["growth"] = replace(values.get("growth", GrowthConfig()), **overrides)
     values["amp"] = args.amp
     values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = BenchConfig(preset=args.preset, **values)

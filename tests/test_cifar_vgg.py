@@ -128,6 +128,12 @@ def test_resume_into_an_out_made_with_other_settings_is_refused(
         (["--configs", "4/0/4"], "--configs"),
         (["--jobs", "0"], "--jobs"),
         (["--device", "tpu:9"], "--device"),
+        (["--growth", "end_rule=median"], "GrowthConfig.end_rule='median'"),
+        (["--growth", "w_acc=0"], "GrowthConfig.w_acc=0"),
+        (["--growth", "endrule=adjacent"], "unknown setting 'endrule'"),
+        (["--growth", "where=random"], "unknown setting 'where'"),  # per run: --where
+        (["--growth", "score"], "write NAME=VALUE"),
+        (["--growth", "tau=0.1", "tau=0.2"], "given twice"),
     ],
 )
 def test_inconsistent_options_are_rejected_with_a_message(
@@ -143,6 +149,26 @@ def test_unknown_options_and_abbreviations_are_rejected(argv: list[str]) -> None
     with pytest.raises(SystemExit) as exit_info:
         driver.resolve_config(argv)
     assert exit_info.value.code == 2
+
+
+def test_growth_overrides_replace_only_the_named_fields_of_the_presets_rules() -> None:
+    argv = ["--preset", "smoke", "--growth", "end_rule=adjacent", "max_growths=2"]
+    cfg, _ = driver.resolve_config([*argv, "--growth", "restart_windows=false", "max_step=None"])
+    preset = driver.PRESETS["smoke"]["growth"]
+    expected = replace(
+        preset, end_rule="adjacent", max_growths=2, restart_windows=False, max_step=None
+    )
+    assert cfg.growth == expected
+    assert cfg.growth.delta_acc == preset.delta_acc == 1e6  # the preset's forced trigger stays
+
+
+def test_a_sweep_made_under_one_growth_reading_refuses_to_resume_under_another(
+    smoke_out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(driver, "_worker_init", lambda cfg: None)
+    argv = ["--preset", "smoke", "--growth", "score=damped", "--out", str(smoke_out)]
+    assert driver.main(argv) == 2
+    assert "growth.score" in capsys.readouterr().err
 
 
 def test_width_specs_parse_in_both_spellings() -> None:
