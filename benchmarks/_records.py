@@ -75,6 +75,28 @@ def width_tag(widths: Any) -> str:
     return "-".join(".".join(map(str, block)) for block in widths)
 
 
+def parse_run_id(run_id: str) -> tuple[str | None, Widths, int]:
+    """``"grown-nagn_2.2-4_s1"`` -> ``("nagn", ((2, 2), (4,)), 1)``; ``where`` is None for static.
+
+    The inverse of ``cifar_vgg.RunSpec.run_id``.
+
+    Example:
+        >>> parse_run_id("static_4-4.5-8_s0")
+        (None, ((4,), (4, 5), (8,)), 0)
+    """
+    try:
+        kind, tag, seed = run_id.split("_")
+        where = kind.removeprefix("grown-") if kind.startswith("grown-") else None
+        if (where is None and kind != "static") or not seed.startswith("s"):
+            raise ValueError
+        widths = tuple(tuple(int(w) for w in block.split(".")) for block in tag.split("-"))
+        return where, widths, int(seed[1:])
+    except ValueError:
+        raise ValueError(
+            f"{run_id!r} is not a run id (grown-<where>_<widths>_s<seed> or static_<widths>_s<seed>)"
+        ) from None
+
+
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
     """``"0,1,2"`` or ``"0-4"`` -> a tuple of ints."""
     try:

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _arch import ARCHS
-from _records import width_tag
+from _records import parse_run_id, width_tag
 
 from netsurgeon import LayerGraph, trace, widen
 from netsurgeon.nagn import plan_group_growth, plan_growth
@@ -296,8 +296,30 @@ def _simulate(
 # ------------------------------------------------------------------------------ report
 
 
+def _checkpoint_run(path: Path) -> dict:
+    """The record fields the replay reads, from a run's checkpoint (``checkpoints/*.pt``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    where, widths, seed = parse_run_id(state["run_id"])
+    return {
+        "run_id": state["run_id"],
+        "kind": "grown" if where else "static",
+        "where": where,
+        "seed": seed,
+        "widths_initial": [list(block) for block in widths],
+        "widths_final": state["epochs"][-1]["widths"],
+        "config": state["config"],
+        "data": state["data"],
+        "epochs": state["epochs"],
+        "events": state["events"],
+    }
+
+
 def _grown_runs(folders: Sequence[Path]) -> list[dict]:
-    """Finished grown runs, then the snapshots of grown runs still training (``progress/``)."""
+    """Finished grown runs, then grown runs still training.
+
+    A run still training is read from its progress snapshot (``progress/``), else, on a machine
+    where it has not trained yet (``progress/`` is not committed), from its checkpoint.
+    """
     runs = []
     for folder in folders:
         done = set()
@@ -306,11 +328,18 @@ def _grown_runs(folders: Sequence[Path]) -> list[dict]:
             done.add(run["run_id"])
             if run["kind"] == "grown":
                 runs.append(run)
-        for path in sorted((Path(folder) / "progress").glob("*.json")):
-            run = json.loads(path.read_text())
-            if run["kind"] == "grown" and run["run_id"] not in done:
-                run["run_id"] += f" (running, epoch {len(run['epochs'])})"
-                runs.append(run)
+        unfinished = {
+            path.stem: path for path in sorted((Path(folder) / "checkpoints").glob("*.pt"))
+        }
+        unfinished.update(
+            (path.stem, path) for path in sorted((Path(folder) / "progress").glob("*.json"))
+        )
+        for run_id, path in sorted(unfinished.items()):
+            if run_id in done or not run_id.startswith("grown-"):
+                continue
+            run = json.loads(path.read_text()) if path.suffix == ".json" else _checkpoint_run(path)
+            run["run_id"] += f" (running, epoch {len(run['epochs'])})"
+            runs.append(run)
     return runs
 
 
@@ -386,16 +415,21 @@ def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument(
-        "folders", nargs="+", type=Path, help="sweep folders (with runs/ or progress/)"
+        "folders",
+        nargs="+",
+        type=Path,
+        help="sweep folders (with runs/, progress/ or checkpoints/)",
     )
     parser.add_argument("--out", type=Path, help="write the markdown here (and .json beside it)")
     args = parser.parse_args(argv)
     missing = [
-        str(f) for f in args.folders if not ((f / "runs").is_dir() or (f / "progress").is_dir())
+        str(f)
+        for f in args.folders
+        if not any((f / part).is_dir() for part in ("runs", "progress", "checkpoints"))
     ]
     if missing:
         print(
-            f"replay_planner.py: error: no runs/ or progress/ folder in {missing}",
+            f"replay_planner.py: error: no runs/, progress/ or checkpoints/ folder in {missing}",
             file=sys.stderr,
         )
         return 2

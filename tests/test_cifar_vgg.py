@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from driver_helpers import load_driver, run_preset, run_records
+from driver_helpers import load_benchmark, load_driver, run_preset, run_records
 
 from netsurgeon.data import ImageTensors
 
 driver = load_driver()
+parse_run_id = load_benchmark("_records").parse_run_id
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +170,21 @@ def test_a_sweep_made_under_one_growth_reading_refuses_to_resume_under_another(
     argv = ["--preset", "smoke", "--growth", "score=damped", "--out", str(smoke_out)]
     assert driver.main(argv) == 2
     assert "growth.score" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        driver.RunSpec(((2, 2, 2), (4,), (8, 9, 9)), 3, "nagn"),
+        driver.RunSpec(((16,), (32,), (64,)), 0, "random"),
+        driver.RunSpec(((4,), (4,), (8,)), 12),
+    ],
+)
+def test_run_ids_parse_back_to_their_specs(spec) -> None:
+    where, widths, seed = parse_run_id(spec.run_id)
+    assert driver.RunSpec(widths, seed, where) == spec
+    with pytest.raises(ValueError, match="not a run id"):
+        parse_run_id(spec.run_id.replace("_s", "_seed"))
 
 
 def test_width_specs_parse_in_both_spellings() -> None:

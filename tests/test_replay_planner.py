@@ -157,3 +157,42 @@ def test_a_sweep_with_only_progress_snapshots_is_replayed(sweep: Path, tmp_path:
     out = tmp_path / "replay.md"
     assert replay.main([str(tmp_path), "--out", str(out)]) == 0
     assert f"{run['run_id']} (running, epoch {len(run['epochs'])})" in out.read_text()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_run_known_only_by_its_checkpoint_is_replayed_as_its_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh machine resuming a committed sweep has checkpoints/ but no progress/ (not
+    # committed): the replay then reads the run still training from its checkpoint.
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "8", "--where", "nagn"])
+    spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    real = driver.save_checkpoint
+
+    def save_then_die(file: Path, state: dict) -> None:
+        real(file, state)
+        if len(state["epochs"]) == 3:  # after the growth forced at epoch 2
+            raise _Killed
+
+    monkeypatch.setattr(driver, "save_checkpoint", save_then_die)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(_Killed):
+            driver.train_run(spec, cfg, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (snapshot,) = (tmp_path / "progress").glob("*.json")
+    (from_snapshot,) = replay._grown_runs([tmp_path])
+    _, snapshot_replay = replay.replay_report([tmp_path])
+    snapshot.unlink()
+
+    (run,) = replay._grown_runs([tmp_path])
+    assert run["run_id"] == f"{spec.run_id} (running, epoch 3)" == from_snapshot["run_id"]
+    assert run["events"] and run["events"][0]["epoch"] == 2
+    for key in ("kind", "where", "seed", "widths_initial", "widths_final", "epochs", "events"):
+        assert run[key] == from_snapshot[key], key
+    _, checkpoint_replay = replay.replay_report([tmp_path])
+    assert checkpoint_replay["planner"] and checkpoint_replay == snapshot_replay
