@@ -24,13 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _records import SweepError, check_config
+from _records import SweepError, check_config, make_run_id, parse_run_id, run_record
 
 import netsurgeon
 from netsurgeon import Grower
 from netsurgeon.data import TensorLoader
 
-__all__ = ["FORMAT", "capture", "load_checkpoint", "restore", "restore_training", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "capture",
+    "checkpoint_record",
+    "load_checkpoint",
+    "restore",
+    "restore_training",
+    "save_checkpoint",
+]
 
 FORMAT = 1  # bump when the layout below changes; older files are then refused
 
@@ -131,3 +139,37 @@ def load_checkpoint(
             "resume with the same dataset copy and split, or pass a fresh --out."
         )
     return state
+
+
+def checkpoint_record(path: Path) -> dict[str, Any]:
+    """The record of a run still training, read from its checkpoint: a progress snapshot.
+
+    What ``OUT/progress/<run_id>.json`` holds while the run trains (``_records.run_record``,
+    ``"partial": True``), for a machine where it has not trained yet: ``progress/`` is not
+    committed, the checkpoints are. No settings are checked (this reads, it does not resume);
+    ``environment`` is None (the checkpoint does not keep it).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    where, widths, seed = parse_run_id(state["run_id"])
+    grower = state.get("grower") or {}
+    last = state["epochs"][-1]
+    record = run_record(
+        run_id=state["run_id"],
+        where=where,
+        seed=seed,
+        widths_initial=widths,
+        widths_final=last["widths"],
+        params=last["params"],
+        stop_reason=grower.get("stop_reason"),
+        baseline_run_id=make_run_id(None, last["widths"], seed) if where else None,
+        epochs=state["epochs"],
+        events=state["events"],
+        shared={
+            "config": state["config"],
+            "data": state["data"],
+            "environment": None,
+            "train_images": state["data"]["train"],
+        },
+        segment_starts=state["segment_starts"],
+    )
+    return {**record, "partial": True}

@@ -66,10 +66,13 @@ def _profile_figure(config: str, mine: Sequence[dict], folder: Path, written: li
 def _band(ax: Any, series: Sequence[Sequence[float]], label: str, style: str) -> None:
     import numpy as np
 
-    length = min(len(s) for s in series)
-    values = np.array([s[:length] for s in series], dtype=float)
+    # Runs still training have fewer epochs: each epoch's mean is over the runs that reached it.
+    length = max(len(s) for s in series)
+    values = np.full((len(series), length), np.nan)
+    for row, s in zip(values, series, strict=True):
+        row[: len(s)] = s
     epochs = np.arange(1, length + 1)
-    mean, std = values.mean(0), values.std(0)
+    mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
     (line,) = ax.plot(epochs, mean, style, label=f"{label} (n={len(series)})")
     ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
 
@@ -118,12 +121,17 @@ def _accuracy_figure(
             right.plot(
                 times_b, [e["test_acc"] for e in base["epochs"]], ":", color=line.get_color()
             )
-        line.set_label(f"seed {r['seed']}: grown (—) vs static (⋯)")
+        line.set_label(f"seed {r['seed']}: grown (—) vs static (⋯)" + _running(r, base))
     right.set_xlabel(label)
     right.set_ylabel("test accuracy")
     right.set_title(f"per seed, grown ({wheres[0]}) vs its static baseline", fontsize=9)
     right.legend(fontsize=7, loc="lower right")
     _save(fig, folder, f"fig2a_accuracy_{config}.png", written)
+
+
+def _running(*runs: dict | None) -> str:
+    """`` (running)`` when any of ``runs`` is still training, else empty."""
+    return " (running)" if any(r is not None and r.get("partial") for r in runs) else ""
 
 
 def _log_axis(ax: Any, values: set[int], base: int = 10) -> None:
@@ -181,7 +189,7 @@ def _widths_figure(
             for ax in (top, bottom):
                 ax.axvline(event["epoch"], **_GROWTH)
         top.set_title(
-            f"seed {run['seed']}: → {width_tag(run['widths_final'])}\n"
+            f"seed {run['seed']}: → {width_tag(run['widths_final'])}{_running(run)}\n"
             f"{len(run['events'])} growths"
             + (f", at {[e['epoch'] for e in run['events']]}" if run["events"] else ""),
             fontsize=8,
@@ -194,7 +202,8 @@ def _widths_figure(
             top.set_ylabel("width (channels)")
             bottom.set_ylabel("parameters")
             top.legend(fontsize=6, ncol=2 if len(names) > 4 else 1, loc="upper left")
-            bottom.legend(fontsize=7, loc="lower right")
+            if bottom.get_legend_handles_labels()[0]:  # a baseline line to name
+                bottom.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"growth trajectory of {config} ({where})", fontsize=10)
     _save(fig, folder, f"fig2a_widths_{config}_{where}.png", written)
 
@@ -250,6 +259,8 @@ def write_figures(
     rows: Sequence[Any],
     totals: dict,
     paper: tuple[tuple[float, float], tuple[float, float]],
+    *,
+    running: Sequence[dict] = (),
 ) -> list[str]:
     """Draw every figure into ``out/figures``; return the file names written.
 
@@ -259,12 +270,15 @@ def write_figures(
         rows: the per-(config, criterion) summary rows (``_report.Row``).
         totals: ``_report.overall`` of those rows.
         paper: ``((acc ratio mean, std), (time ratio mean, std))`` of the paper.
+        running: records of runs still training (``"partial": True``); they join the accuracy,
+            trajectory and profile figures (marked "running"), not the ratios.
     """
     folder = Path(out) / "figures"
     folder.mkdir(exist_ok=True)
     written: list[str] = []
-    by_id = {r["run_id"]: r for r in runs}
-    grown = [r for r in runs if r["kind"] == "grown"]
+    everything = [*runs, *running]
+    by_id = {r["run_id"]: r for r in everything}
+    grown = [r for r in everything if r["kind"] == "grown"]
     configs: dict[str, list[dict]] = defaultdict(list)
     for run in grown:
         configs[width_tag(run["widths_initial"])].append(run)

@@ -75,10 +75,15 @@ def width_tag(widths: Any) -> str:
     return "-".join(".".join(map(str, block)) for block in widths)
 
 
+def make_run_id(where: str | None, widths: Any, seed: int) -> str:
+    """``("nagn", [[2, 2], [4]], 1)`` -> ``"grown-nagn_2.2-4_s1"``; ``where=None``: ``"static_..."``."""
+    return f"{f'grown-{where}' if where else 'static'}_{width_tag(widths)}_s{seed}"
+
+
 def parse_run_id(run_id: str) -> tuple[str | None, Widths, int]:
     """``"grown-nagn_2.2-4_s1"`` -> ``("nagn", ((2, 2), (4,)), 1)``; ``where`` is None for static.
 
-    The inverse of ``cifar_vgg.RunSpec.run_id``.
+    The inverse of :func:`make_run_id`.
 
     Example:
         >>> parse_run_id("static_4-4.5-8_s0")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _checkpoints import checkpoint_record
 from _environment import environment
 from _figures import write_figures
 from _records import width_tag
@@ -34,6 +35,7 @@ __all__ = [
     "growth_targets",
     "load_progress",
     "load_runs",
+    "pairs_so_far",
     "segments",
     "summarize",
     "throughput_table",
@@ -59,10 +61,18 @@ def load_runs(out: Path) -> list[dict]:
 
 
 def load_progress(out: Path) -> list[dict]:
-    """Runs still training: their latest ``out/progress`` snapshot (``"partial": True``)."""
+    """Runs still training (``"partial": True``), sorted by run id: their latest
+    ``out/progress`` snapshot, else (a machine where they have not trained yet: ``progress/``
+    is not committed) the record kept in their checkpoint (:func:`_checkpoints.checkpoint_record`).
+    """
     done = {p.stem for p in (out / "runs").glob("*.json")}
-    paths = sorted((out / "progress").glob("*.json")) if (out / "progress").is_dir() else []
-    return [json.loads(p.read_text()) for p in paths if p.stem not in done]
+    found = {p.stem: p for p in sorted((out / "checkpoints").glob("*.pt"))}
+    found.update((p.stem, p) for p in sorted((out / "progress").glob("*.json")))
+    return [
+        json.loads(path.read_text()) if path.suffix == ".json" else checkpoint_record(path)
+        for run_id, path in sorted(found.items())
+        if run_id not in done
+    ]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -340,6 +350,48 @@ def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str
     return ["Growth trajectories (per grown run):", "", *lines, "", *stops, ""]
 
 
+def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5) -> list[str]:
+    """Grown vs static test accuracy over the epochs both have trained, where either still trains.
+
+    Per pair: the last epoch both reached and the mean test accuracy of each over the ``window``
+    epochs up to it (the same epochs for both). A comparison at equal epochs, not a final
+    ratio: the cosine schedule has not ended, and a grown run before its growth is its own
+    narrower network.
+    """
+    by_id = {r["run_id"]: r for r in [*runs, *running]}
+    pairs = [
+        (grown, by_id[grown["baseline_run_id"]])
+        for grown in sorted(by_id.values(), key=lambda r: r["run_id"])
+        if grown["kind"] == "grown" and grown.get("baseline_run_id") in by_id
+        if grown.get("partial") or by_id[grown["baseline_run_id"]].get("partial")
+    ]
+    if not pairs:
+        return []
+    head = ("grown run", "static run", "epochs compared", "grown test acc", "static", "difference")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for grown, static in pairs:
+        both = min(len(grown["epochs"]), len(static["epochs"]))
+        first = max(1, both - window + 1)
+        mean = {
+            name: statistics.fmean(e["test_acc"] for e in run["epochs"][first - 1 : both])
+            for name, run in (("grown", grown), ("static", static))
+        }
+        cells = (
+            grown["run_id"],
+            static["run_id"],
+            f"{first}-{both} of {grown['config']['epochs']}",
+            f"{mean['grown']:.4f}",
+            f"{mean['static']:.4f}",
+            f"{100 * (mean['grown'] - mean['static']):+.2f} points",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    intro = (
+        f"Pairs still training: mean test accuracy over the last {window} epochs both runs have "
+        "trained (not a final ratio):"
+    )
+    return [intro, "", *lines, ""]
+
+
 def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
     """Where growth went in models with joined channel groups (a ResNet's): streams or interiors.
 
@@ -423,10 +475,9 @@ def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
 def write_report(out: Path) -> str:
     """Write ``summary.csv``, ``summary.md`` and ``figures/*.png``; return the terminal table."""
     out = Path(out)
-    runs = load_runs(out)
+    runs, running = load_runs(out), load_progress(out)
     if not runs:
-        running = trajectories([], load_progress(out))
-        return "\n".join(running) if running else f"(no finished runs under {out}/runs)"
+        return _write_progress_report(out, running)
     rows = summarize(runs)
     totals = overall(rows, runs)
     with open(out / "summary.csv", "w", newline="") as f:
@@ -471,7 +522,9 @@ def write_report(out: Path) -> str:
             )
     first = runs[0]
     cfg, env, data = first["config"], first["environment"], first["data"]
-    figures = write_figures(out, runs, rows, totals, (PAPER_ACC_RATIO, PAPER_TIME_RATIO))
+    figures = write_figures(
+        out, runs, rows, totals, (PAPER_ACC_RATIO, PAPER_TIME_RATIO), running=running
+    )
     table = _table(rows)
     overall_lines = [
         f"- **{where}** over {t['pairs']} grown/static pairs: accuracy ratio "
@@ -500,7 +553,7 @@ def write_report(out: Path) -> str:
         f"- code: git {env['git_commit']}" + (" (dirty tree)" if env.get("git_dirty") else ""),
         f"- data: {data['name']} — train {data['train']}, val {data['val']}, test {data['test']}"
         + (f". {note}" if note else ""),
-        *data_identity(runs)[1],
+        *data_identity([*runs, *running])[1],
         f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
         f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
         f"- timing: {TIMING}",
@@ -509,8 +562,9 @@ def write_report(out: Path) -> str:
         *table,
         "",
         *_criteria(runs),
-        *trajectories(runs, load_progress(out)),
-        *growth_targets(runs, load_progress(out)),
+        *trajectories(runs, running),
+        *pairs_so_far(runs, running),
+        *growth_targets(runs, running),
         "Overall (mean ± std):",
         "",
         *overall_lines,
@@ -525,6 +579,34 @@ def write_report(out: Path) -> str:
     ]
     (out / "summary.md").write_text("\n".join(md))
     return "\n".join([*table, "", *_criteria(runs), *overall_lines, paper, *segments(runs)])
+
+
+def _write_progress_report(out: Path, running: Sequence[dict]) -> str:
+    """``summary.md`` and figures of a sweep with no finished run yet; return its text."""
+    if not running:
+        return f"(no finished runs under {out}/runs, and none training)"
+    cfg, data = running[0]["config"], running[0]["data"]
+    figures = write_figures(out, [], [], {}, (PAPER_ACC_RATIO, PAPER_TIME_RATIO), running=running)
+    body = [
+        *trajectories([], running),
+        *pairs_so_far([], running),
+        *growth_targets([], running),
+    ]
+    md = [
+        f"# cifar_vgg.py — preset `{cfg['preset']}` (in progress: no run finished yet)",
+        "",
+        f"- data: {data['name']} — train {data['train']}, val {data['val']}, test {data['test']}",
+        *data_identity(running)[1],
+        f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
+        f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
+        f"- runs still training: {', '.join(r['run_id'] for r in running)}",
+        "",
+        *body,
+        *[f"![{name}](figures/{name})" for name in figures],
+        "",
+    ]
+    (out / "summary.md").write_text("\n".join(md))
+    return "\n".join(body)
 
 
 def throughput_table(outs: Sequence[Path]) -> str:

@@ -54,6 +54,7 @@ from _records import (
     config_dict,
     data_record,
     load_record,
+    make_run_id,
     parse_ints,
     parse_overrides,
     parse_widths,
@@ -300,9 +301,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        tag = "-".join(".".join(map(str, block)) for block in self.widths)
-        kind = f"grown-{self.where}" if self.where else "static"
-        return f"{kind}_{tag}_s{self.seed}"
+        return make_run_id(self.where, self.widths, self.seed)
 
 
 def _as_widths(widths: Sequence[Sequence[int]]) -> Widths:

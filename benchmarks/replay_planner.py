@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _arch import ARCHS
-from _records import parse_run_id, width_tag
+from _records import width_tag
+from _report import load_progress, load_runs
 
 from netsurgeon import LayerGraph, trace, widen
 from netsurgeon.nagn import plan_group_growth, plan_growth
@@ -296,50 +297,16 @@ def _simulate(
 # ------------------------------------------------------------------------------ report
 
 
-def _checkpoint_run(path: Path) -> dict:
-    """The record fields the replay reads, from a run's checkpoint (``checkpoints/*.pt``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    where, widths, seed = parse_run_id(state["run_id"])
-    return {
-        "run_id": state["run_id"],
-        "kind": "grown" if where else "static",
-        "where": where,
-        "seed": seed,
-        "widths_initial": [list(block) for block in widths],
-        "widths_final": state["epochs"][-1]["widths"],
-        "config": state["config"],
-        "data": state["data"],
-        "epochs": state["epochs"],
-        "events": state["events"],
-    }
-
-
 def _grown_runs(folders: Sequence[Path]) -> list[dict]:
-    """Finished grown runs, then grown runs still training.
-
-    A run still training is read from its progress snapshot (``progress/``), else, on a machine
-    where it has not trained yet (``progress/`` is not committed), from its checkpoint.
-    """
+    """Finished grown runs, then grown runs still training (:func:`_report.load_progress`:
+    their progress snapshots, or their checkpoints on a machine where they have not trained)."""
     runs = []
     for folder in folders:
-        done = set()
-        for path in sorted((Path(folder) / "runs").glob("*.json")):
-            run = json.loads(path.read_text())
-            done.add(run["run_id"])
+        runs += [run for run in load_runs(Path(folder)) if run["kind"] == "grown"]
+        for run in load_progress(Path(folder)):
             if run["kind"] == "grown":
+                run["run_id"] += f" (running, epoch {len(run['epochs'])})"
                 runs.append(run)
-        unfinished = {
-            path.stem: path for path in sorted((Path(folder) / "checkpoints").glob("*.pt"))
-        }
-        unfinished.update(
-            (path.stem, path) for path in sorted((Path(folder) / "progress").glob("*.json"))
-        )
-        for run_id, path in sorted(unfinished.items()):
-            if run_id in done or not run_id.startswith("grown-"):
-                continue
-            run = json.loads(path.read_text()) if path.suffix == ".json" else _checkpoint_run(path)
-            run["run_id"] += f" (running, epoch {len(run['epochs'])})"
-            runs.append(run)
     return runs
 
 

@@ -481,6 +481,38 @@ def test_a_checkpoint_made_with_other_settings_is_refused(
     assert record["segments"] == 2
 
 
+def test_a_sweep_known_only_by_checkpoints_gets_a_progress_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh machine: the committed checkpoints of a grown run and its baseline, no progress/.
+    cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5"])
+    grown = driver.RunSpec(cfg.configs[0], 0, "nagn")
+    _train_interrupted(grown, cfg, tmp_path, 3, monkeypatch)  # grew at epoch 2
+    grown_state = torch.load(tmp_path / "checkpoints" / f"{grown.run_id}.pt", weights_only=True)
+    widths = driver._as_widths(grown_state["epochs"][-1]["widths"])
+    assert widths != grown.widths
+    static = driver.RunSpec(widths, 0)
+    _train_interrupted(static, cfg, tmp_path, 4, monkeypatch)
+    static_state = torch.load(tmp_path / "checkpoints" / f"{static.run_id}.pt", weights_only=True)
+    for snapshot in (tmp_path / "progress").glob("*.json"):
+        snapshot.unlink()
+
+    text = driver._report.write_report(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"{grown.run_id} (running, epoch 3/5)" in text
+    assert "in progress" in summary and static.run_id in summary
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| {grown.run_id} |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == [static.run_id, "1-3 of 5"]  # the epochs both have trained
+    for cell, state in ((3, grown_state), (4, static_state)):
+        mean = sum(e["test_acc"] for e in state["epochs"][:3]) / 3
+        assert float(cells[cell]) == pytest.approx(mean, abs=5e-5)
+    tag = grown.run_id.split("_")[1]
+    figures = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert {f"fig2a_accuracy_{tag}.png", f"fig2a_widths_{tag}_nagn.png"} <= figures
+    assert all(f"![{name}](figures/{name})" in summary for name in figures)
+
+
 def test_the_report_says_which_runs_were_trained_in_several_segments(
     smoke_out: Path, tmp_path: Path
 ) -> None:
