@@ -16,15 +16,16 @@ baseline is built at a grown run's final widths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from netsurgeon.models import resnet, resnet_widths_of, vgg, widths_of
 
-__all__ = ["ARCHS", "Arch"]
+__all__ = ["ARCHS", "Arch", "Family", "build_recorded", "family_of", "image_size_of"]
 
 Widths = tuple[tuple[int, ...], ...]
 
@@ -121,3 +122,30 @@ ARCHS: dict[str, Arch] = {
         "resnet", _resnet_build, _resnet_widths, _resnet_expand, cpu_channels_last=False
     ),
 }
+
+
+def image_size_of(config: Mapping[str, Any]) -> int:
+    """Pixels per side of a run's images, from its recorded config (a VGG's classifier needs it)."""
+    dataset = config.get("dataset", "cifar10")
+    return {"synthetic": config.get("synthetic_image_size", 32), "digits": 16}.get(dataset, 32)
+
+
+Family = tuple[str, int, int, tuple[int, ...]]  # (arch, in_channels, image_size, hidden)
+
+
+def family_of(run: Mapping[str, Any]) -> Family:
+    """What besides the widths fixes a run's model, read from its record (``config``, ``data``)."""
+    config = run["config"]
+    in_channels = len(run.get("data", {}).get("mean", (0, 0, 0)))
+    hidden = tuple(config.get("hidden", ()))
+    return config.get("arch", "vgg"), in_channels, image_size_of(config), hidden
+
+
+def build_recorded(
+    run: Mapping[str, Any], widths: Any, num_classes: int = 10, device: str = "cpu"
+) -> nn.Module:
+    """The model family of a run record built at ``widths`` (random init; for replays and
+    cost counts the structure matters, not the weights)."""
+    arch, in_channels, image_size, hidden = family_of(run)
+    spec = tuple(tuple(row) for row in widths)
+    return ARCHS[arch].build(spec, num_classes, in_channels, image_size, hidden, device)

@@ -25,6 +25,7 @@ from typing import Any
 from _checkpoints import checkpoint_record
 from _environment import environment
 from _figures import write_figures
+from _flops import flop_ratio
 from _records import width_tag
 
 __all__ = [
@@ -48,7 +49,9 @@ TIMING = (
     "training wall time: the training batches (data pipeline included) plus growth steps; "
     "evaluation and one-time data preparation excluded; device synchronised before each clock "
     "read. The CPU-time ratio uses the process CPU time of the same intervals: on a CPU shared "
-    "with other work it is the steadier measure of compute (meaningless for GPU runs)"
+    "with other work it is the steadier measure of compute (meaningless for GPU runs). The FLOP "
+    "ratio counts the training FLOPs (forward and backward of convs and matmuls) at the widths "
+    "each epoch trained with: no machine load enters it (benchmarks/_flops.py)"
 )
 
 
@@ -93,6 +96,7 @@ class Row:
     acc_ratio: tuple[float, float]  # grown / static test accuracy, per seed
     time_ratio: tuple[float, float]  # grown / static training time, per seed
     cpu_ratio: tuple[float, float]  # grown / static process CPU time of the same intervals
+    flop_ratio: tuple[float, float]  # grown / static training FLOPs (_flops: load-independent)
     final_widths: str  # most common final widths (and how many seeds reached them)
     params_initial: int
     params_final: float  # mean over seeds (static baseline has the same count)
@@ -125,6 +129,7 @@ def summarize(runs: Sequence[dict]) -> list[Row]:
                     [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
                 ),
                 cpu_ratio=_mean_std(_cpu_ratios(pairs)),
+                flop_ratio=_mean_std([flop_ratio(g, s) for g, s in pairs]),
                 final_widths=f"{widths[0]} ({widths[1]}/{len(pairs)})",
                 params_initial=pairs[0][0]["epochs"][0]["params"]
                 if not pairs[0][0]["events"] or pairs[0][0]["events"][0]["epoch"] > 1
@@ -163,6 +168,7 @@ def overall(rows: Sequence[Row], runs: Sequence[dict]) -> dict[str, dict[str, An
                 [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
             ),
             "cpu_ratio_runs": _mean_std(_cpu_ratios(pairs)),
+            "flop_ratio_runs": _mean_std([flop_ratio(g, s) for g, s in pairs]),
             "acc_ratio_configs": _mean_std([row.acc_ratio[0] for row in mine]),
             "time_ratio_configs": _mean_std([row.time_ratio[0] for row in mine]),
             "pairs": len(pairs),
@@ -229,6 +235,7 @@ def _table(rows: Sequence[Row]) -> list[str]:
         "acc ratio",
         "time ratio",
         "CPU-time ratio",
+        "FLOP ratio",
         "final widths",
         "params init→final",
         "growths",
@@ -244,6 +251,7 @@ def _table(rows: Sequence[Row]) -> list[str]:
             _pm(r.acc_ratio),
             _pm(r.time_ratio),
             _pm(r.cpu_ratio),
+            _pm(r.flop_ratio),
             r.final_widths,
             f"{r.params_initial}→{r.params_final:.0f}",
             f"{r.growths:.1f}",
@@ -497,6 +505,8 @@ def write_report(out: Path) -> str:
                 "time_ratio_std",
                 "cpu_ratio_mean",
                 "cpu_ratio_std",
+                "flop_ratio_mean",
+                "flop_ratio_std",
                 "final_widths",
                 "params_initial",
                 "params_final",
@@ -514,6 +524,7 @@ def write_report(out: Path) -> str:
                     *r.acc_ratio,
                     *r.time_ratio,
                     *r.cpu_ratio,
+                    *r.flop_ratio,
                     r.final_widths,
                     r.params_initial,
                     r.params_final,
@@ -529,7 +540,7 @@ def write_report(out: Path) -> str:
     overall_lines = [
         f"- **{where}** over {t['pairs']} grown/static pairs: accuracy ratio "
         f"{_pm(t['acc_ratio_runs'])}, time ratio {_pm(t['time_ratio_runs'])} (CPU-time ratio "
-        f"{_pm(t['cpu_ratio_runs'])}); over per-config "
+        f"{_pm(t['cpu_ratio_runs'])}, FLOP ratio {_pm(t['flop_ratio_runs'])}); over per-config "
         f"means: {_pm(t['acc_ratio_configs'])} and {_pm(t['time_ratio_configs'])}"
         for where, t in totals.items()
     ]

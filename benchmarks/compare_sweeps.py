@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _flops import flop_ratio
 from _records import width_tag
 
 __all__ = ["compare", "run_summary"]
@@ -52,10 +53,12 @@ def run_summary(run: dict, runs: dict[str, dict]) -> dict:
         "final": width_tag(run["widths_final"]),
         "acc_ratio": None,
         "cpu_ratio": None,
+        "flop_ratio": None,
     }
     if base is not None:
         out["acc_ratio"] = run["final"]["test_acc"] / base["final"]["test_acc"]
         out["cpu_ratio"] = run["final"]["train_cpu_s"] / base["final"]["train_cpu_s"]
+        out["flop_ratio"] = flop_ratio(run, base)
     return out
 
 
@@ -92,6 +95,7 @@ def compare(a: Path, b: Path) -> str:
         "final widths",
         "acc ratio",
         "CPU ratio",
+        "FLOP ratio",
     )
     head = ["config", "where", "seed", *[f"{c} ({n})" for c in cells for n in ("A", "B")]]
     lines = [
@@ -112,7 +116,7 @@ def compare(a: Path, b: Path) -> str:
                 f"{_fmt(s['first_epoch'])} / {_fmt(s['first_step'])} / {_fmt(s['first_lr'], '.0%')}"
             )
         row += [str(sa["growths"]), str(sb["growths"]), sa["final"], sb["final"]]
-        for field in ("acc_ratio", "cpu_ratio"):
+        for field in ("acc_ratio", "cpu_ratio", "flop_ratio"):
             row += [_fmt(sa[field], ".3f"), _fmt(sb[field], ".3f")]
             for name, s in (("a", sa), ("b", sb)):
                 if s[field] is not None:

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _arch import ARCHS
+from _arch import ARCHS, build_recorded
 from _records import width_tag
 from _report import load_progress, load_runs
 
@@ -114,12 +114,6 @@ def _spec_before(run: dict, event: dict) -> list[list[int]]:
     return run["epochs"][epoch - 2]["widths"] if epoch >= 2 else run["widths_initial"]
 
 
-def _image_size(config: Mapping[str, Any]) -> int:
-    """Pixels per side of the run's images (a VGG's classifier depends on it)."""
-    dataset = config.get("dataset", "cifar10")
-    return {"synthetic": config.get("synthetic_image_size", 32), "digits": 16}.get(dataset, 32)
-
-
 def model_at(run: dict, event: dict) -> torch.nn.Module:
     """The run's model family built at the widths it had at ``event`` (random weights).
 
@@ -130,15 +124,12 @@ def model_at(run: dict, event: dict) -> torch.nn.Module:
         ValueError: the rebuilt model differs from the record (a record of another model
             family, or one the driver's width spec cannot express); names what differs.
     """
-    config = run["config"]
-    arch = ARCHS[config.get("arch", "vgg")]
+    arch = ARCHS[run["config"].get("arch", "vgg")]
     before = event["widths_before"]
     outputs = [row["name"] for row in event["plan"]["rows"] if row["is_output"]]
     num_classes = before[outputs[-1]] if outputs else 10
-    in_channels = len(run.get("data", {}).get("mean", (0, 0, 0)))
     spec = tuple(tuple(row) for row in _spec_before(run, event))
-    hidden = tuple(config.get("hidden", ()))
-    model = arch.build(spec, num_classes, in_channels, _image_size(config), hidden, "cpu")
+    model = build_recorded(run, spec, num_classes)
     widths = trace(model).widths()
     wrong = {n: (w, widths.get(n)) for n, w in before.items() if widths.get(n) != w}
     params = sum(p.numel() for p in model.parameters())

@@ -13,6 +13,7 @@ import torch
 from driver_helpers import load_benchmark, load_driver, run_preset, run_records
 
 from netsurgeon.data import ImageTensors
+from netsurgeon.models import vgg
 
 driver = load_driver()
 parse_run_id = load_benchmark("_records").parse_run_id
@@ -75,9 +76,37 @@ def test_summary_ratios_are_computed_from_the_run_jsons(smoke_out: Path) -> None
         time = grown["final"]["train_time_s"] / static["final"]["train_time_s"]
         assert float(row["acc_ratio_mean"]) == pytest.approx(acc, rel=1e-12)
         assert float(row["time_ratio_mean"]) == pytest.approx(time, rel=1e-12)
+        assert float(row["flop_ratio_mean"]) == pytest.approx(_flop_ratio(grown, static))
         assert float(row["grown_acc_mean"]) == pytest.approx(grown["final"]["test_acc"])
     text = (smoke_out / "summary.md").read_text()
     assert "git" in text and "torch" in text and "training wall time" in text
+
+
+def _flop_ratio(grown: dict, static: dict) -> float:
+    """Training FLOPs by hand: a real forward and backward per width spec the run trained with."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(widths: list[list[int]]) -> int:
+        model = vgg(driver._as_widths(widths), 10, 3, 16)  # the smoke preset's 16x16 images
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(2, 3, 16, 16)).sum().backward()
+        return counter.get_total_flops() // 2  # per image
+
+    def total(run: dict) -> int:
+        trained = [run["widths_initial"], *(e["widths"] for e in run["epochs"][:-1])]
+        return sum(flops(w) for w in trained)
+
+    assert grown["events"], "the smoke preset grows at epoch 2"
+    return total(grown) / total(static)
+
+
+def test_flops_refuse_a_record_of_another_model_family(smoke_out: Path) -> None:
+    flops = load_benchmark("_flops")
+    grown = json.loads(next((smoke_out / "runs").glob("grown-nagn_*.json")).read_text())
+    assert flops.training_flops(grown) > 0
+    grown["epochs"][-1]["params"] += 1
+    with pytest.raises(ValueError, match=r"parameters, the record says \d+ \(epoch 4\)"):
+        flops.training_flops(grown)
 
 
 def test_smoke_writes_png_figures(smoke_out: Path) -> None:
