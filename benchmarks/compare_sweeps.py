@@ -4,8 +4,10 @@
 Made to validate a short preset against the full protocol (docs/benchmark.md, "A CPU preset"):
 for each grown run present in both sweeps it lists when growth first triggered (epoch,
 optimizer step, learning rate as a share of its peak), how many growths there were, the final
-widths, and the grown/static accuracy and CPU-time ratios; then the mean ratios per sweep and
-the per-seed agreement of the final widths.
+widths, and the grown/static accuracy, CPU-time and FLOP ratios; then the mean ratios per sweep and
+the per-seed agreement of the final widths. Runs still training join with their widths so
+far (marked final once their growth has stopped); their ratios wait until both runs of a pair
+have finished.
 
 Example:
     python benchmarks/compare_sweeps.py runs/cpu-fig2a runs/paper-fig2a
@@ -14,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -24,15 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _flops import flop_ratio
 from _records import width_tag
+from _report import load_progress, load_runs
 
 __all__ = ["compare", "run_summary"]
 
 
 def _load(folder: Path) -> dict[str, dict]:
-    return {
-        (run := json.loads(p.read_text()))["run_id"]: run
-        for p in sorted((Path(folder) / "runs").glob("*.json"))
-    }
+    """Finished runs and runs still training (``"partial": True``) of a sweep, by run id."""
+    runs = [*load_runs(Path(folder)), *load_progress(Path(folder))]
+    return {run["run_id"]: run for run in runs}
 
 
 def _steps_per_epoch(run: dict) -> int:
@@ -51,15 +52,27 @@ def run_summary(run: dict, runs: dict[str, dict]) -> dict:
         "first_lr": run["epochs"][first["epoch"] - 1]["lr"] / peak if first else None,
         "growths": len(run["events"]),
         "final": width_tag(run["widths_final"]),
+        "state": _state(run),
         "acc_ratio": None,
         "cpu_ratio": None,
         "flop_ratio": None,
     }
-    if base is not None:
+    if base is not None and not run.get("partial") and not base.get("partial"):
         out["acc_ratio"] = run["final"]["test_acc"] / base["final"]["test_acc"]
         out["cpu_ratio"] = run["final"]["train_cpu_s"] / base["final"]["train_cpu_s"]
         out["flop_ratio"] = flop_ratio(run, base)
     return out
+
+
+def _state(run: dict) -> str:
+    """How final a running run's widths are: growth stopped (final), or still possible."""
+    if not run.get("partial"):
+        return ""
+    return (
+        " (growth stopped)"
+        if run.get("stop_reason")
+        else f" (epoch {len(run['epochs'])}, may grow)"
+    )
 
 
 def _fmt(value: float | int | str | None, spec: str = "") -> str:
@@ -115,7 +128,8 @@ def compare(a: Path, b: Path) -> str:
             row.append(
                 f"{_fmt(s['first_epoch'])} / {_fmt(s['first_step'])} / {_fmt(s['first_lr'], '.0%')}"
             )
-        row += [str(sa["growths"]), str(sb["growths"]), sa["final"], sb["final"]]
+        row += [str(sa["growths"]), str(sb["growths"])]
+        row += [sa["final"] + sa["state"], sb["final"] + sb["state"]]
         for field in ("acc_ratio", "cpu_ratio", "flop_ratio"):
             row += [_fmt(sa[field], ".3f"), _fmt(sb[field], ".3f")]
             for name, s in (("a", sa), ("b", sb)):
@@ -140,9 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("a", type=Path, help="sweep folder (e.g. the short preset)")
     parser.add_argument("b", type=Path, help="sweep folder (e.g. the full protocol)")
     args = parser.parse_args(argv)
-    missing = [str(f) for f in (args.a, args.b) if not (f / "runs").is_dir()]
+    missing = [str(f) for f in (args.a, args.b) if not _load(f)]
     if missing:
-        print(f"compare_sweeps.py: error: no runs/ folder in {missing}", file=sys.stderr)
+        print(f"compare_sweeps.py: error: no run records in {missing}", file=sys.stderr)
         return 2
     print(compare(args.a, args.b))
     return 0

@@ -196,3 +196,21 @@ def test_a_run_known_only_by_its_checkpoint_is_replayed_as_its_snapshot(
         assert run[key] == from_snapshot[key], key
     _, checkpoint_replay = replay.replay_report([tmp_path])
     assert checkpoint_replay["planner"] and checkpoint_replay == snapshot_replay
+
+
+def test_compare_lists_runs_still_training_without_ratios(sweep: Path, tmp_path: Path) -> None:
+    compare = load_benchmark("compare_sweeps")
+    (path,) = (sweep / "runs").glob("grown-nagn_*.json")
+    run = json.loads(path.read_text())
+    (tmp_path / "progress").mkdir()
+    snapshot = {**run, "epochs": run["epochs"][:3], "stop_reason": None, "partial": True}
+    (tmp_path / "progress" / path.name).write_text(json.dumps(snapshot))
+    text = compare.compare(tmp_path, sweep)
+    (row,) = [line for line in text.splitlines() if line.startswith("| ") and "nagn" in line]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert (
+        cells[7]
+        == f"{'-'.join('.'.join(map(str, b)) for b in run['widths_final'])} (epoch 3, may grow)"
+    )
+    assert cells[9] == "-" and cells[10] != "-"  # no ratio for the pair still training
+    assert "final widths equal in 1 of 1 runs" in text
