@@ -1,8 +1,9 @@
 """Summary and environment header of ``benchmarks/cifar_vgg.py`` (figures: ``_figures.py``).
 
 Everything here is computed from the run JSONs under ``<out>/runs/`` (and ``<out>/sweep.json``
-for the sweep's wall time), so ``python benchmarks/_report.py <out>`` rebuilds the report of any
-finished or partial sweep.
+for the sweep's wall time), and for runs still training from their progress snapshots or
+checkpoints (:func:`load_progress`), so ``python benchmarks/_report.py <out>`` rebuilds the
+report of any finished or partial sweep.
 
 Pairing: a grown run (criterion ``where``, initial widths, seed ``s``) is compared with the static
 run of its *final* widths and the same seed (``baseline_run_id``). Per config and criterion the
@@ -51,7 +52,9 @@ TIMING = (
     "read. The CPU-time ratio uses the process CPU time of the same intervals: on a CPU shared "
     "with other work it is the steadier measure of compute (meaningless for GPU runs). The FLOP "
     "ratio counts the training FLOPs (forward and backward of convs and matmuls) at the widths "
-    "each epoch trained with: no machine load enters it (benchmarks/_flops.py)"
+    "each epoch trained with: no machine load enters it, but at small widths an epoch's time is "
+    "far from proportional to its FLOPs, so it bounds the time saved from below "
+    "(benchmarks/_flops.py)"
 )
 
 
