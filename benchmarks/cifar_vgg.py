@@ -13,8 +13,8 @@ included) plus the growth steps; evaluation and one-time data preparation exclud
 is synchronised before every clock read.
 
 Presets (``--preset``): paper (default), fig1, cpu (a candidate CPU stand-in for paper; it does
-not track the full protocol's trajectories), quick (fast end-to-end check on real data), smoke (tests), demo (offline digits,
-what ``make demo`` runs); resnet-cpu, resnet-gpu and resnet-smoke grow CIFAR ResNets
+not track the full protocol's trajectories), quick (fast end-to-end check on real data), smoke
+(tests), demo (offline digits, what ``make demo`` runs); resnet-cpu, resnet-gpu and resnet-smoke grow CIFAR ResNets
 (``--arch resnet``, benchmarks/_arch.py) under the same protocol. See docs/benchmark.md.
 
 Example:
