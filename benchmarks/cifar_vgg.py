@@ -14,8 +14,9 @@ is synchronised before every clock read.
 
 Presets (``--preset``): paper (default), fig1, cpu (a candidate CPU stand-in for paper; it does
 not track the full protocol's trajectories), quick (fast end-to-end check on real data), smoke
-(tests), demo (offline digits, what ``make demo`` runs); resnet-cpu, resnet-gpu and resnet-smoke grow CIFAR ResNets
-(``--arch resnet``, benchmarks/_arch.py) under the same protocol. See docs/benchmark.md.
+(tests), demo (offline digits, what ``make demo`` runs); resnet-cpu, resnet-gpu and
+resnet-smoke grow CIFAR ResNets (``--arch resnet``, benchmarks/_arch.py) under the same protocol.
+See docs/benchmark.md.
 
 Example:
     python benchmarks/cifar_vgg.py --preset quick --data-dir /tmp/cifar10-jpeg
