@@ -9,7 +9,7 @@ FLOPs over its static baseline's: the time ratio on a device whose speed is prop
 FLOPs. Neither a CPU nor a GPU is, for networks this small; the paper's 0.953 is wall time.
 
 Counted with ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device model of the run's
-family (``_arch.family_of``, built on the meta device): convolutions and matrix products, forward and backward (no
+family (``_arch.family_of``): convolutions and matrix products, forward and backward (no
 gradient for the input images, as in training). Normalisation, activations, pooling, the
 optimizer step and the growth steps are not counted.
 """
