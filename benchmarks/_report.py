@@ -53,7 +53,7 @@ TIMING = (
     "with other work it is the steadier measure of compute (meaningless for GPU runs). The FLOP "
     "ratio counts the training FLOPs (forward and backward of convs and matmuls) at the widths "
     "each epoch trained with: no machine load enters it, but at small widths an epoch's time is "
-    "far from proportional to its FLOPs, so it bounds the time saved from below "
+    "far from proportional to its FLOPs, so it is a lower bound on the time ratio "
     "(benchmarks/_flops.py)"
 )
 
