@@ -3,8 +3,10 @@
 Each handler has two parts:
 
 * the **flow** (:meth:`flow`), used by the analysis: how the module reads and passes channels;
-* the **layout** (:meth:`out_tensors`, :meth:`in_tensors`, :meth:`tensors`, :meth:`grow_attrs`),
-  used by the surgery: which ``(tensor, dim)`` pairs grow and which size attributes change.
+* the **layout**, used by the surgery: which ``(tensor, dim)`` pairs hold a layer's output units
+  (:meth:`LayerHandler.rows`) and input units (:meth:`LayerHandler.columns`) or a follower's
+  channels (``entries``), what a new entry holds, the Kaiming fan-in (``fan_in``), and which size
+  attributes change (``size_attrs``, ``follower_attrs``). Records: :mod:`netsurgeon.graph.axes`.
 
 A *layer* (``Conv1d/2d/3d``, ``Linear``) produces a group and consumes its input's groups. A
 *follower* holds one entry per channel and grows with the groups it reads: ``BatchNormNd``,
@@ -17,10 +19,14 @@ output are split into ``groups`` blocks.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import torch
 from torch import fx, nn
 
+from netsurgeon.graph.axes import Axis, NormOf, legacy_weight_norm, weight_names, weight_norm_dim
+from netsurgeon.graph.groups import Insertion
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.registry import OpHandler, register_module
 
@@ -37,11 +43,20 @@ __all__ = [
 
 
 class LayerHandler(OpHandler):
-    """A module that owns a width: ``weight`` is ``(out, in / groups, *kernel)``."""
+    """A module that owns a width; it owns its tensor layout too (:mod:`netsurgeon.graph.axes`).
+
+    ``row_dim``/``col_dim`` are the dims of the weight that hold the output and input units
+    (``col_dim`` ``None``: the layer reads no channels, as an ``Embedding``). ``grouped`` names
+    the side whose dim holds one conv group's share of the units when ``groups > 1``.
+    """
 
     role = "layer"
     out_attr: str = ""
     in_attr: str = ""
+    row_dim: int = 0
+    col_dim: int | None = 1
+    grouped: str = "columns"
+    relies_on: tuple[str, ...] = ("forward",)
 
     def out_width(self, module: nn.Module) -> int:
         return int(getattr(module, self.out_attr))
@@ -52,19 +67,57 @@ class LayerHandler(OpHandler):
     def conv_groups(self, module: nn.Module) -> int:
         return int(getattr(module, "groups", 1))
 
-    def out_tensors(self, module: nn.Module) -> dict[str, int]:
-        """``{attribute: dim}`` of tensors indexed by output unit."""
-        return {"weight": 0} | ({"bias": 0} if getattr(module, "bias", None) is not None else {})
+    # -- layout (used by the surgery) --------------------------------------------------------------
+    def rows(self, module: nn.Module) -> tuple[Axis, ...]:
+        """Tensors indexed by output unit; the first is the weight the init strategy fills."""
+        names = weight_names(module)
+        split = self.grouped == "rows" and self.conv_groups(module) > 1
+        found = [Axis(names.v, self.row_dim, None, per_group=split)]
+        if names.g is not None:
+            found.append(Axis(names.g, self.row_dim, NormOf(names.v), per_group=split))
+        if getattr(module, "bias", None) is not None:
+            found.append(Axis("bias", 0, 0.0))
+        return tuple(found)
 
-    def fan_in(self, module: nn.Module) -> int:
-        """Inputs per output unit (per conv group), kernel included."""
-        weight = module.weight
-        return math.prod(weight.shape[1:])
+    def columns(self, module: nn.Module) -> tuple[Axis, ...]:
+        """Tensors indexed by input unit (new entries 0 under the paper's init)."""
+        if self.col_dim is None:
+            return ()
+        split = self.grouped == "columns" and self.conv_groups(module) > 1
+        return (Axis(weight_names(module).v, self.col_dim, 0.0, per_group=split),)
 
-    def set_widths(self, module: nn.Module, *, out_width: int, in_width: int) -> None:
-        """Record new widths on the module's attributes so ``repr`` and ``state_dict`` agree."""
-        setattr(module, self.out_attr, out_width)
-        setattr(module, self.in_attr, in_width)
+    def fan_in(self, module: nn.Module) -> float:
+        """Inputs that reach one output entry (the Kaiming scale of a new row)."""
+        raise NotImplementedError
+
+    def size_attrs(self, module: nn.Module, *, out_width: int, in_width: int) -> dict[str, int]:
+        """``{attribute: value}`` after growing to these widths (``repr`` and forward agree)."""
+        return {self.out_attr: out_width} | ({self.in_attr: in_width} if self.in_attr else {})
+
+    def fill_new_units(
+        self, module: nn.Module, tensors: Mapping[str, torch.Tensor], rows: Sequence[Insertion]
+    ) -> None:
+        """Adjust the staged ``tensors`` (by :class:`Axis` name) after the init; default none."""
+
+    # -- what the soundness checks ask ------------------------------------------------------------
+    def tensor_names(self, module: nn.Module) -> frozenset[str]:
+        return frozenset(a.tensor for a in (*self.rows(module), *self.columns(module)))
+
+    def models_parametrization(self, module: nn.Module, tensor: str, parametrizations) -> bool:
+        """Weight norm over the rows' dim is grown exactly (``docs/widen.md``)."""
+        return (
+            tensor == "weight"
+            and self.role_of(module) == "layer"
+            and weight_norm_dim(module) == self.row_dim
+        )
+
+    def models_hook(self, module: nn.Module, hook: object) -> bool:
+        """The legacy ``weight_norm`` pre-hook, on the same terms as the parametrization."""
+        return (
+            hook is legacy_weight_norm(module)
+            and self.role_of(module) == "layer"
+            and weight_norm_dim(module) == self.row_dim
+        )
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
         """Why this module can be neither widened nor read as a consumer, or ``None``."""
@@ -99,9 +152,13 @@ class ConvHandler(LayerHandler):
 
     out_attr = "out_channels"
     in_attr = "in_channels"
+    relies_on = ("forward", "_conv_forward")
 
     def role_of(self, module: nn.Module) -> str:
         return "follower" if is_depthwise(module) else "layer"
+
+    def fan_in(self, module: nn.Module) -> float:
+        return module.in_channels // module.groups * math.prod(module.kernel_size)
 
     def output_layout(self, node, module, group, ctx) -> Layout:
         rank = ctx.rank_of(node)
@@ -134,14 +191,22 @@ class ConvHandler(LayerHandler):
         return layout.with_path(type(module).__name__)
 
     # -- as a follower (depthwise) ---------------------------------------------------------------
-    def tensors(self, module: nn.Module) -> dict[str, float | None]:
-        """Per-channel tensors and the paper's fill (``None``: Kaiming over the kernel)."""
-        return {"weight": None} | ({"bias": 0.0} if module.bias is not None else {})
+    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
+        """Per-channel filters (new: Kaiming over the kernel) and biases (new: 0)."""
+        bias = (Axis("bias", 0, 0.0),) if module.bias is not None else ()
+        return (Axis("weight", 0, None), *bias)
 
-    def grow_attrs(self, module: nn.Module, added: int) -> None:
-        module.in_channels += added
-        module.out_channels += added
-        module.groups += added
+    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
+        return {
+            "in_channels": module.in_channels + added,
+            "out_channels": module.out_channels + added,
+            "groups": module.groups + added,
+        }
+
+    def tensor_names(self, module: nn.Module) -> frozenset[str]:
+        if is_depthwise(module):
+            return frozenset(a.tensor for a in self.entries(module))
+        return super().tensor_names(module)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -156,6 +221,9 @@ class LinearHandler(LayerHandler):
 
     out_attr = "out_features"
     in_attr = "in_features"
+
+    def fan_in(self, module: nn.Module) -> float:
+        return module.in_features
 
     def output_layout(self, node, module, group, ctx) -> Layout:
         rank = ctx.rank_of(node)
@@ -179,23 +247,30 @@ class LinearHandler(LayerHandler):
 
 
 class FollowerHandler(OpHandler):
-    """A per-channel module: each of :meth:`tensors` holds one entry per channel on dim 0.
+    """A per-channel module: each of :meth:`entries` holds one entry per channel.
 
-    ``tensors`` maps attribute names to the value a new channel gets under the paper's init.
-    ``channel_dim`` is where the module reads channels (dim 1 for the normalisations).
+    ``entries`` are the :class:`~netsurgeon.graph.axes.Axis` records of its per-channel tensors
+    with the value a new channel gets under the paper's init; ``scalars`` are other own tensors
+    that do not depend on the width (``num_batches_tracked``). The module reads channels on dim 1.
     """
 
     role = "follower"
     width_attr = "num_features"
+    scalars: tuple[str, ...] = ()
 
     def width(self, module: nn.Module) -> int:
         return int(getattr(module, self.width_attr))
 
-    def grow_attrs(self, module: nn.Module, added: int) -> None:
-        setattr(module, self.width_attr, self.width(module) + added)
+    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
+        """``{attribute: value}`` after ``added`` channels (sizes the forward reads)."""
+        return {self.width_attr: self.width(module) + added}
 
-    def tensors(self, module: nn.Module) -> dict[str, float | None]:
+    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
         raise NotImplementedError
+
+    def tensor_names(self, module: nn.Module) -> frozenset[str]:
+        own = {a.tensor for a in self.entries(module)}
+        return frozenset(own | {n for n in self.scalars if getattr(module, n, None) is not None})
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         module = ctx.module_of(node)
@@ -215,15 +290,22 @@ class FollowerHandler(OpHandler):
         return layout.with_path(type(module).__name__)
 
 
-def _present(module: nn.Module, fills: dict[str, float]) -> dict[str, float | None]:
-    return {name: fill for name, fill in fills.items() if getattr(module, name, None) is not None}
+def _present(module: nn.Module, fills: dict[str, float]) -> tuple[Axis, ...]:
+    """Axes (dim 0) of the tensors among ``fills`` that the module has."""
+    return tuple(
+        Axis(name, 0, fill)
+        for name, fill in fills.items()
+        if getattr(module, name, None) is not None
+    )
 
 
 @register_module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 class BatchNormHandler(FollowerHandler):
     """``BatchNormNd`` normalises each channel of dim 1 (after a flatten: ``C x m`` features)."""
 
-    def tensors(self, module: nn.Module) -> dict[str, float | None]:
+    scalars = ("num_batches_tracked",)
+
+    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
         return _present(
             module, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
         )
@@ -245,13 +327,15 @@ class GroupNormHandler(FollowerHandler):
 
     width_attr = "num_channels"
 
-    def tensors(self, module: nn.Module) -> dict[str, float | None]:
+    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
         return _present(module, {"weight": 1.0, "bias": 0.0})
 
-    def grow_attrs(self, module: nn.Module, added: int) -> None:
+    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
         per_group = module.num_channels // module.num_groups
-        module.num_channels += added
-        module.num_groups += added // per_group
+        return {
+            "num_channels": module.num_channels + added,
+            "num_groups": module.num_groups + added // per_group,
+        }
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = super().flow(node, ctx)
@@ -276,8 +360,8 @@ class PReLUHandler(FollowerHandler):
 
     width_attr = "num_parameters"
 
-    def tensors(self, module: nn.Module) -> dict[str, float | None]:
-        return {"weight": 0.25}
+    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
+        return (Axis("weight", 0, 0.25),)
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         if ctx.module_of(node).num_parameters == 1:

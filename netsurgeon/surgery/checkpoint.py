@@ -26,7 +26,7 @@ __all__ = ["load_state_dict", "plan_from_state_dict"]
 class _Placeholder(PaperInit):
     """Zero rows: the checkpoint's values overwrite them, and no random number is drawn."""
 
-    def fill_rows(self, weight, *, row_inserts, col_inserts, old_in, sources, generator):
+    def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         for at, ins in slots(row_inserts):
             weight.narrow(0, at, ins.count).zero_()
 
@@ -57,14 +57,18 @@ def plan_from_state_dict(
 def _plan(graph: LayerGraph, state_dict: Mapping[str, Any]) -> dict[str, int]:
     plan: dict[str, int] = {}
     for name, width in graph.widths().items():
-        weight = state_dict.get(f"{name}.weight")
-        if weight is None:
+        module = graph.module(name)
+        axis = graph.handler(name).rows(module)[0]  # the weight, as the layer's handler lays it out
+        weight = state_dict.get(f"{name}.{axis.tensor}")
+        if not isinstance(weight, torch.Tensor) or weight.dim() <= axis.dim:
             continue
-        diff = int(weight.shape[0]) - width
+        found = int(weight.shape[axis.dim])
+        diff = found - width
         if diff < 0:
             raise WidenError(
-                f"layer '{name}' has {width} units but the checkpoint has {weight.shape[0]}; "
-                "netsurgeon only widens. Load into a model built with the checkpoint's widths."
+                f"layer '{name}' has {width} units but the checkpoint has {found} (dim "
+                f"{axis.dim} of '{name}.{axis.tensor}'); netsurgeon only widens. Load into a "
+                "model built with the checkpoint's widths."
             )
         if diff:
             plan[name] = diff

@@ -2,12 +2,15 @@
 
 Every strategy preserves the model's output exactly. A producer of width ``n`` gains ``k`` units;
 each consumer reading it with multiplicity ``m`` gains ``k*m`` input columns; followers gain
-``k*m`` entries. Shapes follow :mod:`netsurgeon.surgery.tensors`: weights ``(out, in, *kernel)``.
+``k*m`` entries. A strategy sees every weight as a view ``(out, in, *rest)`` (rows first, columns
+second), whatever order the layer stores it in: the layer's handler says which dims are which
+(:mod:`netsurgeon.graph.axes`, staged by :mod:`netsurgeon.surgery.staging`), and the fan-in too.
 
-* ``"paper"`` (Wang, Mille, Hidane, eq. 1): new rows ``N(0, 2/fan_in)`` over the old inputs with
-  ``fan_in = n_in * kernel volume``, zero over new inputs; new biases 0; new consumer columns 0;
-  BatchNorm weight 1, bias 0, running mean 0, running var 1. The zero columns keep the output,
-  and the loss gradient w.r.t. them is nonzero, so the new units start learning.
+* ``"paper"`` (Wang, Mille, Hidane, eq. 1): new rows ``N(0, 2/fan_in)`` over the old inputs, with
+  ``fan_in`` the handler's (a conv: ``in / groups * kernel volume``), zero over new inputs; new
+  biases 0; new consumer columns 0; each follower entry its handler's neutral value (BatchNorm
+  weight 1, bias 0, running mean 0, running var 1). The zero columns keep the output, and the
+  loss gradient w.r.t. them is nonzero, so the new units start learning.
 * ``"net2net"``: each new unit copies a random existing unit (rows, bias, follower entries and
   running statistics); the consumer columns of a unit and its copies share the original column,
   split into fractions that sum to one (with a little ``split_noise`` so copies do not stay
@@ -92,7 +95,7 @@ class InitStrategy:
         widths: Mapping[str, int],
         generator: torch.Generator | None,
     ) -> None:
-        """Write the new input columns (dim 1) of ``weight`` ``(out, in_new, *kernel)``.
+        """Write the new input columns (dim 1) of ``weight``, a view ``(out, in_new, *rest)``.
 
         ``widths`` are the old widths of the groups in ``index_map``.
         """
@@ -104,13 +107,14 @@ class InitStrategy:
         *,
         row_inserts: Sequence[Insertion],
         col_inserts: Sequence[Insertion],
-        old_in: int,
+        fan_in: float,
         sources: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> None:
-        """Write the new output rows (dim 0) of ``weight``; ``old_in`` columns carry signal.
+        """Write the new output rows (dim 0) of ``weight``, a view ``(out_new, in_new, *rest)``.
 
-        Every entry of the new rows must be written, except the new columns (already zero).
+        ``fan_in`` is the number of inputs one output entry reads (the layer handler's). Every
+        entry of the new rows must be written, except the new columns (already zero).
         """
         raise NotImplementedError
 
@@ -121,14 +125,15 @@ class InitStrategy:
         dim: int,
         index_map: IndexMap,
         inserts: Sequence[Insertion],
-        fill: float | None,
+        fill: float | torch.Tensor | None,
         sources: Mapping[str, torch.Tensor | None],
         generator: torch.Generator | None,
     ) -> None:
         """Write the new entries of a per-channel tensor (a bias, BatchNorm, a depthwise filter).
 
         ``fill`` is the paper's value for a new entry; ``None`` means Kaiming over the rest of
-        the entry (a depthwise filter over its kernel).
+        the entry (a depthwise filter over its kernel); a tensor holds one value per new entry,
+        in order (weight norm's ``g``: the norms of the new rows of ``v``).
         """
         raise NotImplementedError
 
@@ -140,9 +145,9 @@ class PaperInit(InitStrategy):
     def fill_columns(self, weight, *, index_map, inserts, sources, widths, generator):
         pass  # new columns stay zero
 
-    def fill_rows(self, weight, *, row_inserts, col_inserts, old_in, sources, generator):
-        kernel = math.prod(weight.shape[2:])
-        std = math.sqrt(2.0 / (old_in * kernel))
+    def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
+        std = math.sqrt(2.0 / fan_in)
+        old_in = weight.shape[1] - sum(i.count for i in col_inserts)
         for at, ins in slots(row_inserts):
             rows = weight.narrow(0, at, ins.count)
             if not col_inserts:
@@ -153,9 +158,16 @@ class PaperInit(InitStrategy):
             place(draw, rows, {1: col_inserts})
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
+        done = 0
         for at, ins in slots(inserts):
             entries = tensor.narrow(dim, at, ins.count)
-            if fill is None:
+            if isinstance(fill, torch.Tensor):
+                values = fill[done : done + ins.count].to(entries.dtype)
+                entries.copy_(
+                    values.view(*[ins.count if d == dim else 1 for d in range(entries.dim())])
+                )
+                done += ins.count
+            elif fill is None:
                 std = math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :]))
                 normal_(entries, std, generator)
             else:
@@ -233,7 +245,7 @@ class Net2NetInit(InitStrategy):
                     dst = slice(at + n * ins.per_channel, at + (n + 1) * ins.per_channel)
                     weight[:, dst] = originals[:, cols] * fraction[width + i]
 
-    def fill_rows(self, weight, *, row_inserts, col_inserts, old_in, sources, generator):
+    def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         kept = kept_index(weight.shape[0] - sum(i.count for i in row_inserts), row_inserts)
         for at, ins in slots(row_inserts):
             src = kept[sources[list(ins.new_channels)]].to(weight.device)

@@ -1,8 +1,8 @@
 """The memory format of grown tensors, and the one in-place primitive that commits them.
 
-Layout convention: every layer weight is ``(out, in / groups, *kernel)`` (``Linear``: no kernel),
-every per-channel tensor is ``(n,)``. Where the new entries go is decided once per tensor dim by
-the group's index map (:mod:`netsurgeon.surgery.index`); this module only swaps values in.
+Which dims of a tensor hold units is its module handler's knowledge (:mod:`netsurgeon.graph.axes`);
+where the new entries go is decided once per tensor dim by the group's index map
+(:mod:`netsurgeon.surgery.index`); this module only swaps values in.
 """
 
 from __future__ import annotations

@@ -8,22 +8,26 @@ staging that fails, leaves the model and the optimizer bit-identical.
 
 from __future__ import annotations
 
-import copy
 import operator
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from netsurgeon.errors import NetsurgeonTypeError, WidenError
-from netsurgeon.graph import IndexMap, Insertion, LayerGraph, Piece, trace
+from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
-from netsurgeon.surgery.index import grow, grown_size, place, slots
 from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.optim import grown_state
-from netsurgeon.surgery.tensors import like_format, replace_tensor_
+from netsurgeon.surgery.staging import (
+    AttrChange,
+    Growth,
+    Surgery,
+    TensorChange,
+    stage_follower,
+    stage_layer,
+)
 
 __all__ = [
     "AttrChange",
@@ -34,49 +38,6 @@ __all__ = [
     "validate_plan",
     "widen",
 ]
-
-
-@dataclass(frozen=True)
-class TensorChange:
-    """One parameter or buffer and its staged value; ``inserts`` grow its grad and state too."""
-
-    name: str
-    tensor: torch.Tensor
-    new: torch.Tensor
-    inserts: Mapping[int, Sequence[Insertion]]
-
-
-@dataclass(frozen=True)
-class AttrChange:
-    """A size attribute of a module (``out_channels``, ``num_features``, ``groups``, ...)."""
-
-    module: nn.Module
-    attr: str
-    value: int
-
-
-@dataclass
-class Surgery:
-    """Everything a widening will change, computed but not yet applied (typed records)."""
-
-    tensors: list[TensorChange] = field(default_factory=list)
-    attrs: list[AttrChange] = field(default_factory=list)
-    optimizer_state: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = field(
-        default_factory=list
-    )
-
-    def new_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {c.name: tuple(c.new.shape) for c in self.tensors}
-
-    def commit(self, optimizer: torch.optim.Optimizer | None) -> None:
-        """Apply the staged changes. Nothing here validates or allocates beyond ``.grad``."""
-        for c in self.tensors:
-            replace_tensor_(c.tensor, c.new, lambda g, c=c: grow(g, c.inserts))
-        for a in self.attrs:
-            setattr(a.module, a.attr, a.value)
-        if optimizer is not None:
-            for param, state in self.optimizer_state:
-                optimizer.state[param].update(state)
 
 
 def widen(
@@ -243,8 +204,6 @@ def stage(
     """
     growth = resolve_plan(graph, plan)
     groups = {g.name: g for g in graph.groups}
-    spec = {name: (groups[name].width, k, groups[name].blocks) for name, k in growth.items()}
-    widths = {g.name: g.width for g in graph.groups}
     sources = {
         name: strategy.sources(
             groups[name].width,
@@ -255,126 +214,27 @@ def stage(
         )
         for name, k in growth.items()
     }
+    spec = {name: (groups[name].width, k, groups[name].blocks) for name, k in growth.items()}
+    widths = {g.name: g.width for g in graph.groups}
+    common = Growth(spec, sources, widths, strategy, generator)
     consumers = {c.layer: c for name in growth for c in groups[name].consumers}
     followers = {f.name: f for name in growth for f in groups[name].followers}
-    surgery = Surgery()
+    parts: list[Surgery] = []
     with torch.no_grad():
         for layer in graph.layers:
             own = graph.group_of(layer).name
             consumer = consumers.get(layer)
             if own in growth or consumer is not None:
-                _stage_layer(
-                    graph, layer, own, consumer, spec, sources, widths, strategy, generator, surgery
-                )
-        for follower in followers.values():
-            _stage_follower(graph, follower, spec, sources, strategy, generator, surgery)
-        if optimizer is not None:
-            for change in surgery.tensors:
-                if isinstance(change.tensor, nn.Parameter):
-                    state = grown_state(optimizer, change.tensor, change.inserts, change.name)
-                    if state:
-                        surgery.optimizer_state.append((change.tensor, state))
+                parts.append(stage_layer(graph, layer, own, consumer, common))
+        parts.extend(stage_follower(graph, f, common) for f in followers.values())
+    surgery = Surgery(
+        tensors=[t for part in parts for t in part.tensors],
+        attrs=[a for part in parts for a in part.attrs],
+    )
+    if optimizer is not None:
+        for change in surgery.tensors:
+            if isinstance(change.tensor, nn.Parameter):
+                state = grown_state(optimizer, change.tensor, change.inserts, change.name)
+                if state:
+                    surgery.optimizer_state.append((change.tensor, state))
     return surgery
-
-
-def _stage_layer(graph, name, own, consumer, spec, sources, widths, strategy, generator, surgery):
-    """One layer's weight and bias: new input columns where its groups grow, new output rows."""
-    module, handler = graph.module(name), graph.handler(name)
-    weight = module.weight
-    old_out, old_in = handler.out_width(module), handler.in_width(module)
-    conv_groups = handler.conv_groups(module)
-    rows = IndexMap((Piece(own, 0, old_out),)).insertions(spec) if own in spec else []
-    cols: list[Insertion] = []
-    if consumer is not None:
-        cols = consumer.index_map.insertions(spec)
-        if conv_groups > 1:  # the weight holds one conv group's columns: block 0's insertions
-            cols = [i for i in cols if i.position <= old_in // conv_groups]
-    inserts = {0: rows, 1: cols}
-    new = weight.new_empty(
-        (grown_size(old_out, rows), grown_size(weight.shape[1], cols), *weight.shape[2:])
-    )
-    place(weight.detach(), new, inserts)  # old rows x old columns; the rest is written below
-    for at, ins in slots(cols):
-        new.narrow(1, at, ins.count).zero_()
-    if cols and conv_groups == 1:
-        strategy.fill_columns(
-            new,
-            index_map=consumer.index_map,
-            inserts=cols,
-            sources=sources,
-            widths=widths,
-            generator=generator,
-        )
-    if rows:
-        strategy.fill_rows(
-            new,
-            row_inserts=rows,
-            col_inserts=cols,
-            old_in=weight.shape[1],
-            sources=sources[own],
-            generator=generator,
-        )
-    surgery.tensors.append(
-        TensorChange(f"{name}.weight", weight, like_format(new, weight), inserts)
-    )
-    bias = getattr(module, "bias", None)
-    if rows and bias is not None:
-        grown = grow(bias.detach(), {0: rows})
-        strategy.fill_entries(
-            grown,
-            dim=0,
-            index_map=IndexMap((Piece(own, 0, old_out),)),
-            inserts=rows,
-            fill=0.0,
-            sources=sources,
-            generator=generator,
-        )
-        surgery.tensors.append(TensorChange(f"{name}.bias", bias, grown, {0: rows}))
-    added_in = sum(i.count for i in cols) * conv_groups
-    surgery.attrs.append(AttrChange(module, handler.out_attr, grown_size(old_out, rows)))
-    surgery.attrs.append(AttrChange(module, handler.in_attr, old_in + added_in))
-
-
-def _stage_follower(graph, follower, spec, sources, strategy, generator, surgery):
-    inserts = follower.index_map.insertions(spec)
-    if not inserts:
-        return
-    if follower.kind == "parameter":
-        tensor = _tensor(graph.model, follower.name)
-        fills = {"": (tensor, follower.dim, follower.fill)}
-    else:
-        module, handler = graph.module(follower.name), graph.handler(follower.name)
-        fills = {
-            f".{attr}": (getattr(module, attr), 0, fill)
-            for attr, fill in handler.tensors(module).items()
-        }
-    for suffix, (tensor, dim, fill) in fills.items():
-        new = grow(tensor.detach(), {dim: inserts})
-        strategy.fill_entries(
-            new,
-            dim=dim,
-            index_map=follower.index_map,
-            inserts=inserts,
-            fill=fill,
-            sources=sources,
-            generator=generator,
-        )
-        surgery.tensors.append(
-            TensorChange(follower.name + suffix, tensor, like_format(new, tensor), {dim: inserts})
-        )
-    if follower.kind == "module":
-        added = sum(i.count for i in inserts)
-        probe = copy.copy(module)  # the handler's own arithmetic, on a shallow copy
-        handler.grow_attrs(probe, added)
-        for attr, value in vars(probe).items():
-            if (
-                isinstance(value, int)
-                and not isinstance(value, bool)
-                and value != getattr(module, attr)
-            ):
-                surgery.attrs.append(AttrChange(module, attr, value))
-
-
-def _tensor(model: nn.Module, name: str) -> torch.Tensor:
-    owner, _, attr = name.rpartition(".")
-    return getattr(model.get_submodule(owner) if owner else model, attr)
