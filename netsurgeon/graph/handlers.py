@@ -8,7 +8,7 @@ Each handler has two parts:
   channels (``entries``), what a new entry holds, the Kaiming fan-in (``fan_in``), and which size
   attributes change (``size_attrs``, ``follower_attrs``). Records: :mod:`netsurgeon.graph.axes`.
 
-A *layer* (``Conv1d/2d/3d``, ``Linear``) produces a group and consumes its input's groups. A
+A *layer* (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``) produces a group and consumes its input's groups. A
 *follower* holds one entry per channel and grows with the groups it reads: ``BatchNormNd``,
 ``InstanceNormNd``, ``GroupNorm`` (with several channels per group it grows by whole groups),
 per-channel ``PReLU``, and a depthwise conv (``groups == in == out``: a follower with a weight).
@@ -55,7 +55,7 @@ class LayerHandler(OpHandler):
     in_attr: str = ""
     row_dim: int = 0
     col_dim: int | None = 1
-    grouped: str = "columns"
+    grouped: str | None = "columns"
     relies_on: tuple[str, ...] = ("forward",)
 
     def out_width(self, module: nn.Module) -> int:
@@ -204,9 +204,46 @@ class ConvHandler(LayerHandler):
         }
 
     def tensor_names(self, module: nn.Module) -> frozenset[str]:
-        if is_depthwise(module):
+        if self.role_of(module) == "follower":
             return frozenset(a.tensor for a in self.entries(module))
         return super().tensor_names(module)
+
+
+@register_module(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+class ConvTransposeHandler(ConvHandler):
+    """``ConvTransposeNd``: channels on dim 1; its weight is ``(in, out / groups, *kernel)``.
+
+    The rows (output units) are the weight's dim 1 and the columns its dim 0; ``stride``,
+    ``padding``, ``output_padding`` and ``dilation`` act on the spatial dims only. Grouped ones
+    (``groups > 1``) are refused: dim 1 holds one conv group's share of the output units, so a
+    new unit's row would be shared by a unit in every group, and a net2net copy can copy only
+    one source per row.
+    """
+
+    row_dim, col_dim = 1, 0
+    grouped = None
+    relies_on = ("forward", "_output_padding")
+
+    def role_of(self, module: nn.Module) -> str:
+        return "layer"
+
+    def fan_in(self, module: nn.Module) -> float:
+        """Taps per output entry: ``in / groups`` times ``max(1, k / s)`` per spatial dim."""
+        taps = math.prod(
+            max(1.0, k / s) for k, s in zip(module.kernel_size, module.stride, strict=True)
+        )
+        return module.in_channels // module.groups * taps
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        if module.groups > 1:
+            return (
+                f"grouped transposed convolution (groups={module.groups}): its weight holds one "
+                "group's share of the output units, so they cannot grow one group at a time"
+            )
+        return None
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout:
+        return LayerHandler.flow(self, node, ctx)
 
 
 def is_depthwise(module: nn.Module) -> bool:

@@ -1,0 +1,34 @@
+"""A grown checkpoint loads into a fresh model whatever the layer's weight layout.
+
+The loader reads each layer's width off the checkpoint through the layer's handler (the dim of the
+tensor that holds its output units: dim 1 for ``ConvTranspose`` and ``Embedding``), widens the
+fresh model to it and loads the values, so the reloaded model computes what the grown one does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import netsurgeon
+
+
+class Decoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.up(torch.relu(self.enc(x)))))
+
+
+def test_a_widened_transposed_convolution_checkpoint_loads_into_a_fresh_model() -> None:
+    torch.manual_seed(0)
+    grown = netsurgeon.widen(Decoder(), {"enc": 3, "up": 5})
+    fresh = netsurgeon.load_state_dict(Decoder(), grown.state_dict())
+    assert fresh.up.weight.shape == (9, 9, 2, 2)
+    assert (fresh.up.in_channels, fresh.up.out_channels) == (9, 9)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fresh(x), grown(x), atol=0.0, rtol=0.0)
