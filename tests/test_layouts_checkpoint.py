@@ -32,3 +32,23 @@ def test_a_widened_transposed_convolution_checkpoint_loads_into_a_fresh_model() 
     assert (fresh.up.in_channels, fresh.up.out_channels) == (9, 9)
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(fresh(x), grown(x), atol=0.0, rtol=0.0)
+
+
+class Tagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, 5, padding_idx=0)
+        self.fc = nn.Linear(5, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc(self.emb(tokens))))
+
+
+def test_a_widened_embedding_checkpoint_loads_into_a_fresh_model() -> None:
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 12, (2, 7))
+    grown = netsurgeon.widen(Tagger(), {"emb": 3, "fc": 2}, init="net2net")
+    fresh = netsurgeon.load_state_dict(Tagger(), grown.state_dict())
+    assert fresh.emb.weight.shape == (12, 8) and fresh.emb.embedding_dim == 8
+    torch.testing.assert_close(fresh(tokens), grown(tokens), atol=0.0, rtol=0.0)

@@ -8,8 +8,8 @@ Each handler has two parts:
   channels (``entries``), what a new entry holds, the Kaiming fan-in (``fan_in``), and which size
   attributes change (``size_attrs``, ``follower_attrs``). Records: :mod:`netsurgeon.graph.axes`.
 
-A *layer* (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``) produces a group and consumes
-its input's groups. A *follower* holds one entry per channel and grows with the groups it reads: ``BatchNormNd``,
+A *layer* (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``, ``Embedding``) produces a
+group and consumes its input's groups (an ``Embedding`` reads none). A *follower* holds one entry per channel and grows with the groups it reads: ``BatchNormNd``,
 ``InstanceNormNd``, ``GroupNorm`` (with several channels per group it grows by whole groups),
 per-channel ``PReLU``, and a depthwise conv (``groups == in == out``: a follower with a weight).
 Roles are decided per instance: a grouped conv with ``1 < groups`` is a layer whose input and
@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import fx, nn
 
-from netsurgeon.graph.axes import Axis, NormOf, legacy_weight_norm, weight_names, weight_norm_dim
+from netsurgeon.graph.axes import (
+    Axis,
+    NormOf,
+    legacy_weight_norm,
+    module_tensor,
+    weight_names,
+    weight_norm_dim,
+)
 from netsurgeon.graph.groups import Insertion
 from netsurgeon.graph.layout import Layout, Segment
 
@@ -41,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConvHandler",
     "ConvTransposeHandler",
+    "EmbeddingHandler",
     "FollowerHandler",
     "LayerHandler",
     "LinearHandler",
@@ -286,6 +294,66 @@ class LinearHandler(LayerHandler):
                 f"{layout.normalized_dim()} of a rank-{layout.rank} tensor",
                 fix="flatten the map first (torch.flatten(x, 1)) or move the channels last",
             )
+
+
+@register_module(nn.Embedding)
+class EmbeddingHandler(LayerHandler):
+    """``Embedding``: a producer of ``embedding_dim`` features on the last dim, read from indices.
+
+    Its weight is ``(num_embeddings, embedding_dim)``: the output units are dim 1 and there are
+    no input units (a one-hot input: the fan-in is 1). New units are new entries of every token's
+    vector. The ``padding_idx`` vector stays zero when it is zero. ``max_norm`` is refused: the
+    lookup rescales each vector whose norm over the units exceeds it, so new entries would change
+    the old ones. ``sparse=True`` is refused: a sparse gradient cannot be grown in place.
+    """
+
+    out_attr = "embedding_dim"
+    row_dim, col_dim = 1, None
+    grouped = None
+
+    def fan_in(self, module: nn.Module) -> float:
+        return 1.0
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        if module.max_norm is not None:
+            return (
+                f"Embedding(max_norm={module.max_norm}) rescales each looked-up vector by its "
+                "norm over the features, which new features would change"
+            )
+        if module.sparse:
+            return "Embedding(sparse=True) has sparse gradients, which cannot be grown"
+        return None
+
+    def check_input(self, node, module, layout, ctx) -> None:
+        ctx.refuse(
+            node,
+            "its indices are computed from channels",
+            fix="index an Embedding with token ids from the model input",
+        )
+
+    def output_layout(self, node, module, group, ctx) -> Layout:
+        rank = ctx.rank_of(node)
+        if rank is None:  # one more dim than the indices; unknown: count from the end
+            indices = ctx.rank_of(node.args[0])
+            rank = None if indices is None else indices + 1
+        return Layout(
+            dim=-1 if rank is None else rank - 1,
+            rank=rank,
+            segments=(Segment(group, 0, self.out_width(module)),),
+        )
+
+    def fill_new_units(self, module, tensors, rows) -> None:
+        """A zero ``padding_idx`` vector stays zero (a tensor op: the meta preview runs it too)."""
+        if module.padding_idx is None or not rows:
+            return
+        name = self.rows(module)[0].tensor
+        old = module_tensor(module, name)[module.padding_idx]
+        new = tensors[name][module.padding_idx]
+        shift = 0
+        for ins in rows:
+            entries = new.narrow(0, ins.position + shift, ins.count)
+            entries.copy_(torch.where((old == 0).all(), torch.zeros_like(entries), entries))
+            shift += ins.count
 
 
 class FollowerHandler(OpHandler):
