@@ -9,9 +9,10 @@ Each handler has two parts:
   attributes change (``size_attrs``, ``follower_attrs``). Records: :mod:`netsurgeon.graph.axes`.
 
 A *layer* (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``, ``Embedding``) produces a
-group and consumes its input's groups (an ``Embedding`` reads none). A *follower* holds one entry per channel and grows with the groups it reads: ``BatchNormNd``,
-``InstanceNormNd``, ``GroupNorm`` (with several channels per group it grows by whole groups),
-per-channel ``PReLU``, and a depthwise conv (``groups == in == out``: a follower with a weight).
+group and consumes its input's groups (an ``Embedding`` reads none). A *follower* holds one entry
+per channel and grows with the groups it reads: ``BatchNormNd``, ``SyncBatchNorm``,
+torchvision's ``FrozenBatchNorm2d``, ``InstanceNormNd``, ``GroupNorm`` (with several channels per
+group it grows by whole groups), per-channel ``PReLU``, and a depthwise conv (``groups == in == out``: a follower with a weight).
 Roles are decided per instance: a grouped conv with ``1 < groups`` is a layer whose input and
 output are split into ``groups`` blocks. Handlers that own no tensors (activations, pooling,
 ``Flatten``, ``Softmax``, ``LayerNorm``, ``MultiheadAttention``) are in
@@ -409,11 +410,34 @@ def _present(module: nn.Module, fills: dict[str, float]) -> tuple[Axis, ...]:
     )
 
 
-@register_module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+@register_module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 class BatchNormHandler(FollowerHandler):
-    """``BatchNormNd`` normalises each channel of dim 1 (after a flatten: ``C x m`` features)."""
+    """``BatchNormNd`` and ``SyncBatchNorm`` (the norm under DDP) normalise each channel of dim 1
+    (after a flatten: ``C x m`` features). In training the statistics are per channel, reduced
+    over the batch (and, synced, over the ranks), so new channels leave the old ones unchanged."""
 
     scalars = ("num_batches_tracked",)
+
+    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
+        return _present(
+            module, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+        )
+
+
+@register_module("torchvision.ops.misc.FrozenBatchNorm2d")
+class FrozenBatchNormHandler(FollowerHandler):
+    """torchvision's ``FrozenBatchNorm2d`` (detection backbones): four per-channel buffers.
+
+    ``y = x * w / sqrt(rv + eps) + b - rm * w / sqrt(rv + eps)`` per channel; new channels get
+    ``w = 1, b = 0, rm = 0, rv = 1``. It keeps no size attribute (its width is its buffers').
+    Registered by name: torchvision is not imported.
+    """
+
+    def width(self, module: nn.Module) -> int:
+        return int(module.weight.shape[0])
+
+    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
+        return {}
 
     def entries(self, module: nn.Module) -> tuple[Axis, ...]:
         return _present(

@@ -68,9 +68,14 @@ class Registry:
         self._modules: dict[type[nn.Module], OpHandler] = {}
         self._functions: dict[Callable[..., Any], OpHandler] = {}
         self._methods: dict[str, OpHandler] = {}
+        self._named: dict[str, OpHandler] = {}  # "package.module.Class" of optional dependencies
 
-    def add_module(self, module_type: type[nn.Module], handler: OpHandler) -> None:
-        self._modules[module_type] = handler
+    def add_module(self, module_type: type[nn.Module] | str, handler: OpHandler) -> None:
+        """Register a type, or its ``"package.module.Class"`` name (nothing is imported)."""
+        if isinstance(module_type, str):
+            self._named[module_type] = handler
+        else:
+            self._modules[module_type] = handler
 
     def add_function(self, function: Callable[..., Any], handler: OpHandler) -> None:
         self._functions[function] = handler
@@ -82,6 +87,8 @@ class Registry:
         """The handler of the most specific registered base class of ``type(module)``."""
         for cls in type(module).__mro__:
             handler = self._modules.get(cls)
+            if handler is None and self._named:
+                handler = self._named.get(f"{cls.__module__}.{cls.__qualname__}")
             if handler is not None:
                 return handler
         return None
@@ -106,9 +113,13 @@ REGISTRY = Registry()
 
 
 def register_module(
-    *module_types: type[nn.Module], registry: Registry = REGISTRY
+    *module_types: type[nn.Module] | str, registry: Registry = REGISTRY
 ) -> Callable[[H], H]:
-    """Class decorator: handle calls of modules of these types with an instance of the class."""
+    """Class decorator: handle calls of modules of these types with an instance of the class.
+
+    A type may be given by its qualified name (``"torchvision.ops.misc.FrozenBatchNorm2d"``), so
+    an optional dependency is never imported.
+    """
 
     def decorate(cls: H) -> H:
         handler = cls()
