@@ -113,6 +113,18 @@ class LayerHandler(OpHandler):
     ) -> None:
         """Adjust the staged ``tensors`` (by :class:`Axis` name) after the init; default none."""
 
+    def derived_attrs(
+        self, module: nn.Module, tensors: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Plain attributes recomputed from the staged tensors: the legacy weight norm's cached
+        ``weight`` (its pre-hook refreshes it at the next forward; until then it would be stale).
+        """
+        names = weight_names(module)
+        if names.g is None or legacy_weight_norm(module) is None:
+            return {}
+        v, g = (tensors.get(n, module_tensor(module, n)) for n in (names.v, names.g))
+        return {"weight": torch._weight_norm(v, g, names.dim)}
+
     # -- what the soundness checks ask ------------------------------------------------------------
     def tensor_names(self, module: nn.Module) -> frozenset[str]:
         return frozenset(a.tensor for a in (*self.rows(module), *self.columns(module)))

@@ -47,11 +47,12 @@ class TensorChange:
 
 @dataclass(frozen=True)
 class AttrChange:
-    """A size attribute of a module (``out_channels``, ``num_features``, ``groups``, ...)."""
+    """A size attribute of a module (``out_channels``, ``num_features``, ``groups``, ...), or a
+    plain tensor attribute derived from staged tensors (a legacy weight norm's ``weight``)."""
 
     module: nn.Module
     attr: str
-    value: int
+    value: int | torch.Tensor
 
 
 @dataclass
@@ -139,6 +140,8 @@ def stage_layer(
         module, out_width=grown_size(old_out, rows), in_width=grown_size(old_in, cols)
     )
     surgery.attrs.extend(_changed(module, sizes))
+    derived = handler.derived_attrs(module, staged).items()
+    surgery.attrs.extend(AttrChange(module, attr, value) for attr, value in derived)
     return surgery
 
 
