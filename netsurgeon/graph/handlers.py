@@ -1,47 +1,39 @@
 """Module handlers that own tensors: layers that own a width, and followers that grow with one.
 
-Each handler has two parts:
+Each handler has two parts (the base classes are in :mod:`netsurgeon.graph.handler_base`):
 
 * the **flow** (:meth:`flow`), used by the analysis: how the module reads and passes channels;
 * the **layout**, used by the surgery: which ``(tensor, dim)`` pairs hold a layer's output units
-  (:meth:`LayerHandler.rows`) and input units (:meth:`LayerHandler.columns`) or a follower's
-  channels (``entries``), what a new entry holds, the Kaiming fan-in (``fan_in``), and which size
-  attributes change (``size_attrs``, ``follower_attrs``). Records: :mod:`netsurgeon.graph.axes`.
+  (``row_dim``) and input units (``col_dim``) or a follower's channels (``entries``), what a new
+  entry holds, the Kaiming fan-in (``fan_in``), and which size attributes change. Records:
+  :mod:`netsurgeon.graph.axes`. A new layer type is one class here.
 
 A *layer* (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``, ``Embedding``) produces a
 group and consumes its input's groups (an ``Embedding`` reads none). A *follower* holds one entry
 per channel and grows with the groups it reads: ``BatchNormNd``, ``SyncBatchNorm``,
 torchvision's ``FrozenBatchNorm2d``, ``InstanceNormNd``, ``GroupNorm`` (with several channels per
-group it grows by whole groups), per-channel ``PReLU``, and a depthwise conv (``groups == in == out``: a follower with a weight).
-Roles are decided per instance: a grouped conv with ``1 < groups`` is a layer whose input and
-output are split into ``groups`` blocks. Handlers that own no tensors (activations, pooling,
-``Flatten``, ``Softmax``, ``LayerNorm``, ``MultiheadAttention``) are in
-:mod:`netsurgeon.graph.module_ops`.
+group it grows by whole groups), per-channel ``PReLU``, and a depthwise conv
+(``groups == in == out``: a follower with a weight). Roles are decided per instance: a grouped
+conv with ``1 < groups`` is a layer whose input and output are split into ``groups`` blocks.
+Handlers that own no tensors (activations, pooling, ``Flatten``, ``Softmax``, ``LayerNorm``,
+``MultiheadAttention``) are in :mod:`netsurgeon.graph.module_ops`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
 
-from netsurgeon.graph.axes import (
-    Axis,
-    NormOf,
-    legacy_weight_norm,
-    module_tensor,
-    weight_names,
-    weight_norm_dim,
-)
-from netsurgeon.graph.groups import Insertion
+from netsurgeon.graph.axes import Axis, module_tensor
+from netsurgeon.graph.handler_base import FollowerHandler, LayerHandler, present
 from netsurgeon.graph.layout import Layout, Segment
 
 # registers the tensor-free module handlers; functional.py imports the two flows from here
 from netsurgeon.graph.module_ops import layer_norm_flow, spatial_flow  # noqa: F401
-from netsurgeon.graph.registry import OpHandler, register_module
+from netsurgeon.graph.registry import register_module
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -54,122 +46,6 @@ __all__ = [
     "LayerHandler",
     "LinearHandler",
 ]
-
-
-class LayerHandler(OpHandler):
-    """A module that owns a width; it owns its tensor layout too (:mod:`netsurgeon.graph.axes`).
-
-    ``row_dim``/``col_dim`` are the dims of the weight that hold the output and input units
-    (``col_dim`` ``None``: the layer reads no channels, as an ``Embedding``). ``grouped`` names
-    the side whose dim holds one conv group's share of the units when ``groups > 1``.
-    """
-
-    role = "layer"
-    out_attr: str = ""
-    in_attr: str = ""
-    row_dim: int = 0
-    col_dim: int | None = 1
-    grouped: str | None = "columns"
-    relies_on: tuple[str, ...] = ("forward",)
-
-    def out_width(self, module: nn.Module) -> int:
-        return int(getattr(module, self.out_attr))
-
-    def in_width(self, module: nn.Module) -> int:
-        return int(getattr(module, self.in_attr))
-
-    def conv_groups(self, module: nn.Module) -> int:
-        return int(getattr(module, "groups", 1))
-
-    # -- layout (used by the surgery) --------------------------------------------------------------
-    def rows(self, module: nn.Module) -> tuple[Axis, ...]:
-        """Tensors indexed by output unit; the first is the weight the init strategy fills."""
-        names = weight_names(module)
-        split = self.grouped == "rows" and self.conv_groups(module) > 1
-        found = [Axis(names.v, self.row_dim, None, per_group=split)]
-        if names.g is not None:
-            found.append(Axis(names.g, self.row_dim, NormOf(names.v), per_group=split))
-        if getattr(module, "bias", None) is not None:
-            found.append(Axis("bias", 0, 0.0))
-        return tuple(found)
-
-    def columns(self, module: nn.Module) -> tuple[Axis, ...]:
-        """Tensors indexed by input unit (new entries 0 under the paper's init)."""
-        if self.col_dim is None:
-            return ()
-        split = self.grouped == "columns" and self.conv_groups(module) > 1
-        return (Axis(weight_names(module).v, self.col_dim, 0.0, per_group=split),)
-
-    def fan_in(self, module: nn.Module) -> float:
-        """Inputs that reach one output entry (the Kaiming scale of a new row)."""
-        raise NotImplementedError
-
-    def size_attrs(self, module: nn.Module, *, out_width: int, in_width: int) -> dict[str, int]:
-        """``{attribute: value}`` after growing to these widths (``repr`` and forward agree)."""
-        return {self.out_attr: out_width} | ({self.in_attr: in_width} if self.in_attr else {})
-
-    def fill_new_units(
-        self, module: nn.Module, tensors: Mapping[str, torch.Tensor], rows: Sequence[Insertion]
-    ) -> None:
-        """Adjust the staged ``tensors`` (by :class:`Axis` name) after the init; default none."""
-
-    def derived_attrs(
-        self, module: nn.Module, tensors: Mapping[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Plain attributes recomputed from the staged tensors: the legacy weight norm's cached
-        ``weight`` (its pre-hook refreshes it at the next forward; until then it would be stale).
-        """
-        names = weight_names(module)
-        if names.g is None or legacy_weight_norm(module) is None:
-            return {}
-        v, g = (tensors.get(n, module_tensor(module, n)) for n in (names.v, names.g))
-        return {"weight": torch._weight_norm(v, g, names.dim)}
-
-    # -- what the soundness checks ask ------------------------------------------------------------
-    def tensor_names(self, module: nn.Module) -> frozenset[str]:
-        return frozenset(a.tensor for a in (*self.rows(module), *self.columns(module)))
-
-    def models_parametrization(self, module: nn.Module, tensor: str, parametrizations) -> bool:
-        """Weight norm over the rows' dim is grown exactly (``docs/widen.md``)."""
-        return (
-            tensor == "weight"
-            and self.role_of(module) == "layer"
-            and weight_norm_dim(module) == self.row_dim
-        )
-
-    def models_hook(self, module: nn.Module, hook: object) -> bool:
-        """The legacy ``weight_norm`` pre-hook, on the same terms as the parametrization."""
-        return (
-            hook is legacy_weight_norm(module)
-            and self.role_of(module) == "layer"
-            and weight_norm_dim(module) == self.row_dim
-        )
-
-    def unsupported_reason(self, module: nn.Module) -> str | None:
-        """Why this module can be neither widened nor read as a consumer, or ``None``."""
-        return None
-
-    def output_layout(
-        self, node: fx.Node, module: nn.Module, group: int, ctx: FlowContext
-    ) -> Layout:
-        raise NotImplementedError
-
-    def check_input(self, node: fx.Node, module: nn.Module, layout: Layout, ctx: FlowContext):
-        raise NotImplementedError
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout:
-        module = ctx.module_of(node)
-        reason = self.unsupported_reason(module)
-        if reason is not None:
-            ctx.refuse(node, reason, fix="replace it with a supported layer")
-        layout = ctx.input(node)
-        if layout is not None:
-            self.check_input(node, module, layout, ctx)
-            ctx.consume(node, layout, self.in_width(module), groups=self.conv_groups(module))
-        group = ctx.new_group(str(node.target), self.out_width(module))
-        out = self.output_layout(node, module, group, ctx)
-        ctx.require_blocks(node, out, self.conv_groups(module), what="grouped convolution")
-        return out
 
 
 @register_module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -369,59 +245,6 @@ class EmbeddingHandler(LayerHandler):
             shift += ins.count
 
 
-class FollowerHandler(OpHandler):
-    """A per-channel module: each of :meth:`entries` holds one entry per channel.
-
-    ``entries`` are the :class:`~netsurgeon.graph.axes.Axis` records of its per-channel tensors
-    with the value a new channel gets under the paper's init; ``scalars`` are other own tensors
-    that do not depend on the width (``num_batches_tracked``). The module reads channels on dim 1.
-    """
-
-    role = "follower"
-    width_attr = "num_features"
-    scalars: tuple[str, ...] = ()
-
-    def width(self, module: nn.Module) -> int:
-        return int(getattr(module, self.width_attr))
-
-    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
-        """``{attribute: value}`` after ``added`` channels (sizes the forward reads)."""
-        return {self.width_attr: self.width(module) + added}
-
-    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        raise NotImplementedError
-
-    def tensor_names(self, module: nn.Module) -> frozenset[str]:
-        own = {a.tensor for a in self.entries(module)}
-        return frozenset(own | {n for n in self.scalars if getattr(module, n, None) is not None})
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        module = ctx.module_of(node)
-        layout = ctx.input(node)
-        if layout is None:
-            return None
-        if layout.rank is None and layout.dim == -1:  # a Linear's (B, C) output, unchecked
-            layout = layout.replace(dim=1, rank=2)
-        if layout.normalized_dim() != 1:
-            ctx.refuse(
-                node,
-                f"{type(module).__name__} reads channels on dim 1 but they arrive on dim "
-                f"{layout.normalized_dim()}",
-                fix="apply it to a channel-first tensor",
-            )
-        ctx.follow(node, str(node.target), layout, self.width(module))
-        return layout.with_path(type(module).__name__)
-
-
-def _present(module: nn.Module, fills: dict[str, float]) -> tuple[Axis, ...]:
-    """Axes (dim 0) of the tensors among ``fills`` that the module has."""
-    return tuple(
-        Axis(name, 0, fill)
-        for name, fill in fills.items()
-        if getattr(module, name, None) is not None
-    )
-
-
 @register_module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 class BatchNormHandler(FollowerHandler):
     """``BatchNormNd`` and ``SyncBatchNorm`` (the norm under DDP) normalise each channel of dim 1
@@ -431,7 +254,7 @@ class BatchNormHandler(FollowerHandler):
     scalars = ("num_batches_tracked",)
 
     def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        return _present(
+        return present(
             module, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
         )
 
@@ -452,7 +275,7 @@ class FrozenBatchNormHandler(FollowerHandler):
         return {}
 
     def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        return _present(
+        return present(
             module, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
         )
 
@@ -474,7 +297,7 @@ class GroupNormHandler(FollowerHandler):
     width_attr = "num_channels"
 
     def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        return _present(module, {"weight": 1.0, "bias": 0.0})
+        return present(module, {"weight": 1.0, "bias": 0.0})
 
     def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
         per_group = module.num_channels // module.num_groups
