@@ -52,3 +52,27 @@ def test_a_widened_embedding_checkpoint_loads_into_a_fresh_model() -> None:
     fresh = netsurgeon.load_state_dict(Tagger(), grown.state_dict())
     assert fresh.emb.weight.shape == (12, 8) and fresh.emb.embedding_dim == 8
     torch.testing.assert_close(fresh(tokens), grown(tokens), atol=0.0, rtol=0.0)
+
+
+def test_a_widened_weight_normalised_checkpoint_loads_into_a_fresh_model() -> None:
+    """Both spellings: the width is read off ``v`` (``original1`` / ``weight_v``) on dim 0."""
+    import warnings
+
+    from torch.nn.utils import parametrizations
+    from torch.nn.utils import weight_norm as legacy
+
+    for spelling in (parametrizations.weight_norm, legacy):
+
+        def make(spelling=spelling) -> nn.Sequential:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                return nn.Sequential(
+                    spelling(nn.Conv2d(3, 4, 3)), nn.ReLU(), spelling(nn.Conv2d(4, 2, 1))
+                )
+
+        torch.manual_seed(0)
+        grown = netsurgeon.widen(make(), {"0": 3}, init="net2net")
+        fresh = netsurgeon.load_state_dict(make(), grown.state_dict())
+        x = torch.randn(2, 3, 6, 6)
+        torch.testing.assert_close(fresh(x), grown(x), atol=0.0, rtol=0.0)
+        assert fresh[0].out_channels == 7 and fresh[2].in_channels == 7

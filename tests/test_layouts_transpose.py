@@ -154,3 +154,15 @@ def test_grouped_transposed_convolution_blocks_its_groups_with_the_reason() -> N
         assert "grouped transposed convolution (groups=2)" in graph.unwidenable_reason(name)
     with pytest.raises(UnsupportedModelError, match="grouped transposed convolution"):
         netsurgeon.trace(model)
+
+
+def test_a_channels_last_transposed_convolution_stays_channels_last() -> None:
+    torch.manual_seed(0)
+    model = UNet(2, 4, 6, 5, 3, True).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    before = model(x).detach()
+    netsurgeon.widen(model, {"enc2": 2, "up": 3}, init="net2net")
+    weight = model.up.weight
+    assert weight.shape == (8, 8, 3, 3)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    torch.testing.assert_close(model(x).detach(), before, atol=1e-5, rtol=0.0)

@@ -192,3 +192,25 @@ def test_a_weight_normalised_transposed_convolution_widens_exactly() -> None:
         torch.testing.assert_close(model(x).detach(), before, atol=1e-12, rtol=0.0)
     g = model[2].parametrizations.weight.original0
     assert g.shape == (1, 11, 1, 1)
+
+
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+def test_a_failed_widening_of_weight_normalised_layers_changes_nothing(spelling: str) -> None:
+    """Staging fails on the last parameter (a factored optimizer state): nothing was applied."""
+    torch.manual_seed(0)
+    model = _net(spelling, 4, 5, 6)
+    x = torch.randn(2, 3, 8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(x).sum().backward()
+    opt.step()
+    model(x)  # the legacy spelling caches the weight of the current g and v
+    opt.state[model[8].weight]["momentum_buffer"] = torch.zeros(3)  # not the parameter's shape
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cached = model[3].weight.detach().clone()
+    with pytest.raises(netsurgeon.WidenError, match="optimizer state"):
+        netsurgeon.widen(model, {"0": 2, "3": 3, "6": 2}, optimizer=opt, example_inputs=x)
+    after = model.state_dict()
+    assert state.keys() == after.keys()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert torch.equal(model[3].weight.detach(), cached)
+    assert (model[3].out_channels, model[6].in_features) == (5, 80)
