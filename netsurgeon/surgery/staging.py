@@ -214,7 +214,7 @@ def _stage_norms(module, axis, ins, pre, post, index_map, growth) -> torch.Tenso
     changed are rescaled by ``||v_after|| / ||v_before||``, so ``g * v / ||v||`` is the weight the
     strategy wrote (bit-identical where nothing changed)."""
     norms = [pre.narrow(0, at, i.count).flatten(1).norm(dim=1) for at, i in slots(ins)]
-    fill = torch.cat(norms) if norms else None
+    fill = torch.cat(norms) if norms else pre.new_zeros(0)
     new = _stage_entries(module, axis, ins, index_map, growth, fill=fill)
     changed = (pre != post).flatten(1).any(dim=1)
     before, after = pre.flatten(1).norm(dim=1), post.flatten(1).norm(dim=1)
