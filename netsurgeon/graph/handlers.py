@@ -99,6 +99,7 @@ class ConvHandler(LayerHandler):
 
     out_attr = "out_channels"
     in_attr = "in_channels"
+    relies_on = ("forward", "_conv_forward")
 
     def role_of(self, module: nn.Module) -> str:
         return "follower" if is_depthwise(module) else "layer"
