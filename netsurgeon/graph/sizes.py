@@ -199,7 +199,9 @@ def block_unclaimed(node: fx.Node, ctx: FlowContext, args: list[tuple[fx.Node, S
         _block(node, ctx, unclaimed, f"'{ctx.op_name(node)}' uses it")
 
 
-def _block(node: fx.Node, ctx: FlowContext, args: list[tuple[fx.Node, SizeValue]], use: str) -> None:
+def _block(
+    node: fx.Node, ctx: FlowContext, args: list[tuple[fx.Node, SizeValue]], use: str
+) -> None:
     for arg, value in args:
         for read in value.reads:
             undecided = read.channel is None

@@ -39,7 +39,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["OBSERVER_ATTR", "is_observer", "mark_observer", "module_reason", "traced_through_reasons"]
+__all__ = [
+    "OBSERVER_ATTR",
+    "is_observer",
+    "mark_observer",
+    "module_reason",
+    "traced_through_reasons",
+]
 
 #: The attribute that marks a hook function as a pure observer.
 OBSERVER_ATTR = "__netsurgeon_observer__"
