@@ -35,7 +35,7 @@ from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.registry import Registry
-from netsurgeon.graph.soundness import module_reason, traced_through_reasons
+from netsurgeon.graph.soundness import module_reason
 
 __all__ = ["META_LAYOUT", "Analysis", "analyse"]
 
@@ -67,7 +67,6 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
     """
     ctx = FlowContext(gm, registry, strict)
     shared = _shared_modules(gm, ctx)
-    hooked = _hooked_modules(gm, ctx)
     for node in gm.graph.nodes:
         ctx.node = node
         if node.op in ("placeholder", "get_attr"):
@@ -87,7 +86,7 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
             continue
         ctx.size_claims = set()
         try:
-            _check_module(node, handler, shared, hooked, ctx)
+            _check_module(node, handler, shared, ctx)
             layout = handler.flow(node, ctx)
         except Refusal as refusal:
             ctx.block(node, inputs, str(refusal))
@@ -100,16 +99,9 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
     return _collect(ctx)
 
 
-def _check_module(
-    node: fx.Node, handler: Any, shared: dict[str, str], hooked: dict[str, str], ctx: FlowContext
-) -> None:
-    """Refuse what the handler does not describe: shared modules, unknown ops, modules the
-    soundness rule rejects (:mod:`netsurgeon.graph.soundness`), nodes inside hooked modules."""
-    stack = node.meta.get("nn_module_stack", {}).values()
-    inside = [hooked[path] for path, _ in stack if path in hooked]
-    if inside:
-        what, fix = _split_fix(inside[0])
-        ctx.refuse(node, what, fix=fix)
+def _check_module(node: fx.Node, handler: Any, shared: dict[str, str], ctx: FlowContext) -> None:
+    """Refuse what the handler does not describe: unknown ops, shared modules, and modules the
+    soundness rule rejects (:mod:`netsurgeon.graph.soundness`)."""
     if handler is None:
         ctx.refuse(
             node,
@@ -135,12 +127,6 @@ def _split_fix(reason: str) -> tuple[str, str]:
     if at < 0:
         return reason, "register a handler that describes it"
     return reason[:at], reason[at + len(" (fix: ") : -1]
-
-
-def _hooked_modules(gm: fx.GraphModule, ctx: FlowContext) -> dict[str, str]:
-    """Traced-through modules with hooks, keyed by the paths in ``nn_module_stack``."""
-    leaves = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
-    return traced_through_reasons(gm, leaves)
 
 
 def _role(handler: Any, node: fx.Node, ctx: FlowContext) -> str:

@@ -14,10 +14,9 @@ module is not understood, or returns ``None``. It checks, in order:
 5. own parameters and buffers that are not in ``handler.tensor_names(module)``.
 
 Hooks that only observe (they return ``None`` and change no tensor) do not block once marked with
-:func:`mark_observer`; netsurgeon's own ``NAGNMonitor`` marks its hooks so. Modules that fx traces
-through (no handler; their ``forward`` becomes graph nodes) never run their hooks during tracing,
-so :func:`traced_through_reasons` lists those with hooks: the walker blocks the groups that cross
-their boundary.
+:func:`mark_observer`; netsurgeon's own ``NAGNMonitor`` marks its hooks so. Only modules that stay
+fx leaves (``call_module`` nodes) need this: fx traces a module it enters through
+``Module.__call__``, so that module's hooks are recorded in the graph like its ``forward``.
 
 Example:
     >>> import torch.nn as nn
@@ -44,7 +43,6 @@ __all__ = [
     "is_observer",
     "mark_observer",
     "module_reason",
-    "traced_through_reasons",
 ]
 
 #: The attribute that marks a hook function as a pure observer.
@@ -93,29 +91,6 @@ def module_reason(module: nn.Module, handler: Any, registered_type: type[nn.Modu
         if reason is not None:
             return reason
     return None
-
-
-def traced_through_reasons(model: nn.Module, leaves: set[str]) -> dict[str, str]:
-    """``{path: reason}`` for modules fx traced through (not in ``leaves``) that carry hooks.
-
-    fx calls ``forward`` of such modules directly, so their hooks are not in the graph. The root
-    (path ``''``) is left out: its hooks see only the model's inputs and outputs, which a
-    widening keeps.
-    """
-    reasons: dict[str, str] = {}
-    for path, module in model.named_modules():
-        if not path or path in leaves or any(path.startswith(f"{leaf}.") for leaf in leaves):
-            continue
-        hook = next(_active_hooks(module), None)
-        if hook is not None:
-            kind, function = hook
-            reasons[path] = (
-                f"module '{path}' ({type(module).__qualname__}) has a {kind} "
-                f"'{_name(function)}' that the traced graph does not contain (fix: remove the "
-                "hook while widening, or mark a hook that only observes with "
-                "netsurgeon.graph.soundness.mark_observer)"
-            )
-    return reasons
 
 
 # ---------------------------------------------------------------------------- the checks
