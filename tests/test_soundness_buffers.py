@@ -124,3 +124,44 @@ def test_a_per_channel_constant_made_in_forward_blocks_the_group() -> None:
     blocked = {g.name: g.blocked for g in graph.groups}
     assert blocked["c1"] is not None and "mul" in blocked["c1"]
     assert blocked["c2"] is None
+
+
+class ReadTwice(nn.Module):
+    """``gamma`` scales the channels and is also summed: growing it would change the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3)
+        self.c2 = nn.Conv2d(4, 5, 3)
+        self.gamma = nn.Parameter(torch.rand(4) + 0.5)
+
+    def forward(self, x):
+        return self.c2(self.c1(x) * self.gamma[None, :, None, None] / self.gamma.sum())
+
+
+class TwoGroups(nn.Module):
+    """One per-channel buffer scales two groups that widen independently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3)
+        self.head = nn.Conv2d(8, 2, 1)
+        self.register_buffer("s", torch.rand(4) + 0.5)
+
+    def forward(self, x):
+        s = self.s.view(1, -1, 1, 1)
+        return self.head(torch.cat([self.a(x) * s, self.b(x) * s], 1))
+
+
+@pytest.mark.parametrize(
+    "model, group, named",
+    [(ReadTwice(), "c1", "also read at node"), (TwoGroups(), "a", "grow differently")],
+    ids=["read-elsewhere", "two-groups"],
+)
+def test_a_per_channel_tensor_with_another_use_blocks_instead_of_growing(
+    model: nn.Module, group: str, named: str
+) -> None:
+    graph = netsurgeon.trace(model, torch.randn(1, 3, 8, 8), strict=False)
+    reason = graph.group_of(group).blocked
+    assert reason is not None and named in reason

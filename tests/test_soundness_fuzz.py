@@ -172,7 +172,7 @@ class NormStep(nn.Module):
 
 
 #: How a per-channel tensor reaches the channels: the spelling, and whether it widens exactly.
-CHAIN_SPELLINGS = ("index", "view", "reshape", "unsqueeze", "literal_view", "full")
+CHAIN_SPELLINGS = ("index", "view", "reshape", "unsqueeze", "literal_view", "full", "read_twice")
 
 
 class TensorStep(nn.Module):
@@ -193,6 +193,8 @@ class TensorStep(nn.Module):
         t = self.t
         if self.spelling == "index":
             t = t[None, :, None, None]
+        elif self.spelling == "read_twice":  # also summed: growing it would change the sum
+            t = t[None, :, None, None] / t.sum()
         elif self.spelling == "view":
             t = t.view(1, -1, 1, 1)
         elif self.spelling == "reshape":

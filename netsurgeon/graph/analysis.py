@@ -96,6 +96,7 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
         if isinstance(layout, Layout):
             node.meta[META_LAYOUT] = layout
     ctx.check_same_widths()
+    ctx.check_free_tensors()
     return _collect(ctx)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 
 from netsurgeon.errors import UnsupportedModelError
-from netsurgeon.graph.free_tensors import follower_dim, free_tensor_chain
+from netsurgeon.graph.free_tensors import follower_dim, free_tensor_chain, stray_use
 from netsurgeon.graph.layout import Layout
 
 __all__ = ["FlowContext", "Refusal"]
@@ -72,6 +72,8 @@ class FlowContext:
     # (node, read layout, target layout) pairs whose channels must stay of one width
     size_claims: set[fx.Node] = field(default_factory=set)
     same_widths: list[tuple[fx.Node, Layout, Layout]] = field(default_factory=list)
+    # parameters/buffers that became followers: target -> (join node, operand node, layout, dim)
+    free_uses: dict[str, list[tuple[fx.Node, fx.Node, Layout, int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
@@ -237,6 +239,26 @@ class FlowContext:
                     f"grow differently ({self.describe(target)})",
                 )
 
+    def check_free_tensors(self) -> None:
+        """A parameter or buffer that grows with a group must be read nowhere else (its other
+        reads would see the new entries) and follow channels that grow alike at every join."""
+        for target, uses in self.free_uses.items():
+            keys = {(self._entries_key(layout), dim) for _, _, layout, dim in uses}
+            stray = stray_use(self.gm.graph, target, {(j, operand) for j, operand, _, _ in uses})
+            if len(keys) > 1:
+                problem = "it also follows channels that grow differently elsewhere"
+            elif stray is not None:
+                problem = (
+                    f"it is also read at node '{stray.name}' ({self.op_name(stray)}), which would "
+                    "see its new entries"
+                )
+            else:
+                continue
+            for join, _, layout, _ in uses:
+                self.block(
+                    join, layout, f"'{target}' would grow with these channels, but {problem}"
+                )
+
     def _entries_key(self, layout: Layout) -> tuple[Any, ...] | None:
         if layout.factor is None:
             return None
@@ -372,6 +394,7 @@ class FlowContext:
         fill = 1.0 if label in _MULTIPLICATIVE else 0.0
         size = tensor.shape[found]
         self.follow(node, target, base, size, kind="parameter", dim=found, fill=fill)
+        self.free_uses.setdefault(target, []).append((node, chain[-1], base, found))
 
     # -- failures -------------------------------------------------------------------------------
     def describe(self, layout: Layout) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import fx
 
-__all__ = ["follower_dim", "free_tensor_chain"]
+__all__ = ["follower_dim", "free_tensor_chain", "stray_use"]
 
 _INDEXING_METHODS = frozenset(
     {"expand", "expand_as", "to", "type_as", "view", "reshape", "unsqueeze", "squeeze",
@@ -30,17 +30,43 @@ def free_tensor_chain(node: fx.Node) -> list[fx.Node] | None:
     arguments (``expand_as``'s tensor aside); else ``None``."""
     chain = [node]
     while node.op != "get_attr":
-        indexing = (node.op == "call_method" and node.target in _INDEXING_METHODS) or (
-            node.op == "call_function" and node.target in _INDEXING_FUNCTIONS
-        )
-        if not indexing or not node.args or not isinstance(node.args[0], fx.Node):
+        if not _is_indexing(node):
             return None
-        rest = [*node.args[1:], *node.kwargs.values()]
-        if node.target != "expand_as" and any(_has_node(a) for a in rest):
-            return None
-        node = node.args[0]
+        node = node.args[0]  # type: ignore[assignment]
         chain.append(node)
     return chain[::-1]
+
+
+def _is_indexing(node: fx.Node) -> bool:
+    """An op of a :func:`free_tensor_chain` on its first argument (constants otherwise)."""
+    indexing = (node.op == "call_method" and node.target in _INDEXING_METHODS) or (
+        node.op == "call_function" and node.target in _INDEXING_FUNCTIONS
+    )
+    if not indexing or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    rest = [*node.args[1:], *node.kwargs.values()]
+    return node.target == "expand_as" or not any(_has_node(a) for a in rest)
+
+
+def stray_use(
+    graph: fx.Graph, target: str, accepted: set[tuple[fx.Node, fx.Node]]
+) -> fx.Node | None:
+    """A node reading ``target`` (through indexing ops) other than the ``(join, operand)`` pairs
+    in ``accepted``, or ``None``."""
+    for node in graph.nodes:
+        if node.op != "get_attr" or str(node.target) != target:
+            continue
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            for user in current.users:
+                if (user, current) in accepted:
+                    continue
+                if _is_indexing(user) and user.args[0] is current:
+                    stack.append(user)
+                    continue
+                return user
+    return None
 
 
 def follower_dim(chain: list[fx.Node], shape: tuple[int, ...], channel: int, rank: int) -> Any:

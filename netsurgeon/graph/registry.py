@@ -117,6 +117,10 @@ class Registry:
     def add_module(self, module_type: type[nn.Module], handler: OpHandler) -> None:
         self._modules[module_type] = handler
 
+    def has_module(self, module_type: type[nn.Module]) -> bool:
+        """Whether ``module_type`` itself is registered (not through a base class)."""
+        return module_type in self._modules
+
     def add_function(self, function: Callable[..., Any], handler: OpHandler) -> None:
         self._functions[function] = handler
 

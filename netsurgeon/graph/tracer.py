@@ -39,6 +39,10 @@ class SurgeonTracer(fx.Tracer):
         self.proxy_buffer_attributes = True
         self._leaf_types = tuple(leaf_modules)
         self._registry = registry
+        if registry is REGISTRY:
+            from netsurgeon.graph.timm_layers import register_timm_layers
+
+            register_timm_layers(registry)  # timm's layers with their own forward, if timm is used
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, self._leaf_types):
