@@ -165,3 +165,22 @@ def test_a_per_channel_tensor_with_another_use_blocks_instead_of_growing(
     graph = netsurgeon.trace(model, torch.randn(1, 3, 8, 8), strict=False)
     reason = graph.group_of(group).blocked
     assert reason is not None and named in reason
+
+
+class Numerator(nn.Module):
+    """``t / h``: a new channel of ``h`` could be 0, and no fill of ``t`` keeps that finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3)
+        self.c2 = nn.Conv2d(4, 5, 3)
+        self.register_buffer("t", torch.ones(4))
+
+    def forward(self, x):
+        return self.c2(self.t[None, :, None, None] / torch.exp(self.c1(x)))
+
+
+def test_a_per_channel_tensor_divided_by_the_channels_blocks_the_group() -> None:
+    graph = netsurgeon.trace(Numerator(), torch.randn(1, 3, 8, 8), strict=False)
+    reason = graph.group_of("c1").blocked
+    assert reason is not None and "divided by the channels" in reason

@@ -103,3 +103,12 @@ def test_a_hook_on_a_module_fx_traces_through_is_analysed_like_its_forward() -> 
     before = model(x)
     netsurgeon.widen(model, {"0": 2}, example_inputs=x)
     torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-12)
+
+
+def test_a_global_module_hook_is_refused_like_a_hook_on_the_layer() -> None:
+    handle = torch.nn.modules.module.register_module_forward_hook(centre)
+    try:
+        with pytest.raises(UnsupportedModelError, match="global forward hook 'centre'"):
+            netsurgeon.trace(_net())
+    finally:
+        handle.remove()

@@ -56,15 +56,13 @@ def test_timm_batchnorm_act_with_an_unknown_activation_is_refused_naming_it() ->
 
     norm = timm_layers.BatchNormAct2d(5, act_layer=Odd)
     model = nn.Sequential(nn.Conv2d(3, 5, 3), norm, nn.Conv2d(5, 2, 1))
-    with pytest.raises(UnsupportedModelError, match="its 'act' \\(.*Odd\\)"):
+    with pytest.raises(UnsupportedModelError, match=r"its 'act' \(.*Odd\)"):
         netsurgeon.trace(model)
 
 
 def test_timm_linear_widens_like_nn_linear() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(
-        timm_layers.Linear(4, 6), nn.ReLU(), timm_layers.Linear(6, 3)
-    ).double()
+    model = nn.Sequential(timm_layers.Linear(4, 6), nn.ReLU(), timm_layers.Linear(6, 3)).double()
     x = torch.randn(5, 4, dtype=torch.float64)
     before = model(x)
     netsurgeon.widen(model, {"0": 2})

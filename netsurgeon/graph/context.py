@@ -383,6 +383,8 @@ class FlowContext:
             problem = "it is a constant made while tracing, not a tensor of the model"
         elif base.flattened:
             problem = "the channels are flattened"
+        elif label in _DIVISION and node.args and node.args[0] is chain[-1]:
+            problem = "it is divided by the channels (a new channel could be 0)"
         if problem is not None:
             self.block(
                 node,
@@ -424,6 +426,7 @@ class FlowContext:
         raise Refusal(f"cannot analyse the channels at {where}: {what} (fix: {fix})")
 
 
+_DIVISION = frozenset({"truediv", "div", "itruediv", ".div()"})
 _MULTIPLICATIVE = frozenset({"mul", "truediv", "div", "imul", "itruediv", ".mul()", ".div()"})
 
 

@@ -177,11 +177,17 @@ def _tensors(module: nn.Module, handler: Any, registered_type: type) -> str | No
 
 
 def _active_hooks(module: nn.Module) -> Iterator[tuple[str, Any]]:
-    """``(kind, hook)`` of every registered hook that is not a marked observer."""
+    """``(kind, hook)`` of every hook that runs on ``module`` and is not a marked observer,
+    the global ones (``torch.nn.modules.module.register_module_forward_hook``) included."""
+    from torch.nn.modules import module as torch_module
+
     for attribute, kind in _HOOK_KINDS:
         for hook in getattr(module, attribute, {}).values():
             if not is_observer(hook):
                 yield kind, hook
+        for hook in getattr(torch_module, f"_global{attribute}", {}).values():
+            if not is_observer(hook):
+                yield f"global {kind}", hook
 
 
 def _own_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor | None]]:
