@@ -68,3 +68,24 @@ def test_weight_norm_widens_exactly_or_is_refused_naming_it(wrap) -> None:
             torch.testing.assert_close(value, state[key], rtol=0, atol=0)
         return
     torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-12)
+
+
+def test_a_handler_that_models_a_parametrization_accepts_it_and_its_originals() -> None:
+    from netsurgeon.graph.handlers import ConvHandler
+    from netsurgeon.graph.soundness import module_reason
+
+    class WeightNormConv(ConvHandler):
+        def models_parametrization(self, module, tensor, plist) -> bool:
+            return type(plist[0]).__name__ == "_WeightNorm"
+
+    normed, spectral = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3)
+    parametrizations.weight_norm(normed)
+    parametrizations.spectral_norm(spectral)
+    handler = WeightNormConv()
+    assert handler.tensor_names(normed) == {
+        "bias",
+        "parametrizations.weight.original0",
+        "parametrizations.weight.original1",
+    }
+    assert module_reason(normed, handler, nn.Conv2d) is None
+    assert "_SpectralNorm" in module_reason(spectral, handler, nn.Conv2d)

@@ -73,21 +73,31 @@ class OpHandler:
         Names are as in ``named_parameters(recurse=False)``/``named_buffers(recurse=False)``; for
         a parametrized tensor the originals (``'parametrizations.weight.original0'``). Any other
         own tensor of a layer or follower makes the module not understood. Default: for a layer
-        the ``weight`` and ``bias`` it has; for a follower the keys of ``self.tensors(module)``;
+        the ``weight`` and ``bias`` it has and the originals of the parametrizations it models
+        (:meth:`models_parametrization`); for a follower the keys of ``self.tensors(module)``;
         for an op (which grows nothing, so its flow accounts for every tensor it reads) all of
         them. Scalar (0-dim) tensors never need to grow and are not checked.
         """
         role = self.role_of(module)
         if role == "layer":
-            return frozenset(
-                name for name in ("weight", "bias") if isinstance(_own(module, name), torch.Tensor)
-            )
+            own = {n for n in ("weight", "bias") if isinstance(_own(module, n), torch.Tensor)}
+            return frozenset(own | self._modelled_originals(module))
         tensors = getattr(self, "tensors", None)
         if role == "follower" and callable(tensors):
             return frozenset(tensors(module))
         if role == "follower":
             return frozenset()
         return frozenset((*module._parameters, *module._buffers))
+
+    def _modelled_originals(self, module: nn.Module) -> set[str]:
+        """The originals of the parametrizations this handler widens (``models_parametrization``)."""
+        found: set[str] = set()
+        parametrizations = getattr(module, "parametrizations", None)
+        for tensor, plist in getattr(parametrizations, "items", dict)():
+            if self.models_parametrization(module, tensor, plist):
+                names = (n for n, _ in plist.named_parameters(recurse=False))
+                found.update(f"parametrizations.{tensor}.{n}" for n in names)
+        return found
 
     def models_hook(self, module: nn.Module, hook: object) -> bool:
         """Whether this handler's maths accounts for ``hook``, a (pre-)hook on ``module``."""
