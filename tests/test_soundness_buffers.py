@@ -184,3 +184,28 @@ def test_a_per_channel_tensor_divided_by_the_channels_blocks_the_group() -> None
     graph = netsurgeon.trace(Numerator(), torch.randn(1, 3, 8, 8), strict=False)
     reason = graph.group_of("c1").blocked
     assert reason is not None and "divided by the channels" in reason
+
+
+class LayerScale(nn.Module):
+    """A transformer-style layer scale on a Linear's features (channels on the last dim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 4)
+        self.gamma = nn.Parameter(torch.rand(4, dtype=torch.float64) + 0.5)
+        self.fc2 = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x) * self.gamma)
+
+
+def test_a_layer_scale_on_features_of_unknown_rank_follows_its_group_without_example_inputs() -> (
+    None
+):
+    torch.manual_seed(0)
+    model = LayerScale().double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    before = model(x)
+    netsurgeon.widen(model, {"fc1": 2})
+    assert model.gamma.shape == (6,)
+    torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-12)

@@ -103,6 +103,9 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
 def _check_module(node: fx.Node, handler: Any, shared: dict[str, str], ctx: FlowContext) -> None:
     """Refuse what the handler does not describe: unknown ops, shared modules, and modules the
     soundness rule rejects (:mod:`netsurgeon.graph.soundness`)."""
+    name = str(node.target)
+    if node.op == "call_module" and name in shared:
+        ctx.refuse(node, shared[name], fix="give each call its own module")
     if handler is None:
         ctx.refuse(
             node,
@@ -112,9 +115,6 @@ def _check_module(node: fx.Node, handler: Any, shared: dict[str, str], ctx: Flow
         )
     if node.op != "call_module":
         return
-    name = str(node.target)
-    if name in shared:
-        ctx.refuse(node, shared[name], fix="give each call its own module")
     module = ctx.module_of(node)
     reason = module_reason(module, handler, ctx.registry.registered_type(module))
     if reason is not None:

@@ -364,14 +364,8 @@ class FlowContext:
         source = chain[0]
         tensor = self.attr(source)
         channel, rank = base.normalized_dim(), base.rank
-        if channel is None or rank is None:
-            self.block(
-                node,
-                base,
-                f"'{label}' combines channels on an undecided dim with '{source.target}'; pass "
-                "example_inputs to trace/widen so the dim can be decided",
-            )
-            return
+        if channel is None or rank is None:  # counted from the end, as broadcasting aligns
+            channel, rank = base.dim, 0
         found = follower_dim(chain, tuple(tensor.shape), channel, rank)
         if found == "broadcast":
             return
