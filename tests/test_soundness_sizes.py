@@ -175,3 +175,28 @@ class NumelScale(nn.Module):
 def test_a_numel_read_used_as_a_scale_blocks_the_group() -> None:
     blocked = _blocked(NumelScale(), torch.randn(1, 3, 5, 5))
     assert blocked["conv"] is not None and "numel" in blocked["conv"]
+
+
+class Upsample(nn.Module):
+    """An FPN/U-Net resize to a skip's spatial size: spatial reads are plain numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.skip = nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        skip = self.skip(x)
+        up = F.interpolate(self.down(x), size=skip.shape[-2:], mode="nearest")
+        return self.head(up + skip).flatten(1)
+
+
+@pytest.mark.parametrize("with_shapes", [True, False])
+def test_a_resize_to_another_maps_spatial_size_widens_exactly(with_shapes: bool) -> None:
+    torch.manual_seed(0)
+    model, x = Upsample().double().eval(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    before = model(x)
+    netsurgeon.widen(model, {"down": 2}, example_inputs=x if with_shapes else None)
+    assert model.skip.out_channels == 6  # joined with down by the add
+    torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-12)

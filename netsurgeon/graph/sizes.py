@@ -154,7 +154,9 @@ def propagate(node: fx.Node, ctx: FlowContext, args: list[tuple[fx.Node, SizeVal
         source = ctx.layouts.get(node.args[0])  # type: ignore[arg-type]
         if isinstance(source, SizeValue) and source.kind == "shape":
             return _index_shape(node, source, node.args[1])
-    if node.op == "call_function" and node.target in _ARITHMETIC:
+    if node.op == "call_function" and (
+        node.target in _ARITHMETIC or node.target is operator.getitem
+    ):
         return SizeValue("derived", reads) if reads else _PLAIN
     if reads:
         _block(node, ctx, args, f"'{ctx.op_name(node)}' takes it")
