@@ -15,10 +15,11 @@ channel-carrying dim, its value changes with a widening, and whatever it feeds (
   have the same width (the SE block's ``pool(x).view(b, c)``); the "same width" is checked when
   the groups are final (:meth:`FlowContext.require_same_width`).
 
-Example, an SE block without example_inputs blocks nothing it need not::
+Example, an SE block (with ``example_inputs``, so the reshape's channel position is known)::
 
-    b, c, _, _ = x.size()   # size(): SizeValue("shape"); c: a read of the channel dim
+    b, c, _, _ = x.size()   # size(): SizeValue("shape"); b: plain; c: a read of the channel dim
     y = pool(x).view(b, c)  # claimed: c sits at the channel position of pool(x)
+    y = fc2(fc1(y)).view(b, c, 1, 1)  # claimed; fc2's group must grow as x's: x * y joins them
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ Example:
     ...         return 2 * super().forward(x)
     >>> conv = Doubled(3, 8, 3)
     >>> print(module_reason(conv, REGISTRY.for_module(conv), nn.Conv2d))  # doctest: +ELLIPSIS
-    its class Doubled overrides 'forward' of Conv2d, ...
+    its class Doubled overrides 'forward' of Conv2d (in ...)
 """
 
 from __future__ import annotations
