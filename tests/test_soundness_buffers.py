@@ -209,3 +209,12 @@ def test_a_layer_scale_on_features_of_unknown_rank_follows_its_group_without_exa
     netsurgeon.widen(model, {"fc1": 2})
     assert model.gamma.shape == (6,)
     torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-12)
+
+
+def test_a_checkpoint_with_a_grown_buffer_loads_into_a_fresh_model() -> None:
+    grown, x = _model("index", "mul", as_parameter=False)
+    netsurgeon.widen(grown, {"c1": 3}, example_inputs=x)
+    fresh, _ = _model("index", "mul", as_parameter=False)
+    netsurgeon.load_state_dict(fresh, grown.state_dict(), example_inputs=x)
+    assert fresh.t.shape == (7,)
+    torch.testing.assert_close(fresh(x), grown(x), rtol=0, atol=0)
