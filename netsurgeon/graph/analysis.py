@@ -30,10 +30,12 @@ from typing import Any
 
 from torch import fx, nn
 
+from netsurgeon.graph import sizes
 from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.registry import Registry
+from netsurgeon.graph.soundness import module_reason
 
 __all__ = ["META_LAYOUT", "Analysis", "analyse"]
 
@@ -70,34 +72,62 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
         if node.op in ("placeholder", "get_attr"):
             ctx.layouts[node] = None
             continue
+        size_args = sizes.size_arguments(node, ctx)
         if node.op == "output":
             for layout in ctx.tracked_inputs(node):
                 ctx.mark_output(layout)
+            sizes.block_unclaimed(node, ctx, size_args)
             continue
         handler = registry.for_node(node, ctx.modules)
         is_layer = handler is not None and _role(handler, node, ctx) == "layer"
         inputs = ctx.tracked_inputs(node)
         if not inputs and not is_layer:
-            ctx.layouts[node] = None
+            ctx.layouts[node] = sizes.propagate(node, ctx, size_args) if size_args else None
             continue
+        ctx.size_claims = set()
         try:
-            if node.op == "call_module" and str(node.target) in shared:
-                ctx.refuse(node, shared[str(node.target)], fix="give each call its own module")
-            if handler is None:
-                ctx.refuse(
-                    node,
-                    f"'{ctx.op_name(node)}' is not an op netsurgeon knows",
-                    fix="register a handler for it (netsurgeon.graph.registry), or make the "
-                    "enclosing module a leaf (trace(..., leaf_modules=[...]))",
-                )
+            _check_module(node, handler, shared, ctx)
             layout = handler.flow(node, ctx)
         except Refusal as refusal:
             ctx.block(node, inputs, str(refusal))
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
+        sizes.block_unclaimed(node, ctx, size_args)
         ctx.layouts[node] = layout
         if isinstance(layout, Layout):
             node.meta[META_LAYOUT] = layout
+    ctx.check_same_widths()
+    ctx.check_free_tensors()
     return _collect(ctx)
+
+
+def _check_module(node: fx.Node, handler: Any, shared: dict[str, str], ctx: FlowContext) -> None:
+    """Refuse what the handler does not describe: unknown ops, shared modules, and modules the
+    soundness rule rejects (:mod:`netsurgeon.graph.soundness`)."""
+    name = str(node.target)
+    if node.op == "call_module" and name in shared:
+        ctx.refuse(node, shared[name], fix="give each call its own module")
+    if handler is None:
+        ctx.refuse(
+            node,
+            f"'{ctx.op_name(node)}' is not an op netsurgeon knows",
+            fix="register a handler for it (netsurgeon.graph.registry), or make the "
+            "enclosing module a leaf (trace(..., leaf_modules=[...]))",
+        )
+    if node.op != "call_module":
+        return
+    module = ctx.module_of(node)
+    reason = module_reason(module, handler, ctx.registry.registered_type(module))
+    if reason is not None:
+        what, fix = _split_fix(reason)
+        ctx.refuse(node, f"module '{name}' ({type(module).__qualname__}): {what}", fix=fix)
+
+
+def _split_fix(reason: str) -> tuple[str, str]:
+    """``"what (fix: how)"`` as ``(what, how)``."""
+    at = reason.rfind(" (fix: ")
+    if at < 0:
+        return reason, "register a handler that describes it"
+    return reason[:at], reason[at + len(" (fix: ") : -1]
 
 
 def _role(handler: Any, node: fx.Node, ctx: FlowContext) -> str:

@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from netsurgeon.errors import UnsupportedModelError
+from netsurgeon.graph.free_tensors import follower_dim, free_tensor_chain, stray_use
 from netsurgeon.graph.layout import Layout
 
 __all__ = ["FlowContext", "Refusal"]
@@ -67,6 +68,12 @@ class FlowContext:
     consumers: list[_Consumer] = field(default_factory=list)
     followers: list[_Follower] = field(default_factory=list)
     node: fx.Node | None = None  # the node being analysed, for messages
+    # size reads (netsurgeon.graph.sizes): arguments the current node's handler understood, and
+    # (node, read layout, target layout) pairs whose channels must stay of one width
+    size_claims: set[fx.Node] = field(default_factory=set)
+    same_widths: list[tuple[fx.Node, Layout, Layout]] = field(default_factory=list)
+    # parameters/buffers that became followers: target -> (join node, operand node, layout, dim)
+    free_uses: dict[str, list[tuple[fx.Node, fx.Node, Layout, int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
@@ -216,6 +223,55 @@ class FlowContext:
     def mark_output(self, layout: Layout) -> None:
         self.outputs.update(layout.groups)
 
+    def require_same_width(self, node: fx.Node, read: Layout, target: Layout) -> None:
+        """A size read off ``read``'s channels sizes ``target``'s: they must grow alike (checked
+        when the groups are final; otherwise both are blocked, naming ``node``)."""
+        self.same_widths.append((node, read, target))
+
+    def check_same_widths(self) -> None:
+        """Block the pairs recorded by :meth:`require_same_width` whose channels differ."""
+        for node, read, target in self.same_widths:
+            if self._entries_key(read) != self._entries_key(target):
+                self.block(
+                    node,
+                    [read, target],
+                    f"the size read here ({self.describe(read)}) sizes a tensor whose channels "
+                    f"grow differently ({self.describe(target)})",
+                )
+
+    def check_free_tensors(self) -> None:
+        """A parameter or buffer that grows with a group must be read nowhere else (its other
+        reads would see the new entries) and follow channels that grow alike at every join."""
+        for target, uses in self.free_uses.items():
+            keys = {(self._entries_key(layout), dim) for _, _, layout, dim in uses}
+            stray = stray_use(self.gm.graph, target, {(j, operand) for j, operand, _, _ in uses})
+            if len(keys) > 1:
+                problem = "it also follows channels that grow differently elsewhere"
+            elif stray is not None:
+                problem = (
+                    f"it is also read at node '{stray.name}' ({self.op_name(stray)}), which would "
+                    "see its new entries"
+                )
+            else:
+                continue
+            for join, _, layout, _ in uses:
+                self.block(
+                    join, layout, f"'{target}' would grow with these channels, but {problem}"
+                )
+
+    def _entries_key(self, layout: Layout) -> tuple[Any, ...] | None:
+        if layout.factor is None:
+            return None
+        return tuple(
+            (
+                None if s.group is None else self.find(s.group),
+                s.start,
+                s.stop,
+                s.multiplicity * layout.factor,
+            )
+            for s in layout.segments
+        )
+
     # -- joins ----------------------------------------------------------------------------------
     def join(self, node: fx.Node, operands: Sequence[Any], label: str) -> Layout | None:
         """Elementwise combination of ``operands``: tracked layouts unify segment by segment.
@@ -276,8 +332,13 @@ class FlowContext:
         )
 
     def _join_untracked(self, node: fx.Node, arg: fx.Node, base: Layout, label: str) -> None:
-        source = _free_parameter(arg)
-        shape = self.shape_of(source if source is not None else arg)
+        """``arg`` carries no channels: a scalar-like broadcast, a free tensor that becomes a
+        follower (a parameter or buffer, read through indexing/view/expand), or a block."""
+        chain = free_tensor_chain(arg)
+        if chain is not None:
+            self._join_free_tensor(node, chain, base, label)
+            return
+        shape = self.shape_of(arg)
         channel, rank = base.normalized_dim(), base.rank
         if shape is None or channel is None or rank is None:
             self.block(
@@ -290,16 +351,46 @@ class FlowContext:
         size = shape[dim] if 0 <= dim < len(shape) else 1
         if size == 1:
             return  # broadcast along the channels
-        if source is not None and not base.flattened:
-            fill = 1.0 if label in _MULTIPLICATIVE else 0.0
-            self.follow(node, str(source.target), base, size, kind="parameter", dim=dim, fill=fill)
-            return
         self.block(
             node,
             base,
             f"'{label}' combines the channels with '{arg.name}' of {size} entries, which "
             "netsurgeon does not track",
         )
+
+    def _join_free_tensor(self, node: fx.Node, chain: list[fx.Node], base: Layout, label: str):
+        """A parameter or buffer read in forward: per-channel along one of its dims, it follows
+        the group (new entries 1 for ``mul``/``div``, else 0); otherwise the group is blocked."""
+        source = chain[0]
+        tensor = self.attr(source)
+        channel, rank = base.normalized_dim(), base.rank
+        if channel is None or rank is None:  # counted from the end, as broadcasting aligns
+            channel, rank = base.dim, 0
+        found = follower_dim(chain, tuple(tensor.shape), channel, rank)
+        if found == "broadcast":
+            return
+        target = str(source.target)
+        problem = None
+        if isinstance(found, str):
+            problem = found
+        elif target.rpartition(".")[2].startswith("_tensor_constant"):
+            problem = "it is a constant made while tracing, not a tensor of the model"
+        elif base.flattened:
+            problem = "the channels are flattened"
+        elif label in _DIVISION and node.args and node.args[0] is chain[-1]:
+            problem = "it is divided by the channels (a new channel could be 0)"
+        if problem is not None:
+            self.block(
+                node,
+                base,
+                f"'{label}' combines the channels with '{target}' (shape {tuple(tensor.shape)}) "
+                f"and {problem}, so netsurgeon cannot grow it with them",
+            )
+            return
+        fill = 1.0 if label in _MULTIPLICATIVE else 0.0
+        size = tensor.shape[found]
+        self.follow(node, target, base, size, kind="parameter", dim=found, fill=fill)
+        self.free_uses.setdefault(target, []).append((node, chain[-1], base, found))
 
     # -- failures -------------------------------------------------------------------------------
     def describe(self, layout: Layout) -> str:
@@ -329,14 +420,8 @@ class FlowContext:
         raise Refusal(f"cannot analyse the channels at {where}: {what} (fix: {fix})")
 
 
+_DIVISION = frozenset({"truediv", "div", "itruediv", ".div()"})
 _MULTIPLICATIVE = frozenset({"mul", "truediv", "div", "imul", "itruediv", ".mul()", ".div()"})
-
-
-def _free_parameter(node: fx.Node) -> fx.Node | None:
-    """The ``get_attr`` node behind ``node`` through ``expand``/``expand_as``, if any."""
-    while node.op == "call_method" and node.target in ("expand", "expand_as", "to", "type_as"):
-        node = node.args[0]  # type: ignore[assignment]
-    return node if node.op == "get_attr" else None
 
 
 def _layouts(value: Any) -> list[Layout]:

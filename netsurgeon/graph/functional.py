@@ -20,6 +20,7 @@ from torch import fx
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
+from netsurgeon.graph.sizes import SizeValue, read_size
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -221,18 +222,27 @@ class NormFunctionHandler(OpHandler):
 
 @register_method("size", "dim", "numel", "ndimension")
 class QueryHandler(OpHandler):
-    """``x.size(0)``, ``x.dim()``: metadata only, no channel data flows on."""
+    """``x.size(d)``, ``x.numel()``, ``x.dim()``: no channel data flows on, but a size read of a
+    channel dim depends on the width (:mod:`netsurgeon.graph.sizes` follows it to its uses)."""
 
-    def flow(self, node: fx.Node, ctx: FlowContext) -> None:
-        return None
+    def flow(self, node: fx.Node, ctx: FlowContext) -> SizeValue:
+        layout = first_layout(node, ctx)
+        name = str(node.target)
+        if name == "size":
+            dim = node_arg(node, 1, "dim", None)
+            return read_size(node, layout, "shape" if dim is None else "dim", dim)
+        return read_size(node, layout, "numel" if name == "numel" else "rank")
 
 
 @register_function(getattr)
 class GetattrHandler(OpHandler):
-    """``x.shape`` / ``x.dtype``: metadata only."""
+    """``x.shape`` (a size read, see :class:`QueryHandler`), ``x.dtype``, ``x.T``."""
 
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        if len(node.args) > 1 and node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda"):
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | SizeValue | None:
+        if len(node.args) > 1 and node.args[1] in ("shape", "ndim"):
+            what = "shape" if node.args[1] == "shape" else "rank"
+            return read_size(node, first_layout(node, ctx), what)
+        if len(node.args) > 1 and node.args[1] in ("dtype", "device", "is_cuda"):
             return None
         if len(node.args) > 1 and node.args[1] in ("T", "mT"):
             layout = first_layout(node, ctx)

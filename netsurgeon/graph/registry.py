@@ -11,8 +11,12 @@ small class and one registration::
         def flow(self, node, ctx):
             ...
 
-Lookups for modules walk the type's MRO, so a user's ``class MyConv(nn.Conv2d)`` is handled as a
-``Conv2d`` unless something more specific is registered.
+Lookups for modules walk the type's MRO, so a user's ``class MyConv(nn.Conv2d)`` finds the
+``Conv2d`` handler unless something more specific is registered. Inheriting a handler is not
+inheriting its maths: the analysis accepts such a subclass only when it overrides nothing in the
+handler's :attr:`OpHandler.relies_on`, carries no hook, parametrization or tensor the handler does
+not model (:mod:`netsurgeon.graph.soundness`). A subclass that computes the same function its own
+way is accepted once it is registered itself: ``REGISTRY.add_module(MyConv, handler)``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
 from torch import fx, nn
 
 if TYPE_CHECKING:
@@ -53,9 +58,59 @@ class OpHandler:
         """The role of this module instance (a conv with ``groups == in == out`` is a follower)."""
         return self.role
 
+    #: Methods of the registered class that this handler's maths assumes. A module whose class
+    #: overrides any of them below the registered type is not understood: the analysis refuses
+    #: it (strict) or blocks its groups, naming the overriding class and method.
+    relies_on: tuple[str, ...] = ("forward",)
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | tuple[Layout | None, ...] | None:
         """The layout of ``node``'s output, given its inputs' layouts in ``ctx``."""
         raise NotImplementedError
+
+    def tensor_names(self, module: nn.Module) -> frozenset[str]:
+        """Names of the module's own parameters and buffers that this handler accounts for.
+
+        Names are as in ``named_parameters(recurse=False)``/``named_buffers(recurse=False)``; for
+        a parametrized tensor the originals (``'parametrizations.weight.original0'``). Any other
+        own tensor of a layer or follower makes the module not understood. Default: for a layer
+        the ``weight`` and ``bias`` it has and the originals of the parametrizations it models
+        (:meth:`models_parametrization`); for a follower the keys of ``self.tensors(module)``;
+        for an op (which grows nothing, so its flow accounts for every tensor it reads) all of
+        them. Scalar (0-dim) tensors never need to grow and are not checked.
+        """
+        role = self.role_of(module)
+        if role == "layer":
+            own = {n for n in ("weight", "bias") if isinstance(_own(module, n), torch.Tensor)}
+            return frozenset(own | self._modelled_originals(module))
+        tensors = getattr(self, "tensors", None)
+        if role == "follower" and callable(tensors):
+            return frozenset(tensors(module))
+        if role == "follower":
+            return frozenset()
+        return frozenset((*module._parameters, *module._buffers))
+
+    def _modelled_originals(self, module: nn.Module) -> set[str]:
+        """The originals of the parametrizations this handler widens (``models_parametrization``)."""
+        found: set[str] = set()
+        parametrizations = getattr(module, "parametrizations", None)
+        for tensor, plist in getattr(parametrizations, "items", dict)():
+            if self.models_parametrization(module, tensor, plist):
+                names = (n for n, _ in plist.named_parameters(recurse=False))
+                found.update(f"parametrizations.{tensor}.{n}" for n in names)
+        return found
+
+    def models_hook(self, module: nn.Module, hook: object) -> bool:
+        """Whether this handler's maths accounts for ``hook``, a (pre-)hook on ``module``."""
+        return False
+
+    def models_parametrization(self, module: nn.Module, tensor: str, parametrizations: Any) -> bool:
+        """Whether this handler widens ``module.<tensor>``'s parametrization list exactly."""
+        return False
+
+
+def _own(module: nn.Module, name: str) -> Any:
+    """``module.<name>`` if it is the module's own parameter or buffer (not a derived property)."""
+    return module._parameters.get(name, module._buffers.get(name))
 
 
 H = TypeVar("H", bound=type[OpHandler])
@@ -77,6 +132,10 @@ class Registry:
         else:
             self._modules[module_type] = handler
 
+    def has_module(self, module_type: type[nn.Module]) -> bool:
+        """Whether ``module_type`` itself is registered (not through a base class)."""
+        return module_type in self._modules or _qualified_name(module_type) in self._named
+
     def add_function(self, function: Callable[..., Any], handler: OpHandler) -> None:
         self._functions[function] = handler
 
@@ -85,12 +144,19 @@ class Registry:
 
     def for_module(self, module: nn.Module) -> OpHandler | None:
         """The handler of the most specific registered base class of ``type(module)``."""
+        cls = self.registered_type(module)
+        if cls is None:
+            return None
+        handler = self._modules.get(cls)
+        return handler if handler is not None else self._named[_qualified_name(cls)]
+
+    def registered_type(self, module: nn.Module) -> type[nn.Module] | None:
+        """The most specific registered class in ``type(module)``'s MRO (the one matched)."""
         for cls in type(module).__mro__:
-            handler = self._modules.get(cls)
-            if handler is None and self._named:
-                handler = self._named.get(f"{cls.__module__}.{cls.__qualname__}")
-            if handler is not None:
-                return handler
+            if cls in self._modules:
+                return cls
+            if self._named and _qualified_name(cls) in self._named:
+                return cls
         return None
 
     def for_node(self, node: fx.Node, modules: dict[str, nn.Module]) -> OpHandler | None:
@@ -105,6 +171,10 @@ class Registry:
         if node.op == "call_method":
             return self._methods.get(str(node.target))
         return None
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 #: The process-wide default registry. Handlers register themselves on import of

@@ -21,6 +21,7 @@ from torch import fx
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.nodes import Pieces, first_layout, node_arg, normalize_dim
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
+from netsurgeon.graph.sizes import SizeValue, claim_channel_size
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -317,14 +318,14 @@ class ReshapeHandler(OpHandler):
     def _with_shapes(self, node, layout, spec, before, after, label, ctx) -> Layout | None:
         channel = layout.normalized_dim()
         leading = math.prod(before[:channel])
-        j = next((i for i in range(len(after) + 1) if math.prod(after[:i]) == leading), None)
+        j = _channel_position(spec, after, leading, ctx)
         if j is None or j >= len(after):
             ctx.block(
                 node, layout, f"{label} to {tuple(after)} merges the channels with earlier dims"
             )
             return None
         size, out = before[channel], after[j]
-        if (isinstance(spec[j], int) and spec[j] != -1) or (len(spec) != len(after)):
+        if len(spec) != len(after) or not _channel_size_arg(spec[j], layout, ctx):
             return self._fixed(node, layout, spec, label, ctx)
         if out == size:
             return layout.replace(dim=j, rank=len(after)).with_path(label)
@@ -352,13 +353,43 @@ class ReshapeHandler(OpHandler):
         return None
 
     def _fixed(self, node, layout, shape, label, ctx) -> None:
+        known = ctx.shape_of(node.args[0]) is not None and ctx.shape_of(node) is not None
         ctx.block(
             node,
             layout,
             f"{label} to the shape {tuple(shape)!r} fixes a size that depends on these channels' "
-            "width; use torch.flatten(x, 1) (or -1 for the channel dim)",
+            "width; use torch.flatten(x, 1) (or -1 for the channel dim)"
+            + ("" if known else ", or pass example_inputs to trace/widen so shapes are known"),
         )
         return None
+
+
+def _channel_position(spec: list[Any], after: Sequence[int], leading: int, ctx: FlowContext):
+    """Where the channels land in ``after``: the dims before them hold ``leading`` entries. Size-1
+    dims (a batch of one) make several positions fit; the one the spec sizes from the tensor
+    (``-1`` or a channel size read) is taken first."""
+    fits = [i for i in range(len(after) + 1) if math.prod(after[:i]) == leading]
+    follows = [
+        i
+        for i in fits
+        if i < len(spec)
+        and (spec[i] == -1 if not isinstance(spec[i], fx.Node) else _is_channel_read(spec[i], ctx))
+    ]
+    return (follows or fits or [None])[0]
+
+
+def _is_channel_read(arg: fx.Node, ctx: FlowContext) -> bool:
+    value = ctx.layouts.get(arg)
+    return isinstance(value, SizeValue) and value.direct_channel_read is not None
+
+
+def _channel_size_arg(arg: Any, layout: Layout, ctx: FlowContext) -> bool:
+    """Whether ``arg``, the size a reshape asks for at the channel position, follows the width:
+    ``-1``, or ``x.size(c)`` of a tensor whose channels grow as ``layout``'s do (checked when the
+    groups are final, :func:`netsurgeon.graph.sizes.claim_channel_size`)."""
+    if isinstance(arg, fx.Node):
+        return claim_channel_size(ctx, arg, layout)
+    return arg == -1
 
 
 def _prefix_products(shape: Sequence[int]) -> set[int]:

@@ -18,7 +18,10 @@ class SurgeonTracer(fx.Tracer):
     """An ``fx.Tracer`` that keeps every registered layer/follower type a leaf.
 
     A user's ``class MyConv(nn.Conv2d)`` defined outside ``torch.nn`` would otherwise be traced
-    through, and its weight would show up as anonymous ``get_attr`` nodes.
+    through, and its weight would show up as anonymous ``get_attr`` nodes. Buffers read in
+    ``forward`` are recorded as ``get_attr`` nodes too (``proxy_buffer_attributes``), so the
+    analysis sees which buffer a per-channel operand is and can grow it (instead of a nameless
+    constant copied at trace time).
 
     Args:
         leaf_modules: extra module types to keep as leaves (their ``forward`` is not traced).
@@ -33,8 +36,13 @@ class SurgeonTracer(fx.Tracer):
         registry: Registry = REGISTRY,
     ) -> None:
         super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self.proxy_buffer_attributes = True
         self._leaf_types = tuple(leaf_modules)
         self._registry = registry
+        if registry is REGISTRY:
+            from netsurgeon.graph.timm_layers import register_timm_layers
+
+            register_timm_layers(registry)  # timm's layers with their own forward, if timm is used
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, self._leaf_types):

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from netsurgeon.errors import MonitorError
+from netsurgeon.graph.soundness import mark_observer
 
 __all__ = ["DEFAULT_EVERY", "NAGNMonitor"]
 
@@ -151,11 +152,15 @@ class NAGNMonitor:
         if self._root_handles:
             return self
         self._root_handles = [
-            self.model.register_forward_pre_hook(self._on_model_forward),
-            self.model.register_forward_hook(self._on_model_return, always_call=True),
+            self.model.register_forward_pre_hook(mark_observer(self._on_model_forward)),
+            self.model.register_forward_hook(
+                mark_observer(self._on_model_return), always_call=True
+            ),
         ]
         for state in self._states:
-            state.handle = state.module.register_forward_hook(partial(self._on_layer, state))
+            # the hooks only read z_l (and its gradient): marked so the analysis accepts them
+            hook = mark_observer(partial(self._on_layer, state))
+            state.handle = state.module.register_forward_hook(hook)
         return self
 
     def detach(self) -> None:

@@ -1,0 +1,89 @@
+"""timm's layers that override ``forward`` of a handled class, each with the handler it needs.
+
+``timm.layers.Linear`` overrides ``nn.Linear.forward`` only to cast for TorchScript; outside
+scripting it computes ``F.linear(x, weight, bias)``, so the ``Linear`` handler describes it.
+
+``timm.layers.Conv2dSame`` overrides ``nn.Conv2d.forward`` with TensorFlow's "same" padding: it
+pads the two spatial dims by amounts computed from the kernel, stride and dilation (never from the
+channels), then runs ``F.conv2d`` with the module's own tensors, so the conv handler describes it.
+
+``timm.layers.BatchNormAct2d`` subclasses ``nn.BatchNorm2d`` and overrides ``forward`` with
+``act(drop(batch_norm(x)))``; ``GroupNormAct`` does the same over ``nn.GroupNorm``. By the
+soundness rule (:mod:`netsurgeon.graph.soundness`) the parent's handler does not describe them;
+these handlers do: the parent's flow, once the ``drop`` and ``act`` submodules are checked to be
+element-wise modules the registry knows (and that the soundness rule accepts). They register
+themselves when timm is in use (:func:`register_timm_layers`, called by the tracer), so importing
+netsurgeon never imports timm.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from torch import fx, nn
+
+from netsurgeon.graph.handlers import (
+    BatchNormHandler,
+    ConvHandler,
+    GroupNormHandler,
+    LinearHandler,
+)
+from netsurgeon.graph.module_ops import PassModuleHandler
+from netsurgeon.graph.registry import Registry
+from netsurgeon.graph.soundness import module_reason
+
+if TYPE_CHECKING:
+    from netsurgeon.graph.context import FlowContext
+    from netsurgeon.graph.layout import Layout
+
+__all__ = ["register_timm_layers"]
+
+
+class _NormActMixin:
+    """``act(drop(norm(x)))``: the norm's flow, after checking ``drop`` and ``act``."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        module = ctx.module_of(node)
+        for name in ("drop", "act"):
+            reason = _elementwise_reason(getattr(module, name, None), ctx.registry)
+            if reason is not None:
+                ctx.refuse(
+                    node,
+                    f"its '{name}' ({type(getattr(module, name)).__qualname__}) {reason}",
+                    fix="use an element-wise activation torch.nn provides",
+                )
+        return super().flow(node, ctx)  # type: ignore[misc]
+
+
+class BatchNormActHandler(_NormActMixin, BatchNormHandler):
+    """timm's ``BatchNormAct2d``: a BatchNorm follower followed by element-wise modules."""
+
+
+class GroupNormActHandler(_NormActMixin, GroupNormHandler):
+    """timm's ``GroupNormAct``: a GroupNorm follower followed by element-wise modules."""
+
+
+def _elementwise_reason(module: Any, registry: Registry) -> str | None:
+    if module is None:
+        return "is missing"
+    handler = registry.for_module(module)
+    if not isinstance(handler, PassModuleHandler):
+        return "is not an element-wise module netsurgeon knows"
+    return module_reason(module, handler, registry.registered_type(module))  # type: ignore[arg-type]
+
+
+def register_timm_layers(registry: Registry) -> None:
+    """Register the handlers for timm's layers, if timm is imported (idempotent)."""
+    layers = (
+        ("timm.layers.norm_act", "BatchNormAct2d", BatchNormActHandler),
+        ("timm.layers.norm_act", "GroupNormAct", GroupNormActHandler),
+        ("timm.layers.linear", "Linear", LinearHandler),
+        # ``pad_same`` pads the spatial dims only, then runs the parent's convolution
+        ("timm.layers.conv2d_same", "Conv2dSame", ConvHandler),
+    )
+    for module_name, name, handler_type in layers:
+        layer = getattr(sys.modules.get(module_name), name, None)
+        new = isinstance(layer, type) and not registry.has_module(layer)
+        if new and issubclass(layer, nn.Module):
+            registry.add_module(layer, handler_type())
