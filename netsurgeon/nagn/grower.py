@@ -32,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -39,11 +41,12 @@ from torch import nn
 
 from netsurgeon.cost import CostPreview, FittedPlan, fit_to_budget, preview
 from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
-from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
+from netsurgeon.errors import ConfigError, NetsurgeonTypeError, NetsurgeonWarning, WidenError
 from netsurgeon.graph import trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
 from netsurgeon.nagn.groups import round_to_granularity
+from netsurgeon.nagn.inputs import as_accuracy, as_number, check_mirrors, nothing_to_grow
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
 from netsurgeon.nagn.planner import GrowthPlanner
@@ -86,6 +89,8 @@ class Grower:
             accuracy and all-reduce NAGN over ``group``; every rank calls ``step`` together.
             See :mod:`netsurgeon.distributed`.
         group: the process group (default: the whole world).
+        mirrors: copies of ``model`` grown with it at every growth (an EMA, a
+            ``torch.optim.swa_utils.AveragedModel``); see ``widen(..., mirrors=)``.
 
     Attributes:
         history: every :class:`GrowthEvent`, in order.
@@ -98,7 +103,12 @@ class Grower:
 
     Raises:
         WidenError: ``model`` is a DDP/FSDP/``torch.compile`` wrapper.
-        TypeError: ``optimizer`` or ``config`` has the wrong type.
+        TypeError: ``optimizer``, ``config`` or a mirror has the wrong type.
+        ValueError: a mirror does not have the model's parameter names and shapes.
+
+    Warns:
+        NetsurgeonWarning: no optimizer, an untested optimizer class, an optimizer of another
+            model; a model with no widenable group (the warning says why, group by group).
         ConfigError: the caps do not fit this model (unknown ``max_width`` layer, ``max_flops``
             without ``example_inputs``, a model already above ``max_params``/``max_flops``).
 
@@ -125,6 +135,7 @@ class Grower:
         example_inputs: Any = None,
         distributed: bool = False,
         group: Any = None,
+        mirrors: Sequence[nn.Module] = (),
     ) -> None:
         _check_model(model)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -143,6 +154,7 @@ class Grower:
         self.example_inputs = example_inputs
         self.distributed = bool(distributed)
         self.group = group
+        self.mirrors = check_mirrors(model, mirrors)
         graph = trace(model, example_inputs, strict=False)
         self.layers = graph.layers
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
@@ -153,6 +165,14 @@ class Grower:
             )
         self._check_budget(graph.widths())
         warn_about_optimizer(model, optimizer, stacklevel=2)
+        idle = nothing_to_grow(graph)
+        if idle is not None:
+            warnings.warn(
+                f"Grower: {type(model).__name__} has nothing to grow, {idle}. Every trigger will "
+                "add no units; see netsurgeon.trace(model, example_inputs).summary().",
+                NetsurgeonWarning,
+                stacklevel=2,
+            )
         self.monitor = NAGNMonitor(
             model, self.layers, reduction=self.config.reduction, every=self.config.every
         )
@@ -241,25 +261,10 @@ class Grower:
             self.monitor.detach()
         return event
 
-    def _accuracy(self, value: float | torch.Tensor) -> float:
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = float(value)
+    def _accuracy(self, value: Any) -> float:
         if self.distributed:
-            return agree_on_accuracy(value, self.group)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(
-                f"val_accuracy must be a finite number in [0, 1], got {type(value).__name__}"
-            )
-        if not math.isfinite(value):
-            raise ValueError(f"val_accuracy must be a finite number in [0, 1], got {value!r}")
-        if not 0.0 <= value <= 1.0:
-            hint = f" ({value} -> {value / 100:g})" if 1.0 < value <= 100.0 else ""
-            raise ValueError(
-                f"val_accuracy={value!r} is outside [0, 1]: pass the fraction of correct samples, "
-                f"not a percentage{hint}. delta_stop={self.config.delta_stop} is in the same units "
-                "(0.05 = 5 points)."
-            )
-        return float(value)
+            return agree_on_accuracy(as_number(value), self.group)
+        return as_accuracy(value, self.config.delta_stop)
 
     def _advance(self, accuracy: float) -> GrowthEvent | None:
         self.epoch += 1
@@ -319,7 +324,11 @@ class Grower:
         )
         requested = round_to_granularity(requested, group_widths, granularity)
         if not requested:
-            logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
+            idle = nothing_to_grow(graph)
+            if idle is not None:
+                logger.warning("epoch %d: nothing to grow: %s", self.epoch, idle)
+            else:
+                logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
         fitted = self._fit(requested, granularity)
         same = fitted.increments == plan.increments
@@ -343,6 +352,7 @@ class Grower:
             generator=self._weights_rng,
             init=cfg.init,
             graph=graph,
+            mirrors=self.mirrors,
         )
         # Nothing below can fail: the widening is the step's last fallible operation.
         event = GrowthEvent(
@@ -426,7 +436,9 @@ class Grower:
         self.monitor.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume mid-run (the model and optimizer are saved separately)."""
+        """Everything needed to resume mid-run (the model and optimizer are saved separately),
+        the monitor's accumulators included: a checkpoint taken mid-epoch resumes with the same
+        NAGN profile, bit for bit."""
         return {
             "config": dataclasses.asdict(self.config),
             "epoch": self.epoch,
@@ -439,6 +451,7 @@ class Grower:
             "history": [event.to_dict() for event in self.history],
             "weights_rng": self._weights_rng.get_state(),
             "where_rng": self._where_rng.get_state(),
+            "monitor": self.monitor.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -451,6 +464,8 @@ class Grower:
                 " construct the Grower with GrowthConfig(**state['config'])"
             )
         history = [GrowthEvent.from_dict(e) for e in state["history"]]
+        if "monitor" in state:  # checkpoints written before it was saved have none
+            self.monitor.check_state_dict(state["monitor"])
         rng_states = (self._weights_rng.get_state(), self._where_rng.get_state())
         try:
             self._weights_rng.set_state(state["weights_rng"])
@@ -467,6 +482,8 @@ class Grower:
         self.stop_cause = state.get("stop_cause")
         self.stop_reason = state["stop_reason"]
         self.history = history
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
         if self.stopped:
             self.monitor.detach()
         else:

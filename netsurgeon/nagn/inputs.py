@@ -1,0 +1,149 @@
+"""What the grower is handed, checked: accuracies, mirrors, and a model with nothing to grow.
+
+Each check fails where the value comes in, with a message that names the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from netsurgeon.errors import NetsurgeonTypeError
+from netsurgeon.surgery.mirror import mirror_module
+
+__all__ = ["as_accuracy", "as_number", "check_mirrors", "nothing_to_grow"]
+
+
+def as_number(value: Any) -> Any:
+    """A one-element tensor or array as a Python number; a numpy or Python real as a ``float``.
+
+    Anything else (a bool, a string, a longer tensor) is returned as it is, for the caller to
+    refuse. ``np.float32`` is not a ``float`` subclass (``np.float64`` is), so this is what lets
+    both through.
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if type(value).__module__ == "numpy" and getattr(value, "size", None) == 1:
+        value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        return float(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def as_accuracy(value: Any, delta_stop: float) -> float:
+    """``value`` as a float fraction in [0, 1], or a ``ValueError`` naming it and the fix.
+
+    Accepts Python, numpy and 0-d/one-element torch numbers (``np.float32(0.5)``,
+    ``torch.tensor(0.5)``).
+    """
+    value = as_number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"val_accuracy must be a finite number in [0, 1], got {type(value).__name__}"
+        )
+    if not math.isfinite(value):
+        raise ValueError(f"val_accuracy must be a finite number in [0, 1], got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        hint = f" ({value} -> {value / 100:g})" if 1.0 < value <= 100.0 else ""
+        raise ValueError(
+            f"val_accuracy={value!r} is outside [0, 1]: pass the fraction of correct samples, "
+            f"not a percentage{hint}. delta_stop={delta_stop} is in the same units "
+            "(0.05 = 5 points)."
+        )
+    return float(value)
+
+
+def check_mirrors(model: nn.Module, mirrors: Iterable[Any]) -> tuple[nn.Module, ...]:
+    """The mirrors as a tuple, each checked to be a module (or ``AveragedModel``) other than
+    ``model``, with the model's parameter shapes.
+
+    Raises:
+        NetsurgeonTypeError: a mirror is not a module, or ``mirrors`` is a single module.
+        ValueError: a mirror is the model, or its parameters differ in name or shape.
+    """
+    if isinstance(mirrors, nn.Module):
+        raise NetsurgeonTypeError(
+            f"mirrors must be a sequence of modules, got a single {type(mirrors).__name__}; "
+            "pass mirrors=[ema]"
+        )
+    found = tuple(mirrors)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    for index, mirror in enumerate(found):
+        module = mirror_module(mirror)
+        if module is model:
+            raise ValueError(f"mirrors[{index}] is the model itself; pass only its copies")
+        theirs = {n: tuple(p.shape) for n, p in module.named_parameters()}
+        if theirs != shapes:
+            differing = sorted(set(shapes.items()) ^ set(theirs.items()))[:4]
+            raise ValueError(
+                f"mirrors[{index}] ({type(module).__name__}) does not have the model's "
+                f"parameters (name, shape); differing: {differing}. A mirror is a copy of the "
+                "model with its architecture and widths (copy.deepcopy(model), "
+                "AveragedModel(model))."
+            )
+    return found
+
+
+def nothing_to_grow(graph: Any, limit: int = 4) -> str | None:
+    """Why no group of ``graph`` can grow, summarised (``None`` when one can).
+
+    One clause per distinct reason (the groups that share it named, at most ``limit``), the
+    output groups last, e.g. ``"0 widenable groups of 2: 'emb' is blocked: cannot analyse the
+    channels at module 'enc': 'TransformerEncoder' is not an op netsurgeon knows; 'fc' reaches
+    the output"``. Opaque modules are named when the graph lists them (``opaque_modules()``).
+    """
+    groups = list(graph.groups)
+    if any(g.widenable for g in groups):
+        return None
+    reasons: dict[str, list[str]] = {}
+    for group in groups:
+        if group.blocked is not None:
+            reasons.setdefault(_first_clause(group.blocked), []).append(group.name)
+    clauses = [
+        f"{_names(names, limit)} {_verb(names, 'is', 'are')} blocked: {reason}"
+        for reason, names in reasons.items()
+    ]
+    outputs = [g.name for g in groups if g.blocked is None and g.reaches_output]
+    if outputs:
+        clauses.append(f"{_names(outputs, limit)} {_verb(outputs, 'reaches', 'reach')} the output")
+    opaque = _opaque(graph)
+    if opaque:
+        clauses.append(f"opaque (traced as one leaf, not analysed): {opaque}")
+    head = f"0 widenable groups of {len(groups)}"
+    return head + (": " + "; ".join(clauses) if clauses else "")
+
+
+def _first_clause(reason: str, width: int = 160) -> str:
+    """The reason without its fix and fx-node tails, on one line, at most ``width`` characters."""
+    text = reason.split("\n")[0]
+    text = re.split(r" \((?:fix: |at %)", text)[0]
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _names(names: Sequence[str], limit: int) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return shown + more
+
+
+def _verb(names: Sequence[str], one: str, many: str) -> str:
+    return one if len(names) == 1 else many
+
+
+def _opaque(graph: Any) -> str:
+    """The graph's opaque modules, if it can list them (a newer ``LayerGraph``)."""
+    lister = getattr(graph, "opaque_modules", None)
+    if not callable(lister):
+        return ""
+    found = lister()
+    if isinstance(found, Mapping):
+        return "; ".join(f"'{name}' ({why})" for name, why in found.items())
+    return ", ".join(repr(str(name)) for name in found)
