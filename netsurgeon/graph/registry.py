@@ -17,6 +17,7 @@ Lookups for modules walk the type's MRO, so a user's ``class MyConv(nn.Conv2d)``
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -91,8 +92,15 @@ class Registry:
         if node.op == "call_module":
             return self.for_module(modules[str(node.target)])
         if node.op == "call_function":
+            target = node.target
+            if (
+                isinstance(target, type)
+                and issubclass(target, tuple)
+                and hasattr(target, "_fields")
+            ):
+                target = typing.NamedTuple  # one handler packs every NamedTuple (containers.py)
             try:
-                return self._functions.get(node.target)
+                return self._functions.get(target)
             except TypeError:  # unhashable target
                 return None
         if node.op == "call_method":
