@@ -138,7 +138,7 @@ def test_a_mirror_of_another_architecture_or_type_is_refused():
     model = _net()
     with pytest.raises(WidenError, match=r"mirrors\[0\].*has no module"):
         netsurgeon.widen(model, PLAN, mirrors=[nn.Sequential(nn.Conv2d(3, 8, 3))])
-    with pytest.raises(NetsurgeonTypeError, match="mirrors must be nn.Modules"):
+    with pytest.raises(NetsurgeonTypeError, match=r"mirrors must be nn\.Modules"):
         netsurgeon.widen(model, PLAN, mirrors=[{"0.weight": torch.zeros(1)}])
     with pytest.raises(WidenError, match="is the model itself"):
         netsurgeon.widen(model, PLAN, mirrors=[model])
