@@ -22,7 +22,6 @@ import netsurgeon
 from netsurgeon import NetsurgeonWarning, WidenError
 from netsurgeon.cost import Budget, fit_to_budget
 from netsurgeon.nagn import Grower, GrowthConfig
-from netsurgeon.nagn.inputs import nothing_to_grow
 
 
 def test_a_fitted_plan_prints_the_plan_what_bound_it_and_the_costs():
@@ -89,6 +88,8 @@ class _Recurrent(nn.Module):
 
 
 def test_the_summary_of_a_model_with_nothing_to_grow_names_each_reason():
+    from netsurgeon.nagn.inputs import nothing_to_grow
+
     graph = netsurgeon.trace(_Recurrent(), torch.randn(2, 5, 4), strict=False)
     reasons = {g.name: g.reason for g in graph.groups}
     assert not any(g.widenable for g in graph.groups)
