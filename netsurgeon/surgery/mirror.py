@@ -132,14 +132,14 @@ def stage_mirrors(
     modules = [mirror_module(m) for m in mirrors]
     _check_keeps_old_entries(surgery.tensors, init_name)
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
-    own = {id(t) for t in (*model.parameters(), *model.buffers())}
+    changed = {id(c.tensor) for c in surgery.tensors}
     for index, mirror in enumerate(modules):
         where = f"mirrors[{index}] ({type(mirror).__name__})"
         if mirror is model:
             raise WidenError(f"{where} is the model itself; pass only its copies as mirrors")
         for change in surgery.tensors:
             theirs = _find(mirror, change.name, where)
-            if id(theirs) in own:
+            if id(theirs) in changed:
                 raise WidenError(
                     f"{where} shares tensor '{change.name}' with the model, so it would grow "
                     "twice; pass a copy (copy.deepcopy(model)) or leave it out of mirrors"
