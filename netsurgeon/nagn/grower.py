@@ -41,12 +41,19 @@ from torch import nn
 
 from netsurgeon.cost import CostPreview, FittedPlan, fit_to_budget, preview
 from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
-from netsurgeon.errors import ConfigError, NetsurgeonTypeError, NetsurgeonWarning, WidenError
+from netsurgeon.errors import ConfigError, NetsurgeonTypeError, NetsurgeonWarning
 from netsurgeon.graph import trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
 from netsurgeon.nagn.groups import round_to_granularity
-from netsurgeon.nagn.inputs import as_accuracy, as_number, check_mirrors, nothing_to_grow
+from netsurgeon.nagn.inputs import (
+    as_accuracy,
+    as_number,
+    check_mirrors,
+    check_model,
+    config_differences,
+    nothing_to_grow,
+)
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
 from netsurgeon.nagn.planner import GrowthPlanner
@@ -137,7 +144,7 @@ class Grower:
         group: Any = None,
         mirrors: Sequence[nn.Module] = (),
     ) -> None:
-        _check_model(model)
+        check_model(model)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise NetsurgeonTypeError(
                 f"Grower: optimizer must be a torch.optim.Optimizer or None, got "
@@ -457,7 +464,7 @@ class Grower:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (load the grown model with
         ``netsurgeon.load_state_dict`` first). Nothing changes if it raises."""
-        differing = _config_differences(state["config"], self.config)
+        differing = config_differences(state["config"], self.config)
         if differing:
             raise ValueError(
                 f"the checkpoint was made with a different GrowthConfig ({'; '.join(differing)});"
@@ -490,17 +497,6 @@ class Grower:
             self.monitor.attach()
 
 
-def _check_model(model: object) -> None:
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise WidenError(
-            "Grower got a DistributedDataParallel wrapper; grow the plain module: "
-            "Grower(ddp.module, optimizer, config, distributed=True), and after each growth "
-            "ddp = netsurgeon.distributed.rewrap(ddp)."
-        )
-    if not isinstance(model, nn.Module):
-        raise NetsurgeonTypeError(f"Grower expects an nn.Module, got {type(model).__name__}.")
-
-
 def _budget_exhausted(
     config: GrowthConfig, fitted: FittedPlan, widths: dict[str, int], growable: list[str]
 ) -> bool:
@@ -519,26 +515,3 @@ def _caps(config: GrowthConfig, names: tuple[str, ...]) -> str:
 
 def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _config_differences(saved: dict[str, Any], config: GrowthConfig) -> list[str]:
-    """Fields whose saved value differs from ``config``'s.
-
-    A field added after the checkpoint was written is missing from it and counts as its default
-    (what the checkpoint was made with), so older checkpoints stay loadable.
-    """
-    current = dataclasses.asdict(config)
-    defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(GrowthConfig)
-        if f.default is not dataclasses.MISSING
-    }
-    found = []
-    for name, value in current.items():
-        old = saved.get(name, defaults.get(name, dataclasses.MISSING))
-        if old != value:
-            found.append(f"{name}: checkpoint {old!r}, this grower {value!r}")
-    found.extend(
-        f"{name}: unknown field in the checkpoint" for name in saved if name not in current
-    )
-    return found

@@ -1,10 +1,12 @@
-"""What the grower is handed, checked: accuracies, mirrors, and a model with nothing to grow.
+"""What the grower is handed, checked: the model, accuracies, mirrors, a checkpoint's config,
+and a model with nothing to grow.
 
 Each check fails where the value comes in, with a message that names the value and the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
@@ -14,10 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.errors import NetsurgeonTypeError
+from netsurgeon.errors import NetsurgeonTypeError, WidenError
+from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.surgery.mirror import mirror_module
 
-__all__ = ["as_accuracy", "as_number", "check_mirrors", "nothing_to_grow"]
+__all__ = [
+    "as_accuracy",
+    "as_number",
+    "check_mirrors",
+    "check_model",
+    "config_differences",
+    "nothing_to_grow",
+]
 
 
 def as_number(value: Any) -> Any:
@@ -147,3 +157,38 @@ def _opaque(graph: Any) -> str:
     if isinstance(found, Mapping):
         return "; ".join(f"'{name}' ({why})" for name, why in found.items())
     return ", ".join(repr(str(name)) for name in found)
+
+
+def check_model(model: object) -> None:
+    """Refuse a DDP wrapper (grow its ``.module``) and anything that is not a module."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise WidenError(
+            "Grower got a DistributedDataParallel wrapper; grow the plain module: "
+            "Grower(ddp.module, optimizer, config, distributed=True), and after each growth "
+            "ddp = netsurgeon.distributed.rewrap(ddp)."
+        )
+    if not isinstance(model, nn.Module):
+        raise NetsurgeonTypeError(f"Grower expects an nn.Module, got {type(model).__name__}.")
+
+
+def config_differences(saved: dict[str, Any], config: GrowthConfig) -> list[str]:
+    """Fields whose saved value differs from ``config``'s.
+
+    A field added after the checkpoint was written is missing from it and counts as its default
+    (what the checkpoint was made with), so older checkpoints stay loadable.
+    """
+    current = dataclasses.asdict(config)
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(GrowthConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    found = []
+    for name, value in current.items():
+        old = saved.get(name, defaults.get(name, dataclasses.MISSING))
+        if old != value:
+            found.append(f"{name}: checkpoint {old!r}, this grower {value!r}")
+    found.extend(
+        f"{name}: unknown field in the checkpoint" for name in saved if name not in current
+    )
+    return found
