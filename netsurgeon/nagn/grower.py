@@ -112,12 +112,13 @@ class Grower:
         WidenError: ``model`` is a DDP/FSDP/``torch.compile`` wrapper.
         TypeError: ``optimizer``, ``config`` or a mirror has the wrong type.
         ValueError: a mirror does not have the model's parameter names and shapes.
+        ConfigError: the caps do not fit this model (unknown ``max_width`` layer, ``max_flops``
+            without ``example_inputs``, a model already above ``max_params``/``max_flops``).
 
     Warns:
         NetsurgeonWarning: no optimizer, an untested optimizer class, an optimizer of another
-            model; a model with no widenable group (the warning says why, group by group).
-        ConfigError: the caps do not fit this model (unknown ``max_width`` layer, ``max_flops``
-            without ``example_inputs``, a model already above ``max_params``/``max_flops``).
+            model (whose growth ``widen`` then refuses); a model with no widenable group (the
+            warning says why, group by group).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -233,11 +234,12 @@ class Grower:
                 )
 
     # -- the per-epoch call ----------------------------------------------------------------------
-    def step(self, val_accuracy: float | torch.Tensor) -> GrowthEvent | None:
+    def step(self, val_accuracy: Any) -> GrowthEvent | None:
         """Record this epoch's validation accuracy; grow if the rules say so.
 
         Args:
-            val_accuracy: the fraction of correct validation samples, in [0, 1] (not percent).
+            val_accuracy: the fraction of correct validation samples, in [0, 1] (not percent):
+                a Python or numpy real (``np.float32`` too) or a one-element tensor or array.
                 With ``distributed=True`` the ranks' values are averaged first.
 
         Returns:
