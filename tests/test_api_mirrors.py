@@ -185,3 +185,17 @@ def test_a_grower_refuses_a_mirror_of_other_shapes_at_construction():
         Grower(model, optimizer, mirrors=[vgg([[4], [6]], num_classes=3, image_size=8)])
     with pytest.raises(NetsurgeonTypeError, match="pass mirrors=\\[ema\\]"):
         Grower(model, optimizer, mirrors=copy.deepcopy(model))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_mirror_on_the_cpu_grows_with_a_model_on_the_gpu():
+    model = _net().cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ema = AveragedModel(model, device=torch.device("cpu"))
+    ema_before = copy.deepcopy(ema.module).eval()
+    netsurgeon.widen(model, PLAN, optimizer=optimizer, mirrors=[ema])
+    assert ema.module[0].weight.device.type == "cpu"
+    assert torch.equal(ema.module[0].weight[8:], model[0].weight[8:].cpu())
+    ema.module.eval()
+    torch.testing.assert_close(ema.module(_x()), ema_before(_x()), **TOL)
