@@ -74,7 +74,8 @@ def check_optimizer_holds(
         else f"does not hold {len(missing)} of the parameters this plan grows: {shown}"
     )
     raise WidenError(
-        f"optimizer= {type(optimizer).__name__} {what}; its state would not grow with them and "
+        f"the {type(optimizer).__name__} passed as optimizer= {what}; its state would not grow "
+        "with them and "
         "its next step() would fail or skip them. Fix: pass the optimizer that trains this "
         f"model (built from {type(model).__name__}.parameters()), add the missing parameters to "
         "one of its param_groups, or widen with optimizer=None and build a new optimizer "
