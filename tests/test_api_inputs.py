@@ -107,3 +107,20 @@ def test_a_budget_copies_its_width_mapping_and_still_fits_plans():
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     fitted = fit_to_budget(net, {"0": 8}, budget)
     assert fitted.increments == {"0": 2} and fitted.limited_by == ("max_width",)
+
+
+def test_ranks_agree_on_a_numpy_float32_accuracy(tmp_path):
+    import torch.distributed as dist
+
+    from netsurgeon.distributed import agree_on_accuracy
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        assert agree_on_accuracy(np.float32(0.625)) == 0.625
+        assert agree_on_accuracy(torch.tensor(0.625)) == 0.625
+        with pytest.raises(ValueError, match="not a finite number in"):
+            agree_on_accuracy(np.float32(62.5))
+    finally:
+        dist.destroy_process_group()
