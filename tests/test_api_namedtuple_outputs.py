@@ -126,3 +126,35 @@ def test_googlenet_widened_in_eval_mode_still_runs_in_train_mode():
     except netsurgeon.NetsurgeonError:
         return  # a refusal is a correct answer too
     _check_twin(model, twin, x, outputs=3)
+
+
+def test_a_grower_stepped_after_validation_grows_the_train_only_aux_heads_too():
+    """``grower.step`` comes after validation, in eval mode: it traces the training forward."""
+    import torch.nn.functional as F
+
+    from netsurgeon.nagn import Grower, GrowthConfig
+
+    torch.manual_seed(0)
+    model = _no_dropout(googlenet(aux_logits=True, init_weights=True)).double().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
+    y = torch.arange(4) % 10
+    config = GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, every=1, max_step=4)
+    grower = Grower(model, optimizer, config, example_inputs=x[:2])
+    assert {"aux1.fc1", "aux2.fc2"} <= set(grower.layers)
+    event = twin = None
+    for _ in range(2):
+        model.train()
+        logits, aux2, aux1 = model(x)
+        loss = F.cross_entropy(logits, y) + 0.3 * (
+            F.cross_entropy(aux1, y) + F.cross_entropy(aux2, y)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.eval()  # validation
+        twin = copy.deepcopy(model)
+        event = grower.step(0.5)
+    assert event is not None and not model.training  # its mode is the user's again
+    assert model.aux1.conv.conv.in_channels > twin.aux1.conv.conv.in_channels == 512
+    _check_twin(model, twin, x, outputs=3)

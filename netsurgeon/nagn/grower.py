@@ -41,7 +41,7 @@ from torch import nn
 
 from netsurgeon.cost import CostPreview, FittedPlan, fit_to_budget, preview
 from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
-from netsurgeon.errors import ConfigError, NetsurgeonTypeError, NetsurgeonWarning
+from netsurgeon.errors import NetsurgeonTypeError, NetsurgeonWarning
 from netsurgeon.graph import trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
@@ -49,10 +49,12 @@ from netsurgeon.nagn.groups import round_to_granularity
 from netsurgeon.nagn.inputs import (
     as_accuracy,
     as_number,
+    check_budget,
     check_mirrors,
     check_model,
     config_differences,
     nothing_to_grow,
+    training_mode,
 )
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
@@ -163,7 +165,9 @@ class Grower:
         self.distributed = bool(distributed)
         self.group = group
         self.mirrors = check_mirrors(model, mirrors)
-        graph = trace(model, example_inputs, strict=False)
+        with training_mode(model):  # the forward that training runs (see _on_trigger)
+            graph = trace(model, example_inputs, strict=False)
+            check_budget(self.config, model, example_inputs, graph.widths())
         self.layers = graph.layers
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
@@ -171,7 +175,6 @@ class Grower:
                 "the GrowthConfig or the model's widths",
                 group,
             )
-        self._check_budget(graph.widths())
         warn_about_optimizer(model, optimizer, stacklevel=2)
         idle = nothing_to_grow(graph)
         if idle is not None:
@@ -207,31 +210,6 @@ class Grower:
         self.stop_reason: str | None = None
         self._window: list[float] = []
         self._last_trigger_accuracy: float | None = None
-
-    def _check_budget(self, widths: dict[str, int]) -> None:
-        cfg = self.config
-        if isinstance(cfg.max_width, dict):
-            unknown = sorted(set(cfg.max_width) - set(widths))
-            if unknown:
-                raise ConfigError(
-                    f"GrowthConfig.max_width names {unknown}, which are not layers of "
-                    f"{type(self.model).__name__}; layers: {list(widths)}."
-                )
-        if cfg.max_flops is not None and self.example_inputs is None:
-            raise ConfigError(
-                f"GrowthConfig.max_flops={cfg.max_flops} caps forward FLOPs, which are counted on "
-                "example inputs: pass Grower(..., example_inputs=one_batch)."
-            )
-        if cfg.max_params is None and self.example_inputs is None:
-            return
-        now = preview(self.model, {}, self.example_inputs)  # also proves FLOPs can be counted
-        for cap, value in (("max_params", now.params_before), ("max_flops", now.flops_before)):
-            limit = getattr(cfg, cap)
-            if limit is not None and value is not None and value > limit:
-                raise ConfigError(
-                    f"GrowthConfig.{cap}={limit:,} is below what the model has already "
-                    f"({value:,}); raise the cap, or drop it."
-                )
 
     # -- the per-epoch call ----------------------------------------------------------------------
     def step(self, val_accuracy: Any) -> GrowthEvent | None:
@@ -308,7 +286,8 @@ class Grower:
                 )
                 return None
         self._last_trigger_accuracy = accuracy
-        event = self._grow(accuracy)
+        with training_mode(self.model):  # step() usually comes right after validation, in eval
+            event = self._grow(accuracy)
         if (
             event is not None
             and cfg.max_growths is not None

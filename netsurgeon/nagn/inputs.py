@@ -1,32 +1,36 @@
-"""What the grower is handed, checked: the model, accuracies, mirrors, a checkpoint's config,
-and a model with nothing to grow.
+"""What the grower is handed, checked: the model, accuracies, mirrors, the caps, a checkpoint's
+config, and a model with nothing to grow; and the mode it traces the model in.
 
 Each check fails where the value comes in, with a message that names the value and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from netsurgeon.errors import NetsurgeonTypeError, WidenError
+from netsurgeon.cost import preview
+from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.surgery.mirror import mirror_module
 
 __all__ = [
     "as_accuracy",
     "as_number",
+    "check_budget",
     "check_mirrors",
     "check_model",
     "config_differences",
     "nothing_to_grow",
+    "training_mode",
 ]
 
 
@@ -192,3 +196,55 @@ def config_differences(saved: dict[str, Any], config: GrowthConfig) -> list[str]
         f"{name}: unknown field in the checkpoint" for name in saved if name not in current
     )
     return found
+
+
+def check_budget(
+    config: GrowthConfig, model: nn.Module, example_inputs: Any, widths: dict[str, int]
+) -> None:
+    """Refuse caps that do not fit ``model``: unknown ``max_width`` layers, ``max_flops``
+    without example inputs, a model already above ``max_params`` / ``max_flops``.
+
+    Raises:
+        ConfigError: naming the cap, its value and the fix.
+    """
+    cfg = config
+    if isinstance(cfg.max_width, dict):
+        unknown = sorted(set(cfg.max_width) - set(widths))
+        if unknown:
+            raise ConfigError(
+                f"GrowthConfig.max_width names {unknown}, which are not layers of "
+                f"{type(model).__name__}; layers: {list(widths)}."
+            )
+    if cfg.max_flops is not None and example_inputs is None:
+        raise ConfigError(
+            f"GrowthConfig.max_flops={cfg.max_flops} caps forward FLOPs, which are counted on "
+            "example inputs: pass Grower(..., example_inputs=one_batch)."
+        )
+    if cfg.max_params is None and example_inputs is None:
+        return
+    now = preview(model, {}, example_inputs)  # also proves FLOPs can be counted
+    for cap, value in (("max_params", now.params_before), ("max_flops", now.flops_before)):
+        limit = getattr(cfg, cap)
+        if limit is not None and value is not None and value > limit:
+            raise ConfigError(
+                f"GrowthConfig.{cap}={limit:,} is below what the model has already "
+                f"({value:,}); raise the cap, or drop it."
+            )
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module of ``model`` in train mode inside the block; each module's own mode after.
+
+    A growth is made for training to continue, so the grower traces, previews and widens the
+    forward that training runs, whatever mode the user's validation left the model in: branches
+    that only train mode takes (torchvision's GoogLeNet and Inception auxiliary heads) are then
+    part of the graph and grow with the model. Tracing has no side effects in either mode
+    (shapes propagate in eval mode, without gradients: :func:`netsurgeon.trace`).
+    """
+    modes = {module: module.training for module in model.modules()}
+    try:
+        yield model.train()
+    finally:
+        for module, training in modes.items():
+            module.training = training
