@@ -24,6 +24,7 @@ starts at the same values everywhere.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -131,7 +132,14 @@ def agree_on_accuracy(value: float, group: Any = None) -> float:
     import torch.distributed as dist
 
     _require_initialised("agreeing on the validation accuracy")
-    valid = isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    valid = (
+        isinstance(value, numbers.Real)  # np.float32 too, which is no float subclass
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= 1.0
+    )
     pair = torch.tensor(
         [float(value) if valid else 0.0, 0.0 if valid else 1.0], dtype=torch.float64
     )

@@ -17,6 +17,7 @@ proportions (where to grow) and cuts how much. Every count comes from
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from netsurgeon.cost.preview import CostPreview, preview
+from netsurgeon.errors import ConfigError, NetsurgeonTypeError
 
 __all__ = ["Budget", "FittedPlan", "fit_to_budget"]
 
@@ -31,6 +33,11 @@ __all__ = ["Budget", "FittedPlan", "fit_to_budget"]
 @dataclass(frozen=True)
 class Budget:
     """Caps on a model after growth; ``None`` leaves a cap off.
+
+    Every cap is checked at construction: a positive int or ``None`` (``max_width`` also a
+    mapping of layer names to positive ints); anything else raises
+    :class:`~netsurgeon.errors.ConfigError` (a value below 1) or
+    :class:`~netsurgeon.errors.NetsurgeonTypeError` (another type), naming the field.
 
     Attributes:
         max_params: most parameters the model may have.
@@ -41,6 +48,21 @@ class Budget:
     max_params: int | None = None
     max_flops: int | None = None
     max_width: int | Mapping[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_params", "max_flops"):
+            _check_cap(f"Budget.{name}", getattr(self, name))
+        if isinstance(self.max_width, Mapping):
+            for layer, cap in self.max_width.items():
+                if not isinstance(layer, str):
+                    raise NetsurgeonTypeError(
+                        f"Budget.max_width has the key {layer!r} ({type(layer).__name__}); "
+                        "expected layer names (str) mapped to positive ints"
+                    )
+                _check_cap(f"Budget.max_width[{layer!r}]", cap)
+            object.__setattr__(self, "max_width", dict(self.max_width))  # a private copy
+        else:
+            _check_cap("Budget.max_width", self.max_width, mapping=True)
 
     @property
     def active(self) -> bool:
@@ -85,6 +107,30 @@ class FittedPlan:
     limited_by: tuple[str, ...]
     scale: float
     cost: CostPreview
+
+    def __str__(self) -> str:
+        """The plan, what bound it, and its cost table, e.g.::
+
+        FittedPlan {'0': 3} (asked {'0': 8}; bound by max_params, scale 0.375)
+          params 58 -> 79, FLOPs not counted
+        CostPreview(plan={'0': 3}, inputs=None)
+        ...
+        """
+        if self.limited_by:
+            bound = f"asked {self.requested}; bound by {', '.join(self.limited_by)}"
+            bound += f", scale {self.scale:.4g}" if self.scale != 1.0 else ""
+        else:
+            bound = "as asked, no cap bound"
+        cost = self.cost
+        flops = (
+            "FLOPs not counted (no example inputs)"
+            if cost.flops_before is None or cost.flops_after is None
+            else f"FLOPs {cost.flops_before:,} -> {cost.flops_after:,}"
+        )
+        return (
+            f"FittedPlan {self.increments or '{} (nothing fits)'} ({bound})\n"
+            f"  params {cost.params_before:,} -> {cost.params_after:,}, {flops}\n{cost}"
+        )
 
 
 def fit_to_budget(
@@ -167,6 +213,26 @@ def fit_to_budget(
         best = cost_of({})
     increments = _scaled(capped, best_t, steps, down)
     return FittedPlan(requested, increments, tuple(limited), best_t / steps if steps else 0.0, best)
+
+
+def _check_cap(field: str, value: object, *, mapping: bool = False) -> None:
+    """Raise unless ``value`` is ``None`` or a positive int (not a bool).
+
+    Raises:
+        NetsurgeonTypeError: not an int (a float, a bool, a string).
+        ConfigError: an int below 1.
+    """
+    if value is None:
+        return
+    allowed = "a positive int" + (", {layer name: positive int}" if mapping else "") + " or None"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        hint = f" (write {int(value)})" if isinstance(value, float) and value.is_integer() else ""
+        raise NetsurgeonTypeError(f"{field}={value!r}: expected {allowed}{hint}")
+    if value < 1:
+        raise ConfigError(
+            f"{field}={value!r}: expected {allowed}; a cap is the most the model may have "
+            "after growth (leave it None for no cap)"
+        )
 
 
 def _scaled(

@@ -10,6 +10,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from netsurgeon.errors import TraceError
+from netsurgeon.graph import containers as _containers  # noqa: F401  (registers handlers)
 from netsurgeon.graph import functional as _functional  # noqa: F401  (registers handlers)
 from netsurgeon.graph import handlers as _handlers  # noqa: F401  (registers handlers)
 from netsurgeon.graph import reshaping as _reshaping  # noqa: F401  (registers handlers)

@@ -53,9 +53,29 @@ class LayerGraph:
         return self._groups[self._group_of[layer]]
 
     def resolve(self, key: str) -> ChannelGroup:
-        """The group named ``key``, or produced into by layer ``key`` (a plan key)."""
+        """The group named ``key``, or produced into by layer ``key`` (a plan key).
+
+        Raises:
+            WidenError: ``key`` is no layer or group; a follower (a BatchNorm, a layer scale)
+                names the group it follows and the key to use instead.
+        """
         if key in self._groups:
             return self._groups[key]
+        if key not in self._widths:
+            followed = [g for g in self._groups.values() if any(f.name == key for f in g.followers)]
+            if followed:
+                names = " and ".join(f"'{g.name}'" for g in followed)
+                keys = " or ".join(repr(g.name) for g in followed)
+                blocked = "".join(
+                    f" (group '{g.name}' cannot be widened: {g.reason.splitlines()[0]})"
+                    for g in followed
+                    if g.reason is not None
+                )
+                raise WidenError(
+                    f"'{key}' is not a layer: it follows group {names} (producers "
+                    f"{', '.join(p for g in followed for p in g.producers)}) and grows when that "
+                    f"group grows{blocked}. Use the plan key {keys}."
+                )
         return self.group_of(key)
 
     # -- layers ---------------------------------------------------------------------------------

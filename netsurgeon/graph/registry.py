@@ -21,6 +21,7 @@ way is accepted once it is registered itself: ``REGISTRY.add_module(MyConv, hand
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -164,8 +165,15 @@ class Registry:
         if node.op == "call_module":
             return self.for_module(modules[str(node.target)])
         if node.op == "call_function":
+            target = node.target
+            if (
+                isinstance(target, type)
+                and issubclass(target, tuple)
+                and hasattr(target, "_fields")
+            ):
+                target = typing.NamedTuple  # one handler packs every NamedTuple (containers.py)
             try:
-                return self._functions.get(node.target)
+                return self._functions.get(target)
             except TypeError:  # unhashable target
                 return None
         if node.op == "call_method":

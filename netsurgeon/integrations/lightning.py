@@ -16,6 +16,11 @@ the callback widens the module to the checkpoint's widths when Lightning loads t
 (a ``load_state_dict`` pre-hook installed at ``setup``), before the optimizer is built, so the
 model, optimizer and scheduler states load as saved and the run continues as if uninterrupted.
 
+EMA and ``AveragedModel`` copies: name them in ``mirrors`` (attribute paths on the
+LightningModule, e.g. ``module="net", mirrors=["ema"]`` for ``self.ema =
+AveragedModel(self.net)``) and every growth widens them with the module
+(``netsurgeon.widen(..., mirrors=)``); a resume widens them to the checkpoint's widths too.
+
 Scope: one optimizer, one process (``trainer.world_size == 1``). For
 ``DistributedDataParallel`` use the Grower in your own loop (:mod:`netsurgeon.distributed`).
 
@@ -24,6 +29,7 @@ Needs Lightning: ``pip install netsurgeon[lightning]``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -40,6 +46,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from netsurgeon.errors import NetsurgeonError
 from netsurgeon.nagn import Grower, GrowthConfig, GrowthEvent
 from netsurgeon.surgery import load_state_dict
+from netsurgeon.surgery.mirror import mirror_module
 
 __all__ = ["GrowthCallback"]
 
@@ -56,6 +63,10 @@ class GrowthCallback(pl.Callback):
             NAGN monitor watches it).
         example_inputs: one input batch of that module, for FLOP counts and ``max_flops``;
             default: the LightningModule's ``example_input_array`` when ``module`` is ``None``.
+        mirrors: copies of that module grown with it at every growth (an EMA, a
+            ``torch.optim.swa_utils.AveragedModel``): attribute paths on the LightningModule
+            (``"ema"``) or the modules themselves. A mirror copies the grown module: with
+            ``self.ema = AveragedModel(self.net)``, pass ``module="net"``.
 
     Attributes:
         grower: the :class:`~netsurgeon.nagn.grower.Grower` (``None`` before ``fit``); its
@@ -75,16 +86,19 @@ class GrowthCallback(pl.Callback):
         *,
         module: str | None = None,
         example_inputs: Any = None,
+        mirrors: Sequence[str | nn.Module] = (),
     ) -> None:
         super().__init__()
         self.monitor = monitor
         self.config = config or GrowthConfig()
         self.module = module
         self.example_inputs = example_inputs
+        self.mirrors = tuple(mirrors)
         self.grower: Grower | None = None
         self._pending: dict[str, Any] | None = None
-        self._load_hook: Any = None
-        self._widening = False
+        self._load_hooks: list[Any] = []
+        self._mirror_modules: list[nn.Module] = []
+        self._widening: set[int] = set()
 
     @property
     def state_key(self) -> str:
@@ -107,6 +121,21 @@ class GrowthCallback(pl.Callback):
                 f"submodule; submodules: {[n for n, _ in pl_module.named_children()]}."
             ) from e
 
+    def _mirrors(self, pl_module: pl.LightningModule) -> list[nn.Module]:
+        found = []
+        for mirror in self.mirrors:
+            if not isinstance(mirror, str):
+                found.append(mirror)
+                continue
+            try:
+                found.append(pl_module.get_submodule(mirror))
+            except AttributeError as e:
+                raise NetsurgeonError(
+                    f"GrowthCallback(mirrors=[{mirror!r}]): {type(pl_module).__name__} has no "
+                    f"such submodule; submodules: {[n for n, _ in pl_module.named_children()]}."
+                ) from e
+        return found
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -117,22 +146,24 @@ class GrowthCallback(pl.Callback):
                 "in your own loop and re-wrap with netsurgeon.distributed.rewrap (docs/nagn.md)."
             )
         self._remove_load_hook()
-        self._load_hook = self._target(pl_module).register_load_state_dict_pre_hook(
-            self._widen_to_checkpoint
-        )
+        self._mirror_modules = [mirror_module(m) for m in self._mirrors(pl_module)]
+        for module in (self._target(pl_module), *self._mirror_modules):
+            self._load_hooks.append(
+                module.register_load_state_dict_pre_hook(self._widen_to_checkpoint)
+            )
 
     def _widen_to_checkpoint(
         self, module: nn.Module, state_dict: Any, prefix: str, *_: Any
     ) -> None:
         """Before Lightning loads a (grown) checkpoint, widen ``module`` to its widths."""
-        if self._widening:  # the load inside netsurgeon.load_state_dict below
+        if id(module) in self._widening:  # the load inside netsurgeon.load_state_dict below
             return
         own = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        self._widening = True
+        self._widening.add(id(module))
         try:
             load_state_dict(module, own, strict=False)
         finally:
-            self._widening = False
+            self._widening.discard(id(module))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
@@ -149,7 +180,11 @@ class GrowthCallback(pl.Callback):
             state = self.grower.state_dict()
             self.grower.close()
         self.grower = Grower(
-            self._target(pl_module), trainer.optimizers[0], self.config, example_inputs=inputs
+            self._target(pl_module),
+            trainer.optimizers[0],
+            self.config,
+            example_inputs=inputs,
+            mirrors=self._mirrors(pl_module),
         )
         if state is not None:
             self.grower.load_state_dict(state)
@@ -184,9 +219,9 @@ class GrowthCallback(pl.Callback):
             self.grower.close()  # leave no hooks on the user's model
 
     def _remove_load_hook(self) -> None:
-        if self._load_hook is not None:
-            self._load_hook.remove()
-            self._load_hook = None
+        for hook in self._load_hooks:
+            hook.remove()
+        self._load_hooks = []
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -39,11 +41,21 @@ from torch import nn
 
 from netsurgeon.cost import CostPreview, FittedPlan, fit_to_budget, preview
 from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
-from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
+from netsurgeon.errors import NetsurgeonTypeError, NetsurgeonWarning
 from netsurgeon.graph import trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
 from netsurgeon.nagn.groups import round_to_granularity
+from netsurgeon.nagn.inputs import (
+    as_accuracy,
+    as_number,
+    check_budget,
+    check_mirrors,
+    check_model,
+    config_differences,
+    nothing_to_grow,
+    training_mode,
+)
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
 from netsurgeon.nagn.planner import GrowthPlanner
@@ -86,6 +98,8 @@ class Grower:
             accuracy and all-reduce NAGN over ``group``; every rank calls ``step`` together.
             See :mod:`netsurgeon.distributed`.
         group: the process group (default: the whole world).
+        mirrors: copies of ``model`` grown with it at every growth (an EMA, a
+            ``torch.optim.swa_utils.AveragedModel``); see ``widen(..., mirrors=)``.
 
     Attributes:
         history: every :class:`GrowthEvent`, in order.
@@ -98,9 +112,15 @@ class Grower:
 
     Raises:
         WidenError: ``model`` is a DDP/FSDP/``torch.compile`` wrapper.
-        TypeError: ``optimizer`` or ``config`` has the wrong type.
+        TypeError: ``optimizer``, ``config`` or a mirror has the wrong type.
+        ValueError: a mirror does not have the model's parameter names and shapes.
         ConfigError: the caps do not fit this model (unknown ``max_width`` layer, ``max_flops``
             without ``example_inputs``, a model already above ``max_params``/``max_flops``).
+
+    Warns:
+        NetsurgeonWarning: no optimizer, an untested optimizer class, an optimizer of another
+            model (whose growth ``widen`` then refuses); a model with no widenable group (the
+            warning says why, group by group).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -125,8 +145,9 @@ class Grower:
         example_inputs: Any = None,
         distributed: bool = False,
         group: Any = None,
+        mirrors: Sequence[nn.Module] = (),
     ) -> None:
-        _check_model(model)
+        check_model(model)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise NetsurgeonTypeError(
                 f"Grower: optimizer must be a torch.optim.Optimizer or None, got "
@@ -143,7 +164,10 @@ class Grower:
         self.example_inputs = example_inputs
         self.distributed = bool(distributed)
         self.group = group
-        graph = trace(model, example_inputs, strict=False)
+        self.mirrors = check_mirrors(model, mirrors)
+        with training_mode(model):  # the forward that training runs (see _on_trigger)
+            graph = trace(model, example_inputs, strict=False)
+            check_budget(self.config, model, example_inputs, graph.widths())
         self.layers = graph.layers
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
@@ -151,8 +175,15 @@ class Grower:
                 "the GrowthConfig or the model's widths",
                 group,
             )
-        self._check_budget(graph.widths())
         warn_about_optimizer(model, optimizer, stacklevel=2)
+        idle = nothing_to_grow(graph)
+        if idle is not None:
+            warnings.warn(
+                f"Grower: {type(model).__name__} has nothing to grow, {idle}. Every trigger will "
+                "add no units; see netsurgeon.trace(model, example_inputs).summary().",
+                NetsurgeonWarning,
+                stacklevel=2,
+            )
         self.monitor = NAGNMonitor(
             model, self.layers, reduction=self.config.reduction, every=self.config.every
         )
@@ -180,37 +211,13 @@ class Grower:
         self._window: list[float] = []
         self._last_trigger_accuracy: float | None = None
 
-    def _check_budget(self, widths: dict[str, int]) -> None:
-        cfg = self.config
-        if isinstance(cfg.max_width, dict):
-            unknown = sorted(set(cfg.max_width) - set(widths))
-            if unknown:
-                raise ConfigError(
-                    f"GrowthConfig.max_width names {unknown}, which are not layers of "
-                    f"{type(self.model).__name__}; layers: {list(widths)}."
-                )
-        if cfg.max_flops is not None and self.example_inputs is None:
-            raise ConfigError(
-                f"GrowthConfig.max_flops={cfg.max_flops} caps forward FLOPs, which are counted on "
-                "example inputs: pass Grower(..., example_inputs=one_batch)."
-            )
-        if cfg.max_params is None and self.example_inputs is None:
-            return
-        now = preview(self.model, {}, self.example_inputs)  # also proves FLOPs can be counted
-        for cap, value in (("max_params", now.params_before), ("max_flops", now.flops_before)):
-            limit = getattr(cfg, cap)
-            if limit is not None and value is not None and value > limit:
-                raise ConfigError(
-                    f"GrowthConfig.{cap}={limit:,} is below what the model has already "
-                    f"({value:,}); raise the cap, or drop it."
-                )
-
     # -- the per-epoch call ----------------------------------------------------------------------
-    def step(self, val_accuracy: float | torch.Tensor) -> GrowthEvent | None:
+    def step(self, val_accuracy: Any) -> GrowthEvent | None:
         """Record this epoch's validation accuracy; grow if the rules say so.
 
         Args:
-            val_accuracy: the fraction of correct validation samples, in [0, 1] (not percent).
+            val_accuracy: the fraction of correct validation samples, in [0, 1] (not percent):
+                a Python or numpy real (``np.float32`` too) or a one-element tensor or array.
                 With ``distributed=True`` the ranks' values are averaged first.
 
         Returns:
@@ -241,25 +248,10 @@ class Grower:
             self.monitor.detach()
         return event
 
-    def _accuracy(self, value: float | torch.Tensor) -> float:
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = float(value)
+    def _accuracy(self, value: Any) -> float:
         if self.distributed:
-            return agree_on_accuracy(value, self.group)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(
-                f"val_accuracy must be a finite number in [0, 1], got {type(value).__name__}"
-            )
-        if not math.isfinite(value):
-            raise ValueError(f"val_accuracy must be a finite number in [0, 1], got {value!r}")
-        if not 0.0 <= value <= 1.0:
-            hint = f" ({value} -> {value / 100:g})" if 1.0 < value <= 100.0 else ""
-            raise ValueError(
-                f"val_accuracy={value!r} is outside [0, 1]: pass the fraction of correct samples, "
-                f"not a percentage{hint}. delta_stop={self.config.delta_stop} is in the same units "
-                "(0.05 = 5 points)."
-            )
-        return float(value)
+            return agree_on_accuracy(as_number(value), self.group)
+        return as_accuracy(value, self.config.delta_stop)
 
     def _advance(self, accuracy: float) -> GrowthEvent | None:
         self.epoch += 1
@@ -294,7 +286,8 @@ class Grower:
                 )
                 return None
         self._last_trigger_accuracy = accuracy
-        event = self._grow(accuracy)
+        with training_mode(self.model):  # step() usually comes right after validation, in eval
+            event = self._grow(accuracy)
         if (
             event is not None
             and cfg.max_growths is not None
@@ -319,7 +312,11 @@ class Grower:
         )
         requested = round_to_granularity(requested, group_widths, granularity)
         if not requested:
-            logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
+            idle = nothing_to_grow(graph)
+            if idle is not None:
+                logger.warning("epoch %d: nothing to grow: %s", self.epoch, idle)
+            else:
+                logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
         fitted = self._fit(requested, granularity)
         same = fitted.increments == plan.increments
@@ -343,6 +340,7 @@ class Grower:
             generator=self._weights_rng,
             init=cfg.init,
             graph=graph,
+            mirrors=self.mirrors,
         )
         # Nothing below can fail: the widening is the step's last fallible operation.
         event = GrowthEvent(
@@ -426,7 +424,9 @@ class Grower:
         self.monitor.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume mid-run (the model and optimizer are saved separately)."""
+        """Everything needed to resume mid-run (the model and optimizer are saved separately),
+        the monitor's accumulators included: a checkpoint taken mid-epoch resumes with the same
+        NAGN profile, bit for bit."""
         return {
             "config": dataclasses.asdict(self.config),
             "epoch": self.epoch,
@@ -439,18 +439,21 @@ class Grower:
             "history": [event.to_dict() for event in self.history],
             "weights_rng": self._weights_rng.get_state(),
             "where_rng": self._where_rng.get_state(),
+            "monitor": self.monitor.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (load the grown model with
         ``netsurgeon.load_state_dict`` first). Nothing changes if it raises."""
-        differing = _config_differences(state["config"], self.config)
+        differing = config_differences(state["config"], self.config)
         if differing:
             raise ValueError(
                 f"the checkpoint was made with a different GrowthConfig ({'; '.join(differing)});"
                 " construct the Grower with GrowthConfig(**state['config'])"
             )
         history = [GrowthEvent.from_dict(e) for e in state["history"]]
+        if "monitor" in state:  # checkpoints written before it was saved have none
+            self.monitor.check_state_dict(state["monitor"])
         rng_states = (self._weights_rng.get_state(), self._where_rng.get_state())
         try:
             self._weights_rng.set_state(state["weights_rng"])
@@ -467,21 +470,12 @@ class Grower:
         self.stop_cause = state.get("stop_cause")
         self.stop_reason = state["stop_reason"]
         self.history = history
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
         if self.stopped:
             self.monitor.detach()
         else:
             self.monitor.attach()
-
-
-def _check_model(model: object) -> None:
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise WidenError(
-            "Grower got a DistributedDataParallel wrapper; grow the plain module: "
-            "Grower(ddp.module, optimizer, config, distributed=True), and after each growth "
-            "ddp = netsurgeon.distributed.rewrap(ddp)."
-        )
-    if not isinstance(model, nn.Module):
-        raise NetsurgeonTypeError(f"Grower expects an nn.Module, got {type(model).__name__}.")
 
 
 def _budget_exhausted(
@@ -502,26 +496,3 @@ def _caps(config: GrowthConfig, names: tuple[str, ...]) -> str:
 
 def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _config_differences(saved: dict[str, Any], config: GrowthConfig) -> list[str]:
-    """Fields whose saved value differs from ``config``'s.
-
-    A field added after the checkpoint was written is missing from it and counts as its default
-    (what the checkpoint was made with), so older checkpoints stay loadable.
-    """
-    current = dataclasses.asdict(config)
-    defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(GrowthConfig)
-        if f.default is not dataclasses.MISSING
-    }
-    found = []
-    for name, value in current.items():
-        old = saved.get(name, defaults.get(name, dataclasses.MISSING))
-        if old != value:
-            found.append(f"{name}: checkpoint {old!r}, this grower {value!r}")
-    found.extend(
-        f"{name}: unknown field in the checkpoint" for name in saved if name not in current
-    )
-    return found

@@ -259,6 +259,51 @@ class NAGNMonitor:
             for s, total, n in zip(self._states, totals, samples, strict=True)
         }
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulators since the last reset: step counts and, per layer, the running sum
+        (a 0-d tensor, its dtype and device kept, or ``None``) and the sample count."""
+        return {
+            "steps": self._steps,
+            "collected": self._collected,
+            "layers": {
+                s.name: {
+                    "total": None if s.total is None else s.total.detach().clone(),
+                    "samples": s.samples,
+                }
+                for s in self._states
+            },
+        }
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless ``state`` is a :meth:`state_dict` of these layers."""
+        layers = state.get("layers") if isinstance(state, dict) else None
+        if not isinstance(layers, dict) or list(layers) != self.layers:
+            found = list(layers) if isinstance(layers, dict) else type(state).__name__
+            raise ValueError(
+                f"NAGNMonitor state is for layers {found}, this monitor watches {self.layers}; "
+                "load a state saved from a monitor of the same model and layers"
+            )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the next profile is the one the saved monitor would give.
+
+        Gradients of forwards made before the load but arriving after it are dropped.
+
+        Raises:
+            ValueError: the state is for other layers. Nothing changes.
+        """
+        self.check_state_dict(state)
+        self._generation += 1
+        self._steps = int(state["steps"])
+        self._collected = int(state["collected"])
+        for s in self._states:
+            saved = state["layers"][s.name]
+            total = saved["total"]
+            s.total = None if total is None else torch.as_tensor(total).detach().clone()
+            s.samples = int(saved["samples"])
+
     # ------------------------------------------------------------------ hooks
 
     def _on_model_forward(self, module: nn.Module, args: Any) -> None:

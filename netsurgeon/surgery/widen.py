@@ -19,6 +19,7 @@ from netsurgeon.errors import NetsurgeonTypeError, WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.init import InitStrategy, get_init
+from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
 from netsurgeon.surgery.optim import grown_state
 from netsurgeon.surgery.staging import (
     AttrChange,
@@ -49,6 +50,7 @@ def widen(
     init: str | InitStrategy = "paper",
     example_inputs: Any = None,
     graph: LayerGraph | None = None,
+    mirrors: Sequence[nn.Module] = (),
 ) -> nn.Module:
     """Add ``plan[key]`` channels to each named group, in place, preserving the output.
 
@@ -65,12 +67,18 @@ def widen(
         model: the user's module, modified in place.
         plan: ``{group or layer name: channels to add}``; ``k`` must be a positive multiple of
             the group's ``granularity``.
-        optimizer: if given, its per-parameter state is grown (old entries kept).
-        generator: random source for new weights (on the model's device).
+        optimizer: if given, its per-parameter state is grown (old entries kept). It must hold
+            every grown parameter that requires grad.
+        generator: a ``torch.Generator``, the random source for new weights (on the model's
+            device).
         init: ``"paper"`` (default), ``"net2net"``, or an ``InitStrategy`` instance.
         example_inputs: forwarded to :func:`netsurgeon.trace` for shape propagation.
         graph: a graph just traced from ``model`` (saves tracing again); it must match the
             model's current widths.
+        mirrors: copies of the model with its architecture and widths (an EMA, a
+            ``torch.optim.swa_utils.AveragedModel``) grown with the same plan, atomically with
+            it: each keeps its own old entries and gets the model's new entries
+            (:mod:`netsurgeon.surgery.mirror`).
 
     Returns:
         ``model`` itself.
@@ -78,9 +86,11 @@ def widen(
     Raises:
         WidenError: unknown name (with close matches), output or unwidenable group (with the
             reason), bad count or granularity, two keys for one group with different counts,
-            a stale ``graph``, a wrapped model, optimizer state that cannot be grown. Nothing is
-            changed when it raises.
-        NetsurgeonTypeError: ``plan`` is not a mapping of ``str`` to ``int``.
+            a stale ``graph``, a wrapped model, optimizer state that cannot be grown, an
+            optimizer that does not hold a grown parameter, a mirror of another architecture
+            or widths. Nothing is changed when it raises.
+        NetsurgeonTypeError: ``plan`` is not a mapping of ``str`` to ``int``; ``optimizer``,
+            ``generator`` or a mirror has the wrong type.
 
     Example:
         >>> import torch, torch.nn as nn, netsurgeon
@@ -97,13 +107,25 @@ def widen(
         raise NetsurgeonTypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
+    _check_generator(generator)
     if graph is None:
         graph = trace(model, example_inputs, strict=False)
     else:
         check_graph(model, graph)
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
+    check_optimizer_holds(optimizer, surgery.tensors, model)
+    mirrored = stage_mirrors(model, surgery, mirrors, strategy.name)
     surgery.commit(optimizer)
+    mirrored.commit()
     return model
+
+
+def _check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise NetsurgeonTypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+            f"({generator!r}); pass a generator, e.g. generator=torch.Generator().manual_seed(0)"
+        )
 
 
 def check_graph(model: nn.Module, graph: LayerGraph) -> None:
