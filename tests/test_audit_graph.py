@@ -226,7 +226,9 @@ def test_a_cat_of_flattened_operands_widens_exactly() -> None:
     of ``b`` 9 at the very end: ``fc`` reads ``(4 + 2) * 9 + (3 + 1) * 9 = 90`` features.
     """
     x = torch.randn(3, 2, 5, 5)
-    model = _assert_widen_preserves(CatOfFlattened(), x, {"a": 2, "b": 1}, example_inputs=x.double())
+    model = _assert_widen_preserves(
+        CatOfFlattened(), x, {"a": 2, "b": 1}, example_inputs=x.double()
+    )
     assert model.fc.in_features == 90
     assert torch.equal(model.fc.weight[:, 36:54], torch.zeros(2, 18, dtype=torch.float64))
     assert torch.equal(model.fc.weight[:, 81:], torch.zeros(2, 9, dtype=torch.float64))
@@ -252,5 +254,7 @@ def test_an_unsqueeze_at_the_channel_position_widens_exactly() -> None:
     x = torch.randn(3, 4)
     graph = netsurgeon.trace(UnsqueezeAtTheChannels(), x)
     assert graph.group_of("fc1").widenable, graph.group_of("fc1").reason
-    model = _assert_widen_preserves(UnsqueezeAtTheChannels(), x, {"fc1": 3}, example_inputs=x.double())
+    model = _assert_widen_preserves(
+        UnsqueezeAtTheChannels(), x, {"fc1": 3}, example_inputs=x.double()
+    )
     assert (model.fc1.out_features, model.fc2.in_features) == (8, 8)
