@@ -104,6 +104,8 @@ def load_state_dict(
     check_plain_module(model, "load_state_dict")
     graph = trace(model, example_inputs, strict=False)
     plan = _plan(graph, state_dict)
+    if strict:  # before anything changes: torch's own strict load raises only after copying
+        _check_keys(model, state_dict)
     if not plan:
         model.load_state_dict(state_dict, strict=strict)
         return model
@@ -118,13 +120,18 @@ def load_state_dict(
                 f"checkpoint has {tuple(value.shape)}; the checkpoint was not produced by "
                 "widening this model"
             )
-    missing, unexpected = set(current) - set(state_dict), set(state_dict) - set(current)
-    if strict and (missing or unexpected):  # checked before the commit: nothing changes
+    surgery.commit(None)
+    model.load_state_dict(state_dict, strict=strict)
+    return model
+
+
+def _check_keys(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """A strict load's key check (widening changes shapes, never keys)."""
+    keys = set(model.state_dict())
+    missing, unexpected = keys - set(state_dict), set(state_dict) - keys
+    if missing or unexpected:
         raise WidenError(
             f"the checkpoint does not match {type(model).__name__}: missing keys "
             f"{sorted(missing)}, unexpected keys {sorted(unexpected)}. Fix: load a checkpoint "
             "of this model class, or pass strict=False."
         )
-    surgery.commit(None)
-    model.load_state_dict(state_dict, strict=strict)
-    return model
