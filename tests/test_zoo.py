@@ -16,11 +16,13 @@ every group the trace reports widenable grows by two granules in one ``widen``. 
     (float32 and 1e-5 for the two torchvision models whose float64 copy would be a gigabyte);
 (c) the widenable share (layers in widenable groups over layers outside the output group) is
     reported (a table at the end of the module, and as the ``widenable_share`` property of each
-    test in the junit XML), and must not fall below the floor stated for the model: the floors
-    are one tenth under the share measured on plain convolutional families, so a soundness rule
-    that blocks what it should understand (BatchNormAct2d, Conv2dSame, timm's LayerNorm2d) is
-    seen. Models whose layers standardise or normalise their weight (NF-ResNets, BiT) have no
-    floor: blocking them with a reason is as sound as widening them exactly.
+    test in the junit XML), and must not fall below the floor stated for the model: the share
+    measured when the zoo was written, less 0.1, rounded down to a multiple of 0.05. A soundness
+    rule that blocks what it should understand (timm's BatchNormAct2d, Conv2dSame, LayerNorm2d
+    and Linear, which override ``forward`` without changing the maths) shows up here. Models
+    whose layers standardise or normalise their weight (NF-ResNets, BiT) have no floor: blocking
+    them with a reason is as sound as widening them exactly; nor have those that are mostly
+    blocked today (their share is reported).
 
 The widened model must trace again with each group's width grown by what was planned. Models that
 torch.fx cannot trace (data-dependent control flow) are listed with the error they must raise.
@@ -50,10 +52,10 @@ TIMM: dict[str, tuple[int, dict, float | None]] = {
     "resnet18": (32, {}, 0.9),
     "resnet26d": (32, {}, 0.9),
     "seresnext26d_32x4d": (32, {}, 0.9),
-    "ecaresnet26t": (32, {}, 0.4),
+    "ecaresnet26t": (32, {}, 0.35),
     "res2net50_14w_8s": (32, {}, 0.3),
     "resnest14d": (32, {}, 0.6),
-    "skresnet18": (32, {}, 0.1),
+    "skresnet18": (32, {}, 0.05),
     "nf_resnet26": (32, {}, None),  # ScaledStdConv2d with a per-channel gain
     "nf_regnet_b0": (32, {}, None),  # ScaledStdConv2d with a per-channel gain
     "resnetv2_50x1_bit": (32, {}, None),  # BiT: StdConv2d and GroupNormAct
@@ -66,7 +68,7 @@ TIMM: dict[str, tuple[int, dict, float | None]] = {
     "mnasnet_small": (32, {}, 0.9),
     "lcnet_050": (32, {}, 0.9),
     "tinynet_e": (32, {}, 0.9),
-    "ghostnet_050": (32, {}, 0.1),
+    "ghostnet_050": (32, {}, 0.05),
     "regnetx_002": (32, {}, 0.9),
     "regnety_002": (32, {}, 0.9),
     "rexnet_100": (32, {}, 0.6),
@@ -74,8 +76,8 @@ TIMM: dict[str, tuple[int, dict, float | None]] = {
     "dla34": (32, {}, 0.9),
     "dpn48b": (32, {}, 0.4),
     "hrnet_w18_small": (32, {}, 0.9),
-    "cspresnet50": (32, {}, 0.6),
-    "cs3darknet_s": (32, {}, 0.5),
+    "cspresnet50": (32, {}, 0.55),
+    "cs3darknet_s": (32, {}, 0.45),
     "selecsls42b": (32, {}, 0.9),
     "ese_vovnet19b_dw": (32, {}, 0.9),
     "hgnetv2_b0": (32, {}, 0.9),
@@ -87,8 +89,19 @@ TIMM: dict[str, tuple[int, dict, float | None]] = {
     "mixer_s16_224": (64, {"img_size": 64}, 0.1),
     "resmlp_12_224": (64, {"img_size": 64}, 0.2),
     "pit_ti_224": (64, {"img_size": 64}, 0.1),
-    "pvt_v2_b0": (64, {}, 0.1),
+    "pvt_v2_b0": (64, {}, 0.05),
     "starnet_s050": (32, {}, 0.9),
+    "visformer_tiny": (32, {"img_size": 32}, 0.75),
+    "inception_next_atto": (32, {}, 0.3),
+    "semnasnet_050": (32, {}, 0.9),
+    "spnasnet_100": (32, {}, 0.9),
+    "hardcorenas_a": (32, {}, 0.9),
+    "darknet17": (32, {}, 0.9),
+    "xception41": (32, {}, 0.9),
+    "mobileone_s0": (32, {}, 0.9),
+    "levit_128s": (64, {"img_size": 64}, None),  # attention biases indexed by position
+    "convnextv2_atto": (64, {}, None),  # global response normalisation
+    "poolformerv2_s12": (64, {}, None),
     "mobilevit_xxs": (64, {"img_size": 64}, None),
     "efficientvit_b0": (64, {}, None),
 }
