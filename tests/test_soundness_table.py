@@ -114,6 +114,13 @@ class ConvChain(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def test_a_plain_conv_chain_widens_exactly_under_every_plan() -> None:
+    # the control: the same checks on the layers the rows below replace hold today
+    torch.manual_seed(0)
+    pristine = _ready(ConvChain())
+    _exact(lambda: copy.deepcopy(pristine), _images(2), _images(3, seed=3), {"conv1", "conv2"})
+
+
 class StdConsumer(nn.Module):
     """A plain conv whose channels a timm ``StdConv2d`` reads: the BiT/ResNetV2 pattern."""
 

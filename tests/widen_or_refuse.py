@@ -128,9 +128,23 @@ def max_relative_error(after: torch.Tensor, before: torch.Tensor) -> float:
     return ((after - before).abs().max() / (1.0 + before.abs().max())).item()
 
 
+def _leaves(output: Any) -> list[torch.Tensor]:
+    """The tensors of a forward's output (a tensor, or tuples, named tuples, dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _leaves(item)]
+    return []
+
+
 def _forward(model: nn.Module, inputs: tuple[Any, ...]) -> torch.Tensor:
+    """The output's tensors, flattened and concatenated (one tensor to compare)."""
     with torch.no_grad():
-        return model(*inputs)
+        leaves = _leaves(model(*inputs))
+    assert leaves, "the model's output holds no tensor"
+    return torch.cat([t.reshape(-1) for t in leaves]) if len(leaves) > 1 else leaves[0]
 
 
 def check_widen_or_refuse(
