@@ -75,7 +75,12 @@ def _exact_or_blocked_naming(
     build, trace_inputs, check_inputs, modules: set[str], around: set[str] = frozenset()
 ) -> None:
     """The property, and every group that ``modules`` touch (or that holds a layer of ``around``)
-    is widenable or blocked with a reason that names one of ``modules``."""
+    is widenable or blocked with a reason that names one of ``modules``; a strict trace succeeds
+    or names one of them too."""
+    try:
+        netsurgeon.trace(build(), trace_inputs, strict=True)
+    except UnsupportedModelError as error:
+        assert _reason_names(str(error), modules), (str(error), modules)
     outcomes = check_every_plan(build, trace_inputs, check_inputs)
     graph = netsurgeon.trace(build(), trace_inputs, strict=False)
     touched = {g.name: g for m in modules for g in groups_touching(graph, m)}
