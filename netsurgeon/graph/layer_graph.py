@@ -10,6 +10,7 @@ from torch import fx, nn
 from netsurgeon.errors import WidenError
 from netsurgeon.graph.analysis import Analysis
 from netsurgeon.graph.groups import ChannelGroup, Edge
+from netsurgeon.graph.opaque import OpaqueModule, find_opaque
 from netsurgeon.graph.registry import Registry
 
 __all__ = ["LayerGraph"]
@@ -40,6 +41,7 @@ class LayerGraph:
         self._groups = {g.name: g for g in analysis.groups}
         self._group_of = dict(analysis.group_of)
         self._widths = dict(analysis.widths)
+        self._opaque = find_opaque(gm, registry)
 
     # -- groups ---------------------------------------------------------------------------------
     @property
@@ -94,8 +96,26 @@ class LayerGraph:
         """The channel group that layer ``name`` produces into (alias of :meth:`group_of`)."""
         return self.group_of(name)
 
+    def opaque_modules(self) -> dict[str, str]:
+        """``{module: explanation}`` for modules read as one op that hold layers of their own.
+
+        Their inner layers are not in :attr:`layers` and cannot be widened; the explanation
+        names the module type, why it is opaque (``nn.TransformerEncoder``: torch.fx cannot
+        trace its fast-path checks) and the fix.
+        """
+        return {name: opaque.explain() for name, opaque in self._opaque.items()}
+
+    def _opaque_owner(self, name: str) -> OpaqueModule | None:
+        return next((o for path, o in self._opaque.items() if name.startswith(path + ".")), None)
+
     def check_layer(self, name: str) -> None:
         """Raise :class:`~netsurgeon.errors.WidenError` for a name that is no layer or group."""
+        owner = self._opaque_owner(name) if name not in self._widths else None
+        if owner is not None and name not in self._groups:
+            raise WidenError(
+                f"'{name}' is inside '{owner.name}' ({owner.kind}), which netsurgeon reads as one "
+                f"opaque op because {owner.reason}. Fix: {owner.fix}."
+            )
         if name not in self._widths and name not in self._groups:
             known = list(self._widths)
             close = difflib.get_close_matches(name, known, n=3)
@@ -188,6 +208,9 @@ class LayerGraph:
             "  ".join(c.ljust(s) for c, s in zip(r, sizes, strict=True)).rstrip() for r in rows
         ]
         lines.insert(1, "  ".join("-" * s for s in sizes))
+        if self._opaque:
+            lines.append("opaque modules (read as one op; the layers inside are not widened):")
+            lines += [f"  {o.explain()}" for o in self._opaque.values()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
