@@ -15,6 +15,8 @@ from netsurgeon.graph.registry import Registry
 
 __all__ = ["LayerGraph"]
 
+_SHAPES_HINT = "pass example_inputs"
+
 
 class LayerGraph:
     """Width-owning layers and channel groups of a model, as traced (a snapshot).
@@ -208,10 +210,19 @@ class LayerGraph:
             "  ".join(c.ljust(s) for c, s in zip(r, sizes, strict=True)).rstrip() for r in rows
         ]
         lines.insert(1, "  ".join("-" * s for s in sizes))
+        unknown = [g for g in self._groups.values() if g.blocked and _SHAPES_HINT in g.blocked]
+        if unknown and not self._has_shapes():
+            lines.append(
+                f"traced without example_inputs: {len(unknown)} groups are blocked where a rank "
+                "or size is unknown; pass example_inputs to trace/widen so they can be followed"
+            )
         if self._opaque:
             lines.append("opaque modules (read as one op; the layers inside are not widened):")
             lines += [f"  {o.explain()}" for o in self._opaque.values()]
         return "\n".join(lines)
+
+    def _has_shapes(self) -> bool:
+        return any("tensor_meta" in node.meta for node in self.gm.graph.nodes)
 
     def __str__(self) -> str:
         return self.summary()
