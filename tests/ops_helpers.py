@@ -43,8 +43,11 @@ def widen_all_and_compare(
     shapes: bool = True,
     init: str = "paper",
     multiple: int = 2,
+    train: bool = False,
 ) -> tuple[list[str], nn.Module]:
     """Widen every widenable group by ``multiple * granularity``; assert the outputs are kept.
+
+    ``train``: compare in train mode (BatchNorm on batch statistics, which are per channel).
 
     Returns the widened group names and the widened model.
     """
@@ -52,6 +55,7 @@ def widen_all_and_compare(
     inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in _as_tuple(inputs))
     graph = netsurgeon.trace(model, inputs if shapes else None, strict=True)
     plan = {g.name: multiple * g.granularity for g in graph.groups if g.widenable}
+    model.train(train)
     before = model(*inputs)
     reference = copy.deepcopy(model)
     netsurgeon.widen(

@@ -167,3 +167,9 @@ def test_addcdiv_by_a_free_parameter_grows_it_with_ones_so_the_new_channels_stay
     netsurgeon.widen(model, {"a": 2}, example_inputs=x)
     torch.testing.assert_close(model.scale[0, 6:, 0, 0], torch.ones(2, dtype=torch.float64))
     torch.testing.assert_close(model(x), before, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("case", sorted(PASSING))
+def test_widening_through_an_understood_op_preserves_the_train_mode_output(case):
+    widened, _ = widen_all_and_compare(lambda: Around(PASSING[case]), X, train=True)
+    assert widened == ["conv"]

@@ -57,8 +57,10 @@ PADDING_MODULES = [
 @pytest.mark.parametrize("pad", PADDING_MODULES, ids=lambda m: type(m).__name__)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shapes", [True, False])
-def test_widening_through_a_padding_module_preserves_output(pad, dtype, shapes):
-    widened, model = widen_all_and_compare(lambda: Around(pad), X, dtype=dtype, shapes=shapes)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_widening_through_a_padding_module_preserves_output(pad, dtype, shapes, train):
+    make = lambda: Around(pad)  # noqa: E731
+    widened, model = widen_all_and_compare(make, X, dtype=dtype, shapes=shapes, train=train)
     assert widened == ["conv"]
     assert model.head.in_channels == 6 + 2
 
@@ -131,14 +133,15 @@ def test_a_padding_module_that_reaches_the_channel_dim_pads_them_with_fixed_chan
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shapes", [True, False])
 @pytest.mark.parametrize("spelling", ["module", "functional"])
+@pytest.mark.parametrize("init", ["paper", "net2net"])
 def test_pixel_unshuffle_gives_each_channel_r_squared_entries_and_widens_exactly(
-    spelling, shapes, dtype
+    init, spelling, shapes, dtype
 ):
     op = nn.PixelUnshuffle(2) if spelling == "module" else Fn(lambda z: F.pixel_unshuffle(z, 2))
     make = lambda: Around(op, head_in=6 * 4)  # noqa: E731
     graph = netsurgeon.trace(make(), X if shapes else None)
     assert graph.edges_from("conv")[0].multiplicity == 4
-    widened, model = widen_all_and_compare(make, X, dtype=dtype, shapes=shapes)
+    widened, model = widen_all_and_compare(make, X, dtype=dtype, shapes=shapes, init=init)
     assert widened == ["conv"] and model.head.in_channels == (6 + 2) * 4
 
 
@@ -212,8 +215,10 @@ def test_option_a_resnet_widens_its_block_inner_widths_and_blocks_its_padded_str
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("init", ["paper", "net2net"])
-def test_widening_every_widenable_group_of_an_option_a_resnet_preserves_output(dtype, init):
-    widened, model = widen_all_and_compare(lambda: ResNetA(blocks=2), X, dtype=dtype, init=init)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_widening_every_widenable_group_of_an_option_a_resnet_preserves_output(dtype, init, train):
+    make = lambda: ResNetA(blocks=2)  # noqa: E731
+    widened, model = widen_all_and_compare(make, X, dtype=dtype, init=init, train=train)
     assert widened == BLOCK_INNER
     assert model.layers[2].conv1.out_channels == 16 + 2
 
