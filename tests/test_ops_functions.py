@@ -173,3 +173,22 @@ def test_addcdiv_by_a_free_parameter_grows_it_with_ones_so_the_new_channels_stay
 def test_widening_through_an_understood_op_preserves_the_train_mode_output(case):
     widened, _ = widen_all_and_compare(lambda: Around(PASSING[case]), X, train=True)
     assert widened == ["conv"]
+
+
+class BatchSized(nn.Module):
+    """``h + h.new_zeros(b * 1, 1, 1, 1)`` with ``b`` read off the batch dim of a tracked tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.head(h + h.new_zeros(h.mean((2, 3)).size(0) * 1, 1, 1, 1))
+
+
+def test_a_new_tensor_sized_by_arithmetic_on_a_batch_size_read_is_understood():
+    assert netsurgeon.trace(BatchSized(), X, strict=True).group_of("conv").widenable
+    widened, _ = widen_all_and_compare(BatchSized, X)
+    assert widened == ["conv"]

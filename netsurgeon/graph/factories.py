@@ -61,19 +61,18 @@ class NewTensorHandler(OpHandler):
         entries = tuple(size) if isinstance(size, (tuple, list)) else (size,)
         found: Layout | None = None
         for position, entry in enumerate(entries):
-            if isinstance(entry, int):
-                continue
             source = size_source(entry)
             layout = None if source is None else ctx.layout(source[0])
-            if source is None or layout is None:
-                ctx.block(
-                    node,
-                    _tracked_ancestors(entry, ctx),
-                    f"{label} with the computed size {getattr(entry, 'name', entry)!r} fixes a "
-                    "shape that depends on these channels' width",
-                )
-                continue
-            if layout.same_dim(source[1]) is not False:  # a channel size (or cannot tell)
+            if source is None and not isinstance(entry, int):
+                reads = _channel_reads(entry, ctx)
+                if reads:
+                    ctx.block(
+                        node,
+                        reads,
+                        f"{label} with the computed size '{getattr(entry, 'name', entry)}' fixes a "
+                        "shape that depends on these channels' width",
+                    )
+            elif layout is not None and layout.same_dim(source[1]) is not False:
                 found = self._channel_at(node, found, layout, source[1], position, entries, ctx)
         return None if found is None else found.with_path(label)
 
@@ -128,19 +127,25 @@ def size_source(value: Any) -> tuple[fx.Node, int] | None:
     return None
 
 
-def _tracked_ancestors(value: Any, ctx: FlowContext) -> list[Layout]:
-    """The layouts of the tracked tensors ``value`` was computed from (its sizes read off them)."""
+def _channel_reads(value: Any, ctx: FlowContext) -> list[Layout]:
+    """Layouts whose channel count ``value`` was computed from (size reads of a channel dim)."""
+    found: list[Layout] = []
     seen: set[fx.Node] = set()
     stack = [value] if isinstance(value, fx.Node) else []
-    found: list[Layout] = []
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        layout = ctx.layout(node)
-        if layout is not None:
-            found.append(layout)
-            continue
-        stack.extend(node.all_input_nodes)
+        source, whole = size_source(node), _whole_shape_of(node)
+        if source is not None:
+            layout = ctx.layout(source[0])
+            if layout is not None and layout.same_dim(source[1]) is not False:
+                found.append(layout)
+        elif whole is not None:
+            found += [ctx.layout(whole)] if ctx.layout(whole) is not None else []  # type: ignore[list-item]
+        elif ctx.layout(node) is not None:
+            found.append(ctx.layout(node))  # type: ignore[arg-type]
+        else:
+            stack.extend(node.all_input_nodes)
     return found
