@@ -16,6 +16,7 @@ from netsurgeon.graph import handlers as _handlers  # noqa: F401  (registers han
 from netsurgeon.graph import recurrent as _recurrent  # noqa: F401  (registers handlers)
 from netsurgeon.graph import reshaping as _reshaping  # noqa: F401  (registers handlers)
 from netsurgeon.graph import spatial as _spatial  # noqa: F401  (registers handlers)
+from netsurgeon.graph import unflattening as _unflattening  # noqa: F401  (registers handlers)
 from netsurgeon.graph.analysis import analyse
 from netsurgeon.graph.groups import (
     ChannelGroup,
