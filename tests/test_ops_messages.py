@@ -283,3 +283,23 @@ def test_a_hand_written_encoder_block_traces_and_its_feed_forward_width_widens_e
     assert list(graph.opaque_modules()) == ["blocks.0.attn", "blocks.1.attn"]
     widened, _ = widen_all_and_compare(HandWritten, seq)
     assert widened == ["blocks.0.linear1", "blocks.1.linear1"]
+
+
+def test_an_initial_state_computed_from_channels_blocks_naming_hidden_size():
+    class Stateful(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.init = nn.Linear(3, 6)
+            self.rnn = nn.GRU(4, 6, batch_first=True)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x, z):
+            return self.head(self.rnn(self.fc(x), self.init(z).unsqueeze(0))[0])
+
+    graph = netsurgeon.trace(Stateful(), (SEQ, torch.randn(2, 3)), strict=True)
+    assert (
+        "GRU 'rnn' takes these channels as its initial state, whose size is fixed by "
+        "hidden_size=6" in graph.unwidenable_reason("init")
+    )
+    assert "these channels are its input_size=4 features" in graph.unwidenable_reason("fc")

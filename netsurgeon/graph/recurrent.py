@@ -31,16 +31,16 @@ class RecurrentHandler(OpHandler):
     def flow(self, node: fx.Node, ctx: FlowContext) -> None:
         module = ctx.module_of(node)
         layout = ctx.input(node)
-        kind = type(module).__name__
-        if layout is None:  # only the initial state carries channels
+        if layout is not None:
+            ctx.block(node, layout, _reason(node, module, layout))
+        states = [lay for n in node.all_input_nodes[1:] if (lay := ctx.layout(n)) is not None]
+        if states:  # an initial state (h0, c0) computed from channels
             ctx.block(
                 node,
-                ctx.tracked_inputs(node),
-                f"{kind} '{node.target}' takes these channels as its initial state, whose size "
-                f"is fixed by hidden_size={module.hidden_size}",
+                states,
+                f"{type(module).__name__} '{node.target}' takes these channels as its initial "
+                f"state, whose size is fixed by hidden_size={module.hidden_size}",
             )
-            return None
-        ctx.block(node, layout, _reason(node, module, layout))
         return None
 
 
