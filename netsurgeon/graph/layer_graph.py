@@ -10,7 +10,7 @@ from torch import fx, nn
 from netsurgeon.errors import WidenError
 from netsurgeon.graph.analysis import Analysis
 from netsurgeon.graph.groups import ChannelGroup, Edge
-from netsurgeon.graph.opaque import OpaqueModule, find_opaque
+from netsurgeon.graph.opaque import OpaqueModule, find_opaque, summarise_opaque
 from netsurgeon.graph.registry import Registry
 
 __all__ = ["LayerGraph"]
@@ -218,7 +218,7 @@ class LayerGraph:
             )
         if self._opaque:
             lines.append("opaque modules (read as one op; the layers inside are not widened):")
-            lines += [f"  {o.explain()}" for o in self._opaque.values()]
+            lines += [f"  {line}" for line in summarise_opaque(self._opaque)]
         return "\n".join(lines)
 
     def _has_shapes(self) -> bool:

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from netsurgeon.graph.registry import OpHandler, Registry, register_module
 
-__all__ = ["OpaqueModule", "TransformerHandler", "find_opaque"]
+__all__ = ["OpaqueModule", "TransformerHandler", "find_opaque", "summarise_opaque"]
 
 _TRANSFORMER_TYPES = (
     nn.Transformer,
@@ -66,6 +66,19 @@ def find_opaque(gm: fx.GraphModule, registry: Registry) -> dict[str, OpaqueModul
     return found
 
 
+def summarise_opaque(opaque: dict[str, OpaqueModule], shown: int = 3) -> list[str]:
+    """One line per kind of opaque module and reason, naming up to ``shown`` of them."""
+    kinds: dict[tuple[str, str, str], list[str]] = {}
+    for o in opaque.values():
+        kinds.setdefault((o.kind, o.reason, o.fix), []).append(o.name)
+    lines = []
+    for (kind, reason, fix), names in kinds.items():
+        listed = ", ".join(f"'{n}'" for n in names[:shown])
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        lines.append(f"{listed}{more} ({kind}): read as one opaque op because {reason}; fix: {fix}")
+    return lines
+
+
 def _is_layer(module: nn.Module, registry: Registry) -> bool:
     handler = registry.for_module(module)
     return handler is not None and handler.role_of(module) == "layer"
@@ -73,11 +86,13 @@ def _is_layer(module: nn.Module, registry: Registry) -> bool:
 
 def _describe(name: str, module: nn.Module, handled: bool, layers: tuple[str, ...]) -> OpaqueModule:
     kind = type(module).__name__
+    one = len(layers) == 1
+    inner = f"the {len(layers)} layer{'' if one else 's'} inside it {'is' if one else 'are'}"
     if isinstance(module, _TRANSFORMER_TYPES):
         reason = (
             "torch.fx cannot trace its forward (it inspects the input, src.dim() and "
-            "src.is_nested, to choose PyTorch's fused fast path), so it stays a leaf and the "
-            f"{len(layers)} layers inside it are not analysed"
+            "src.is_nested, to choose PyTorch's fused fast path), so it stays a leaf and "
+            f"{inner} not analysed"
         )
         fix = (
             "write the block as your own nn.Module from nn.Linear, nn.LayerNorm and "
@@ -85,13 +100,12 @@ def _describe(name: str, module: nn.Module, handled: bool, layers: tuple[str, ..
             "or widen the layers outside it"
         )
     elif handled:
-        reason = f"netsurgeon handles {kind} as a whole; the {len(layers)} layers inside it do not grow on their own"
+        reason = f"netsurgeon handles {kind} as a whole; {inner} not widened on its own"
         fix = "widen the layers around it"
     else:
         reason = (
             f"torch.fx keeps it a leaf (a torch.nn module, or a type in leaf_modules) and "
-            f"netsurgeon has no handler for {kind}; the {len(layers)} layers inside it are not "
-            "analysed"
+            f"netsurgeon has no handler for {kind}; {inner} not analysed"
         )
         fix = (
             "let it be traced (drop it from leaf_modules), register a handler for it "
