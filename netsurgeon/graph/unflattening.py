@@ -123,8 +123,8 @@ def unflatten_flow(
             ctx.unknown(node, f"{label} of dim {dim} of a tensor of unknown rank")
         shift = added if position < channel else 0
         return layout.replace(dim=channel + shift, rank=rank).with_path(label)
-    rest = sizes[1:]
-    if sizes[0] != -1 or not all(isinstance(s, int) and s > 0 for s in rest):
+    rest = _trailing_sizes(node, layout, sizes, ctx)
+    if sizes[0] != -1 or rest is None:
         ctx.block(
             node,
             layout,
@@ -148,3 +148,26 @@ def unflatten_flow(
     return layout.replace(dim=new_dim, rank=rank, factor=factor, flattened=factor > 1).with_path(
         label
     )
+
+
+def _trailing_sizes(
+    node: fx.Node, layout: Layout, sizes: tuple[Any, ...], ctx: FlowContext
+) -> tuple[int, ...] | None:
+    """The sizes after the channels: literals, or reads of other dims (values from the shapes)."""
+    from netsurgeon.graph.factories import size_source
+
+    rest = sizes[1:]
+    if all(isinstance(s, int) and s > 0 for s in rest):
+        return tuple(rest)
+    for entry in rest:
+        if isinstance(entry, int):
+            continue
+        source = size_source(entry)
+        read = None if source is None else ctx.layout(source[0])
+        if source is None or (read is not None and read.same_dim(source[1]) is not False):
+            return None  # computed, or read off a channel dim
+    after = ctx.shape_of(node)
+    channel = layout.normalized_dim()
+    if after is None or channel is None:
+        ctx.unknown(node, f"{ctx.op_name(node)} into sizes {sizes!r} read off the tensor")
+    return tuple(after[channel + 1 : channel + len(sizes)])
