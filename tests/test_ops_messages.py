@@ -312,3 +312,20 @@ def test_an_initial_state_computed_from_channels_blocks_naming_hidden_size():
         "hidden_size=6" in graph.unwidenable_reason("init")
     )
     assert "these channels are its input_size=4 features" in graph.unwidenable_reason("fc")
+
+
+@pytest.mark.parametrize("kind", ["layer", "encoder"])
+def test_torch_fx_cannot_trace_into_a_transformer_encoder_which_is_why_it_stays_opaque(kind):
+    """The claim behind the opaque reason: if a torch release makes this trace, revisit it."""
+    from netsurgeon.graph.tracer import SurgeonTracer
+
+    class TraceInto(SurgeonTracer):
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            if isinstance(m, (nn.TransformerEncoder, nn.TransformerEncoderLayer)):
+                return False
+            return super().is_leaf_module(m, name)
+
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    module = layer if kind == "layer" else nn.TransformerEncoder(layer, 1)
+    with pytest.raises(torch.fx.proxy.TraceError, match="cannot be used as inputs to control flow"):
+        TraceInto().trace(nn.Sequential(module))  # called as a model calls it: masks None
