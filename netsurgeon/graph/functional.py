@@ -120,7 +120,7 @@ def check_known_ranks(node: fx.Node, operands: list[Any], label: str, ctx: FlowC
 
 
 def describe_dim(layout: Layout) -> str:
-    """``dim 1 of a rank-4 tensor``, or ``dim -1 (from the end) of a tensor of unknown rank``."""
+    """``dim 1 of a rank-4 tensor``, or ``dim -1 (counted from the end) of a tensor of unknown rank``."""
     if layout.rank is None:
         return f"dim {layout.dim} (counted from the end) of a tensor of unknown rank"
     return f"dim {layout.normalized_dim()} of a rank-{layout.rank} tensor"
