@@ -115,14 +115,14 @@ def tied_parameter() -> nn.Module:
     return model
 
 
-class Cumsum(nn.Module):
+class Cummax(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.c = nn.Conv2d(3, 8, 3)
         self.d = nn.Conv2d(8, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.d(torch.cumsum(self.c(x), dim=1))
+        return self.d(torch.cummax(self.c(x), dim=1)[0])
 
 
 class NoFlattenBeforeLinear(nn.Module):
@@ -141,7 +141,7 @@ REFUSED = {
     "weight read by F.linear": (FunctionalWeight, r"parameter 'fc.weight' is used directly"),
     "tied parameters": (tied_parameter, r"at module '0': it shares a parameter with '3'"),
     "shared batchnorm": (SharedBatchNorm, r"at module 'bn': module 'bn' is called 2 times"),
-    "torch.cumsum": (Cumsum, r"at node 'cumsum': 'cumsum' is not an op netsurgeon knows"),
+    "torch.cummax": (Cummax, r"at node 'cummax': 'cummax' is not an op netsurgeon knows"),
     "return_indices": (
         lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(2, return_indices=True)),
         r"pooling with return_indices=True",

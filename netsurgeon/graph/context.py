@@ -399,7 +399,9 @@ class FlowContext:
             who = "untracked" if s.group is None else self.names[self.find(s.group)]
             span = "" if s.group is None else f"[{s.start}:{s.stop}]"
             parts.append(f"{who}{span}" + (f" x{s.multiplicity}" if s.multiplicity != 1 else ""))
-        return f"channels on dim {layout.normalized_dim()}: " + " + ".join(parts)
+        dim = layout.normalized_dim()
+        where = f"dim {dim}" if dim is not None else f"dim {layout.dim} from the end, rank unknown"
+        return f"channels on {where}: " + " + ".join(parts)
 
     def unknown(self, node: fx.Node, what: str) -> NoReturn:
         """Shapes are needed to follow the channels here: block what ``node`` touches."""

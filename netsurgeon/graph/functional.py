@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from netsurgeon.graph.layout import Layout
-from netsurgeon.graph.nodes import first_layout, node_arg
+from netsurgeon.graph.nodes import Pieces, first_layout, node_arg
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
 from netsurgeon.graph.sizes import SizeValue, read_size
 
@@ -88,17 +88,6 @@ class PoolFunctionHandler(OpHandler):
         return spatial_flow(node, first_layout(node, ctx), spatial, ctx.op_name(node), ctx)
 
 
-@register_function(F.pad)
-class PadHandler(OpHandler):
-    """``F.pad(x, pad)`` pads the last ``len(pad) // 2`` dims; the channels must come before."""
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        from netsurgeon.graph.handlers import spatial_flow
-
-        pad = node_arg(node, 1, "pad", ())
-        return spatial_flow(node, first_layout(node, ctx), len(pad) // 2, "pad", ctx)
-
-
 # ------------------------------------------------------------------------ joins
 
 
@@ -114,7 +103,52 @@ class JoinHandler(OpHandler):
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         label = getattr(node.target, "__name__", str(node.target))
-        return ctx.join(node, [*node.args, *node.kwargs.values()], label)
+        operands = [*node.args, *node.kwargs.values()]
+        check_known_ranks(node, operands, label, ctx)
+        return ctx.join(node, operands, label)
+
+
+def check_known_ranks(node: fx.Node, operands: list[Any], label: str, ctx: FlowContext) -> None:
+    """Operands whose channels may or may not line up, for want of a rank: ask for shapes."""
+    tracked = [lay for a in operands if (lay := ctx.layout(a)) is not None]
+    if len({(lay.dim, lay.rank) for lay in tracked}) < 2:
+        return
+    if any(lay.normalized_dim() is None for lay in tracked):
+        where = " and ".join(dict.fromkeys(describe_dim(lay) for lay in tracked))
+        ctx.unknown(
+            node, f"'{label}' combines channels on {where}: whether they line up is unknown"
+        )
+
+
+def describe_dim(layout: Layout) -> str:
+    """``dim 1 of a rank-4 tensor``, or ``dim -1 (counted from the end) of a tensor of unknown rank``."""
+    if layout.rank is None:
+        return f"dim {layout.dim} (counted from the end) of a tensor of unknown rank"
+    return f"dim {layout.normalized_dim()} of a rank-{layout.rank} tensor"
+
+
+@register_function(torch.addcmul, torch.addcdiv)
+@register_method("addcmul", "addcdiv", "addcmul_", "addcdiv_")
+class AddcmulHandler(OpHandler):
+    """``addcmul(x, t1, t2, value=v) = x + v * t1 * t2`` (``addcdiv``: ``t1 / t2``): a join of three.
+
+    A free per-channel parameter among the factors becomes a follower with new entries 1 (so a
+    divisor stays finite), one in the summand's place with new entries 0.
+    """
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        name = str(getattr(node.target, "__name__", node.target)).strip("_")
+        inner = "mul" if name == "addcmul" else "div"
+        summand, t1, t2 = (node_arg(node, i, n, None) for i, n in enumerate(_ADDC_ARGS))
+        check_known_ranks(node, [summand, t1, t2], name, ctx)
+        factors = [t for t in (t1, t2) if ctx.layout(t) is not None]
+        if not factors:  # only the summand carries channels
+            return ctx.join(node, [summand, t1, t2], inner)
+        ctx.join(node, [t1, t2], inner)
+        return ctx.join(node, [factors[0], summand], "add")
+
+
+_ADDC_ARGS = ("input", "tensor1", "tensor2")
 
 
 @register_function(*_MIXING_FUNCTIONS)
@@ -169,6 +203,86 @@ class ReductionHandler(OpHandler):
         return layout.replace(dim=channel - shift, rank=rank - len(reduced)).with_path(
             ctx.op_name(node)
         )
+
+
+@register_function(torch.cumsum, torch.cumprod, torch.logcumsumexp)
+@register_method("cumsum", "cumprod", "logcumsumexp", "cumsum_", "cumprod_")
+class CumulativeHandler(OpHandler):
+    """``x.cumsum(dim)``: along other dims per channel; along the channels it blocks.
+
+    A running sum over the channels would hold for the old channels (new ones come after them)
+    only under an init whose new channels feed zero columns; a copied unit (``"net2net"``) or a
+    concatenation of several groups (new channels in the middle) changes the sums of old ones.
+    """
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        return along_dim_flow(node, first_layout(node, ctx), node_arg(node, 1, "dim", None), ctx)
+
+
+@register_function(torch.sort, torch.argsort, torch.topk, torch.msort)
+@register_method("sort", "argsort", "topk", "msort")
+class SortHandler(OpHandler):
+    """``sort``/``argsort``/``topk`` along other dims are per channel; along the channels, block.
+
+    ``sort`` and ``topk`` return ``(values, indices)``; both keep the input's layout (the indices
+    count positions along the sorted dim, which does not grow).
+    """
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | Pieces | None:
+        layout = first_layout(node, ctx)
+        name = str(getattr(node.target, "__name__", node.target))
+        default = 0 if name == "msort" else -1
+        dim = node_arg(node, 2 if name == "topk" else 1, "dim", default)
+        out = along_dim_flow(node, layout, dim, ctx)
+        if out is None or name in ("argsort", "msort"):
+            return out
+        return Pieces(same=out)
+
+
+def along_dim_flow(
+    node: fx.Node, layout: Layout | None, dim: Any, ctx: FlowContext
+) -> Layout | None:
+    """An op working along ``dim`` only: per channel elsewhere, blocking along the channels."""
+    if layout is None:
+        return None
+    label = ctx.op_name(node)
+    if not isinstance(dim, int):
+        ctx.block(node, layout, f"{label} with dim={dim!r} works along every entry")
+        return None
+    same = layout.same_dim(dim)
+    if same is None:
+        ctx.unknown(node, f"{label} along dim {dim} of a tensor of unknown rank")
+    if same:
+        ctx.block(
+            node,
+            layout,
+            f"{label} along dim {dim} works across these channels, so its result changes when "
+            "channels are added",
+        )
+        return None
+    return layout.with_path(label)
+
+
+@register_function(torch.index_select)
+@register_method("index_select")
+class IndexSelectHandler(OpHandler):
+    """``x.index_select(dim, index)``: along other dims per channel; along the channels, block."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        layout = first_layout(node, ctx)
+        index = node_arg(node, 2, "index", None)
+        if ctx.layout(index) is not None:
+            ctx.block(node, ctx.layout(index), "the channels are used as indices")
+        if layout is None:
+            return None
+        dim = node_arg(node, 1, "dim", None)
+        same = layout.same_dim(dim) if isinstance(dim, int) else None
+        if same is None:
+            ctx.unknown(node, f"index_select along dim {dim!r} of a tensor of unknown rank")
+        if same:
+            ctx.block(node, layout, "index_select along the channel dim picks channels by index")
+            return None
+        return layout.with_path("index_select")
 
 
 @register_function(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize)

@@ -10,9 +10,12 @@ from torch import fx, nn
 from netsurgeon.errors import WidenError
 from netsurgeon.graph.analysis import Analysis
 from netsurgeon.graph.groups import ChannelGroup, Edge
+from netsurgeon.graph.opaque import OpaqueModule, find_opaque, summarise_opaque
 from netsurgeon.graph.registry import Registry
 
 __all__ = ["LayerGraph"]
+
+_SHAPES_HINT = "pass example_inputs"
 
 
 class LayerGraph:
@@ -40,6 +43,7 @@ class LayerGraph:
         self._groups = {g.name: g for g in analysis.groups}
         self._group_of = dict(analysis.group_of)
         self._widths = dict(analysis.widths)
+        self._opaque = find_opaque(gm, registry)
 
     # -- groups ---------------------------------------------------------------------------------
     @property
@@ -114,8 +118,26 @@ class LayerGraph:
         """The channel group that layer ``name`` produces into (alias of :meth:`group_of`)."""
         return self.group_of(name)
 
+    def opaque_modules(self) -> dict[str, str]:
+        """``{module: explanation}`` for modules read as one op that hold layers of their own.
+
+        Their inner layers are not in :attr:`layers` and cannot be widened; the explanation
+        names the module type, why it is opaque (``nn.TransformerEncoder``: torch.fx cannot
+        trace its fast-path checks) and the fix.
+        """
+        return {name: opaque.explain() for name, opaque in self._opaque.items()}
+
+    def _opaque_owner(self, name: str) -> OpaqueModule | None:
+        return next((o for path, o in self._opaque.items() if name.startswith(path + ".")), None)
+
     def check_layer(self, name: str) -> None:
         """Raise :class:`~netsurgeon.errors.WidenError` for a name that is no layer or group."""
+        owner = self._opaque_owner(name) if name not in self._widths else None
+        if owner is not None and name not in self._groups:
+            raise WidenError(
+                f"'{name}' is inside '{owner.name}' ({owner.kind}), which netsurgeon reads as one "
+                f"opaque op because {owner.reason}. Fix: {owner.fix}."
+            )
         if name not in self._widths and name not in self._groups:
             known = list(self._widths)
             close = difflib.get_close_matches(name, known, n=3)
@@ -208,7 +230,19 @@ class LayerGraph:
             "  ".join(c.ljust(s) for c, s in zip(r, sizes, strict=True)).rstrip() for r in rows
         ]
         lines.insert(1, "  ".join("-" * s for s in sizes))
+        unknown = [g for g in self._groups.values() if g.blocked and _SHAPES_HINT in g.blocked]
+        if unknown and not self._has_shapes():
+            lines.append(
+                f"traced without example_inputs: {len(unknown)} groups are blocked where a rank "
+                "or size is unknown; pass example_inputs to trace/widen so they can be followed"
+            )
+        if self._opaque:
+            lines.append("opaque modules (read as one op; the layers inside are not widened):")
+            lines += [f"  {line}" for line in summarise_opaque(self._opaque)]
         return "\n".join(lines)
+
+    def _has_shapes(self) -> bool:
+        return any("tensor_meta" in node.meta for node in self.gm.graph.nodes)
 
     def __str__(self) -> str:
         return self.summary()

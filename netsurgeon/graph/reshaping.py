@@ -462,13 +462,20 @@ class SqueezeHandler(OpHandler):
 @register_method("expand", "expand_as", "repeat", "tile")
 @register_function(torch.tile)
 class ExpandHandler(OpHandler):
-    """``expand`` keeps the channels (right-aligned); ``repeat`` along them blocks."""
+    """``expand`` keeps the channels (right-aligned); ``repeat`` along them blocks.
+
+    ``y.expand_as(x)`` of an untracked ``y`` takes ``x``'s shape: with size 1 along ``x``'s
+    channels it is a broadcast (one value for every channel, old and new) and carries ``x``'s
+    layout; with more it ties a fixed tensor to ``x``'s width and blocks.
+    """
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
+        name = str(getattr(node.target, "__name__", node.target))
+        if layout is None:
+            return self._untracked(node, name, ctx) if name == "expand_as" else None
         after = ctx.shape_of(node)
         channel, rank = layout.normalized_dim(), layout.rank
-        name = str(getattr(node.target, "__name__", node.target))
         if after is None or channel is None or rank is None:
             if name in ("expand", "expand_as"):
                 return layout.with_path(name)
@@ -478,3 +485,25 @@ class ExpandHandler(OpHandler):
             ctx.block(node, layout, f"{name} repeats the channels")
             return None
         return layout.replace(dim=new_channel, rank=len(after)).with_path(name)
+
+    def _untracked(self, node: fx.Node, name: str, ctx: FlowContext) -> Layout | None:
+        target = ctx.layout(node_arg(node, 1, "other", None))
+        if target is None:
+            return None
+        source = ctx.shape_of(node.args[0])
+        channel, rank = target.normalized_dim(), target.rank
+        if source is None or channel is None or rank is None:
+            ctx.unknown(
+                node,
+                f"{name} gives '{getattr(node.args[0], 'name', node.args[0])}' the shape of "
+                "these channels, and whether it broadcasts along them is unknown",
+            )
+        dim = channel - (rank - len(source))
+        if dim < 0 or source[dim] == 1:
+            return target.with_path(name)
+        ctx.block(
+            node,
+            target,
+            f"{name} stretches a fixed tensor of {source[dim]} entries over these channels",
+        )
+        return None

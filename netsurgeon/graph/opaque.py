@@ -1,0 +1,134 @@
+"""Modules the analysis reads as one op although they hold layers: what they are and why.
+
+torch.fx keeps every ``torch.nn`` module (and every type in ``leaf_modules``) as a single
+``call_module`` node. When such a module holds ``Linear``/``Conv`` layers of its own, those
+layers are not in the graph: ``trace`` cannot list them and ``widen`` cannot grow them. The
+common case is ``nn.TransformerEncoder(Layer)``: its ``forward`` inspects the input
+(``src.dim()``, ``src.is_nested``) to choose PyTorch's fused fast path, which symbolic tracing
+cannot follow (a traced value cannot decide an ``if``), so it must stay a leaf.
+
+:func:`find_opaque` lists them with the reason and the fix, for ``LayerGraph.summary()``, the
+"not a layer" error of ``widen`` and the Grower's warning when it has nothing to grow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import fx, nn
+
+from netsurgeon.graph.registry import OpHandler, Registry, register_module
+
+__all__ = ["OpaqueModule", "TransformerHandler", "find_opaque", "summarise_opaque"]
+
+_TRANSFORMER_TYPES = (
+    nn.Transformer,
+    nn.TransformerEncoder,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoder,
+    nn.TransformerDecoderLayer,
+)
+
+
+@dataclass(frozen=True)
+class OpaqueModule:
+    """One module read as a single op, with the layers it hides."""
+
+    name: str
+    kind: str
+    layers: tuple[str, ...]
+    reason: str
+    fix: str
+
+    def explain(self) -> str:
+        """One sentence: what, why, and the fix."""
+        return f"'{self.name}' ({self.kind}) is read as one opaque op because {self.reason}; fix: {self.fix}"
+
+
+def find_opaque(gm: fx.GraphModule, registry: Registry) -> dict[str, OpaqueModule]:
+    """``{module path: OpaqueModule}`` for each leaf call of ``gm`` that holds layers."""
+    found: dict[str, OpaqueModule] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or str(node.target) in found:
+            continue
+        name = str(node.target)
+        module = gm.get_submodule(name)
+        handler = registry.for_module(module)
+        if handler is not None and handler.role_of(module) in ("layer", "follower"):
+            continue
+        layers = tuple(
+            f"{name}.{sub_name}"
+            for sub_name, sub in module.named_modules()
+            if sub_name and _is_layer(sub, registry)
+        )
+        if layers:
+            found[name] = _describe(name, module, handler is not None, layers)
+    return found
+
+
+def summarise_opaque(opaque: dict[str, OpaqueModule], shown: int = 3) -> list[str]:
+    """One line per kind of opaque module and reason, naming up to ``shown`` of them."""
+    kinds: dict[tuple[str, str, str], list[str]] = {}
+    for o in opaque.values():
+        kinds.setdefault((o.kind, o.reason, o.fix), []).append(o.name)
+    lines = []
+    for (kind, reason, fix), names in kinds.items():
+        listed = ", ".join(f"'{n}'" for n in names[:shown])
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        lines.append(f"{listed}{more} ({kind}): read as one opaque op because {reason}; fix: {fix}")
+    return lines
+
+
+def _is_layer(module: nn.Module, registry: Registry) -> bool:
+    handler = registry.for_module(module)
+    return handler is not None and handler.role_of(module) == "layer"
+
+
+def _describe(name: str, module: nn.Module, handled: bool, layers: tuple[str, ...]) -> OpaqueModule:
+    kind = type(module).__name__
+    one = len(layers) == 1
+    inner = f"the {len(layers)} layer{'' if one else 's'} inside it {'is' if one else 'are'}"
+    if isinstance(module, _TRANSFORMER_TYPES):
+        reason = (
+            "torch.fx cannot trace its forward (it inspects the input, src.dim() and "
+            "src.is_nested, to choose PyTorch's fused fast path), so it stays a leaf and "
+            f"{inner} not analysed"
+        )
+        fix = (
+            "write the block as your own nn.Module from nn.Linear, nn.LayerNorm and "
+            "nn.MultiheadAttention (it then traces, and its feed-forward width is widenable), "
+            "or widen the layers outside it"
+        )
+    elif handled:
+        reason = f"netsurgeon handles {kind} as a whole; {inner} not widened on its own"
+        fix = "widen the layers around it"
+    else:
+        reason = (
+            f"torch.fx keeps it a leaf (a torch.nn module, or a type in leaf_modules) and "
+            f"netsurgeon has no handler for {kind}; {inner} not analysed"
+        )
+        fix = (
+            "let it be traced (drop it from leaf_modules), register a handler for it "
+            "(netsurgeon.graph.registry), or widen the layers outside it"
+        )
+    return OpaqueModule(name, kind, layers, reason, fix)
+
+
+@register_module(*_TRANSFORMER_TYPES)
+class TransformerHandler(OpHandler):
+    """``nn.TransformerEncoder(Layer)`` and friends: the groups they read block; output untracked.
+
+    Their input features are ``d_model``, normalised by LayerNorm and mixed by attention inside
+    the module, so they cannot grow; their output has ``d_model`` features of the module's own.
+    """
+
+    def flow(self, node: fx.Node, ctx) -> None:
+        module = ctx.module_of(node)
+        ctx.block(
+            node,
+            ctx.tracked_inputs(node),
+            f"{type(module).__name__} '{node.target}' reads these channels as its d_model "
+            "features, which LayerNorm and attention inside it fix; torch.fx cannot trace into "
+            "it (fast-path checks on the input), so netsurgeon reads it as one op",
+        )
+        return None
