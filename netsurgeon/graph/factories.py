@@ -32,6 +32,7 @@ from torch import fx
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
+from netsurgeon.graph.sizes import claim_own_size
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -57,6 +58,7 @@ class NewTensorHandler(OpHandler):
         label = ctx.op_name(node)
         whole = _whole_shape_of(size)
         if whole is not None and ctx.layout(whole) is not None:
+            claim_own_size(ctx, size)
             return ctx.layout(whole).with_path(label)  # type: ignore[union-attr]
         entries = tuple(size) if isinstance(size, (tuple, list)) else (size,)
         found: Layout | None = None
@@ -74,6 +76,7 @@ class NewTensorHandler(OpHandler):
                     )
             elif layout is not None and layout.same_dim(source[1]) is not False:
                 found = self._channel_at(node, found, layout, source[1], position, entries, ctx)
+                claim_own_size(ctx, entry)
         return None if found is None else found.with_path(label)
 
     @staticmethod

@@ -122,6 +122,9 @@ class TransformerHandler(OpHandler):
     the module, so they cannot grow; their output has ``d_model`` features of the module's own.
     """
 
+    #: it blocks whatever the module computes, so a subclass needs no check
+    relies_on = ()
+
     def flow(self, node: fx.Node, ctx) -> None:
         module = ctx.module_of(node)
         ctx.block(

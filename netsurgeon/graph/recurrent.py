@@ -28,6 +28,9 @@ __all__ = ["RecurrentHandler"]
 class RecurrentHandler(OpHandler):
     """Blocks the groups it reads (see the module docstring); its output is untracked."""
 
+    #: it blocks whatever the module computes, so no subclass (``LSTM``, ``GRU``) needs checking
+    relies_on = ()
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> None:
         module = ctx.module_of(node)
         layout = ctx.input(node)

@@ -42,6 +42,7 @@ __all__ = [
     "SizeValue",
     "block_unclaimed",
     "claim_channel_size",
+    "claim_own_size",
     "propagate",
     "read_size",
     "size_arguments",
@@ -193,6 +194,14 @@ def claim_channel_size(ctx: FlowContext, value: Any, target: Layout) -> bool:
     ctx.require_same_width(read.node, read.layout, target)
     ctx.size_claims.add(value)
     return True
+
+
+def claim_own_size(ctx: FlowContext, value: Any) -> None:
+    """Accept ``value``, a size read of some tensor ``x``, as sizing a new tensor that carries
+    ``x``'s own channels at the position read (``x.new_zeros(x.shape)``): it stays right at every
+    width, so there is nothing to check."""
+    if isinstance(value, fx.Node) and isinstance(ctx.layouts.get(value), SizeValue):
+        ctx.size_claims.add(value)
 
 
 def block_unclaimed(node: fx.Node, ctx: FlowContext, args: list[tuple[fx.Node, SizeValue]]) -> None:
