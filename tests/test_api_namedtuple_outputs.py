@@ -111,21 +111,25 @@ def test_inception_v3_with_aux_logits_in_train_mode_traces_strictly_and_widens_e
     _check_twin(model, twin, x, outputs=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a trace in eval mode does not see the aux heads (called only in train mode), so "
-    "widen does not grow their input columns and the next train-mode forward fails",
-)
-def test_googlenet_widened_in_eval_mode_still_runs_in_train_mode():
-    torch.manual_seed(0)
-    model = _no_dropout(googlenet(aux_logits=True, init_weights=True)).double().eval()
+def test_an_eval_mode_trace_that_never_calls_the_aux_heads_blocks_every_group_naming_them():
+    """In eval mode googlenet's forward skips ``aux1``/``aux2``: which channels they read is
+    unknown, and widening any group they might read would break the next train-mode forward."""
+    model = googlenet(aux_logits=True, init_weights=True).double().eval()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    twin = copy.deepcopy(model)
-    try:
-        _widen_everything(model, x)
-    except netsurgeon.NetsurgeonError:
-        return  # a refusal is a correct answer too
-    _check_twin(model, twin, x, outputs=3)
+    graph = netsurgeon.trace(model, x, strict=False)
+    assert not graph.widenable_layers
+    reasons = {g.reason for g in graph.groups}
+    assert all(
+        r is not None and "'aux1.conv.conv' (Conv2d)" in r and "model.train()" in r for r in reasons
+    )
+    with pytest.raises(netsurgeon.UnsupportedModelError, match=r"never calls 'aux1\.conv\.conv'"):
+        netsurgeon.trace(model, x, strict=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(netsurgeon.WidenError, match="never calls"):
+        netsurgeon.widen(model, {"conv1.conv": 8}, example_inputs=x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.train()  # the same model traced in train mode widens (see the tests above)
+    assert netsurgeon.trace(model, x, strict=True).widenable_layers
 
 
 def test_a_grower_stepped_after_validation_grows_the_train_only_aux_heads_too():

@@ -93,7 +93,7 @@ def trace(
     gm = symbolic_trace(model, tracer=tracer, concrete_args=concrete_args)
     if example_inputs is not None:
         _propagate_shapes(model, gm, as_tensors(example_inputs))
-    return LayerGraph(model, gm, analyse(gm, registry, strict=strict), registry)
+    return LayerGraph(model, gm, analyse(gm, registry, strict=strict, root=model), registry)
 
 
 def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> None:

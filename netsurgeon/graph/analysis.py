@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from netsurgeon.errors import UnsupportedModelError
 from netsurgeon.graph import sizes
 from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
@@ -53,13 +54,22 @@ class Analysis:
         self.widths = widths
 
 
-def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> Analysis:
+def analyse(
+    gm: fx.GraphModule,
+    registry: Registry,
+    *,
+    strict: bool = True,
+    root: nn.Module | None = None,
+) -> Analysis:
     """Find every channel group of ``gm`` (see the module docstring).
 
     Args:
         gm: a traced model (with ``tensor_meta`` on its nodes when shapes were propagated).
         registry: handler lookup.
         strict: raise on anything unsupported instead of blocking the groups it touches.
+        root: the model ``gm`` was traced from. Its layers that the traced forward never calls
+            (an auxiliary head called only in train mode) block every group: which channels
+            they read cannot be known, and they would be left narrow.
 
     Raises:
         UnsupportedModelError: with ``strict``, on unknown ops that touch channels, weight
@@ -97,7 +107,57 @@ def analyse(gm: fx.GraphModule, registry: Registry, *, strict: bool = True) -> A
             node.meta[META_LAYOUT] = layout
     ctx.check_same_widths()
     ctx.check_free_tensors()
+    if root is not None:
+        _block_for_unreached(gm, root, ctx)
     return _collect(ctx)
+
+
+def _block_for_unreached(gm: fx.GraphModule, root: nn.Module, ctx: FlowContext) -> None:
+    """Every group is blocked while a layer or follower holding tensors is never called."""
+    unreached = unreached_layers(gm, root, ctx.registry)
+    if not unreached:
+        return
+    mode = "train" if root.training else "eval"
+    names = ", ".join(f"'{name}' ({kind})" for name, kind in unreached[:5])
+    more = f" and {len(unreached) - 5} more" if len(unreached) > 5 else ""
+    reason = (
+        f"the traced forward ({mode} mode) never calls {names}{more}, which hold tensors: "
+        "netsurgeon cannot tell which channels they read, and a widening would leave them "
+        "narrow for the forward that does call them"
+    )
+    fix = (
+        "trace and widen in the mode whose forward calls every layer (model.train() for "
+        "auxiliary heads), or delete the unused modules"
+    )
+    if ctx.strict:
+        raise UnsupportedModelError(
+            f"cannot analyse {type(root).__qualname__}: {reason}.\n  fix: {fix}"
+        )
+    for gid in range(len(ctx.parent)):
+        ctx.blocked[gid].append(f"{reason} (fix: {fix})")
+
+
+def unreached_layers(
+    gm: fx.GraphModule, root: nn.Module, registry: Registry
+) -> list[tuple[str, str]]:
+    """``(path, class name)`` of the layers and followers of ``root`` holding tensors that no
+    ``call_module`` or ``get_attr`` node of ``gm`` reaches (modules inside a called module are
+    reached: that module's handler speaks for them)."""
+    called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    read = {str(n.target).rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+    found = []
+    for name, module in root.named_modules():
+        if not name or name in called or name in read:
+            continue
+        if any(name.startswith(f"{c}.") for c in called):
+            continue
+        handler = registry.for_module(module)
+        if handler is None or handler.role_of(module) not in ("layer", "follower"):
+            continue
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if any(t.dim() > 0 for t in own):
+            found.append((name, type(module).__name__))
+    return found
 
 
 def _check_module(node: fx.Node, handler: Any, shared: dict[str, str], ctx: FlowContext) -> None:
