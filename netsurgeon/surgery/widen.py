@@ -9,7 +9,7 @@ staging that fails, leaves the model and the optimizer bit-identical.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
