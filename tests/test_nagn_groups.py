@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import netsurgeon
-from netsurgeon.errors import PlanError
+from netsurgeon.errors import ConfigError, PlanError
 from netsurgeon.models import resnet, vgg
 from netsurgeon.nagn import (
     GrowthPlan,
@@ -183,9 +183,9 @@ def test_plan_records_round_trip_with_their_groups() -> None:
 
 def test_bad_group_readings_are_refused_with_the_allowed_values() -> None:
     graph = netsurgeon.trace(Res())
-    with pytest.raises(PlanError, match=r"combine='median'.*'rms', 'max', 'mean'"):
+    with pytest.raises(ConfigError, match=r"combine='median'.*'rms', 'max', 'mean'"):
         plan_group_growth(PROFILE, graph, combine="median")
-    with pytest.raises(PlanError, match="neighbourhood_order='bfs'"):
+    with pytest.raises(ConfigError, match="neighbourhood_order='bfs'"):
         plan_group_growth(PROFILE, graph, neighbourhood_order="bfs")
     with pytest.raises(PlanError, match="not layers of the traced graph"):
         plan_group_growth({**PROFILE, "nope": 1.0}, graph)

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from netsurgeon.errors import PlanError
+from netsurgeon.errors import ConfigError, PlanError
 from netsurgeon.nagn import (
     GrowthPlan,
     GrowthPlanner,
@@ -316,11 +316,24 @@ def test_bad_profiles_and_widths_raise_plan_error(profile, widths, match: str) -
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"tau": -0.1}, r"tau must be >= 0"),
-        ({"tau": math.nan}, r"tau must be a finite number"),
-        ({"max_step": 0}, r"max_step must be an int >= 1 or None"),
-        ({"fallback": "half"}, r"fallback must be one of"),
-        ({"fallback_fraction": 0.0}, r"fallback_fraction must be in \(0, 1\]"),
+        ({"tau": -0.1}, r"PlannerSettings\.tau=-0\.1: expected a finite number >= 0"),
+        ({"tau": math.nan}, r"PlannerSettings\.tau=nan: expected a finite number"),
+        ({"max_step": 0}, r"max_step=0: expected an int >= 1 or None"),
+        ({"fallback": "half"}, r"fallback='half': expected one of \['fraction', 'unit', 'none'\]"),
+        ({"fallback_fraction": 0.0}, r"fallback_fraction=0\.0: expected a number in \(0, 1\]"),
+        ({"taux": 0.1}, r"unknown settings \['taux'\]"),
+    ],
+)
+def test_bad_settings_raise_config_error_naming_field_value_and_choices(
+    kwargs: dict, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        plan_growth({"a": 1.0, "b": 1.0}, {"a": 4, "b": 4}, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
         ({"output_layers": ["zz"]}, r"output_layers \['zz'\] are not in the profile"),
         ({"monotone_groups": [["b", "a"]]}, r"not in profile \(depth\) order"),
         ({"monotone_groups": [["a"], ["a"]]}, r"more than one monotone group"),
@@ -328,13 +341,13 @@ def test_bad_profiles_and_widths_raise_plan_error(profile, widths, match: str) -
         ({"monotone_groups": [["q"]]}, r"names layer 'q', which is not in the profile"),
     ],
 )
-def test_bad_settings_raise_plan_error(kwargs: dict, match: str) -> None:
+def test_bad_layer_names_raise_plan_error(kwargs: dict, match: str) -> None:
     with pytest.raises(PlanError, match=match):
         plan_growth({"a": 1.0, "b": 1.0}, {"a": 4, "b": 4}, **kwargs)
 
 
 def test_growth_planner_checks_its_settings_at_construction() -> None:
-    with pytest.raises(PlanError, match="max_step"):
+    with pytest.raises(ConfigError, match=r"GrowthPlanner\.max_step=-1"):
         GrowthPlanner(max_step=-1)
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from netsurgeon.errors import PlanError
+from netsurgeon.errors import ConfigError, PlanError
 from netsurgeon.nagn.planner import plan_growth, relative_contrast
 
 
@@ -50,5 +50,5 @@ def test_geometric_plan_still_finds_an_explicit_bottleneck_and_records_the_choic
 
 
 def test_unknown_neighbourhood_is_refused():
-    with pytest.raises(PlanError, match="neighbourhood='harmonic'"):
+    with pytest.raises(ConfigError, match="neighbourhood='harmonic'"):
         plan_growth({"a": 1.0, "b": 1.0}, {"a": 2, "b": 2}, neighbourhood="harmonic")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from netsurgeon.errors import PlanError
+from netsurgeon.errors import ConfigError, PlanError
 from netsurgeon.nagn import GrowthConfig, GrowthPlan, GrowthPlanner, plan_growth
 from netsurgeon.nagn.planner import relative_contrast
 
@@ -115,9 +115,9 @@ def test_a_record_written_before_the_readings_existed_reads_back_with_the_defaul
 
 @pytest.mark.parametrize("kwargs", [{"end_rule": "mirror"}, {"score": "max"}, {"drag_limit": 3}])
 def test_unknown_readings_are_refused_with_the_choices(kwargs: dict) -> None:
-    with pytest.raises(PlanError, match="expected one of"):
+    with pytest.raises(ConfigError, match="expected one of"):
         plan_growth(RISING, FOUR, **kwargs)
-    with pytest.raises(PlanError, match="expected one of"):
+    with pytest.raises(ConfigError, match="expected one of"):
         GrowthPlanner(**kwargs)
 
 

@@ -4,6 +4,8 @@
 - :func:`plan_growth` / :class:`GrowthPlanner` turn a NAGN profile into width increments
   (:class:`GrowthPlan`), following section 3 of "Where to grow"; :func:`plan_group_growth`
   does it per channel group (residual streams, concatenations), from :mod:`.groups`.
+- :class:`PlannerSettings` is the planner's settings as one checked record;
+  :class:`TriggerPolicy` the rules of when to grow and when to stop, as a pure policy.
 - :class:`Grower` runs both, and ``netsurgeon.widen``, from the user's training loop
   (:class:`GrowthConfig` in, :class:`GrowthEvent` out).
 """
@@ -31,6 +33,8 @@ from netsurgeon.nagn.planner import (
     plan_growth,
     relative_contrast,
 )
+from netsurgeon.nagn.settings import PlannerSettings
+from netsurgeon.nagn.trigger import TriggerPolicy, TriggerState
 from netsurgeon.nagn.where import WHERE_CRITERIA
 
 __all__ = [
@@ -45,6 +49,9 @@ __all__ = [
     "GrowthPlanner",
     "LayerPlan",
     "NAGNMonitor",
+    "PlannerSettings",
+    "TriggerPolicy",
+    "TriggerState",
     "backbone_chain",
     "combine_nagn",
     "conv_backbone_groups",

@@ -1,4 +1,5 @@
-"""Checks of the planner's inputs and settings, and the names of its readings.
+"""Checks of the planner's inputs, and the names of its readings (the settings themselves are
+checked by :class:`~netsurgeon.nagn.settings.PlannerSettings`).
 
 Shared by the per-layer planner (:mod:`netsurgeon.nagn.planner`) and the group planner
 (:mod:`netsurgeon.nagn.group_planner`); each failure raises :class:`~netsurgeon.errors.PlanError`
@@ -12,7 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from netsurgeon.errors import PlanError
-from netsurgeon.nagn.contrast import END_RULES, NEIGHBOURHOODS
 
 __all__ = ["DEFAULT_MAX_STEP", "DRAG_LIMITS", "FALLBACKS", "SCORES"]
 
@@ -29,43 +29,6 @@ DRAG_LIMITS: tuple[str, ...] = ("step", "double", "none")
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _check_settings(
-    tau: float, max_step: int | None, fallback: str, fallback_fraction: float
-) -> None:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
-        raise PlanError(f"tau must be a finite number >= 0; found {tau!r}. Use e.g. tau=0.05.")
-    if tau < 0:
-        raise PlanError(f"tau must be >= 0 (a contrast threshold); found {tau}. Use e.g. 0.05.")
-    if max_step is not None and (
-        isinstance(max_step, bool) or not isinstance(max_step, int) or max_step < 1
-    ):
-        raise PlanError(
-            f"max_step must be an int >= 1 or None (no absolute cap); found {max_step!r}."
-        )
-    if fallback not in FALLBACKS:
-        raise PlanError(f"fallback must be one of {FALLBACKS}; found {fallback!r}.")
-    if (
-        isinstance(fallback_fraction, bool)
-        or not isinstance(fallback_fraction, (int, float))
-        or not 0 < fallback_fraction <= 1
-    ):
-        raise PlanError(f"fallback_fraction must be in (0, 1]; found {fallback_fraction!r}.")
-
-
-def _check_readings(neighbourhood: str, end_rule: str, score: str, drag_limit: str) -> None:
-    for name, value, allowed in (
-        ("neighbourhood", neighbourhood, NEIGHBOURHOODS),
-        ("end_rule", end_rule, END_RULES),
-        ("score", score, SCORES),
-        ("drag_limit", drag_limit, DRAG_LIMITS),
-    ):
-        if value not in allowed:
-            raise PlanError(
-                f"{name}={value!r} is not a planner reading; expected one of {allowed} "
-                "(docs/nagn.md, 'Choices the paper leaves open')."
-            )
 
 
 def _check_inputs(

@@ -1,5 +1,10 @@
 """``GrowthConfig``: the grower's rules, every field checked when the config is made.
 
+The planner's eleven settings are keyword fields of the config (``GrowthConfig(tau=0.1)``,
+``dataclasses.replace(config, score="damped")``, a flat ``dataclasses.asdict`` for records and
+checkpoints) and one :class:`~netsurgeon.nagn.settings.PlannerSettings` record,
+``config.planner``, built and checked once at construction by the settings' own check.
+
 A bad value fails at ``GrowthConfig(...)`` with a :class:`~netsurgeon.errors.ConfigError` (a
 ``ValueError``) that names the field, the value and what the field allows, not at the first
 growth epochs later. A value of the wrong type raises ``NetsurgeonTypeError``.
@@ -14,16 +19,9 @@ from typing import Any, Literal
 
 from netsurgeon.cost import Budget
 from netsurgeon.errors import ConfigError, NetsurgeonTypeError
-from netsurgeon.nagn.groups import COMBINES, NEIGHBOURHOOD_ORDERS
+from netsurgeon.nagn.checks import DEFAULT_MAX_STEP
 from netsurgeon.nagn.monitor import DEFAULT_EVERY
-from netsurgeon.nagn.planner import (
-    DEFAULT_MAX_STEP,
-    DRAG_LIMITS,
-    END_RULES,
-    FALLBACKS,
-    NEIGHBOURHOODS,
-    SCORES,
-)
+from netsurgeon.nagn.settings import PLANNER_FIELDS, PlannerSettings, check_planner_settings
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import INIT_STRATEGIES
 
@@ -50,6 +48,7 @@ class GrowthConfig:
             channel groups (a VGG's conv layers, a ResNet's stage streams;
             ``netsurgeon.nagn.groups.backbone_chain``).
         fallback: planner rule when no layer clears ``tau`` (``"fraction"``, ``"unit"``, ``"none"``).
+        fallback_fraction: the fraction of its width a fallback group gains (at least one unit).
         neighbourhood: ``"arithmetic"`` (the paper's eq. 2 and end rule) or ``"geometric"``
             (the same in log space; see ``netsurgeon.nagn.planner.relative_contrast``).
         end_rule, score, drag_limit: planner readings the paper leaves open; the defaults are
@@ -69,6 +68,11 @@ class GrowthConfig:
         max_flops: most forward FLOPs on the grower's ``example_inputs`` (``None``: no cap).
         max_width: most units per layer: an int for every growable layer, or
             ``{layer name: width}`` (``None``: no cap).
+
+    ``config.planner`` holds ``tau``, ``max_step``, ``monotone``, ``fallback``,
+    ``fallback_fraction``, ``neighbourhood``, ``end_rule``, ``score``, ``drag_limit``,
+    ``combine`` and ``neighbourhood_order`` as one
+    :class:`~netsurgeon.nagn.settings.PlannerSettings`, which the grower plans with.
 
     A plan that would break a cap is scaled down (:func:`netsurgeon.cost.fit_to_budget`) and the
     event records it (``GrowthEvent.limited_by``). Unknown fields are refused by the constructor.
@@ -90,6 +94,7 @@ class GrowthConfig:
     where: str = "nagn"
     monotone: bool = True
     fallback: str = "fraction"
+    fallback_fraction: float = 0.125
     neighbourhood: Literal["arithmetic", "geometric"] = "arithmetic"
     # The end layers' neighbourhood: "extrapolate" (median slope), "adjacent" or "none".
     end_rule: Literal["extrapolate", "adjacent", "none"] = "extrapolate"
@@ -114,22 +119,17 @@ class GrowthConfig:
     def __post_init__(self) -> None:
         _number(self, "delta_acc")
         _number(self, "delta_stop")
-        _number(self, "tau", minimum=0.0)
         _integer(self, "w_acc", minimum=1)
         _integer(self, "every", minimum=1)
         _integer(self, "seed")
-        for name in ("max_step", "max_growths", "max_params", "max_flops"):
+        planner = {name: getattr(self, name) for name in PLANNER_FIELDS}
+        check_planner_settings(planner, type(self).__name__)  # the settings' one check
+        object.__setattr__(self, "_planner", PlannerSettings(**planner))
+        for name in ("max_growths", "max_params", "max_flops"):
             if getattr(self, name) is not None:
                 _integer(self, name, minimum=1, none_ok=True)
         _choice(self, "stop_mode", ("absolute", "relative"))
         _choice(self, "where", tuple(sorted(WHERE_CRITERIA)))
-        _choice(self, "fallback", FALLBACKS)
-        _choice(self, "neighbourhood", NEIGHBOURHOODS)
-        _choice(self, "end_rule", END_RULES)
-        _choice(self, "score", SCORES)
-        _choice(self, "drag_limit", DRAG_LIMITS)
-        _choice(self, "combine", COMBINES)
-        _choice(self, "neighbourhood_order", NEIGHBOURHOOD_ORDERS)
         _choice(self, "reduction", ("mean", "sum"))
         _choice(
             self,
@@ -137,9 +137,8 @@ class GrowthConfig:
             tuple(sorted(INIT_STRATEGIES)),
             hint="; add a strategy with @netsurgeon.register_init(name) before making the config",
         )
-        for name in ("monotone", "restart_windows"):
-            if not isinstance(getattr(self, name), bool):
-                _fail(self, name, "expected True or False", type_error=True)
+        if not isinstance(self.restart_windows, bool):
+            _fail(self, "restart_windows", "expected True or False", type_error=True)
         self._check_max_width()
 
     def _check_max_width(self) -> None:
@@ -161,6 +160,11 @@ class GrowthConfig:
             object.__setattr__(self, "max_width", dict(value))  # a private copy
         else:
             _integer(self, "max_width", minimum=1, none_ok=True, extra="or {layer name: width}")
+
+    @property
+    def planner(self) -> PlannerSettings:
+        """The planner's settings as one record (checked when the config was made)."""
+        return self._planner  # type: ignore[attr-defined, no-any-return]
 
     @property
     def budget(self) -> Budget:

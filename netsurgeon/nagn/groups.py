@@ -31,7 +31,7 @@ Example (a residual stream ``s`` of two producers, a block interior ``b``, the o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -259,12 +259,3 @@ def round_to_granularity(
         if up > 0:
             out[name] = up
     return out
-
-
-def _check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise PlanError(
-            f"{name}={value!r} is not a planner reading; expected one of {allowed} "
-            "(docs/nagn.md, 'Channel groups')."
-        )

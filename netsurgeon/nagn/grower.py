@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,6 +45,7 @@ from netsurgeon.graph import trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
 from netsurgeon.nagn.groups import round_to_granularity
+from netsurgeon.nagn.grower_state import GrowerState
 from netsurgeon.nagn.inputs import (
     as_accuracy,
     as_number,
@@ -59,28 +59,13 @@ from netsurgeon.nagn.inputs import (
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
 from netsurgeon.nagn.planner import GrowthPlanner
+from netsurgeon.nagn.trigger import StopCause, TriggerPolicy, window_gain
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import widen
 
 __all__ = ["Grower", "GrowthConfig", "GrowthEvent", "StopCause", "window_gain"]
 
 logger = logging.getLogger(__name__)
-
-StopCause = Literal["delta_stop", "max_growths", "budget"]
-
-
-def window_gain(accuracies: list[float], w: int) -> float | None:
-    """Relative gain of the last ``w`` accuracies' mean over the ``w`` before, or ``None``.
-
-    Example:
-        >>> round(window_gain([0.5, 0.5, 0.6, 0.6], 2), 3)
-        0.2
-    """
-    if len(accuracies) < 2 * w:
-        return None
-    previous = sum(accuracies[-2 * w : -w]) / w
-    current = sum(accuracies[-w:]) / w
-    return math.inf if previous <= 0 else (current - previous) / previous
 
 
 class Grower:
@@ -148,16 +133,7 @@ class Grower:
         mirrors: Sequence[nn.Module] = (),
     ) -> None:
         check_model(model)
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise NetsurgeonTypeError(
-                f"Grower: optimizer must be a torch.optim.Optimizer or None, got "
-                f"{type(optimizer).__name__}."
-            )
-        if config is not None and not isinstance(config, GrowthConfig):
-            raise NetsurgeonTypeError(
-                f"Grower: config must be a GrowthConfig, got {type(config).__name__}; build one "
-                "with GrowthConfig(**fields)."
-            )
+        _check_types(optimizer, config)
         self.model = model
         self.optimizer = optimizer
         self.config = config or GrowthConfig()
@@ -165,51 +141,77 @@ class Grower:
         self.distributed = bool(distributed)
         self.group = group
         self.mirrors = check_mirrors(model, mirrors)
+        self.layers = self._inspect_model()
+        self.monitor = NAGNMonitor(
+            model, self.layers, reduction=self.config.reduction, every=self.config.every
+        )
+        self.planner = GrowthPlanner.of(self.config.planner)
+        self.policy = TriggerPolicy.of(self.config)
+        device = next(model.parameters()).device
+        self._state = GrowerState.seeded(self.config.seed, device)
+
+    def _inspect_model(self) -> list[str]:
+        """Trace the model once: check the caps, that every rank agrees, the optimizer; warn
+        when nothing can grow. Returns the layers to monitor."""
+        model = self.model
         with training_mode(model):  # the forward that training runs (see _on_trigger)
-            graph = trace(model, example_inputs, strict=False)
-            check_budget(self.config, model, example_inputs, graph.widths())
-        self.layers = graph.layers
+            graph = trace(model, self.example_inputs, strict=False)
+            check_budget(self.config, model, self.example_inputs, graph.widths())
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
                 (dataclasses.asdict(self.config), graph.widths()),
                 "the GrowthConfig or the model's widths",
-                group,
+                self.group,
             )
-        warn_about_optimizer(model, optimizer, stacklevel=2)
+        warn_about_optimizer(model, self.optimizer, stacklevel=3)  # the caller of __init__
         idle = nothing_to_grow(graph)
         if idle is not None:
             warnings.warn(
                 f"Grower: {type(model).__name__} has nothing to grow, {idle}. Every trigger will "
                 "add no units; see netsurgeon.trace(model, example_inputs).summary().",
                 NetsurgeonWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        self.monitor = NAGNMonitor(
-            model, self.layers, reduction=self.config.reduction, every=self.config.every
-        )
-        self.planner = GrowthPlanner(
-            tau=self.config.tau,
-            max_step=self.config.max_step,
-            monotone=self.config.monotone,
-            fallback=self.config.fallback,
-            neighbourhood=self.config.neighbourhood,
-            end_rule=self.config.end_rule,
-            score=self.config.score,
-            drag_limit=self.config.drag_limit,
-            combine=self.config.combine,
-            neighbourhood_order=self.config.neighbourhood_order,
-        )
-        device = next(model.parameters()).device
-        self._weights_rng = torch.Generator(device=device).manual_seed(self.config.seed)
-        self._where_rng = torch.Generator().manual_seed(self.config.seed + 1)
-        self.history: list[GrowthEvent] = []
-        self.accuracies: list[float] = []
-        self.epoch = 0
-        self.stopped = False
-        self.stop_cause: StopCause | None = None
-        self.stop_reason: str | None = None
-        self._window: list[float] = []
-        self._last_trigger_accuracy: float | None = None
+        return graph.layers
+
+    # -- the state, read through ----------------------------------------------------------------
+    @property
+    def history(self) -> list[GrowthEvent]:
+        """Every :class:`GrowthEvent`, in order."""
+        return self._state.history
+
+    @property
+    def accuracies(self) -> list[float]:
+        """Every accuracy ``step`` recorded."""
+        return self._state.accuracies
+
+    @property
+    def epoch(self) -> int:
+        """The number of completed ``step`` calls."""
+        return self._state.epoch
+
+    @property
+    def stopped(self) -> bool:
+        """Growth is disabled for good (``step`` still records accuracies)."""
+        return self._state.trigger.stopped
+
+    @property
+    def stop_cause(self) -> StopCause | None:
+        """Why growth stopped: ``"delta_stop"``, ``"max_growths"`` or ``"budget"``."""
+        return self._state.trigger.stop_cause
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why growth stopped, in words, with the numbers."""
+        return self._state.trigger.stop_reason
+
+    @property
+    def _weights_rng(self) -> torch.Generator:
+        return self._state.weights_rng
+
+    @property
+    def _where_rng(self) -> torch.Generator:
+        return self._state.where_rng
 
     # -- the per-epoch call ----------------------------------------------------------------------
     def step(self, val_accuracy: Any) -> GrowthEvent | None:
@@ -254,46 +256,32 @@ class Grower:
         return as_accuracy(value, self.config.delta_stop)
 
     def _advance(self, accuracy: float) -> GrowthEvent | None:
-        self.epoch += 1
-        self.accuracies.append(accuracy)
-        self._window.append(accuracy)
-        gain = window_gain(self._window, self.config.w_acc)
-        if self.stopped or gain is None or gain >= self.config.delta_acc:
+        state = self._state
+        state.epoch += 1
+        state.accuracies.append(accuracy)
+        decision = self.policy.observe(state.trigger, accuracy)
+        state.trigger = decision.state
+        if decision.window_accuracy is None:
             return None
-        return self._on_trigger(gain)
-
-    def _on_trigger(self, gain: float) -> GrowthEvent | None:
         cfg = self.config
-        accuracy = sum(self._window[-cfg.w_acc :]) / cfg.w_acc
         logger.info(
             "epoch %d: trigger: window gain %.4g < delta_acc=%g (window mean %.4f)",
             self.epoch,
-            gain,
+            decision.gain,
             cfg.delta_acc,
-            accuracy,
+            decision.window_accuracy,
         )
-        if cfg.restart_windows:
-            self._window = []
-        if self._last_trigger_accuracy is not None:
-            improvement = accuracy - self._last_trigger_accuracy
-            if cfg.stop_mode == "relative" and self._last_trigger_accuracy > 0:
-                improvement /= self._last_trigger_accuracy
-            if improvement < cfg.delta_stop:
-                self._stop(
-                    "delta_stop",
-                    f"epoch {self.epoch}: window accuracy improved by {improvement:.4g} "
-                    f"({cfg.stop_mode}) since the last trigger, below delta_stop={cfg.delta_stop}",
-                )
-                return None
-        self._last_trigger_accuracy = accuracy
+        if decision.stopped_now:  # the reason names the epoch, as every stop reason does
+            reason = f"epoch {self.epoch}: {decision.state.stop_reason}"
+            state.trigger = dataclasses.replace(decision.state, stop_reason=reason)
+            logger.info("epoch %d: growth stopped (delta_stop): %s", self.epoch, reason)
+            return None
         with training_mode(self.model):  # step() usually comes right after validation, in eval
-            event = self._grow(accuracy)
-        if (
-            event is not None
-            and cfg.max_growths is not None
-            and len(self.history) >= cfg.max_growths
-        ):
-            self._stop("max_growths", f"reached max_growths={cfg.max_growths}")
+            event = self._grow(decision.window_accuracy)
+        if event is not None:
+            after = self.policy.after_growth(state.trigger, len(state.history))
+            if after.stopped and not state.trigger.stopped:
+                self._stop("max_growths", after.stop_reason or "")
         return event
 
     def _grow(self, accuracy: float) -> GrowthEvent | None:
@@ -381,42 +369,15 @@ class Grower:
         return preview(self.model, increments, self.example_inputs, init=self.config.init)
 
     def _stop(self, cause: StopCause, reason: str) -> None:
-        self.stopped, self.stop_cause, self.stop_reason = True, cause, reason
+        self._state.trigger = self._state.trigger.stop(cause, reason)
         logger.info("epoch %d: growth stopped (%s): %s", self.epoch, cause, reason)
 
     # -- atomicity ---------------------------------------------------------------------------------
-    def _snapshot(self) -> tuple[Any, ...]:
-        return (
-            self.epoch,
-            list(self.accuracies),
-            list(self._window),
-            self._last_trigger_accuracy,
-            self.stopped,
-            self.stop_cause,
-            self.stop_reason,
-            list(self.history),
-            self._weights_rng.get_state(),
-            self._where_rng.get_state(),
-        )
+    def _snapshot(self) -> GrowerState:
+        return self._state.copy()
 
-    def _restore(self, saved: tuple[Any, ...]) -> None:
-        (
-            self.epoch,
-            accuracies,
-            window,
-            self._last_trigger_accuracy,
-            self.stopped,
-            self.stop_cause,
-            self.stop_reason,
-            history,
-            weights_rng,
-            where_rng,
-        ) = saved
-        self.accuracies[:] = accuracies
-        self._window = window
-        self.history[:] = history
-        self._weights_rng.set_state(weights_rng)
-        self._where_rng.set_state(where_rng)
+    def _restore(self, saved: GrowerState) -> None:
+        self._state = saved
 
     # -- lifecycle and checkpoints ----------------------------------------------------------------
     def close(self) -> None:
@@ -424,21 +385,13 @@ class Grower:
         self.monitor.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume mid-run (the model and optimizer are saved separately),
-        the monitor's accumulators included: a checkpoint taken mid-epoch resumes with the same
-        NAGN profile, bit for bit."""
+        """Everything needed to resume mid-run (the model and optimizer are saved separately):
+        the config, the grower's state (:meth:`GrowerState.to_dict`) and the monitor's
+        accumulators: a checkpoint taken mid-epoch resumes with the same NAGN profile, bit for
+        bit."""
         return {
             "config": dataclasses.asdict(self.config),
-            "epoch": self.epoch,
-            "accuracies": list(self.accuracies),
-            "window": list(self._window),
-            "last_trigger_accuracy": self._last_trigger_accuracy,
-            "stopped": self.stopped,
-            "stop_cause": self.stop_cause,
-            "stop_reason": self.stop_reason,
-            "history": [event.to_dict() for event in self.history],
-            "weights_rng": self._weights_rng.get_state(),
-            "where_rng": self._where_rng.get_state(),
+            **self._state.to_dict(),
             "monitor": self.monitor.state_dict(),
         }
 
@@ -451,31 +404,28 @@ class Grower:
                 f"the checkpoint was made with a different GrowthConfig ({'; '.join(differing)});"
                 " construct the Grower with GrowthConfig(**state['config'])"
             )
-        history = [GrowthEvent.from_dict(e) for e in state["history"]]
+        loaded = self._state.from_dict(state)
         if "monitor" in state:  # checkpoints written before it was saved have none
             self.monitor.check_state_dict(state["monitor"])
-        rng_states = (self._weights_rng.get_state(), self._where_rng.get_state())
-        try:
-            self._weights_rng.set_state(state["weights_rng"])
-            self._where_rng.set_state(state["where_rng"])
-        except Exception:
-            self._weights_rng.set_state(rng_states[0])
-            self._where_rng.set_state(rng_states[1])
-            raise
-        self.epoch = state["epoch"]
-        self.accuracies = list(state["accuracies"])
-        self._window = list(state["window"])
-        self._last_trigger_accuracy = state["last_trigger_accuracy"]
-        self.stopped = state["stopped"]
-        self.stop_cause = state.get("stop_cause")
-        self.stop_reason = state["stop_reason"]
-        self.history = history
-        if "monitor" in state:
             self.monitor.load_state_dict(state["monitor"])
+        self._state = loaded
         if self.stopped:
             self.monitor.detach()
         else:
             self.monitor.attach()
+
+
+def _check_types(optimizer: Any, config: Any) -> None:
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise NetsurgeonTypeError(
+            f"Grower: optimizer must be a torch.optim.Optimizer or None, got "
+            f"{type(optimizer).__name__}."
+        )
+    if config is not None and not isinstance(config, GrowthConfig):
+        raise NetsurgeonTypeError(
+            f"Grower: config must be a GrowthConfig, got {type(config).__name__}; build one "
+            "with GrowthConfig(**fields)."
+        )
 
 
 def _budget_exhausted(

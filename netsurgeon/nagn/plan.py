@@ -1,6 +1,6 @@
 """Records of a growth plan: one :class:`LayerPlan` row per layer inside a :class:`GrowthPlan`.
 
-The planner (:mod:`netsurgeon.nagn.planner`) fills them; the grower, the benchmark's reports and
+The decision rule (:mod:`netsurgeon.nagn.decision`) fills them; the grower, the benchmark's reports and
 checkpoints read them back (``to_dict`` / ``from_dict``).
 """
 
@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from netsurgeon.nagn.checks import DEFAULT_MAX_STEP
 from netsurgeon.nagn.groups import GroupNAGN
+from netsurgeon.nagn.settings import PLANNER_FIELDS, PlannerSettings
 
 if TYPE_CHECKING:
     from netsurgeon.cost import CostPreview
@@ -68,40 +70,89 @@ class GrowthPlan:
             ``"no growable layers"``.
         median_slope: ``m`` used by the end-layer extrapolation (``nan`` for one layer).
         max_excess: ``max_j p_j`` over growable layers.
-        tau, max_step, monotone, fallback, fallback_fraction: the settings used.
+        settings: the :class:`~netsurgeon.nagn.settings.PlannerSettings` the plan was made
+            with, as used: a per-layer plan records ``combine`` at its default and
+            ``neighbourhood_order="depth"`` (a chain). ``plan.tau``, ``plan.score``, ... read
+            them; ``plan.combine`` is ``None`` for a per-layer plan.
         monotone_groups: the layer groups the constraint was applied to.
-        combine: the group statistic of a group plan (``"rms"``, ``"max"``, ``"mean"``;
-            :func:`netsurgeon.nagn.plan_group_growth`); ``None`` for a per-layer plan, whose
-            rows are layers.
-        neighbourhood_order: ``"graph"`` or ``"depth"`` (a per-layer plan is a depth chain).
+        on_groups: the rows are channel groups (:func:`netsurgeon.nagn.plan_group_growth`),
+            not layers.
         groups: for a group plan, each group's record (:class:`~netsurgeon.nagn.groups.GroupNAGN`:
             per-producer NAGN, granularity, neighbours), in row order; ``()`` otherwise.
         cost: what applying ``increments`` costs (widths, parameters and FLOPs before and after,
             a :class:`~netsurgeon.cost.CostPreview`), when attached with :meth:`with_cost`
             (the grower does); ``None`` otherwise.
-        neighbourhood, end_rule, score, drag_limit: the readings used (see
-            :func:`netsurgeon.nagn.planner.plan_growth`); records written before a reading
-            existed read back with its default, which is what they were planned with.
+
+    The dict form (:meth:`to_dict`) keeps the settings flat (``"tau"``, ..., ``"combine"``:
+    ``None`` for a per-layer plan), as every record since the first; records written before a
+    setting existed read back with its default, which is what they were planned with.
     """
 
     rows: tuple[LayerPlan, ...]
     rule: str
     median_slope: float
     max_excess: float
-    tau: float
-    max_step: int | None
-    monotone: bool
-    fallback: str
-    fallback_fraction: float
+    settings: PlannerSettings = field(default_factory=PlannerSettings)
     monotone_groups: tuple[tuple[str, ...], ...] = field(default=())
-    neighbourhood: str = "arithmetic"
-    end_rule: str = "extrapolate"
-    score: str = "normalised"
-    drag_limit: str = "step"
-    combine: str | None = None
-    neighbourhood_order: str = "depth"
+    on_groups: bool = False
     groups: tuple[GroupNAGN, ...] = ()
     cost: CostPreview | None = None
+
+    # -- the settings, read through (records and reports read them flat) ---------------------
+    @property
+    def tau(self) -> float:
+        """The contrast threshold the plan used."""
+        return self.settings.tau
+
+    @property
+    def max_step(self) -> int | None:
+        """The per-step cap the plan used."""
+        return self.settings.max_step
+
+    @property
+    def monotone(self) -> bool:
+        """Whether the non-decreasing constraint ran."""
+        return self.settings.monotone
+
+    @property
+    def fallback(self) -> str:
+        """The fallback rule the plan used."""
+        return self.settings.fallback
+
+    @property
+    def fallback_fraction(self) -> float:
+        """The fallback fraction the plan used."""
+        return self.settings.fallback_fraction
+
+    @property
+    def neighbourhood(self) -> str:
+        """``"arithmetic"`` or ``"geometric"``."""
+        return self.settings.neighbourhood
+
+    @property
+    def end_rule(self) -> str:
+        """The end layers' neighbourhood."""
+        return self.settings.end_rule
+
+    @property
+    def score(self) -> str:
+        """The score reading."""
+        return self.settings.score
+
+    @property
+    def drag_limit(self) -> str:
+        """How far the constraint may raise a layer per step."""
+        return self.settings.drag_limit
+
+    @property
+    def combine(self) -> str | None:
+        """The group statistic of a group plan; ``None`` for a per-layer plan."""
+        return self.settings.combine if self.on_groups else None
+
+    @property
+    def neighbourhood_order(self) -> str:
+        """``"graph"`` or ``"depth"``; a per-layer plan is a depth chain."""
+        return self.settings.neighbourhood_order if self.on_groups else "depth"
 
     def with_cost(self, cost: CostPreview) -> GrowthPlan:
         """This plan with ``cost`` attached (e.g. ``netsurgeon.preview(model, plan.increments,
@@ -146,6 +197,9 @@ class GrowthPlan:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict with every setting and intermediate (non-finite floats as None)."""
         out = asdict(self)
+        del out["settings"], out["on_groups"]
+        out.update(self.settings.to_dict())
+        out["combine"], out["neighbourhood_order"] = self.combine, self.neighbourhood_order
         out["monotone_groups"] = [list(g) for g in self.monotone_groups]
         out["increments"] = self.increments
         out["cost"] = None if self.cost is None else self.cost.to_dict()
@@ -153,22 +207,31 @@ class GrowthPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GrowthPlan:
-        """Inverse of :meth:`to_dict` (``None`` floats come back as ``nan``)."""
+        """Inverse of :meth:`to_dict` (``None`` floats come back as ``nan``); reads every record
+        format written so far."""
         rows = tuple(
             LayerPlan(**{k: _nan_if_none(k, v) for k, v in row.items()}) for row in data["rows"]
         )
-        names = {f.name for f in fields(cls)} - {"rows", "monotone_groups", "cost", "groups"}
         cost = data.get("cost")
         if cost is not None:
             from netsurgeon.cost import CostPreview  # records stay importable without torch
 
             cost = CostPreview.from_dict(cost)
+        on_groups = data.get("combine") is not None
+        settings = {k: v for k, v in data.items() if k in PLANNER_FIELDS and v is not None}
+        settings["max_step"] = data.get("max_step", DEFAULT_MAX_STEP)
+        if not on_groups:
+            settings["neighbourhood_order"] = "depth"
         return cls(
             rows=rows,
+            rule=data["rule"],
+            median_slope=_nan_if_none("median_slope", data["median_slope"]),
+            max_excess=_nan_if_none("max_excess", data["max_excess"]),
+            settings=PlannerSettings.from_dict(settings),
             monotone_groups=tuple(tuple(g) for g in data.get("monotone_groups", ())),
+            on_groups=on_groups,
             groups=tuple(_group_from_dict(g) for g in data.get("groups", ())),
             cost=cost,
-            **{k: _nan_if_none(k, data[k]) for k in names if k in data},
         )
 
     def to_json(self, **kwargs: Any) -> str:
