@@ -30,7 +30,7 @@ import copy
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from _report import load_progress, load_runs
 
 from netsurgeon import LayerGraph, trace, widen
 from netsurgeon.nagn import plan_group_growth, plan_growth
-from netsurgeon.nagn.grower import window_gain
+from netsurgeon.nagn.trigger import TriggerPolicy, TriggerState
 
 __all__ = [
     "GROUP_READINGS",
@@ -237,15 +237,15 @@ def _simulate(
 ) -> tuple[StopReplay, set[int]]:
     """The replay, and the epochs of triggers that grew nothing without stopping.
 
-    ``empty=None`` trusts the record: a trigger where it did not grow is an empty plan (true
-    for the record's own rules only).
+    The grower's own :class:`~netsurgeon.nagn.trigger.TriggerPolicy` reads the recorded
+    accuracies, with ``restart_windows=restart`` and ``stop_mode``. ``empty=None`` trusts the
+    record: a trigger where it did not grow is an empty plan (true for the record's own rules
+    only).
     """
     growth = run["config"]["growth"]
-    w, delta_acc, delta_stop = growth["w_acc"], growth["delta_acc"], growth["delta_stop"]
-    max_growths = growth.get("max_growths")
+    policy = replace(TriggerPolicy.of(growth), restart_windows=restart, stop_mode=stop_mode)
     recorded = {e["epoch"] for e in run["events"]}
-    window: list[float] = []
-    last: float | None = None
+    state = TriggerState()
     grown: list[int] = []
     empties: set[int] = set()
 
@@ -258,25 +258,18 @@ def _simulate(
         return StopReplay(name, tuple(grown), stop, None, width_tag(before))
 
     for epoch, record in enumerate(run["epochs"], start=1):
-        window.append(record["val_acc"])
-        gain = window_gain(window, w)
-        if gain is None or gain >= delta_acc:
+        decision = policy.observe(state, record["val_acc"])
+        state = decision.state
+        if decision.stopped_now:
+            return result(stop=epoch), empties
+        if not decision.trigger:
             if epoch in recorded:  # the record grew here, this reading did not trigger
                 return result(diverges=epoch), empties
             continue
-        current = sum(window[-w:]) / w
-        if restart:
-            window = []
-        if last is not None:
-            improvement = current - last
-            if stop_mode == "relative" and last > 0:
-                improvement /= last
-            if improvement < delta_stop:
-                return result(stop=epoch), empties
-        last = current
         if epoch in recorded:
             grown.append(epoch)
-            if max_growths is not None and len(grown) >= max_growths:
+            state = policy.after_growth(state, len(grown))
+            if state.stopped:
                 return result(stop=epoch + 1), empties
         elif empty is None or epoch in empty:
             empties.add(epoch)  # same state, same profile: the same empty plan

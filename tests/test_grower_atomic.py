@@ -225,11 +225,11 @@ def test_accuracy_may_be_a_zero_dim_tensor_or_an_int_at_the_ends():
         ("delta_acc", math.nan, ConfigError),
         ("delta_stop", math.inf, ConfigError),
         ("tau", -0.1, ConfigError),
-        ("tau", "0.05", NetsurgeonTypeError),
+        ("tau", "0.05", ConfigError),  # a planner setting: PlannerSettings checks it
         ("stop_mode", "percent", ConfigError),
         ("max_step", 0, ConfigError),
         ("where", "everywhere", ConfigError),
-        ("monotone", "yes", NetsurgeonTypeError),
+        ("monotone", "yes", ConfigError),
         ("fallback", "double", ConfigError),
         ("neighbourhood", "harmonic", ConfigError),
         ("reduction", "none", ConfigError),

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from netsurgeon.errors import ConfigError, PlanError
+from netsurgeon.errors import ConfigError
 from netsurgeon.nagn.planner import plan_growth, relative_contrast
 
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from netsurgeon.errors import ConfigError, PlanError
+from netsurgeon.errors import ConfigError
 from netsurgeon.nagn import GrowthConfig, GrowthPlan, GrowthPlanner, plan_growth
 from netsurgeon.nagn.planner import relative_contrast
 
