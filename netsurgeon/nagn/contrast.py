@@ -14,7 +14,7 @@ chain (``before[i] = [i - 1]``, ``after[i] = [i + 1]``) this is exactly the pape
 
 Readings the paper leaves open are arguments: ``neighbourhood`` (arithmetic or in log space) and
 ``end_rule`` (extrapolate, the single real neighbour side, or no contrast at the ends). The
-planner (:mod:`netsurgeon.nagn.planner`) turns contrasts into increments.
+decision rule (:mod:`netsurgeon.nagn.decision`) turns contrasts into increments.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "Neighbourhood",
     "chain_neighbours",
     "graph_contrast",
+    "median_slope",
     "relative_contrast",
 ]
 
@@ -118,13 +119,56 @@ def graph_contrast(
         ([0.0, -0.2, 0.143], ['extrapolated', 'interior', 'extrapolated'])
     """
     g = [float(x) for x in nagn]
-    size = len(g)
-    pairs = sorted(
-        {(min(i, j), max(i, j)) for i in range(size) for j in (*before[i], *after[i]) if i != j}
-    )
-    geometric = neighbourhood == "geometric" and size > 0 and min(g) > 0
+    geometric = neighbourhood == "geometric" and len(g) > 0 and min(g) > 0
     values = [math.log(x) for x in g] if geometric else g
-    m = statistics.median(values[v] - values[u] for u, v in pairs) if pairs else math.nan
+    m = median_slope(values, before, after)
+    ends = [
+        _end_neighbourhood(g, values, before[i], after[i], i, m, geometric, end_rule)
+        for i in range(len(g))
+    ]
+    neighbour = [end[0] for end in ends]
+    rule = [end[1] for end in ends]
+    contrast = []
+    for i, x in enumerate(g):
+        if rule[i] in ("single", "end-none"):
+            contrast.append(0.0)
+        elif neighbour[i] > 0:  # a vanishing neighbourhood may overflow: keep it finite
+            contrast.append(min(x / neighbour[i] - 1.0, sys.float_info.max))
+        else:
+            contrast.append(0.0)
+            rule[i] = "zero"
+    return neighbour, contrast, rule, [end[2] for end in ends], m
+
+
+def median_slope(
+    values: Sequence[float], before: Sequence[Sequence[int]], after: Sequence[Sequence[int]]
+) -> float:
+    """``m = median(values[v] - values[u])`` over every neighbouring pair ``u < v``; ``nan``
+    when no two nodes are neighbours.
+
+    Example:
+        >>> median_slope([1.0, 2.0, 4.0], [[], [0], [1]], [[1], [2], []])
+        1.5
+    """
+    pairs = sorted(
+        {(min(i, j), max(i, j)) for i in range(len(values)) for j in (*before[i], *after[i])}
+        - {(i, i) for i in range(len(values))}
+    )
+    return statistics.median(values[v] - values[u] for u, v in pairs) if pairs else math.nan
+
+
+def _end_neighbourhood(
+    g: Sequence[float],
+    values: Sequence[float],
+    before: Sequence[int],
+    after: Sequence[int],
+    i: int,
+    m: float,
+    geometric: bool,
+    end_rule: str,
+) -> tuple[float, str, float | None]:
+    """Node ``i``'s ``(neighbourhood mean, rule, raw extrapolation)`` from its neighbours:
+    interior, single, or an end under ``end_rule`` (``values`` are ``g`` or ``log g``)."""
 
     def side(indices: Sequence[int]) -> float:
         return math.fsum(values[j] for j in indices) / len(indices)
@@ -132,46 +176,19 @@ def graph_contrast(
     def back(value: float) -> float:
         return math.exp(value) if geometric else value
 
-    neighbour: list[float] = []
-    rule: list[str] = []
-    extrapolated: list[float | None] = []
-    for i in range(size):
-        b = [j for j in before[i] if j != i]
-        a = [j for j in after[i] if j != i]
-        if b and a:
-            neighbour.append(back((side(b) + side(a)) / 2))
-            rule.append("interior")
-            extrapolated.append(None)
-            continue
-        if not b and not a:
-            neighbour.append(g[i])
-            rule.append("single")
-            extrapolated.append(None)
-            continue
-        adjacent = side(a) - m if a else side(b) + m
-        guess = back(adjacent)
-        extrapolated.append(guess)
-        one_side = a or b
-        real = g[one_side[0]] if len(one_side) == 1 else back(side(one_side))
-        if end_rule == "adjacent":
-            neighbour.append(real)
-            rule.append("adjacent")
-        elif end_rule == "none":
-            neighbour.append(g[i])
-            rule.append("end-none")
-        elif geometric or guess > 0:
-            neighbour.append(guess)
-            rule.append("extrapolated")
-        else:
-            neighbour.append(real)
-            rule.append("adjacent")
-    contrast: list[float] = []
-    for i in range(size):
-        if rule[i] in ("single", "end-none"):
-            contrast.append(0.0)
-        elif neighbour[i] > 0:  # a vanishing neighbourhood may overflow: keep it finite
-            contrast.append(min(g[i] / neighbour[i] - 1.0, sys.float_info.max))
-        else:
-            contrast.append(0.0)
-            rule[i] = "zero"
-    return neighbour, contrast, rule, extrapolated, m
+    b = [j for j in before if j != i]
+    a = [j for j in after if j != i]
+    if b and a:
+        return back((side(b) + side(a)) / 2), "interior", None
+    if not b and not a:
+        return g[i], "single", None
+    guess = back(side(a) - m if a else side(b) + m)
+    one_side = a or b
+    real = g[one_side[0]] if len(one_side) == 1 else back(side(one_side))
+    if end_rule == "adjacent":
+        return real, "adjacent", guess
+    if end_rule == "none":
+        return g[i], "end-none", guess
+    if geometric or guess > 0:
+        return guess, "extrapolated", guess
+    return real, "adjacent", guess
