@@ -2,7 +2,8 @@
 
 The user keeps their loop and calls ``grower.step(val_accuracy)`` once per epoch, after
 validation. NAGN is collected by the grower's :class:`NAGNMonitor` during the user's own
-backward passes of that epoch. The rules (all in :class:`GrowthConfig`):
+backward passes of that epoch. The rules (all in :class:`GrowthConfig`; when to grow and stop is
+the pure :class:`~netsurgeon.nagn.trigger.TriggerPolicy`, what to grow ``config.planner``):
 
 * **Trigger.** Over the validation accuracies since the last restart, compare the mean of the
   last ``w_acc`` epochs (current window) with the mean of the ``w_acc`` before (previous window):
