@@ -405,7 +405,7 @@ class Grower:
                 f"the checkpoint was made with a different GrowthConfig ({'; '.join(differing)});"
                 " construct the Grower with GrowthConfig(**state['config'])"
             )
-        loaded = self._state.from_dict(state)
+        loaded = self._state.loaded_from(state)
         if "monitor" in state:  # checkpoints written before it was saved have none
             self.monitor.check_state_dict(state["monitor"])
             self.monitor.load_state_dict(state["monitor"])

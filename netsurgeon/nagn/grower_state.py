@@ -3,7 +3,7 @@
 The grower's atomicity and its checkpoints both read this one record: ``step`` keeps a
 :meth:`GrowerState.copy` and puts it back if anything raises; ``Grower.state_dict`` is
 :meth:`GrowerState.to_dict` (plus the config and the monitor's accumulators), and
-:meth:`GrowerState.from_dict` reads every checkpoint written so far. The model, the optimizer
+:meth:`GrowerState.loaded_from` reads every checkpoint written so far. The model, the optimizer
 and the monitor are saved separately.
 """
 
@@ -78,7 +78,7 @@ class GrowerState:
             "where_rng": self.where_rng.get_state(),
         }
 
-    def from_dict(self, data: Mapping[str, Any]) -> GrowerState:
+    def loaded_from(self, data: Mapping[str, Any]) -> GrowerState:
         """A new state read from :meth:`to_dict` data, with generators on this state's devices;
         raises (and changes nothing) on a bad generator state or event record.
 

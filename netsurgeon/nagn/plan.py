@@ -220,8 +220,8 @@ class GrowthPlan:
         on_groups = data.get("combine") is not None
         settings = {k: v for k, v in data.items() if k in PLANNER_FIELDS and v is not None}
         settings["max_step"] = data.get("max_step", DEFAULT_MAX_STEP)
-        if not on_groups:
-            settings["neighbourhood_order"] = "depth"
+        if not on_groups or "neighbourhood_order" not in data:
+            settings["neighbourhood_order"] = "depth"  # a chain; the record format's default
         return cls(
             rows=rows,
             rule=data["rule"],
