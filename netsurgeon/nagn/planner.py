@@ -19,7 +19,9 @@ Given a NAGN profile ``g_1 .. g_L`` (depth order) and the current widths ``n_1 .
    a layer narrower than its (grown) predecessor is raised towards it, never beyond its per-step
    limit ``min(max_step, n_l)``.
 
-Every intermediate is kept in a frozen :class:`GrowthPlan`. The plan is exactly invariant to
+Steps 2-6 are the decision rule of :mod:`netsurgeon.nagn.decision` (shared with the group
+planner), under one :class:`~netsurgeon.nagn.settings.PlannerSettings` record. Every
+intermediate is kept in a frozen :class:`GrowthPlan`. The plan is exactly invariant to
 scaling the profile by a power of two (the contrast is a ratio).
 
 Readings the paper leaves open, as named options (defaults = the paper's text; docs/nagn.md):
