@@ -60,9 +60,9 @@ def _patch_everywhere(monkeypatch, owner, name: str, wrap: Callable) -> None:
     wrapped = wrap(original)
     monkeypatch.setattr(owner, name, wrapped)
     for module in list(sys.modules.values()):
-        if getattr(module, "__name__", "").startswith("netsurgeon") and module is not owner:
-            if getattr(module, name, None) is original:
-                monkeypatch.setattr(module, name, wrapped)
+        ours = getattr(module, "__name__", "").startswith("netsurgeon") and module is not owner
+        if ours and getattr(module, name, None) is original:
+            monkeypatch.setattr(module, name, wrapped)
 
 
 @contextlib.contextmanager
@@ -161,7 +161,7 @@ def test_a_binding_budget_fit_given_the_graph_traces_nothing(monkeypatch):
     plan = {"conv": 4, "stages.1.0.conv1": 8, "stages.2.0.conv2": 8}
     full = preview(model, plan, x, graph=graph)
     budget = Budget(max_flops=(full.flops_before + full.flops_after) // 2)
-    with _counting(monkeypatch) as (counts, roots):
+    with _counting(monkeypatch) as (counts, _):
         fitted = fit_to_budget(model, plan, budget, x, graph=graph)
     assert fitted.limited_by == ("max_flops",) and 0 < fitted.scale < 1
     assert counts["traces"] == 0
