@@ -203,26 +203,34 @@ def fit(
 
     Width caps first, then, if a global cap is exceeded, the largest ``t`` whose scaled plan
     fits, by bisection; FLOPs are counted for each candidate only under ``max_flops``, and for
-    the answer whenever the baseline has example inputs.
+    the answer whenever the baseline has example inputs (one forward pass of a meta copy each).
     """
     _check_inputs(budget, basis.inputs is not None)
     down = _rounding(basis.graph, granularity)
-    asked = basis.cost(plan)  # refuses exactly what widen refuses, before any arithmetic on it
+    flops = budget.max_flops is not None  # a candidate's FLOPs only when a cap reads them
+    asked = basis.cost(plan, flops=flops)  # refuses what widen refuses, before any arithmetic
     requested = asked.plan
     capped = _cap_widths(requested, width_caps(budget.max_width, basis.graph), basis.graph, down)
     limited = ["max_width"] if capped != requested else []
-    full = asked if capped == requested else basis.cost(capped)
+    full = asked if capped == requested else basis.cost(capped, flops=flops)
     over = budget.exceeded_by(full)
     if not over:
-        return FittedPlan(requested, capped, tuple(limited), 1.0, full)
+        return FittedPlan(requested, capped, tuple(limited), 1.0, _priced(basis, capped, full))
     limited.extend(over)
     steps = max(capped.values(), default=0)
     best_t, best = _largest_fit(basis, capped, steps, budget, down)
     increments = _scaled(capped, best_t, steps, down)  # t = 0: {}, the model is already over
-    if best is None or (basis.inputs is not None and best.flops_after is None):
-        best = basis.cost(increments)  # with its FLOPs
     scale = best_t / steps if steps else 0.0
-    return FittedPlan(requested, increments, tuple(limited), scale, best)
+    return FittedPlan(
+        requested, increments, tuple(limited), scale, _priced(basis, increments, best)
+    )
+
+
+def _priced(basis: Baseline, plan: Mapping[str, int], cost: CostPreview | None) -> CostPreview:
+    """``cost`` of ``plan``, priced again with its FLOPs when the baseline counts them."""
+    if cost is None or (basis.inputs is not None and cost.flops_after is None):
+        return basis.cost(plan)
+    return cost
 
 
 def _largest_fit(

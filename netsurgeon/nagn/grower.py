@@ -320,8 +320,8 @@ class Grower:
             return None
         basis = Baseline(self.model, self.example_inputs, graph=graph, init=cfg.init)
         fitted = self._fit(basis, requested, granularity)
-        same = fitted.increments == plan.increments
-        plan = plan.with_cost(fitted.cost if same else basis.cost(plan.increments))
+        if fitted.increments == plan.increments:  # what is applied is the plan: its cost
+            plan = plan.with_cost(fitted.cost)
         logger.debug("epoch %d: %s", self.epoch, plan)
         if not fitted.increments:
             self._no_room(fitted, graph, growable)
