@@ -47,6 +47,9 @@ class Baseline:
         optimizer: checked by every :meth:`cost` as ``widen(..., optimizer=)`` would check it.
         init: checked by every :meth:`cost` as ``widen(..., init=)`` would check it.
 
+    A baseline is a snapshot, like the graph it reads: after the model changes width, build a new
+    one (a later :meth:`cost` may refuse the graph as stale, as ``widen`` does).
+
     Raises:
         WidenError: a wrapped model (DDP, ``torch.compile``), or a ``graph`` of another model or
             of other widths (as ``widen`` says).
