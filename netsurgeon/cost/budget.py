@@ -3,7 +3,9 @@
 Three caps, each optional (:class:`Budget`):
 
 * ``max_width``: a layer's width after growth (one int for every layer, or ``{layer: width}``);
-  applied first, layer by layer: ``k_l <- min(k_l, max(0, cap_l - n_l))``.
+  resolved to channel groups (a cap on any producer of a group caps the group, whose producers
+  share one width; two different caps for one group are an error), and applied first, group by
+  group: ``k_l <- min(k_l, max(0, cap_l - n_l))``.
 * ``max_params``: the model's parameter count after growth;
 * ``max_flops``: the model's forward FLOPs on the example inputs after growth.
 
@@ -11,23 +13,26 @@ If the (width-capped) plan ``k`` exceeds ``max_params`` or ``max_flops``, it is 
 largest ``t`` in ``0..T`` (``T = max_l k_l``) for which ``k_l(t) = floor(k_l * t / T)`` fits.
 Each ``k_l(t)`` is non-decreasing in ``t`` and parameters and FLOPs only grow with a plan, so a
 bisection over ``t`` finds it with ``log2(T) + 1`` previews; the result keeps the plan's
-proportions (where to grow) and cuts how much. Every count comes from
-:func:`~netsurgeon.cost.preview.preview`, i.e. from the real ``widen`` staged on a meta copy.
+proportions (where to grow) and cuts how much. Every count comes from one
+:class:`~netsurgeon.cost.Baseline`, i.e. from the real ``widen`` staged on a meta copy with the
+model's graph: the model is traced at most once per fit (not at all with ``graph=``).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from netsurgeon.cost.preview import CostPreview, preview
-from netsurgeon.errors import ConfigError, NetsurgeonTypeError
+from netsurgeon.cost.baseline import Baseline
+from netsurgeon.cost.records import CostPreview
+from netsurgeon.errors import ConfigError, NetsurgeonError, NetsurgeonTypeError
+from netsurgeon.graph import LayerGraph
 
-__all__ = ["Budget", "FittedPlan", "fit_to_budget"]
+__all__ = ["Budget", "FittedPlan", "fit", "fit_to_budget", "width_caps"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,15 @@ class Budget:
             out.append("max_flops")
         return tuple(out)
 
+    def exhausted(self, fitted: FittedPlan, graph: LayerGraph, groups: Sequence[str]) -> bool:
+        """Whether no later plan over ``groups`` can fit, after ``fitted`` found no room: a
+        global cap bound (``max_params``, ``max_flops``; the model only grows), or every group
+        is at its width cap (resolved with :func:`width_caps`)."""
+        if set(fitted.limited_by) & {"max_params", "max_flops"}:
+            return True
+        caps = width_caps(self.max_width, graph)
+        return all(name in caps and graph.resolve(name).width >= caps[name] for name in groups)
+
 
 @dataclass(frozen=True)
 class FittedPlan:
@@ -141,24 +155,28 @@ def fit_to_budget(
     *,
     init: str = "paper",
     granularity: Mapping[str, int] | None = None,
+    graph: LayerGraph | None = None,
 ) -> FittedPlan:
     """Scale ``plan`` down until ``model`` widened by it stays within ``budget``; changes nothing.
 
     Args:
         model: the model the plan is for (not modified).
-        plan: ``{layer: units to add}``.
-        budget: the caps.
+        plan: ``{group or layer: units to add}``.
+        budget: the caps; ``max_width`` keys are resolved to channel groups
+            (:func:`width_caps`).
         example_inputs: needed when ``budget.max_flops`` is set (FLOPs are counted on them).
         init: passed to the previews (``widen`` checks it).
         granularity: ``{plan key: g}``: every capped or scaled ``k`` is rounded down to a
-            multiple of ``g`` (a channel group's granularity; ``widen`` requires it). Keys not
-            in it have granularity 1.
+            multiple of ``g`` (``widen`` requires it); default: each group's granularity.
+        graph: ``netsurgeon.trace(model)`` at the current widths (as for ``widen(..., graph=)``);
+            ``None`` traces the model once. Either way, nothing else is traced.
 
     Returns:
         A :class:`FittedPlan`; its ``increments`` may be empty when nothing fits.
 
     Raises:
         ValueError: ``max_flops`` without ``example_inputs``.
+        ConfigError: a ``max_width`` key that is no layer, or two caps for one group.
         WidenError, TypeError, ValueError: ``widen`` would refuse the plan (the same error).
 
     Example:
@@ -168,51 +186,154 @@ def fit_to_budget(
         >>> fitted.increments, fitted.limited_by, fitted.cost.params_after
         ({'0': 3}, ('max_params',), 79)
     """
-    if budget.max_flops is not None and example_inputs is None:
+    _check_inputs(budget, example_inputs is not None)
+    basis = Baseline(model, example_inputs, graph=graph, init=init)
+    return fit(basis, plan, budget, granularity=granularity)
+
+
+def fit(
+    basis: Baseline,
+    plan: Mapping[str, int],
+    budget: Budget,
+    *,
+    granularity: Mapping[str, int] | None = None,
+) -> FittedPlan:
+    """:func:`fit_to_budget` against a :class:`~netsurgeon.cost.Baseline` (its graph, its
+    "before" counts): every plan it tries is priced on that baseline, so nothing is traced.
+
+    Width caps first, then, if a global cap is exceeded, the largest ``t`` whose scaled plan
+    fits, by bisection; FLOPs are counted for each candidate only under ``max_flops``, and for
+    the answer whenever the baseline has example inputs (one forward pass of a meta copy each).
+    """
+    _check_inputs(budget, basis.inputs is not None)
+    down = _rounding(basis.graph, granularity)
+    flops = budget.max_flops is not None  # a candidate's FLOPs only when a cap reads them
+    asked = basis.cost(plan, flops=flops)  # refuses what widen refuses, before any arithmetic
+    requested = asked.plan
+    capped = _cap_widths(requested, width_caps(budget.max_width, basis.graph), basis.graph, down)
+    limited = ["max_width"] if capped != requested else []
+    full = asked if capped == requested else basis.cost(capped, flops=flops)
+    over = budget.exceeded_by(full)
+    if not over:
+        return FittedPlan(requested, capped, tuple(limited), 1.0, _priced(basis, capped, full))
+    limited.extend(over)
+    steps = max(capped.values(), default=0)
+    best_t, best = _largest_fit(basis, capped, steps, budget, down)
+    increments = _scaled(capped, best_t, steps, down)  # t = 0: {}, the model is already over
+    scale = best_t / steps if steps else 0.0
+    return FittedPlan(
+        requested, increments, tuple(limited), scale, _priced(basis, increments, best)
+    )
+
+
+def _priced(basis: Baseline, plan: Mapping[str, int], cost: CostPreview | None) -> CostPreview:
+    """``cost`` of ``plan``, priced again with its FLOPs when the baseline counts them."""
+    if cost is None or (basis.inputs is not None and cost.flops_after is None):
+        return basis.cost(plan)
+    return cost
+
+
+def _largest_fit(
+    basis: Baseline,
+    capped: Mapping[str, int],
+    steps: int,
+    budget: Budget,
+    down: Callable[[str, int], int],
+) -> tuple[int, CostPreview | None]:
+    """The largest ``t < steps`` whose scaled plan fits (0 when none does), and its cost."""
+    best_t, best, low, high = 0, None, 0, steps - 1  # t = steps is the full plan: over
+    while low <= high:
+        t = (low + high) // 2
+        cost = basis.cost(_scaled(capped, t, steps, down), flops=budget.max_flops is not None)
+        if budget.exceeded_by(cost):
+            high = t - 1
+        else:
+            best_t, best, low = t, cost, t + 1
+    return best_t, best
+
+
+def width_caps(
+    max_width: int | Mapping[str, int] | None, graph: LayerGraph, field: str = "Budget.max_width"
+) -> dict[str, int]:
+    """``{group name: most units}`` from width caps naming layers or groups.
+
+    A cap on any producer of a channel group caps the group (its producers share one width),
+    resolved with ``graph.resolve``; one int caps every group.
+
+    Raises:
+        ConfigError: a key that is no layer or group of ``graph`` (a follower names its group),
+            or two keys of one group with different caps, naming both.
+
+    Example:
+        >>> import netsurgeon
+        >>> from netsurgeon.models import resnet
+        >>> graph = netsurgeon.trace(resnet((4, 8, 8), blocks=1))
+        >>> width_caps({"stages.0.0.conv2": 6}, graph)   # the stem's stream, second producer
+        {'conv': 6}
+    """
+    if max_width is None:
+        return {}
+    if not isinstance(max_width, Mapping):
+        return {group.name: int(max_width) for group in graph.groups}
+    caps: dict[str, int] = {}
+    named_by: dict[str, str] = {}
+    for key, cap in max_width.items():
+        try:
+            group = graph.resolve(key)
+        except (NetsurgeonError, KeyError) as e:
+            raise ConfigError(
+                f"{field} names {[key]}, which are not layers of {type(graph.model).__name__}: {e}"
+            ) from e
+        if group.name in caps and caps[group.name] != cap:
+            first = named_by[group.name]
+            raise ConfigError(
+                f"{field} caps {first!r} at {caps[group.name]} and {key!r} at {cap}, but both "
+                f"name channel group '{group.name}' (producers {', '.join(group.producers)}), "
+                f"whose producers share one width; give the group one cap, e.g. "
+                f"{{{group.name!r}: {min(cap, caps[group.name])}}}"
+            )
+        caps[group.name], named_by[group.name] = int(cap), key
+    return caps
+
+
+def _check_inputs(budget: Budget, has_inputs: bool) -> None:
+    if budget.max_flops is not None and not has_inputs:
         raise ValueError(
             f"budget.max_flops={budget.max_flops} needs example_inputs to count FLOPs on; pass "
             "one input batch (its FLOPs are what max_flops caps)."
         )
 
-    steps_of = dict(granularity or {})
+
+def _rounding(
+    graph: LayerGraph, granularity: Mapping[str, int] | None
+) -> Callable[[str, int], int]:
+    """``down(key, k)``: ``k`` rounded down to a multiple of the key's granularity."""
+    steps = dict(granularity) if granularity is not None else None
 
     def down(name: str, k: int) -> int:
-        g = max(1, int(steps_of.get(name, 1)))
+        g = steps.get(name, 1) if steps is not None else graph.resolve(name).granularity
+        g = max(1, int(g))
         return k // g * g
 
-    def cost_of(increments: Mapping[str, int]) -> CostPreview:
-        return preview(model, increments, example_inputs, init=init)
+    return down
 
-    asked = cost_of(plan)  # refuses exactly what widen refuses, before any arithmetic on it
-    requested, widths = asked.plan, asked.widths_before
-    capped = dict(requested)
-    limited: list[str] = []
+
+def _cap_widths(
+    requested: Mapping[str, int],
+    caps: Mapping[str, int],
+    graph: LayerGraph,
+    down: Callable[[str, int], int],
+) -> dict[str, int]:
+    """``k_l <- min(k_l, max(0, cap - n_l))`` per key (rounded down), zeros dropped."""
+    capped = {}
     for name, k in requested.items():
-        cap = budget.width_cap(name)
-        if cap is not None and name in widths and widths[name] + k > cap:
-            capped[name] = down(name, max(0, cap - widths[name]))
-            if "max_width" not in limited:
-                limited.append("max_width")
-    capped = {name: k for name, k in capped.items() if k > 0}
-    full = asked if capped == requested else cost_of(capped)
-    over = budget.exceeded_by(full)
-    if not over:
-        return FittedPlan(requested, capped, tuple(limited), 1.0, full)
-    limited.extend(over)
-    steps = max(capped.values(), default=0)
-    best_t, best = 0, None
-    low, high = 0, steps - 1  # t = steps is the full plan, known not to fit
-    while low <= high:
-        t = (low + high) // 2
-        cost = cost_of(_scaled(capped, t, steps, down))
-        if budget.exceeded_by(cost):
-            high = t - 1
-        else:
-            best_t, best, low = t, cost, t + 1
-    if best is None:  # not even t = 0 fits: the model is already over budget
-        best = cost_of({})
-    increments = _scaled(capped, best_t, steps, down)
-    return FittedPlan(requested, increments, tuple(limited), best_t / steps if steps else 0.0, best)
+        group = graph.resolve(name)
+        cap = caps.get(group.name)
+        if cap is not None and group.width + k > cap:
+            k = down(name, max(0, cap - group.width))
+        if k > 0:
+            capped[name] = k
+    return capped
 
 
 def _check_cap(field: str, value: object, *, mapping: bool = False) -> None:

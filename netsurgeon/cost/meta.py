@@ -5,9 +5,16 @@ user's objects and without paying for their memory. :func:`meta_model` builds a 
 of a module tree whose parameters and buffers are ``meta`` tensors of the same shapes (tied
 tensors stay tied, shared modules stay shared); every other attribute is shared by reference, and
 each copied module gets its own ``__dict__``, so anything ``widen`` sets on the copy (sizes,
-tensors) stays on the copy. Hooks are not copied: a forward or backward hook usually belongs to
-something else (a monitor, a profiler), and running it on the copy would feed that object shapes
-of a model that does not exist.
+tensors) stays on the copy. Parametrized modules (``torch.nn.utils.parametrize``) are copied
+like any other: their parametrization lists are submodules, copied with the rest.
+
+Hooks are not copied, with one exception: a forward or backward hook usually belongs to something
+else (a monitor, a profiler), and running it on the copy would feed that object shapes of a
+model that does not exist. torch's own hook-based reparametrisations (the legacy
+``nn.utils.weight_norm`` and ``spectral_norm`` pre-hooks, ``nn.utils.prune``'s masks) are part of
+how a module computes its weight: they are kept, so the copy widens and counts like the model.
+
+:func:`meta_graph` reads a graph traced from the model on the copy, so the copy is never traced.
 """
 
 from __future__ import annotations
@@ -18,10 +25,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
-__all__ = ["meta_inputs", "meta_model", "meta_optimizer"]
+from netsurgeon.graph import LayerGraph
+
+__all__ = ["meta_graph", "meta_inputs", "meta_model", "meta_optimizer"]
 
 META = torch.device("meta")
+
+#: Hooks that compute a module's own tensors (kept on the copy; every other hook is dropped).
+REPARAMETRISATIONS = (WeightNorm, SpectralNorm, prune.BasePruningMethod)
 
 
 def meta_model(model: nn.Module) -> tuple[nn.Module, dict[int, torch.Tensor]]:
@@ -55,7 +70,9 @@ def meta_model(model: nn.Module) -> tuple[nn.Module, dict[int, torch.Tensor]]:
     def twin_module(module: nn.Module) -> nn.Module:
         if id(module) in modules:
             return modules[id(module)]
-        twin = copy.copy(module)  # a new object with a shallow copy of ``__dict__``
+        # ``copy.copy`` would call ``__getstate__``, which parametrized modules refuse.
+        twin = type(module).__new__(type(module))
+        twin.__dict__.update(module.__dict__)  # a shallow copy of the attributes
         modules[id(module)] = twin
         attrs = twin.__dict__
         attrs["_parameters"] = OrderedDict(
@@ -67,12 +84,40 @@ def meta_model(model: nn.Module) -> tuple[nn.Module, dict[int, torch.Tensor]]:
         attrs["_modules"] = OrderedDict(
             (k, None if m is None else twin_module(m)) for k, m in module._modules.items()
         )
-        for key, value in list(attrs.items()):
-            if "hook" in key and isinstance(value, dict):
-                attrs[key] = type(value)()
+        _keep_reparametrisations(attrs)
         return twin
 
     return twin_module(model), tensors
+
+
+def _keep_reparametrisations(attrs: dict[str, Any]) -> None:
+    """Empty every hook dict of a module's ``__dict__`` but for :data:`REPARAMETRISATIONS`.
+
+    Hook handles have unique ids across every dict (``RemovableHandle``), so a kept hook keeps
+    its flags too (``_forward_pre_hooks_with_kwargs``, ``_forward_hooks_always_called``).
+    """
+    hooks = {k: v for k, v in attrs.items() if "hook" in k and isinstance(v, dict)}
+    kept = {
+        handle
+        for table in hooks.values()
+        for handle, hook in table.items()
+        if isinstance(hook, REPARAMETRISATIONS)
+    }
+    for key, table in hooks.items():
+        attrs[key] = type(table)((h, v) for h, v in table.items() if h in kept)
+
+
+def meta_graph(graph: LayerGraph, twin: nn.Module) -> LayerGraph:
+    """``graph``, traced from a model, read on ``twin``, a :func:`meta_model` copy of it.
+
+    A graph names layers, followers and tensors by their paths, which the copy shares; only its
+    ``model`` is an object. The result has the same groups and widths, and its modules are the
+    twin's, so ``widen(twin, plan, graph=meta_graph(graph, twin))`` stages on the copy exactly
+    what ``widen(model, plan, graph=graph)`` would stage on the model, without tracing the copy.
+    """
+    read = copy.copy(graph)
+    read.model = twin
+    return read
 
 
 def meta_optimizer(

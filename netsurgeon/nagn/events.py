@@ -22,8 +22,8 @@ class GrowthEvent:
         where: the criterion that spread the budget.
         profile: NAGN per layer during the epoch (every producer of a stream has its own value;
             ``plan.groups`` has the combined ones).
-        plan: the planner's record (its increments are the NAGN plan's; ``plan.cost`` is the
-            cost of those increments).
+        plan: the planner's record (its increments are the NAGN plan's; ``plan.cost`` is their
+            cost when they were applied as planned, else ``None``: ``cost`` is what was applied).
         increments: units actually added per channel group, keyed by group name (its first
             producer; a VGG's layer names), equal to the plan's for ``"nagn"`` within the caps.
         widths_before, widths_after: layer widths.

@@ -31,6 +31,7 @@ Example (a residual stream ``s`` of two producers, a block interior ``b``, the o
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -112,12 +113,30 @@ def combine_nagn(values: Sequence[float], combine: Combine = "rms") -> float:
     return math.sqrt(math.fsum(v * v for v in values) / len(values))
 
 
+#: ``group_neighbours`` per graph: a ``LayerGraph`` is a snapshot, so its neighbours never change;
+#: a plan reads them twice (``group_profile`` and ``backbone_chain``) and computes them once.
+_NEIGHBOURS: weakref.WeakKeyDictionary[LayerGraph, dict[str, tuple[tuple[str, ...], ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def group_neighbours(graph: LayerGraph) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """``{group: (groups it reads from, groups that read it)}``, each in depth order.
 
     A group ``H`` is read by ``G`` when a consumer of ``H`` is a producer of ``G``; a group that
-    reads itself (a producer consuming its own stream) is not its own neighbour.
+    reads itself (a producer consuming its own stream) is not its own neighbour. Computed once
+    per graph (a graph is a snapshot); each call returns a new dict.
     """
+    try:
+        found = _NEIGHBOURS.get(graph)
+    except TypeError:  # a graph-like object that cannot be weakly referenced
+        return _neighbours(graph)
+    if found is None:
+        found = _NEIGHBOURS[graph] = _neighbours(graph)
+    return dict(found)
+
+
+def _neighbours(graph: LayerGraph) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     order = [g.name for g in graph.groups]
     rank = {name: i for i, name in enumerate(order)}
     before: dict[str, set[str]] = {name: set() for name in order}

@@ -21,7 +21,8 @@ the pure :class:`~netsurgeon.nagn.trigger.TriggerPolicy`, what to grow ``config.
   NAGN profile into increments per channel group (a VGG's layers, a ResNet's stage streams and
   block interiors); the where-criterion (``"nagn"``, ``"uniform"``, ``"random"``) decides how
   that budget is spread over the widenable groups, each rounded to its granularity, and the caps
-  scale it down if it would exceed them. One trace per growth: the plan and ``widen`` share it.
+  scale it down if it would exceed them. One trace per growth: the plan, every cost (previews
+  and budget fitting on a meta copy, :class:`~netsurgeon.cost.Baseline`) and ``widen`` share it.
 
 ``step`` is atomic: it either completes, or raises and leaves the model, the optimizer and the
 grower (windows, triggers, history, generators, the monitor's accumulators) as they were. Every
@@ -39,13 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.cost import CostPreview, FittedPlan, fit_to_budget, preview
+from netsurgeon.cost import Baseline, FittedPlan, fit
 from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
 from netsurgeon.errors import NetsurgeonTypeError, NetsurgeonWarning
-from netsurgeon.graph import trace
+from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
-from netsurgeon.nagn.groups import round_to_granularity
 from netsurgeon.nagn.grower_state import GrowerState
 from netsurgeon.nagn.inputs import (
     as_accuracy,
@@ -59,6 +59,7 @@ from netsurgeon.nagn.inputs import (
 )
 from netsurgeon.nagn.monitor import NAGNMonitor
 from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
+from netsurgeon.nagn.plan import GrowthPlan
 from netsurgeon.nagn.planner import GrowthPlanner
 from netsurgeon.nagn.trigger import StopCause, TriggerPolicy, window_gain
 from netsurgeon.nagn.where import WHERE_CRITERIA
@@ -157,7 +158,7 @@ class Grower:
         model = self.model
         with training_mode(model):  # the forward that training runs (see _on_trigger)
             graph = trace(model, self.example_inputs, strict=False)
-            check_budget(self.config, model, self.example_inputs, graph.widths())
+            check_budget(self.config, model, self.example_inputs, graph)
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
                 (dataclasses.asdict(self.config), graph.widths()),
@@ -288,18 +289,17 @@ class Grower:
     def _grow(self, accuracy: float) -> GrowthEvent | None:
         cfg = self.config
         profile = self.monitor.profile(all_reduce=self.distributed, group=self.group)
-        # The one trace of this growth; with example inputs, shapes resolve what ranks alone cannot.
+        # The one trace of this growth: the plan, every cost and the widening read it (shapes
+        # from the example inputs resolve what ranks alone cannot).
         graph = trace(self.model, self.example_inputs, strict=False)
-        widths = graph.widths()
         plan = self.planner.plan_groups(profile, graph, monotone_groups=None)
         groups = {record.name: record for record in plan.groups}
         group_widths = {name: record.width for name, record in groups.items()}
         granularity = {name: record.granularity for name, record in groups.items()}
         growable = [name for name, record in groups.items() if record.widenable]
         requested = WHERE_CRITERIA[cfg.where](
-            plan.increments, group_widths, growable, self._where_rng
+            plan.increments, group_widths, growable, self._where_rng, granularity=granularity
         )
-        requested = round_to_granularity(requested, group_widths, granularity)
         if not requested:
             idle = nothing_to_grow(graph)
             if idle is not None:
@@ -307,19 +307,13 @@ class Grower:
             else:
                 logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
-        fitted = self._fit(requested, granularity)
-        same = fitted.increments == plan.increments
-        plan = plan.with_cost(fitted.cost if same else self._preview(plan.increments))
+        basis = Baseline(self.model, self.example_inputs, graph=graph, init=cfg.init)
+        fitted = self._fit(basis, requested, granularity)
+        if fitted.increments == plan.increments:  # what is applied is the plan: its cost
+            plan = plan.with_cost(fitted.cost)
         logger.debug("epoch %d: %s", self.epoch, plan)
         if not fitted.increments:
-            message = (
-                f"epoch {self.epoch}: the caps {_caps(cfg, fitted.limited_by)} leave no room for "
-                f"{requested} (the model has {fitted.cost.params_before:,} parameters)"
-            )
-            if _budget_exhausted(cfg, fitted, group_widths, growable):
-                self._stop("budget", message)
-            else:
-                logger.info("%s; other layers may still grow later", message)
+            self._no_room(fitted, graph, growable)
             return None
         params_before = _count(self.model)
         widen(
@@ -332,20 +326,32 @@ class Grower:
             mirrors=self.mirrors,
         )
         # Nothing below can fail: the widening is the step's last fallible operation.
+        return self._record(accuracy, profile, plan, fitted, graph, params_before)
+
+    def _record(
+        self,
+        accuracy: float,
+        profile: dict[str, float],
+        plan: GrowthPlan,
+        fitted: FittedPlan,
+        graph: LayerGraph,
+        params_before: int,
+    ) -> GrowthEvent:
+        """The event of a growth just applied, appended to the history and logged."""
         event = GrowthEvent(
             epoch=self.epoch,
             window_accuracy=accuracy,
-            where=cfg.where,
+            where=self.config.where,
             profile=profile,
             plan=plan,
             increments=fitted.increments,
-            widths_before=widths,
-            widths_after=fitted.cost.widths_after,
+            widths_before=graph.widths(),
+            widths_after=fitted.cost.widths_after,  # from the plan: nothing is traced again
             params_before=params_before,
             params_after=_count(self.model),
             optimizer=None if self.optimizer is None else type(self.optimizer).__name__,
             optimizer_known=optimizer_is_known(self.optimizer),
-            requested=requested,
+            requested=fitted.requested,
             limited_by=fitted.limited_by,
             cost=fitted.cost,
         )
@@ -353,21 +359,26 @@ class Grower:
         logger.info("epoch %d: %s", event.epoch, event.summary())
         return event
 
-    def _fit(self, requested: dict[str, int], granularity: dict[str, int]) -> FittedPlan:
+    def _fit(
+        self, basis: Baseline, requested: dict[str, int], granularity: dict[str, int]
+    ) -> FittedPlan:
+        """``requested`` within the caps, priced on this growth's baseline (no trace)."""
         budget = self.config.budget
         if budget.active:
-            return fit_to_budget(
-                self.model,
-                requested,
-                budget,
-                self.example_inputs,
-                init=self.config.init,
-                granularity=granularity,
-            )
-        return FittedPlan(requested, requested, (), 1.0, self._preview(requested))
+            return fit(basis, requested, budget, granularity=granularity)
+        return FittedPlan(requested, requested, (), 1.0, basis.cost(requested))
 
-    def _preview(self, increments: dict[str, int]) -> CostPreview:
-        return preview(self.model, increments, self.example_inputs, init=self.config.init)
+    def _no_room(self, fitted: FittedPlan, graph: LayerGraph, growable: list[str]) -> None:
+        """The caps left nothing of the plan: stop for good if no later plan can fit."""
+        cfg = self.config
+        message = (
+            f"epoch {self.epoch}: the caps {_caps(cfg, fitted.limited_by)} leave no room for "
+            f"{fitted.requested} (the model has {fitted.cost.params_before:,} parameters)"
+        )
+        if cfg.budget.exhausted(fitted, graph, growable):
+            self._stop("budget", message)
+        else:
+            logger.info("%s; other layers may still grow later", message)
 
     def _stop(self, cause: StopCause, reason: str) -> None:
         self._state.trigger = self._state.trigger.stop(cause, reason)
@@ -427,18 +438,6 @@ def _check_types(optimizer: Any, config: Any) -> None:
             f"Grower: config must be a GrowthConfig, got {type(config).__name__}; build one "
             "with GrowthConfig(**fields)."
         )
-
-
-def _budget_exhausted(
-    config: GrowthConfig, fitted: FittedPlan, widths: dict[str, int], growable: list[str]
-) -> bool:
-    """Whether no future plan can fit: a global cap bound, or every layer is at its width cap."""
-    if set(fitted.limited_by) & {"max_params", "max_flops"}:
-        return True
-    budget = config.budget
-    return all(
-        (cap := budget.width_cap(name)) is not None and widths[name] >= cap for name in growable
-    )
 
 
 def _caps(config: GrowthConfig, names: tuple[str, ...]) -> str:

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.cost import preview
+from netsurgeon.cost import Baseline, width_caps
 from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
+from netsurgeon.graph import LayerGraph
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.surgery.mirror import mirror_module
 
@@ -199,22 +200,20 @@ def config_differences(saved: dict[str, Any], config: GrowthConfig) -> list[str]
 
 
 def check_budget(
-    config: GrowthConfig, model: nn.Module, example_inputs: Any, widths: dict[str, int]
+    config: GrowthConfig, model: nn.Module, example_inputs: Any, graph: LayerGraph
 ) -> None:
-    """Refuse caps that do not fit ``model``: unknown ``max_width`` layers, ``max_flops``
-    without example inputs, a model already above ``max_params`` / ``max_flops``.
+    """Refuse caps that do not fit ``model``: ``max_width`` keys that are no layers or that cap
+    one channel group twice (resolved with ``graph.resolve``), ``max_flops`` without example
+    inputs, a model already above ``max_params`` / ``max_flops``.
+
+    Args:
+        graph: ``netsurgeon.trace(model)`` as the grower traced it (nothing is traced again).
 
     Raises:
         ConfigError: naming the cap, its value and the fix.
     """
     cfg = config
-    if isinstance(cfg.max_width, dict):
-        unknown = sorted(set(cfg.max_width) - set(widths))
-        if unknown:
-            raise ConfigError(
-                f"GrowthConfig.max_width names {unknown}, which are not layers of "
-                f"{type(model).__name__}; layers: {list(widths)}."
-            )
+    width_caps(cfg.max_width, graph, "GrowthConfig.max_width")
     if cfg.max_flops is not None and example_inputs is None:
         raise ConfigError(
             f"GrowthConfig.max_flops={cfg.max_flops} caps forward FLOPs, which are counted on "
@@ -222,8 +221,8 @@ def check_budget(
         )
     if cfg.max_params is None and example_inputs is None:
         return
-    now = preview(model, {}, example_inputs)  # also proves FLOPs can be counted
-    for cap, value in (("max_params", now.params_before), ("max_flops", now.flops_before)):
+    now = Baseline(model, example_inputs, graph=graph)  # also proves FLOPs can be counted
+    for cap, value in (("max_params", now.params), ("max_flops", now.flops and now.flops[0])):
         limit = getattr(cfg, cap)
         if limit is not None and value is not None and value > limit:
             raise ConfigError(

@@ -2,8 +2,9 @@
 
 Every criterion receives the NAGN plan (paper section 3) and returns increments. The grower
 passes channel groups as the "layers" (group names, group widths, the widenable groups) and
-rounds each result to its group's granularity afterwards. ``"nagn"`` uses
-the plan as is. ``"uniform"`` and ``"random"`` add *the same total number of units* as the NAGN
+their granularities. ``"nagn"`` uses the plan as is (the planner rounded it to the granularities
+already); the others spread its total afresh and round what they spread, once
+(:func:`~netsurgeon.nagn.groups.round_to_granularity`). ``"uniform"`` and ``"random"`` add *the same total number of units* as the NAGN
 plan, so a comparison between criteria is at matched growth budget and asks only *where*:
 
 * ``"uniform"``: every growable layer grows by the same fraction ``f = total / sum(n_l)`` of its
@@ -19,6 +20,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+
+from netsurgeon.nagn.groups import round_to_granularity
 
 __all__ = ["WHERE_CRITERIA", "spread_random", "spread_uniform"]
 
@@ -54,21 +57,22 @@ def spread_random(
     return {name: k for name, k in grown.items() if k > 0}
 
 
-def _nagn(increments, widths, layers, generator):
-    return dict(increments)
+def _nagn(increments, widths, layers, generator, granularity=None):
+    return dict(increments)  # rounded by the planner
 
 
-def _uniform(increments, widths, layers, generator):
-    return spread_uniform(sum(increments.values()), widths, layers)
+def _uniform(increments, widths, layers, generator, granularity=None):
+    spread = spread_uniform(sum(increments.values()), widths, layers)
+    return round_to_granularity(spread, widths, granularity or {})
 
 
-def _random(increments, widths, layers, generator):
-    return spread_random(sum(increments.values()), widths, layers, generator)
+def _random(increments, widths, layers, generator, granularity=None):
+    spread = spread_random(sum(increments.values()), widths, layers, generator)
+    return round_to_granularity(spread, widths, granularity or {})
 
 
-Criterion = Callable[
-    [Mapping[str, int], Mapping[str, int], Sequence[str], torch.Generator], dict[str, int]
-]
+Criterion = Callable[..., dict[str, int]]
 
-#: ``name -> criterion(nagn increments, widths, growable layers, generator) -> increments``.
+#: ``name -> criterion(nagn increments, widths, growable layers, generator, granularity=None)
+#: -> increments``, each a multiple of its layer's granularity (``{layer: g}``; default 1).
 WHERE_CRITERIA: dict[str, Criterion] = {"nagn": _nagn, "uniform": _uniform, "random": _random}
