@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) benchmarks/cifar_vgg.py --preset demo --out runs/demo
 
-## The whole test suite.
+## The whole test suite, with the docstring examples in netsurgeon/ (doctests) and the benchmark tests.
 test: $(STAMP)
 	$(PY) -m pytest
 

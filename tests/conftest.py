@@ -1,8 +1,17 @@
-"""Shared test configuration: hypothesis profiles and a seeded torch."""
+"""Shared test configuration: hypothesis profiles, a seeded torch, and the ``bench`` marker.
+
+Layout: one folder per package under test (``graph/``, ``surgery/``, ``nagn/``, ``cost/``,
+``integrations/``, ``models/``, ``zoo/``, ``api/``, ``bench/``), no ``__init__.py`` anywhere, so
+test module basenames are unique across folders. The shared helper modules (``coupled_models``,
+``ops_helpers``, ``training_helpers``, ...) live at this folder's root and are imported by
+basename from any folder: pyproject's ``pythonpath = ["tests"]`` puts this folder on
+``sys.path``. Fixtures shared by several folders live here; see tests/README.md.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,3 +42,16 @@ def _seed_torch() -> None:
     """
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+BENCH = Path(__file__).resolve().parent / "bench"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under ``tests/bench/`` (the benchmark drivers' tests) carries ``bench``.
+
+    The default run selects them (CI runs everything); ``-m "not bench"`` leaves them out.
+    """
+    for item in items:
+        if BENCH in item.path.resolve().parents:
+            item.add_marker(pytest.mark.bench)

@@ -21,7 +21,7 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
+from training_helpers import toy_images, train_epoch
 
 from netsurgeon import ConfigError, MonitorError, NetsurgeonTypeError, NetsurgeonWarning
 from netsurgeon.models import vgg
@@ -31,25 +31,9 @@ from netsurgeon.surgery import INIT_STRATEGIES, PaperInit
 FORCED = {"w_acc": 1, "delta_acc": 1.0, "delta_stop": -1.0, "every": 1}  # any gain < 1 triggers
 
 
-def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 3, 8, 8, generator=g)
-    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-    return x, y
-
-
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return vgg([[4], [4], [4]], num_classes=4, image_size=8)
-
-
-def _train_epoch(model, optimizer, x, y, batch: int = 48) -> None:
-    model.train()
-    for i in range(0, len(x), batch):
-        loss = F.cross_entropy(model(x[i : i + batch]), y[i : i + batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
 
 def _fingerprint(model, optimizer, grower) -> dict:
@@ -98,17 +82,17 @@ def _assert_identical(a, b, where: str = "") -> None:
 
 # ---- atomic steps -----------------------------------------------------------------------------
 def test_trigger_without_a_training_step_changes_nothing_and_growth_continues():
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(model, opt, GrowthConfig(**{**FORCED, "delta_stop": 0.0}))
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y, batch=48)
     assert grower.step(0.5) is None  # first epoch: no window yet
     before = _fingerprint(model, opt, grower)
     with pytest.raises(MonitorError, match="no gradient"):
         grower.step(0.5)  # triggers, but this "epoch" had no training step
     _assert_identical(before, _fingerprint(model, opt, grower), "after the failed step")
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y, batch=48)
     event = grower.step(0.5)  # the same trigger, now with NAGN: it grows, it does not stop
     assert event is not None and not grower.stopped
     assert event.epoch == 2 and grower.accuracies == [0.5, 0.5]
@@ -133,19 +117,19 @@ class _ExplodingInit(PaperInit):
 
 def test_failing_init_leaves_model_optimizer_and_grower_bit_identical(monkeypatch):
     monkeypatch.setitem(INIT_STRATEGIES, "explodes", _ExplodingInit)
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.SGD(model.parameters(), 1e-2, momentum=0.9)
     grower = Grower(model, opt, GrowthConfig(**FORCED, init="explodes"))
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y, batch=48)
     grower.step(0.5)
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y, batch=48)
     before = _fingerprint(model, opt, grower)
     with pytest.raises(RuntimeError, match="init exploded"):
         grower.step(0.5)
     _assert_identical(before, _fingerprint(model, opt, grower), "after the failed step")
     opt.step()  # the optimizer still matches the model
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y, batch=48)
 
 
 class _FactoredAdam(torch.optim.Optimizer):
@@ -171,14 +155,14 @@ class _FactoredAdam(torch.optim.Optimizer):
 
 
 def test_refused_optimizer_state_leaves_everything_bit_identical():
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = _FactoredAdam(model.parameters())
     with pytest.warns(NetsurgeonWarning, match="do not cover"):
         grower = Grower(model, opt, GrowthConfig(**FORCED))
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y, batch=48)
     grower.step(0.5)
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y, batch=48)
     before = _fingerprint(model, opt, grower)
     with pytest.raises(ValueError, match="factored state"):
         grower.step(0.5)
@@ -204,12 +188,12 @@ def test_percent_accuracy_error_shows_the_fraction():
 
 
 def test_accuracy_may_be_a_zero_dim_tensor_or_an_int_at_the_ends():
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(model, opt, GrowthConfig(**FORCED))
     for acc in (torch.tensor(0.25), 0, 1):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y, batch=48)
         grower.step(acc)
     assert grower.accuracies == [0.25, 0.0, 1.0]
 
@@ -285,13 +269,13 @@ def test_grower_refuses_a_ddp_wrapper_with_the_fix():
 
 # ---- optimizers --------------------------------------------------------------------------------
 def test_growing_without_an_optimizer_warns_and_every_event_records_it():
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     with pytest.warns(NetsurgeonWarning, match="no optimizer"):
         grower = Grower(model, None, GrowthConfig(**FORCED))
     for _ in range(2):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y, batch=48)
         event = grower.step(0.5)
     assert event is not None and event.optimizer is None and not event.optimizer_known
     with pytest.raises(RuntimeError):  # the failure the warning announced
@@ -299,26 +283,26 @@ def test_growing_without_an_optimizer_warns_and_every_event_records_it():
 
 
 def test_an_optimizer_the_tests_do_not_cover_warns_and_events_record_it():
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.NAdam(model.parameters(), 1e-2)
     with pytest.warns(NetsurgeonWarning, match="NAdam"):
         grower = Grower(model, opt, GrowthConfig(**FORCED))
     for _ in range(2):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y, batch=48)
         event = grower.step(0.5)
     assert event is not None and event.optimizer == "NAdam" and not event.optimizer_known
 
 
 def test_a_known_optimizer_is_quiet_and_recorded():
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", NetsurgeonWarning)
         grower = Grower(model, opt, GrowthConfig(**FORCED))
     for _ in range(2):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y, batch=48)
         event = grower.step(0.5)
     assert event is not None and event.optimizer == "AdamW" and event.optimizer_known
 
@@ -342,27 +326,27 @@ def _hooks(model) -> int:
     ],
 )
 def test_monitor_hooks_are_removed_when_growth_stops(overrides, accuracies, cause):
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     plain = _hooks(model)
     grower = Grower(model, opt, GrowthConfig(**{**FORCED, **overrides}))
     assert _hooks(model) > plain and grower.monitor.attached
     for acc in accuracies:
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y, batch=48)
         grower.step(acc)
     assert grower.stopped and grower.stop_cause == cause and grower.stop_reason
     assert not grower.monitor.attached and _hooks(model) == plain
 
 
 def test_loading_a_running_state_reattaches_the_monitor():
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(model, opt, GrowthConfig(**FORCED, max_growths=1))
     running = grower.state_dict()
     for _ in range(2):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y, batch=48)
         grower.step(0.5)
     assert not grower.monitor.attached
     grower.load_state_dict(running)
@@ -371,13 +355,13 @@ def test_loading_a_running_state_reattaches_the_monitor():
 
 # ---- logging ------------------------------------------------------------------------------------
 def test_triggers_plans_and_stops_are_logged(caplog):
-    x, y = _data()
+    x, y = toy_images(96)
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(model, opt, GrowthConfig(**FORCED, max_growths=1))
     with caplog.at_level(logging.INFO, logger="netsurgeon"):
         for _ in range(2):
-            _train_epoch(model, opt, x, y)
+            train_epoch(model, opt, x, y, batch=48)
             grower.step(0.5)
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("netsurgeon")]
     assert any("epoch 2: trigger" in m for m in messages)

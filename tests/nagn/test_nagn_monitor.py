@@ -16,6 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from training_helpers import toy_images
 
 from netsurgeon.nagn import NAGNMonitor
 
@@ -44,11 +45,9 @@ def _net() -> SmallNet:
     return SmallNet().double()
 
 
-def _data(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 2, 5, 5, generator=gen, dtype=torch.float64), torch.randint(
-        0, 3, (n,), generator=gen
-    )
+def _data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` float64 samples shaped for ``SmallNet``: ``(n, 2, 5, 5)`` and labels in ``[0, 3)``."""
+    return toy_images(n, channels=2, size=5, classes=3, dtype=torch.float64)
 
 
 def _reference(net: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor) -> dict:

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from training_helpers import train_epoch
 
 import netsurgeon
 from netsurgeon.cost import Budget, fit_to_budget, preview
@@ -250,14 +251,6 @@ def test_fit_to_budget_needs_inputs_for_flops():
         fit_to_budget(_vgg(), PLAN, Budget(max_flops=10**9))
 
 
-def _train_epoch(model, optimizer, x, y) -> None:
-    model.train()
-    for i in range(0, len(x), 32):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
-        optimizer.step()
-
-
 def test_grower_scales_plans_to_its_caps_and_records_it():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 5, (64,), generator=g)
@@ -267,7 +260,7 @@ def test_grower_scales_plans_to_its_caps_and_records_it():
     cfg = GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, every=1, max_params=start + 300)
     grower = Grower(model, opt, cfg, example_inputs=x[:1])
     for _ in range(6):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y, batch=32)
         grower.step(0.5)
     assert grower.history, "nothing grew"
     first = grower.history[0]

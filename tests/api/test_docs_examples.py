@@ -1,7 +1,7 @@
 """The documentation's examples run as written, and print what the text around them says.
 
 Every ``python`` code block of ``docs/nagn.md`` and ``docs/widen.md`` that follows the marker line
-``<!-- runs as written: tests/test_docs_examples.py -->`` is executed as a fresh script (on one
+``<!-- runs as written: tests/api/test_docs_examples.py -->`` is executed as a fresh script (on one
 thread, as the whole suite runs). Beyond running, each example is checked against its text: the
 manual epoch applies its plan; the training loop grows at the epochs the text names, within its
 cap, and prints a plan whose header is the one shown; the widening example widens to the widths
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-MARKER = "<!-- runs as written: tests/test_docs_examples.py -->"
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+MARKER = "<!-- runs as written: tests/api/test_docs_examples.py -->"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _marked_blocks(path: Path) -> list[str]:

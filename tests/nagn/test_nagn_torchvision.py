@@ -21,7 +21,7 @@ from netsurgeon.nagn import NAGNMonitor, plan_growth
 torchvision = pytest.importorskip("torchvision")
 
 # name: (constructor, input size, dtype). Three fast ones in every run; the rest of the zoo that
-# ``trace`` accepts (tests/test_torchvision_models.py) is marked slow. float32 for the two whose
+# ``trace`` accepts (tests/zoo/test_torchvision_models.py) is marked slow. float32 for the two whose
 # float64 copy would be about a gigabyte.
 FAST = {
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=5), 32, torch.float64),

@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from training_helpers import toy_images, train_epoch
 
 import netsurgeon
 from netsurgeon.models import vgg
@@ -24,27 +25,9 @@ from netsurgeon.nagn.grower import Grower, GrowthConfig, window_gain
 from netsurgeon.nagn.where import spread_random, spread_uniform
 
 
-def _data(n: int = 128, classes: int = 4, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 3, size, size, generator=g)
-    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-    return x, y % classes
-
-
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return vgg([[4], [4], [4]], num_classes=4, image_size=8)
-
-
-def _train_epoch(model, optimizer, x, y, batch: int = 64, scheduler=None) -> None:
-    model.train()
-    for i in range(0, len(x), batch):
-        loss = F.cross_entropy(model(x[i : i + batch]), y[i : i + batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
 
 
 def _eval_loss(model, x, y) -> float:
@@ -61,29 +44,29 @@ def test_window_gain_is_relative_gain_of_consecutive_window_means():
 
 
 def test_growth_triggers_exactly_when_the_window_gain_drops_below_delta_acc():
-    x, y = _data()
+    x, y = toy_images()
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(model, opt, GrowthConfig(w_acc=2, delta_acc=0.01, delta_stop=-1.0, every=1))
     accuracies = [0.30, 0.40, 0.50, 0.60, 0.61, 0.61]  # gain at epoch 4: 0.5, at 6: ~0.10/0.55
     events = []
     for acc in accuracies:
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y)
         events.append(grower.step(acc))
     assert [e is not None for e in events] == [False] * 6  # gains 0.556, 0.1.. stay above 1%
-    _train_epoch(model, opt, x, y)
+    train_epoch(model, opt, x, y)
     grower.step(0.61)  # window (0.61, 0.61) vs (0.60, 0.61): gain 0.8% < 1% -> trigger
     assert len(grower.history) == 1 and grower.history[0].epoch == 7
 
 
 def test_windows_restart_after_a_trigger():
-    x, y = _data()
+    x, y = toy_images()
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(model, opt, GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, every=1))
     grown_at = []
     for epoch in range(1, 7):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y)
         if grower.step(0.5) is not None:
             grown_at.append(epoch)
     assert grown_at == [2, 4, 6]  # every trigger needs 2 * w_acc fresh epochs
@@ -99,32 +82,32 @@ def test_windows_restart_after_a_trigger():
     ],
 )
 def test_delta_stop_disables_growth_for_good(mode, second_window, stops):
-    x, y = _data()
+    x, y = toy_images()
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     cfg = GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=0.05, stop_mode=mode, every=1)
     grower = Grower(model, opt, cfg)
     for acc in (0.5, 0.5, second_window, second_window):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y)
         grower.step(acc)
     assert grower.stopped is stops
     assert len(grower.history) == (1 if stops else 2)
     for _ in range(4):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y)
         grower.step(0.0 if stops else second_window)
     if stops:
         assert len(grower.history) == 1 and "delta_stop" in grower.stop_reason
 
 
 def test_max_growths_stops_after_that_many_events():
-    x, y = _data()
+    x, y = toy_images()
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(
         model, opt, GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, max_growths=1, every=1)
     )
     for _ in range(6):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y)
         grower.step(0.5)
     assert len(grower.history) == 1 and grower.stopped
 
@@ -143,7 +126,7 @@ def test_config_rejects_unknown_criterion():
 
 # ---- growth itself ----------------------------------------------------------------------------
 def test_end_to_end_growth_keeps_the_loss_on_a_fixed_batch_and_trains_on():
-    x, y = _data()
+    x, y = toy_images()
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     steps = 6 * math.ceil(len(x) / 64)
@@ -151,7 +134,7 @@ def test_end_to_end_growth_keeps_the_loss_on_a_fixed_batch_and_trains_on():
     grower = Grower(model, opt, GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, every=1))
     jumps = []
     for _ in range(6):
-        _train_epoch(model, opt, x, y, scheduler=sched)
+        train_epoch(model, opt, x, y, scheduler=sched)
         before = _eval_loss(model, x[:64], y[:64])
         event = grower.step(0.5)
         after = _eval_loss(model, x[:64], y[:64])
@@ -174,12 +157,12 @@ def test_end_to_end_growth_keeps_the_loss_on_a_fixed_batch_and_trains_on():
 def test_event_records_profile_and_plan_and_serialises():
     import json
 
-    x, y = _data()
+    x, y = toy_images()
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(model, opt, GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, every=1))
     for _ in range(2):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y)
         event = grower.step(0.5)
     assert event is not None
     assert list(event.profile) == netsurgeon.trace(model).layers
@@ -190,14 +173,14 @@ def test_event_records_profile_and_plan_and_serialises():
 
 @pytest.mark.parametrize("where", ["uniform", "random"])
 def test_baseline_criteria_add_the_same_total_as_the_nagn_plan(where):
-    x, y = _data()
+    x, y = toy_images()
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), 1e-2)
     grower = Grower(
         model, opt, GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, every=1, where=where)
     )
     for _ in range(2):
-        _train_epoch(model, opt, x, y)
+        train_epoch(model, opt, x, y)
         event = grower.step(0.5)
     assert event is not None
     assert sum(event.increments.values()) == sum(event.plan.increments.values())
@@ -221,14 +204,14 @@ def test_spread_random_is_seeded_and_capped():
 
 # ---- resume -----------------------------------------------------------------------------------
 def test_resume_mid_growth_continues_bit_identically(tmp_path):
-    x, y = _data()
+    x, y = toy_images()
     cfg = GrowthConfig(w_acc=1, delta_acc=1.0, delta_stop=-1.0, every=1)
     accs = [0.5, 0.5, 0.6, 0.6, 0.7, 0.7]
 
     def run(model, opt, grower, epochs):
         for acc in epochs:
             torch.manual_seed(len(grower.accuracies))  # the data order's randomness, per epoch
-            _train_epoch(model, opt, x, y)
+            train_epoch(model, opt, x, y)
             grower.step(acc)
 
     model = _model()
