@@ -17,6 +17,8 @@ from driver_helpers import load_benchmark
 
 from netsurgeon import GrowthConfig
 
+pytestmark = pytest.mark.bench
+
 replay = load_benchmark("replay_planner")
 driver = load_benchmark("cifar_vgg")
 
