@@ -651,4 +651,6 @@ if __name__ == "__main__":
     elif len(sys.argv) == 2:
         print(write_report(Path(sys.argv[1])))
     else:
-        sys.exit("usage: python benchmarks/_report.py OUT_DIR | --throughput OUT_DIR...")
+        sys.exit(
+            "usage: python -m benchmarks.grow_cifar.analysis.report OUT_DIR | --throughput OUT_DIR..."
+        )
