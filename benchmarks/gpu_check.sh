@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-MARGIN=${MARGIN_S:-30}           # seconds kept for the report and the run's last checkpoint
+MARGIN=${MARGIN_S:-30}           # seconds kept for the report and figures (10-20 s) after the runs stop
 RUN_GIB=${RUN_GIB:-2}            # device memory per resident run (data, model, CUDA context)
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-5}
 
@@ -64,8 +64,9 @@ if [ "$BUDGET" -le 0 ]; then
     echo "# no time left for the sweep; call again with a larger LIMIT_S"
     exit 0
 fi
-# --time-limit stops each run at an epoch boundary, checkpointed; timeout is only a safety net.
-timeout "$(( BUDGET + MARGIN - 5 ))" "$PY" -m benchmarks.grow_cifar "${SWEEP[@]}" \
+# --time-limit stops each run at an epoch boundary, checkpointed, leaving MARGIN for the report;
+# timeout is only a safety net (a kill loses at most the epochs since the last checkpoint).
+timeout "$(( $(left) > 3 ? $(left) - 2 : 1 ))" "$PY" -m benchmarks.grow_cifar "${SWEEP[@]}" \
     --time-limit "$BUDGET" --out "$OUT" > "$OUT/sweep.log" 2>&1 \
     || echo "# sweep exit $? (see sweep.log)"
 grep -E "^# (time limit|report)" "$OUT/sweep.log" || true
