@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 ## The main job: offline NAGN-driven growth on scikit-learn's bundled 8x8 digits.
 demo: $(STAMP)
-	$(PY) benchmarks/cifar_vgg.py --preset demo --out runs/demo
+	$(PY) -m benchmarks.grow_cifar --preset demo --out runs/demo
 
 ## The whole test suite, with the docstring examples in netsurgeon/ (doctests) and the benchmark tests.
 test: $(STAMP)

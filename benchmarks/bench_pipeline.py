@@ -1,6 +1,6 @@
 """Is the tensor data pipeline fast enough to disappear behind training? (CPU benchmark.)
 
-Claim (issue 6, "Fast"): netsurgeon.data's ``TensorLoader`` (uint8 tensors, batched crop+flip
+Claim (issue 6, "Fast"): the benchmark pipeline's ``TensorLoader`` (uint8 tensors, batched crop+flip
 as one row gather, one normalisation pass, channels_last) delivers >= 10x the images/s of a
 torchvision ``DataLoader`` with the usual per-image transforms (RandomCrop(32, 4),
 RandomHorizontalFlip, ToTensor, Normalize) over the same images, and costs <= 5% of one
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from grow_cifar.data import Augment, ImageTensors, TensorLoader, load_image_folder, make_synthetic
 from torch.utils.data import DataLoader, Dataset
 
-from netsurgeon.data import Augment, ImageTensors, TensorLoader, load_image_folder, make_synthetic
 from netsurgeon.models import vgg
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -1,72 +1,73 @@
 #!/usr/bin/env bash
-# One prepared GPU check of benchmarks/cifar_vgg.py, sized for < 8 minutes on one H200.
+# The paper's whole Fig. 2b sweep on one GPU, in slices: each call stops cleanly before LIMIT_S
+# seconds and the next call resumes where it stopped.
 #
-#   benchmarks/gpu_check.sh OUT_DIR          # on a GPU machine
-#   benchmarks/gpu_check.sh OUT_DIR --dry    # tiny CPU dry run of the same steps (~2 min)
+#   benchmarks/gpu_check.sh OUT_DIR LIMIT_S          # on a GPU machine (e.g. LIMIT_S=540)
+#   benchmarks/gpu_check.sh OUT_DIR LIMIT_S --dry    # CPU dry run: smoke preset, --device cpu
 #
-# 1. Sub-sweep of the paper preset: 6 of the 12 Fig. 2b configs x 2 seeds x 100 epochs (paper:
-#    200), grown (NAGN) + static baselines, --jobs 8 runs sharing the GPU.
-# 2. Throughput: the same 8 short runs with --jobs 1 and with --jobs 8; images/s per run and in
-#    aggregate (does --jobs overlap runs on one device?).
-# Each phase has a time limit; a phase cut short still reports the runs that finished (resume
-# makes a rerun continue where it stopped). Summary, figures and throughput.md land in OUT_DIR.
+# 1. `pytest -m gpu` (the library's device tests), log in OUT_DIR/pytest-gpu.log.
+# 2. `--preset paper` (12 configs x 5 seeds x 200 epochs, grown + static: 120 runs) with every
+#    run resident on the device: --jobs is sized from free device memory (RUN_GIB per run) and
+#    CPU cores. Each run checkpoints every CHECKPOINT_EVERY epochs and at the time limit.
+# Records, checkpoints, summary.md and figures/ all land in OUT_DIR (fetch it, commit it, or
+# pass it to the next call). Exit 0 when the slice ended cleanly, finished or not: the last line
+# says how many runs are left.
 #
-# Data: CIFAR-10 from $CIFAR_DIR (holds cifar-10-batches-py/), else an ImageFolder copy at
-# $IMAGEFOLDER_DIR (default /tmp/cifar10-jpeg), else synthetic CIFAR-sized images (throughput
-# only is then meaningful; the summary says which data was used).
+# Data: CIFAR-10 from $NETSURGEON_DATA (holds cifar-10-batches-py/, or train/ and test/ image
+# folders), else synthetic CIFAR-sized images (only the mechanics are then meaningful).
 set -euo pipefail
 
-OUT=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [--dry]}
-MODE=${2:-gpu}
+OUT=${1:?usage: benchmarks/gpu_check.sh OUT_DIR LIMIT_S [--dry]}
+LIMIT=${2:?usage: benchmarks/gpu_check.sh OUT_DIR LIMIT_S [--dry]}
+MODE=${3:-gpu}
+START=$(date +%s)
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-WORK=${WORK_DIR:-$OUT/work}
+MARGIN=${MARGIN_S:-30}           # seconds kept for the report and figures (10-20 s) after the runs stop
+RUN_GIB=${RUN_GIB:-2}            # device memory per resident run (data, model, CUDA context)
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-5}
 
-if [ -n "${CIFAR_DIR:-}" ] && [ -d "$CIFAR_DIR/cifar-10-batches-py" ]; then
-    DATA=(--dataset cifar10 --data-dir "$CIFAR_DIR")
-elif [ -d "${IMAGEFOLDER_DIR:-/tmp/cifar10-jpeg}/train" ]; then
-    DATA=(--dataset imagefolder --data-dir "${IMAGEFOLDER_DIR:-/tmp/cifar10-jpeg}")
+DATA_DIR=${NETSURGEON_DATA:-data}
+if [ -d "$DATA_DIR/cifar-10-batches-py" ]; then
+    DATA=(--dataset cifar10 --data-dir "$DATA_DIR")
+elif [ -d "$DATA_DIR/train" ]; then
+    DATA=(--dataset imagefolder --data-dir "$DATA_DIR")
 else
     DATA=(--dataset synthetic)
 fi
 
 if [ "$MODE" = "--dry" ]; then
-    DEVICE=(--device cpu); JOBS=2; EPOCHS=7; THROUGHPUT_EPOCHS=7; SEEDS=0
-    CONFIGS=(2/2/2 2/2/4); THROUGHPUT_SEEDS=0-1; LIMIT_SWEEP=300; LIMIT_TP=150
-    DATA=(--dataset synthetic)
+    SWEEP=(--preset smoke --where nagn --device cpu --jobs 1 --checkpoint-every 1)
+    TESTS=(tests/test_gpu.py)
 else
-    DEVICE=(--device cuda); JOBS=8; EPOCHS=100; THROUGHPUT_EPOCHS=7; SEEDS=0,1
-    CONFIGS=(4/4/4 4/4/8 8/8/8 4/8/16 4,4/4,4/4,4 2,2,2/4,4,4/8,8,8); THROUGHPUT_SEEDS=0-7
-    LIMIT_SWEEP=270; LIMIT_TP=75
+    JOBS=$("$PY" - "$RUN_GIB" <<'EOF'
+import os, sys, torch
+free, _ = torch.cuda.mem_get_info()
+print(max(1, min(int(free / 2**30 // float(sys.argv[1])), os.cpu_count() or 1)))
+EOF
+)
+    SWEEP=(--preset paper "${DATA[@]}" --device cuda --jobs "$JOBS" --threads 1
+           --checkpoint-every "$CHECKPOINT_EVERY")
+    TESTS=(tests)
 fi
 
-echo "# gpu_check: data ${DATA[*]}, device ${DEVICE[*]}, out $OUT"
-"$PY" -c "import torch; print('# torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+left() { echo $(( LIMIT - ($(date +%s) - START) )); }
+echo "# gpu_check: ${SWEEP[*]} -> $OUT, limit ${LIMIT}s"
+timeout "$(( $(left) > 1 ? $(left) / 3 : 1 ))" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
+    "${TESTS[@]}" > "$OUT/pytest-gpu.log" 2>&1 || echo "# pytest -m gpu: exit $? (see pytest-gpu.log)"
+tail -n 1 "$OUT/pytest-gpu.log"
 
-# 1. accuracy / time ratios on a sub-sweep of the paper preset
-timeout "$LIMIT_SWEEP" "$PY" benchmarks/cifar_vgg.py --preset paper "${DATA[@]}" "${DEVICE[@]}" \
-    --configs "${CONFIGS[@]}" --seeds "$SEEDS" --epochs "$EPOCHS" --jobs "$JOBS" \
-    --out "$WORK/sweep" > "$OUT/sweep.log" || echo "# sweep stopped (exit $?): reporting the finished runs"
-
-# 2. throughput with one job and with $JOBS jobs (same 8 runs each)
-for jobs in 1 "$JOBS"; do
-    timeout "$LIMIT_TP" "$PY" benchmarks/cifar_vgg.py --preset paper "${DATA[@]}" "${DEVICE[@]}" \
-        --configs 8/8/16 --seeds "$THROUGHPUT_SEEDS" --epochs "$THROUGHPUT_EPOCHS" \
-        --jobs "$jobs" --out "$WORK/throughput-jobs$jobs" >/dev/null \
-        || echo "# throughput --jobs $jobs stopped (exit $?)"
-done
-
-# 3. summary into OUT
-"$PY" benchmarks/_report.py "$WORK/sweep" > "$OUT/sweep-table.md" || true
-for f in summary.md summary.csv; do
-    [ -f "$WORK/sweep/$f" ] && cp "$WORK/sweep/$f" "$OUT/$f"
-done
-[ -d "$WORK/sweep/figures" ] && cp -r "$WORK/sweep/figures" "$OUT/"
-{
-    echo "# Throughput (training images/s; aggregate = all runs' training images / sweep wall time)"
-    echo
-    "$PY" benchmarks/_report.py --throughput "$WORK/throughput-jobs1" "$WORK/throughput-jobs$JOBS"
-} > "$OUT/throughput.md"
-cat "$OUT/sweep-table.md" "$OUT/throughput.md"
+BUDGET=$(( $(left) - MARGIN ))
+if [ "$BUDGET" -le 0 ]; then
+    echo "# no time left for the sweep; call again with a larger LIMIT_S"
+    exit 0
+fi
+# --time-limit stops each run at an epoch boundary, checkpointed, leaving MARGIN for the report;
+# timeout is only a safety net (a kill loses at most the epochs since the last checkpoint).
+timeout "$(( $(left) > 3 ? $(left) - 2 : 1 ))" "$PY" -m benchmarks.grow_cifar "${SWEEP[@]}" \
+    --time-limit "$BUDGET" --out "$OUT" > "$OUT/sweep.log" 2>&1 \
+    || echo "# sweep exit $? (see sweep.log)"
+grep -E "^# (time limit|report)" "$OUT/sweep.log" || true
+echo "# runs finished: $(ls "$OUT/runs" 2>/dev/null | wc -l), checkpointed: $(ls "$OUT/checkpoints" 2>/dev/null | wc -l)"

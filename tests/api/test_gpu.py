@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import netsurgeon
-from netsurgeon.data import Augment, TensorLoader, evaluate, make_synthetic
+from benchmarks.grow_cifar.data import Augment, TensorLoader, evaluate, make_synthetic
 from netsurgeon.models import vgg
 from netsurgeon.nagn import Grower, GrowthConfig, NAGNMonitor
 

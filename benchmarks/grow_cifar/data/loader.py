@@ -1,8 +1,8 @@
 """Batches straight from device-resident uint8 tensors: the hot loop of training and evaluation.
 
 A ``TensorLoader`` prepares, once, a padded (and mirrored) copy of its images on their device
-(:func:`~netsurgeon.data.augment.pad_and_mirror`). Each epoch it draws a permutation, and each
-batch is one row gather at random crop offsets / flips (:func:`~netsurgeon.data.augment.gather_crops`)
+(:func:`~benchmarks.grow_cifar.data.augment.pad_and_mirror`). Each epoch it draws a permutation, and each
+batch is one row gather at random crop offsets / flips (:func:`~benchmarks.grow_cifar.data.augment.gather_crops`)
 plus one normalisation pass into a channels_last float tensor. There is no ``DataLoader``, no
 worker process and no PIL in the loop.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netsurgeon.data.augment import (
+from .augment import (
     Augment,
     draw_crop_offsets,
     draw_flips,
@@ -25,7 +25,7 @@ from netsurgeon.data.augment import (
     normalize,
     pad_and_mirror,
 )
-from netsurgeon.data.tensors import ImageTensors
+from .tensors import ImageTensors
 
 __all__ = ["EvalResult", "TensorLoader", "evaluate"]
 

@@ -1,4 +1,4 @@
-"""Run records of ``benchmarks/cifar_vgg.py``: JSON files, resume checks, and CLI list parsing.
+"""Run records of the sweep: the typed :class:`RunRecord`, JSON files, resume checks, CLI lists.
 
 A run's JSON is written atomically once the run finished, so its presence means "done". A saved
 run is reused only when the settings that shape its result (everything but scheduling: jobs,
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "RunRecord",
     "SweepError",
     "check_config",
     "config_defaults",
@@ -37,6 +38,7 @@ __all__ = [
 
 Widths = tuple[tuple[int, ...], ...]
 _SCHEDULING = (
+    "data_dir",  # a machine path; the data digest identifies the data
     "jobs",
     "threads",
     "configs",
@@ -45,6 +47,8 @@ _SCHEDULING = (
     "preset",
     "verbose",
     "checkpoint_every",
+    *("launcher", "ray_address", "gpus_per_run", "slurm_partition", "slurm_minutes"),
+    "time_limit_s",
 )
 
 
@@ -238,7 +242,7 @@ def load_record(
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    check_config(path, record["config"], config, defaults)
+    check_config(path, RunRecord.from_dict(record, path).config, config, defaults)
     return record
 
 
@@ -283,6 +287,56 @@ def data_record(data: Any) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One finished run (or a progress snapshot) as stored in ``out/runs/<run_id>.json``.
+
+    ``to_dict`` gives the JSON layout every committed record has (schema 1), ``from_dict`` reads
+    it back; keys it does not know are kept in ``extra`` so that nothing is lost.
+    """
+
+    run_id: str  # e.g. "grown-nagn_4-4-8_s0", "static_4-6-8_s0" (make_run_id)
+    kind: str  # "grown" or "static"
+    where: str | None  # growth criterion of a grown run; None for a static one
+    seed: int  # parameter init, batch order and growth draws
+    widths_initial: list[list[int]]  # widths per block at epoch 0
+    widths_final: list[list[int]]  # widths per block after the last epoch
+    params_final: int  # trainable parameters after the last epoch
+    final: dict[str, float]  # test_acc, val_acc (fractions), train_time_s, train_cpu_s (s)
+    images_per_s: float  # training images per second of training time
+    stop_reason: str | None  # why growth stopped (grown runs), else None
+    baseline_run_id: str | None  # the static run with this run's final widths (grown runs)
+    segments: int  # processes that trained the run (1 + resumes)
+    segment_starts: list[int]  # first epoch of each segment
+    config: dict[str, Any]  # the resolved BenchConfig (config_dict)
+    data: dict[str, Any]  # what the run trained on (data_record)
+    environment: dict[str, Any]  # machine and versions of the latest segment
+    epochs: list[dict[str, Any]]  # per epoch: loss, accuracies, times, lr, widths, params
+    events: list[dict[str, Any]]  # growth events (GrowthEvent.to_dict)
+    schema: int = 1  # layout version of the JSON
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys this class lacks
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], source: object = "record") -> RunRecord:
+        """Read a JSON record; a missing key raises SweepError naming it and ``source``."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        missing = [n for n in names if n not in record and n != "schema"]
+        if missing:
+            raise SweepError(
+                f"{source} is not a run record: it lacks {missing}; it was not written by this "
+                "benchmark, or was cut short (delete it and rerun the sweep)."
+            )
+        extra = {k: v for k, v in record.items() if k not in names}
+        return cls(**{n: record[n] for n in names if n in record}, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON layout, keys in the committed records' order, ``extra`` keys last."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        extra = out.pop("extra")
+        order = ("schema", "run_id", "kind", "where", "seed")
+        return {**{k: out.pop(k) for k in order}, **out, **extra}
+
+
 def run_record(
     *,
     run_id: str,
@@ -307,7 +361,7 @@ def run_record(
     over the segments, which may have run under different machine load.
     """
     last = epochs[-1]
-    return {
+    record = {
         "schema": 1,
         "run_id": run_id,
         "kind": "grown" if where else "static",
@@ -333,3 +387,4 @@ def run_record(
         "epochs": epochs,
         "events": events,
     }
+    return RunRecord.from_dict(record).to_dict()

@@ -16,6 +16,8 @@ from driver_helpers import load_benchmark, load_driver, run_preset, run_records
 
 import netsurgeon
 
+pytestmark = pytest.mark.bench
+
 driver = load_driver()
 replay = load_benchmark("replay_planner")
 # resnet-smoke is a ResNet-8 (one block per stage): the stem's stream and each stage's stream

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _records import SweepError, check_config, make_run_id, parse_run_id, run_record
 
 import netsurgeon
 from netsurgeon import Grower
-from netsurgeon.data import TensorLoader
+
+from .data import TensorLoader
+from .records import SweepError, check_config, make_run_id, parse_run_id, run_record
 
 __all__ = [
     "FORMAT",

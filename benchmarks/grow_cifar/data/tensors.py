@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from netsurgeon.data.augment import Augment, channel_stats
+from .augment import Augment, channel_stats
 
 __all__ = ["DatasetSplits", "ImageTensors", "train_val_split"]
 

@@ -1,17 +1,14 @@
-"""``benchmarks/_arch.py``: every family builds from its spec and reads the same spec back."""
+"""``benchmarks/grow_cifar/arch.py``: every family builds from its spec and reads the same spec back."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import netsurgeon
+from benchmarks.grow_cifar.arch import ARCHS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from _arch import ARCHS
+pytestmark = pytest.mark.bench
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _checkpoints import checkpoint_record
-from _environment import environment
-from _figures import write_figures
-from _flops import flop_ratio
-from _records import width_tag
+from ..checkpoints import checkpoint_record
+from ..environment import environment
+from ..records import width_tag
+from .figures import write_figures
+from .flops import flop_ratio
 
 __all__ = [
     "DATA_KEYS",
@@ -651,4 +651,6 @@ if __name__ == "__main__":
     elif len(sys.argv) == 2:
         print(write_report(Path(sys.argv[1])))
     else:
-        sys.exit("usage: python benchmarks/_report.py OUT_DIR | --throughput OUT_DIR...")
+        sys.exit(
+            "usage: python -m benchmarks.grow_cifar.analysis.report OUT_DIR | --throughput OUT_DIR..."
+        )

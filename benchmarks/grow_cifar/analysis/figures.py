@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _records import width_tag
+from ..records import width_tag
 
 __all__ = ["write_figures"]
 

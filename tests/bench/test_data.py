@@ -1,4 +1,4 @@
-"""netsurgeon.data: batched augmentation, normalisation, the seeded split, loaders and sources.
+"""benchmarks/grow_cifar/data: batched augmentation, normalisation, the seeded split, loaders and sources.
 
 The crop+flip reference is per-image slicing of a zero-padded image, which is what
 torchvision's ``RandomCrop(size, padding=p)`` + ``RandomHorizontalFlip`` compute; the batched
@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from netsurgeon.data import (
+from benchmarks.grow_cifar.data import (
     Augment,
     DatasetNotFoundError,
     DatasetSplits,
@@ -39,6 +39,8 @@ from netsurgeon.data import (
     random_crop_flip,
     train_val_split,
 )
+
+pytestmark = pytest.mark.bench
 
 
 def _images(n: int, c: int = 3, h: int = 6, w: int = 5, seed: int = 0) -> torch.Tensor:
@@ -348,7 +350,7 @@ def test_image_folder_loads_exact_pixels_with_sorted_class_labels(tmp_path: Path
 def test_image_folder_second_load_comes_from_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from netsurgeon.data import sources
+    from benchmarks.grow_cifar.data import sources
 
     _write_image_folder(tmp_path / "data", {"a": 2, "b": 1})
     first = load_image_folder(tmp_path / "data", cache_dir=tmp_path / "cache")
@@ -491,7 +493,7 @@ def test_each_dataset_uses_its_documented_augmentation(
     name: str, expected: Augment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CIFAR-style data: crop with 4 px padding and a fair coin flip; digits: no mirror."""
-    import netsurgeon.data.sources as sources
+    import benchmarks.grow_cifar.data.sources as sources
 
     tiny = ImageTensors(_images(10, h=8, w=8), torch.arange(10) % 2)
     monkeypatch.setattr(sources, "load_cifar10", lambda *a, **k: (tiny, tiny, ("a", "b")))

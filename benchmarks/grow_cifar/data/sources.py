@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from netsurgeon.data.augment import Augment
-from netsurgeon.data.tensors import DatasetSplits, ImageTensors, train_val_split
 from netsurgeon.errors import DatasetNotFoundError
+
+from .augment import Augment
+from .tensors import DatasetSplits, ImageTensors, train_val_split
 
 __all__ = [
     "DATASETS",

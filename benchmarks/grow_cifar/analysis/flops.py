@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from _arch import ARCHS, Family, family_of
 from torch.utils.flop_counter import FlopCounterMode
+
+from ..arch import ARCHS, Family, family_of
 
 __all__ = ["flop_ratio", "image_flops", "training_flops"]
 

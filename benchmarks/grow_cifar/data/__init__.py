@@ -12,7 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
-from netsurgeon.data.augment import (
+from .augment import (
     Augment,
     channel_stats,
     crop_and_flip,
@@ -23,8 +23,8 @@ from netsurgeon.data.augment import (
     pad_and_mirror,
     random_crop_flip,
 )
-from netsurgeon.data.loader import EvalResult, TensorLoader, evaluate
-from netsurgeon.data.sources import (
+from .loader import EvalResult, TensorLoader, evaluate
+from .sources import (
     DATASETS,
     DatasetNotFoundError,
     load_cifar10,
@@ -33,7 +33,7 @@ from netsurgeon.data.sources import (
     load_image_folder,
     make_synthetic,
 )
-from netsurgeon.data.tensors import DatasetSplits, ImageTensors, train_val_split
+from .tensors import DatasetSplits, ImageTensors, train_val_split
 
 __all__ = [
     "DATASETS",

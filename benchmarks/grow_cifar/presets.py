@@ -1,6 +1,7 @@
-"""Named presets of ``benchmarks/cifar_vgg.py``: values that override ``BenchConfig`` defaults.
+"""Named presets of the sweep: values that override ``BenchConfig`` defaults.
 
-See docs/benchmark.md ("Presets") for what each is for and what it shortens.
+See docs/benchmark.md ("Presets") for what each is for and what it shortens. Presets hold no
+machine paths: the data folder is ``--data-dir`` or ``$NETSURGEON_DATA`` (config.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 40,
         "where": ("nagn", "uniform"),
         "dataset": "imagefolder",
-        "data_dir": "/tmp/cifar10-jpeg",
         "jobs": 2,
         "train_subset": 10_000,
         "val_subset": 5_000,
@@ -43,7 +43,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 60,
         "where": ("nagn", "uniform", "random"),
         "dataset": "imagefolder",
-        "data_dir": "/tmp/cifar10-jpeg",
         "jobs": 2,
         "batch_size": 125,
         "train_subset": 10_000,
@@ -76,7 +75,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 60,
         "where": ("nagn", "uniform", "random"),
         "dataset": "imagefolder",
-        "data_dir": "/tmp/cifar10-jpeg",
         "jobs": 2,
         "batch_size": 125,
         "train_subset": 10_000,

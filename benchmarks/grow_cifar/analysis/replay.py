@@ -36,15 +36,13 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _arch import ARCHS, build_recorded
-from _records import width_tag
-from _report import load_progress, load_runs
-
 from netsurgeon import LayerGraph, trace, widen
 from netsurgeon.nagn import plan_group_growth, plan_growth
 from netsurgeon.nagn.trigger import TriggerPolicy, TriggerState
+
+from ..arch import ARCHS, build_recorded
+from ..records import width_tag
+from .report import load_progress, load_runs
 
 __all__ = [
     "GROUP_READINGS",

@@ -1,4 +1,4 @@
-"""benchmarks/cifar_vgg.py end to end on ``--preset smoke``: outputs, ratios, options, resume."""
+"""The benchmark (benchmarks/grow_cifar) end to end on ``--preset smoke``: outputs, ratios, options, resume."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ import pytest
 import torch
 from driver_helpers import load_benchmark, load_driver, run_preset, run_records
 
-from netsurgeon.data import ImageTensors
+from benchmarks.grow_cifar import config as config_module
+from benchmarks.grow_cifar import sweep as sweep_module
+from benchmarks.grow_cifar import train as train_module
+from benchmarks.grow_cifar.data import ImageTensors
 from netsurgeon.models import vgg
+
+pytestmark = pytest.mark.bench
 
 driver = load_driver()
 parse_run_id = load_benchmark("_records").parse_run_id
@@ -130,8 +135,8 @@ def test_rerun_with_the_same_out_reuses_finished_runs(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(driver, "train_run", no_training)
-    monkeypatch.setattr(driver, "_worker_init", lambda cfg: None)
+    monkeypatch.setattr(train_module, "train_run", no_training)
+    monkeypatch.setattr(train_module, "prepare", lambda cfg: None)
     assert driver.main(["--preset", "smoke", "--out", str(smoke_out)]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in (smoke_out / "runs").glob("*.json")}
     assert after == before
@@ -140,7 +145,7 @@ def test_rerun_with_the_same_out_reuses_finished_runs(
 def test_resume_into_an_out_made_with_other_settings_is_refused(
     smoke_out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(driver, "_worker_init", lambda cfg: None)
+    monkeypatch.setattr(train_module, "prepare", lambda cfg: None)
     assert driver.main(["--preset", "smoke", "--epochs", "5", "--out", str(smoke_out)]) == 2
     assert "fresh --out" in capsys.readouterr().err
 
@@ -150,7 +155,8 @@ def test_resume_into_an_out_made_with_other_settings_is_refused(
     [
         (["--where", "nagn,best"], "--where"),
         (["--epochs", "2"], "two windows"),
-        (["--dataset", "imagefolder"], "needs --data-dir"),
+        (["--time-limit", "0"], "--time-limit must be > 0"),
+        (["--gpus-per-run", "-1"], "--gpus-per-run"),
         (["--dataset", "digits", "--data-dir", "/x"], "unused"),
         (["--amp", "--device", "cpu"], "--amp needs a CUDA device"),
         (["--seeds", "1,1"], "distinct seeds"),
@@ -195,7 +201,7 @@ def test_growth_overrides_replace_only_the_named_fields_of_the_presets_rules() -
 def test_a_sweep_made_under_one_growth_reading_refuses_to_resume_under_another(
     smoke_out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(driver, "_worker_init", lambda cfg: None)
+    monkeypatch.setattr(train_module, "prepare", lambda cfg: None)
     argv = ["--preset", "smoke", "--growth", "score=damped", "--out", str(smoke_out)]
     assert driver.main(argv) == 2
     assert "growth.score" in capsys.readouterr().err
@@ -221,6 +227,25 @@ def test_width_specs_parse_in_both_spellings() -> None:
     assert driver.parse_widths("8,3,8/16") == ((8, 3, 8), (16,))
     assert driver.parse_ints("0-2", "--seeds") == (0, 1, 2)
     assert driver.parse_ints("3,5", "--seeds") == (3, 5)
+
+
+def test_the_data_folder_is_the_option_then_the_environment_then_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(config_module.DATA_ENV, raising=False)
+    cfg, _ = driver.resolve_config(["--preset", "quick"])
+    assert config_module.default_data_dir(cfg) == "data"
+    monkeypatch.setenv(config_module.DATA_ENV, "/elsewhere/cifar")
+    assert config_module.default_data_dir(cfg) == "/elsewhere/cifar"
+    cfg, _ = driver.resolve_config(["--preset", "quick", "--data-dir", "/mine"])
+    assert config_module.default_data_dir(cfg) == "/mine"
+    cfg, _ = driver.resolve_config(["--preset", "smoke"])
+    assert config_module.default_data_dir(cfg) is None  # synthetic images need no folder
+
+
+def test_no_preset_names_a_folder_of_some_machine() -> None:
+    for name, values in driver.PRESETS.items():
+        assert "data_dir" not in values, name
 
 
 def test_overriding_the_dataset_drops_the_presets_data_dir() -> None:
@@ -367,7 +392,7 @@ def _strip(config: dict, *keys: str) -> dict:
 def test_a_record_that_predates_a_setting_resumes_when_the_setting_is_at_its_default(
     smoke_out: Path, tmp_path: Path
 ) -> None:
-    from _records import config_defaults, config_dict, load_record
+    from benchmarks.grow_cifar.records import config_defaults, config_dict, load_record
 
     cfg, _ = driver.resolve_config(["--preset", "smoke"])
     record = json.loads(next((smoke_out / "runs").glob("static_*.json")).read_text())
@@ -384,7 +409,7 @@ def test_a_record_that_predates_a_setting_resumes_when_the_setting_is_at_its_def
 
 
 def test_config_defaults_expand_nested_configs_and_skip_required_fields() -> None:
-    from _records import config_defaults
+    from benchmarks.grow_cifar.records import config_defaults
 
     defaults = config_defaults(driver.BenchConfig)
     assert "epochs" not in defaults and "preset" not in defaults
@@ -407,7 +432,7 @@ def test_a_run_leaves_a_snapshot_every_epoch_and_removes_it_when_done(
         written.append((path.parent.name, len(record["epochs"])))
         real(path, record)
 
-    monkeypatch.setattr(driver, "write_json", spy)
+    monkeypatch.setattr(train_module, "write_json", spy)
     spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
     driver.train_run(spec, cfg, tmp_path, progress=False)
     assert written == [("progress", 1), ("progress", 2), ("runs", 3)]
@@ -456,7 +481,7 @@ def _train_interrupted(
             raise _Killed
 
     with monkeypatch.context() as m:
-        m.setattr(driver, "save_checkpoint", save_then_die)
+        m.setattr(train_module, "save_checkpoint", save_then_die)
         with pytest.raises(_Killed):
             driver.train_run(spec, cfg, out, progress=False)
 
@@ -568,7 +593,7 @@ def test_the_report_says_which_runs_were_trained_in_several_segments(
 def _fake_train(calls: list[str], final: dict[str, list[list[int]]]):
     """A stand-in for ``train_run`` that records its calls and returns minimal records."""
 
-    def train(spec, cfg, out, *, progress=True):
+    def train(spec, cfg, out, *, progress=True, deadline=None):
         calls.append(spec.run_id)
         widths = final.get(spec.run_id, [list(block) for block in spec.widths])
         kind = "grown" if spec.where else "static"
@@ -617,7 +642,8 @@ def test_a_resumed_sweep_starts_the_baseline_of_a_stopped_run_first(
     progress.parent.mkdir(parents=True)
     progress.write_text(json.dumps({"widths_final": [[3], [2], [4]], "stop_reason": "stopped"}))
     calls: list[str] = []
-    monkeypatch.setattr(driver, "train_run", _fake_train(calls, {grown.run_id: ends_at}))
-    monkeypatch.setattr(driver, "environment", lambda device: {})
+    monkeypatch.setattr(train_module, "train_run", _fake_train(calls, {grown.run_id: ends_at}))
+    monkeypatch.setattr(train_module, "prepare", lambda cfg: None)
+    monkeypatch.setattr(sweep_module, "environment", lambda device: {})
     driver.run_sweep(cfg, tmp_path)
     assert calls == expected

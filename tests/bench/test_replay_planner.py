@@ -15,7 +15,10 @@ import pytest
 import torch
 from driver_helpers import load_benchmark
 
+from benchmarks.grow_cifar import train as train_module
 from netsurgeon import GrowthConfig
+
+pytestmark = pytest.mark.bench
 
 replay = load_benchmark("replay_planner")
 driver = load_benchmark("cifar_vgg")
@@ -177,7 +180,7 @@ def test_a_run_known_only_by_its_checkpoint_is_replayed_as_its_snapshot(
         if len(state["epochs"]) == 3:  # after the growth forced at epoch 2
             raise _Killed
 
-    monkeypatch.setattr(driver, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     threads = torch.get_num_threads()
     try:
         with pytest.raises(_Killed):

@@ -21,11 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _flops import flop_ratio
-from _records import width_tag
-from _report import load_progress, load_runs
+from ..records import width_tag
+from .flops import flop_ratio
+from .report import load_progress, load_runs
 
 __all__ = ["compare", "run_summary"]
 

@@ -1,0 +1,403 @@
+"""One run of the sweep, under the paper's protocol: one task for any launcher.
+
+Protocol per run: AdamW (lr 1e-3, weight decay 1e-2), cosine annealing of the learning rate over
+the whole run, stepped per batch; batch 500; random crop (padding 4) + horizontal flip; 20% of
+the training set held out for validation (seeded split); each epoch: train, evaluate val and
+test, ``grower.step(val_acc)``. Training time = wall time of the training batches (data pipeline
+included) plus the growth steps; evaluation and one-time data preparation excluded; the device
+is synchronised before every clock read.
+
+:func:`train_run` continues from the run's checkpoint when there is one, so a run killed in the
+middle (or stopped by ``--time-limit``) is resumed by the next invocation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from netsurgeon import Grower
+from netsurgeon.models import vgg
+
+from . import checkpoints as _checkpoints
+from .arch import ARCHS
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import BenchConfig, Widths, as_widths, default_data_dir
+from .data import DatasetSplits, TensorLoader, evaluate, load_dataset
+from .environment import environment
+from .records import (
+    config_defaults,
+    config_dict,
+    data_record,
+    load_record,
+    make_run_id,
+    run_record,
+    write_json,
+)
+
+__all__ = [
+    "RunSpec",
+    "RunStopped",
+    "load_data",
+    "load_done",
+    "prepare",
+    "run_task",
+    "stopped_widths",
+    "train_run",
+]
+
+
+class RunStopped(Exception):
+    """A run checkpointed and stopped at its time limit; the next invocation resumes it."""
+
+
+@functools.lru_cache(maxsize=1)  # one dataset per process (worker processes each load once)
+def load_data(cfg: BenchConfig) -> DatasetSplits:
+    """The dataset of ``cfg`` on its device, with the seeded hold-out and optional subsets."""
+    splits = load_dataset(
+        cfg.dataset,
+        default_data_dir(cfg),
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        synthetic_size=cfg.synthetic_size,
+        synthetic_image_size=cfg.synthetic_image_size,
+    )
+    generator = torch.Generator().manual_seed(cfg.split_seed)
+
+    def take(part, count):
+        if count is None or count >= len(part):
+            return part
+        return part.subset(torch.randperm(len(part), generator=generator)[:count])
+
+    splits = replace(
+        splits,
+        train=take(splits.train, cfg.train_subset),
+        val=take(splits.val, cfg.val_subset),
+        test=take(splits.test, cfg.test_subset),
+    )
+    return splits.to(cfg.device)
+
+
+def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoader:
+    """The training batches of one run: the dataset's own augmentation, seeded by the run.
+
+    channels_last also on CPUs: faster than NCHW for these nets (bench_pipeline); the arch
+    decides (ResNets stay contiguous on CPUs, benchmarks/_arch.py).
+    """
+    return TensorLoader(
+        data.train,
+        cfg.batch_size,
+        mean=data.mean,
+        std=data.std,
+        augment=data.augment,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        memory_format=ARCHS[cfg.arch].memory_format(torch.device(cfg.device)),
+    )
+
+
+# ================================================================================================
+# Model and training
+# ================================================================================================
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a grown run (``where`` set) or a static baseline (``where`` None)."""
+
+    widths: Widths  # initial widths (grown) or the fixed widths (static)
+    seed: int
+    where: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return make_run_id(self.where, self.widths, self.seed)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_run(
+    spec: RunSpec,
+    cfg: BenchConfig,
+    out: Path,
+    *,
+    progress: bool = True,
+    deadline: float | None = None,
+) -> dict:
+    """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
+
+    Continues from ``out/checkpoints/<run_id>.pt`` when there is one (``checkpoints.py``), and
+    writes that file every ``cfg.checkpoint_every`` epochs until the run is done.
+
+    Args:
+        deadline: ``time.time()`` by which the run must have stopped: when the next epoch would
+            end past it, the run checkpoints and raises :class:`RunStopped`.
+
+    Raises:
+        RunStopped: the deadline came first; the checkpoint holds every epoch trained.
+    """
+    if deadline is not None and time.time() >= deadline:
+        raise RunStopped(spec.run_id)
+    from tqdm.auto import tqdm
+
+    data = load_data(cfg)
+    device = torch.device(cfg.device)
+    fmt = ARCHS[cfg.arch].memory_format(device)  # channels_last unless the arch says otherwise
+    shared = {
+        "config": config_dict(cfg),
+        "data": data_record(data),
+        "environment": environment(device),
+        "train_images": len(data.train),
+    }
+    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
+    state = load_checkpoint(
+        checkpoint, shared["config"], config_defaults(BenchConfig), shared["data"]
+    )
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
+        model = ARCHS[cfg.arch].build(
+            spec.widths, data.num_classes, data.in_channels, data.image_size, cfg.hidden, device
+        )
+    if state is not None:  # the initial model, widened to the checkpoint's widths
+        _checkpoints.restore(state, model)
+    model = model.to(memory_format=fmt)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loader = train_loader(data, cfg, spec.seed)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
+    evals = {
+        name: TensorLoader(
+            part, cfg.eval_batch_size, mean=data.mean, std=data.std, memory_format=fmt
+        )
+        for name, part in (("val", data.val), ("test", data.test))
+    }
+    grower = None
+    if spec.where is not None:  # after the restore: its monitor hooks the grown layers
+        grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+
+    epochs, events, train_time, train_cpu, starts = [], [], 0.0, 0.0, [1]
+    if state is not None:
+        _checkpoints.restore_training(
+            state, optimizer=optimizer, schedule=schedule, loader=loader, grower=grower
+        )
+        epochs, events = state["epochs"], state["events"]
+        train_time, train_cpu = state["train_time_s"], state["train_cpu_s"]
+        starts = [*state["segment_starts"], len(epochs) + 1]
+    bar = tqdm(
+        range(len(epochs) + 1, cfg.epochs + 1),
+        desc=spec.run_id,
+        leave=False,
+        disable=not progress,
+    )
+    for epoch in bar:
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for x, y in loader:
+            with amp:
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach() * y.shape[0]
+        _sync(device)
+        t1, c1 = time.perf_counter(), time.process_time()
+        acc = {
+            name: evaluate(
+                model,
+                ev.data,
+                mean=data.mean,
+                std=data.std,
+                loader=ev,
+                autocast_dtype=torch.bfloat16 if cfg.amp else None,
+            ).accuracy
+            for name, ev in evals.items()
+        }
+        _sync(device)
+        t2, c2 = time.perf_counter(), time.process_time()
+        event = grower.step(acc["val"]) if grower is not None else None
+        if event is not None:
+            model.to(memory_format=fmt)  # new weights arrive contiguous
+        _sync(device)
+        train_time += (t1 - t0) + (time.perf_counter() - t2)
+        train_cpu += (c1 - c0) + (time.process_time() - c2)  # robust to other load; CPU runs
+        widths = [list(row) for row in ARCHS[cfg.arch].widths_of(model)]
+        epochs.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum.item() / len(data.train),
+                "val_acc": acc["val"],
+                "test_acc": acc["test"],
+                "train_time_s": train_time,
+                "train_cpu_s": train_cpu,
+                "lr": schedule.get_last_lr()[0],
+                "widths": widths,
+                "params": sum(p.numel() for p in model.parameters()),
+            }
+        )
+        bar.set_postfix(
+            loss=f"{epochs[-1]['train_loss']:.3f}",
+            val=f"{acc['val']:.3f}",
+            test=f"{acc['test']:.3f}",
+        )
+        if event is not None:
+            events.append(event.to_dict())
+            _log_event(spec, event, widths, verbose=cfg.verbose)
+        if epoch == cfg.epochs:
+            break
+        # Stop before the deadline: the next epoch would take about as long as this one.
+        stop = deadline is not None and time.time() + (time.perf_counter() - t0) > deadline
+        # What a running sweep has so far (report, replay_planner.py), then the checkpoint.
+        partial = _snapshot(spec, model, grower, epochs, events, shared, starts)
+        write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
+        if stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
+            run = {
+                "run_id": spec.run_id,
+                "config": shared["config"],
+                "data": shared["data"],
+                "epochs": epochs,
+                "events": events,
+                "train_time_s": train_time,
+                "train_cpu_s": train_cpu,
+                "segment_starts": starts,
+            }
+            save_checkpoint(
+                checkpoint,
+                _checkpoints.capture(
+                    model=model,
+                    optimizer=optimizer,
+                    schedule=schedule,
+                    loader=loader,
+                    grower=grower,
+                    run=run,
+                ),
+            )
+        if stop:
+            if grower is not None:
+                grower.close()
+            raise RunStopped(spec.run_id)
+    if grower is not None:
+        grower.close()
+    record = _snapshot(spec, model, grower, epochs, events, shared, starts)
+    write_json(out / "runs" / f"{spec.run_id}.json", record)
+    (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def _snapshot(
+    spec: RunSpec,
+    model: torch.nn.Module,
+    grower: Grower | None,
+    epochs: list[dict],
+    events: list[dict],
+    shared: dict[str, Any],
+    segment_starts: list[int],
+) -> dict:
+    """The run's record after the epochs so far (:func:`_records.run_record`)."""
+    arch = ARCHS[shared["config"].get("arch", "vgg")]
+    widths = [list(row) for row in arch.widths_of(model)]
+    return run_record(
+        run_id=spec.run_id,
+        where=spec.where,
+        seed=spec.seed,
+        widths_initial=spec.widths,
+        widths_final=widths,
+        params=sum(p.numel() for p in model.parameters()),
+        stop_reason=grower.stop_reason if grower is not None else None,
+        baseline_run_id=RunSpec(as_widths(widths), spec.seed).run_id if spec.where else None,
+        epochs=epochs,
+        events=events,
+        shared=shared,
+        segment_starts=segment_starts,
+    )
+
+
+def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:
+    from tqdm.auto import tqdm
+
+    added = ", ".join(f"{k}+{v}" for k, v in event.increments.items())
+    tqdm.write(
+        f"[{spec.run_id}] epoch {event.epoch}: grew ({event.where}) {added} -> {widths} "
+        f"({event.params_before} -> {event.params_after} params)"
+    )
+    if verbose:
+        peak = max(event.profile.values())
+        for name, value in event.profile.items():
+            bar = "#" * max(1, round(30 * value / peak)) if peak > 0 else ""
+            tqdm.write(f"    NAGN {name:22s} {value:10.3e} {bar}")
+
+
+# ================================================================================================
+# Sweep: scheduling, resume (benchmarks/_records.py) and the command line entry point
+# ================================================================================================
+
+
+def load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
+    return load_record(
+        out / "runs" / f"{spec.run_id}.json", config_dict(cfg), config_defaults(BenchConfig)
+    )
+
+
+def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
+    """The final widths of a grown run still training whose growth has stopped, else None.
+
+    Read from the run's progress snapshot, or (on a fresh machine, where ``progress/`` is not
+    committed) from its checkpoint. A grower never grows again once stopped, so these are the
+    widths of the run's static baseline, which can start before the grown run finishes.
+    """
+    progress = out / "progress" / f"{spec.run_id}.json"
+    if progress.is_file():
+        snapshot = json.loads(progress.read_text())
+        return as_widths(snapshot["widths_final"]) if snapshot.get("stop_reason") else None
+    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if (state.get("grower") or {}).get("stopped"):
+            return as_widths(state["epochs"][-1]["widths"])
+    return None
+
+
+def prepare(cfg: BenchConfig) -> None:
+    """Per task: share the CPU cores; once per process: load the data, pay one-time costs.
+
+    The thread count is set for every task (it decides float summation order, so a resumed or
+    relaunched run must get the same count); the warm-up is cached per process and config.
+    """
+    if torch.device(cfg.device).type == "cpu":  # share the cores instead of oversubscribing
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs))
+    _warm_up(cfg)
+
+
+@functools.lru_cache(maxsize=1)
+def _warm_up(cfg: BenchConfig) -> None:
+    device = torch.device(cfg.device)
+    data = load_data(cfg)
+    model = vgg([[2]], data.num_classes, data.in_channels, data.image_size, device=device)
+    optimizer = torch.optim.AdamW(model.parameters())  # first AdamW imports torch._dynamo (~5 s)
+    x, y = next(iter(TensorLoader(data.val, 8, mean=data.mean, std=data.std)))
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    _sync(device)
+
+
+def run_task(spec: RunSpec, cfg: BenchConfig, out: Path, deadline: float | None) -> dict | None:
+    """One task of a sweep: ``spec``'s record, or None when it stopped at ``deadline``."""
+    prepare(cfg)
+    try:
+        return train_run(spec, cfg, out, progress=False, deadline=deadline)
+    except RunStopped:
+        return None
