@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from netsurgeon.cost.meta import meta_inputs, meta_model, meta_optimizer
 from netsurgeon.graph import trace
@@ -251,6 +250,8 @@ def count_flops(
     Returns:
         ``(total, {layer: FLOPs inside that module})``.
     """
+    from torch.utils.flop_counter import FlopCounterMode  # on use: it imports triton (0.2 s)
+
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     modes = {m: m.training for m in model.modules()}
     model.eval()

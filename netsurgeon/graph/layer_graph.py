@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
-import networkx as nx
 from torch import fx, nn
 
 from netsurgeon.errors import WidenError
@@ -12,6 +12,9 @@ from netsurgeon.graph.analysis import Analysis
 from netsurgeon.graph.groups import ChannelGroup, Edge
 from netsurgeon.graph.opaque import OpaqueModule, find_opaque, summarise_opaque
 from netsurgeon.graph.registry import Registry
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["LayerGraph"]
 
@@ -169,6 +172,8 @@ class LayerGraph:
 
     def to_networkx(self) -> nx.DiGraph:
         """Layers as nodes (type, width, group, output, widenable), edges with path data."""
+        import networkx as nx  # imported on use: it costs more than the rest of the graph package
+
         graph = nx.DiGraph()
         for name, width in self._widths.items():
             group = self.group_of(name)
