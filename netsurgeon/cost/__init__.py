@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from netsurgeon.cost.budget import Budget, FittedPlan, fit_to_budget
 from netsurgeon.cost.meta import meta_inputs, meta_model, meta_optimizer
-from netsurgeon.cost.preview import CostPreview, LayerCost, count_flops, preview
+from netsurgeon.cost.previewing import CostPreview, LayerCost, count_flops, preview
 
 __all__ = [
     "Budget",

@@ -12,7 +12,7 @@ largest ``t`` in ``0..T`` (``T = max_l k_l``) for which ``k_l(t) = floor(k_l * t
 Each ``k_l(t)`` is non-decreasing in ``t`` and parameters and FLOPs only grow with a plan, so a
 bisection over ``t`` finds it with ``log2(T) + 1`` previews; the result keeps the plan's
 proportions (where to grow) and cuts how much. Every count comes from
-:func:`~netsurgeon.cost.preview.preview`, i.e. from the real ``widen`` staged on a meta copy.
+:func:`~netsurgeon.cost.previewing.preview`, i.e. from the real ``widen`` staged on a meta copy.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from netsurgeon.cost.preview import CostPreview, preview
+from netsurgeon.cost.previewing import CostPreview, preview
 from netsurgeon.errors import ConfigError, NetsurgeonTypeError
 
 __all__ = ["Budget", "FittedPlan", "fit_to_budget"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from torch import fx, nn
 
-from netsurgeon.errors import WidenError
+from netsurgeon.errors import UnknownLayerError
 from netsurgeon.graph.analysis import Analysis
 from netsurgeon.graph.groups import ChannelGroup, Edge
 from netsurgeon.graph.opaque import OpaqueModule, find_opaque, summarise_opaque
@@ -63,7 +63,7 @@ class LayerGraph:
         """The group named ``key``, or produced into by layer ``key`` (a plan key).
 
         Raises:
-            WidenError: ``key`` is no layer or group; a follower (a BatchNorm, a layer scale)
+            UnknownLayerError: ``key`` is no layer or group; a follower (a BatchNorm, a layer scale)
                 names the group it follows and the key to use instead.
         """
         if key in self._groups:
@@ -78,7 +78,7 @@ class LayerGraph:
                     for g in followed
                     if g.reason is not None
                 )
-                raise WidenError(
+                raise UnknownLayerError(
                     f"'{key}' is not a layer: it follows group {names} (producers "
                     f"{', '.join(p for g in followed for p in g.producers)}) and grows when that "
                     f"group grows{blocked}. Use the plan key {keys}."
@@ -134,10 +134,10 @@ class LayerGraph:
         return next((o for path, o in self._opaque.items() if name.startswith(path + ".")), None)
 
     def check_layer(self, name: str) -> None:
-        """Raise :class:`~netsurgeon.errors.WidenError` for a name that is no layer or group."""
+        """Raise :class:`~netsurgeon.errors.UnknownLayerError` for a name that is no layer or group."""
         owner = self._opaque_owner(name) if name not in self._widths else None
         if owner is not None and name not in self._groups:
-            raise WidenError(
+            raise UnknownLayerError(
                 f"'{name}' is inside '{owner.name}' ({owner.kind}), which netsurgeon reads as one "
                 f"opaque op because {owner.reason}. Fix: {owner.fix}."
             )
@@ -145,7 +145,7 @@ class LayerGraph:
             known = list(self._widths)
             close = difflib.get_close_matches(name, known, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise WidenError(
+            raise UnknownLayerError(
                 f"'{name}' is not a layer of {type(self.model).__name__}.{hint} "
                 f"Layers: {', '.join(known)}"
             )
