@@ -38,9 +38,7 @@ from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.registry import Registry
 from netsurgeon.graph.soundness import module_reason
 
-__all__ = ["META_LAYOUT", "Analysis", "analyse"]
-
-META_LAYOUT = "netsurgeon.layout"
+__all__ = ["Analysis", "analyse"]
 
 
 class Analysis:
@@ -103,8 +101,6 @@ def analyse(
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
         sizes.block_unclaimed(node, ctx, size_args)
         ctx.layouts[node] = layout
-        if isinstance(layout, Layout):
-            node.meta[META_LAYOUT] = layout
     ctx.check_same_widths()
     ctx.check_free_tensors()
     if root is not None:
@@ -266,14 +262,14 @@ def _group(
 ) -> ChannelGroup:
     """The :class:`ChannelGroup` of one union-find class (``ids``, its root first-created)."""
     reasons = list(dict.fromkeys(r for gid in ids for r in ctx.blocked[gid]))
-    splits = math.lcm(*(ctx.blocks[gid] for gid in ids))
+    splits = math.lcm(*(ctx.splits[gid] for gid in ids))
     unit = math.lcm(*(ctx.units[gid] for gid in ids))
     width = ctx.widths[root]
     if width % splits:
-        reasons.append(f"its width {width} does not split into {splits} equal blocks")
+        reasons.append(f"its width {width} does not cut into {splits} equal splits")
     elif (width // splits) % unit:
         reasons.append(
-            f"its blocks of {width // splits} channels do not split into normalisation "
+            f"its splits of {width // splits} channels do not cut into normalisation "
             f"groups of {unit}"
         )
     return ChannelGroup(
@@ -282,7 +278,7 @@ def _group(
         consumers=tuple(consumers),
         followers=tuple(followers),
         width=width,
-        blocks=splits,
+        splits=splits,
         granularity=splits * unit,
         reaches_output=any(gid in ctx.outputs for gid in ids),
         blocked="; ".join(reasons) if reasons else None,

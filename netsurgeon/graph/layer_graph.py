@@ -117,10 +117,6 @@ class LayerGraph:
         """Why ``name``'s group cannot be widened, or ``None`` if it can."""
         return self.resolve(name).reason
 
-    def group(self, name: str) -> ChannelGroup:
-        """The channel group that layer ``name`` produces into (alias of :meth:`group_of`)."""
-        return self.group_of(name)
-
     def opaque_modules(self) -> dict[str, str]:
         """``{module: explanation}`` for modules read as one op that hold layers of their own.
 

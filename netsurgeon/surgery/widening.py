@@ -190,8 +190,8 @@ def resolve_plan(graph: LayerGraph, plan: Mapping[str, int]) -> dict[str, int]:
             options = ", ".join(str(v) for v in (low, low + group.granularity) if v > 0)
             raise WidenError(
                 f"plan[{key!r}] = {k}: group '{group.name}' grows in multiples of "
-                f"{group.granularity} (its channels are split into {group.blocks} blocks"
-                f"{' and normalisation groups' if group.granularity != group.blocks else ''}); "
+                f"{group.granularity} (its channels are cut into {group.splits} equal splits"
+                f"{' and normalisation groups' if group.granularity != group.splits else ''}); "
                 f"use {options}"
             )
         if group.name in growth and growth[group.name] != k:
@@ -224,13 +224,13 @@ def stage(
         name: strategy.sources(
             groups[name].width,
             k,
-            groups[name].blocks,
+            groups[name].splits,
             generator,
-            unit=groups[name].granularity // groups[name].blocks,
+            unit=groups[name].granularity // groups[name].splits,
         )
         for name, k in growth.items()
     }
-    spec = {name: (groups[name].width, k, groups[name].blocks) for name, k in growth.items()}
+    spec = {name: (groups[name].width, k, groups[name].splits) for name, k in growth.items()}
     widths = {g.name: g.width for g in graph.groups}
     common = Growth(spec, sources, widths, strategy, generator)
     consumers = {c.layer: c for name in growth for c in groups[name].consumers}

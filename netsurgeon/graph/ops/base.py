@@ -147,7 +147,7 @@ class LayerHandler(OpHandler):
             ctx.consume(node, layout, self.in_width(module), groups=self.conv_groups(module))
         group = ctx.new_group(str(node.target), self.out_width(module))
         out = self.output_layout(node, module, group, ctx)
-        ctx.require_blocks(node, out, self.conv_groups(module), what="grouped convolution")
+        ctx.require_splits(node, out, self.conv_groups(module), what="grouped convolution")
         return out
 
 

@@ -87,7 +87,7 @@ class StackHandler(OpHandler):
 @register_function(torch.chunk, torch.split, torch.tensor_split, torch.unbind)
 @register_method("chunk", "split", "tensor_split", "unbind")
 class SplitHandler(OpHandler):
-    """``chunk(n, dim)`` along the channels splits each group into ``n`` blocks; ``split``
+    """``chunk(n, dim)`` along the channels cuts each group into ``n`` equal splits; ``split``
     with literal sizes fixes the widths and blocks. Along other dims every piece keeps the layout.
     """
 
@@ -120,7 +120,7 @@ class SplitHandler(OpHandler):
                 "use chunk(n, dim) to split them into equal parts",
             )
             return Pieces()
-        ctx.require_blocks(node, layout, count, what=f"chunk({count})")
+        ctx.require_splits(node, layout, count, what=f"chunk({count})")
         if len(layout.segments) != 1:
             return Pieces()
         seg = layout.segments[0]
