@@ -204,7 +204,7 @@ class LayerGraph:
             consumers = []
             for c in group.consumers:
                 pieces = [p for p in c.index_map.pieces if p.group == group.name]
-                mult = pieces[0].per_channel if pieces else 1
+                mult = pieces[0].multiplicity if pieces else 1
                 tag = (f" x{mult}" if mult != 1 else "") + (
                     f" @{c.index_map.size}" if len(c.index_map.pieces) > 1 else ""
                 )
