@@ -48,7 +48,7 @@ class OpHandler:
     Subclasses override :meth:`flow` (the analysis: how channels pass, join or split). Module
     handlers that own a width (layers) or grow with one (followers) also describe their layout
     for the surgery: which ``(tensor, dim)`` pairs and size attributes change; see
-    :mod:`netsurgeon.graph.handlers`.
+    :mod:`netsurgeon.graph.ops.base`.
     """
 
     #: "layer" (owns a width: producer and consumer), "follower" (channel-wise parameters),

@@ -6,7 +6,7 @@ groups. Besides its flow (the analysis) it says where its units are (the surgery
 :class:`~netsurgeon.graph.axes.Axis` records, its Kaiming fan-in and its size attributes. A
 :class:`FollowerHandler`'s module holds one entry per channel of the groups it reads. Both answer
 what the soundness checks ask (``tensor_names``, ``models_parametrization``, ``models_hook``).
-The concrete handlers are in :mod:`netsurgeon.graph.handlers`.
+The concrete handlers are in the family files of :mod:`netsurgeon.graph.ops`.
 """
 
 from __future__ import annotations
