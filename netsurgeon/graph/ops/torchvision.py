@@ -25,7 +25,12 @@ from netsurgeon.graph.registry import OpHandler, register_function
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
-__all__ = ["PatchMergingHandler", "StochasticDepthHandler", "WindowAttentionHandler"]
+__all__ = [
+    "PatchMerging3dHandler",
+    "PatchMergingHandler",
+    "StochasticDepthHandler",
+    "WindowAttentionHandler",
+]
 
 
 _SWIN = "torchvision.models.swin_transformer"
