@@ -22,6 +22,7 @@ from netsurgeon.errors import (
     NetsurgeonWarning,
     PlanError,
     TraceError,
+    UnknownLayerError,
     UnsupportedModelError,
     WidenError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "NetsurgeonWarning",
     "PlanError",
     "TraceError",
+    "UnknownLayerError",
     "UnsupportedModelError",
     "WidenError",
     "__version__",

@@ -11,6 +11,7 @@ __all__ = [
     "NetsurgeonWarning",
     "PlanError",
     "TraceError",
+    "UnknownLayerError",
     "UnsupportedModelError",
     "WidenError",
 ]
@@ -26,6 +27,17 @@ class NetsurgeonTypeError(NetsurgeonError, TypeError):
 
 class TraceError(NetsurgeonError, RuntimeError):
     """torch.fx could not trace the model (data-dependent control flow, ``len()`` of a proxy, ...)."""
+
+
+class UnknownLayerError(NetsurgeonError, KeyError):
+    """A graph query names no layer or group of the traced model (a read-only lookup failed).
+
+    A ``KeyError``, as for a missing mapping key, but printed as the message itself (the name,
+    close matches, the layers there are, or the plan key to use for a follower).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class UnsupportedModelError(NetsurgeonError, ValueError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from netsurgeon.cost.baseline import Baseline, count_flops
 from netsurgeon.cost.budget import Budget, FittedPlan, fit, fit_to_budget, width_caps
 from netsurgeon.cost.meta import meta_graph, meta_inputs, meta_model, meta_optimizer
-from netsurgeon.cost.preview import preview
+from netsurgeon.cost.previewing import preview
 from netsurgeon.cost.records import CostPreview, LayerCost
 
 __all__ = [

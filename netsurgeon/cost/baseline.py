@@ -23,14 +23,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from netsurgeon.cost.meta import meta_graph, meta_inputs, meta_model, meta_optimizer
 from netsurgeon.cost.records import CostPreview, LayerCost
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery import InitStrategy, widen
-from netsurgeon.surgery.widen import check_graph, resolve_plan, validate_plan
+from netsurgeon.surgery.widening import check_graph, resolve_plan, validate_plan
 
 __all__ = ["Baseline", "count_flops"]
 
@@ -147,6 +146,8 @@ def count_flops(
     Returns:
         ``(total, {layer: FLOPs inside that module})``.
     """
+    from torch.utils.flop_counter import FlopCounterMode  # on use: it imports triton (0.2 s)
+
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     modes = {m: m.training for m in model.modules()}
     model.eval()

@@ -10,14 +10,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from netsurgeon.errors import TraceError
-from netsurgeon.graph import containers as _containers  # noqa: F401  (registers handlers)
-from netsurgeon.graph import factories as _factories  # noqa: F401  (registers handlers)
-from netsurgeon.graph import functional as _functional  # noqa: F401  (registers handlers)
-from netsurgeon.graph import handlers as _handlers  # noqa: F401  (registers handlers)
-from netsurgeon.graph import recurrent as _recurrent  # noqa: F401  (registers handlers)
-from netsurgeon.graph import reshaping as _reshaping  # noqa: F401  (registers handlers)
-from netsurgeon.graph import spatial as _spatial  # noqa: F401  (registers handlers)
-from netsurgeon.graph import unflattening as _unflattening  # noqa: F401  (registers handlers)
+from netsurgeon.graph import ops as _ops  # noqa: F401  (registers the handlers)
 from netsurgeon.graph.analysis import analyse
 from netsurgeon.graph.groups import (
     ChannelGroup,

@@ -38,9 +38,7 @@ from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.registry import Registry
 from netsurgeon.graph.soundness import module_reason
 
-__all__ = ["META_LAYOUT", "Analysis", "analyse"]
-
-META_LAYOUT = "netsurgeon.layout"
+__all__ = ["Analysis", "analyse"]
 
 
 class Analysis:
@@ -103,8 +101,6 @@ def analyse(
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
         sizes.block_unclaimed(node, ctx, size_args)
         ctx.layouts[node] = layout
-        if isinstance(layout, Layout):
-            node.meta[META_LAYOUT] = layout
     ctx.check_same_widths()
     ctx.check_free_tensors()
     if root is not None:
@@ -210,12 +206,29 @@ def _collect(ctx: FlowContext) -> Analysis:
     members: dict[int, list[int]] = defaultdict(list)
     for gid, root in roots.items():
         members[root].append(gid)
-    name = {root: ctx.names[root] for root in members}  # the root is the first-created member
+    # every raw group's name: its class's root, the first-created member
+    name = {gid: ctx.names[root] for gid, root in roots.items()}
+    consumers, followers = _refs(ctx, name)
+    groups = [
+        _group(ctx, root, sorted(members[root]), consumers[name[root]], followers[name[root]])
+        for root in sorted(members)
+    ]
+    group_of = {producer: group.name for group in groups for producer in group.producers}
+    widths = {
+        ctx.names[gid]: ctx.widths[gid] for gid in range(len(ctx.parent)) if ctx.producers[gid]
+    }
+    return Analysis(groups, group_of, widths)
+
+
+def _refs(
+    ctx: FlowContext, name: dict[int, str]
+) -> tuple[dict[str, list[ConsumerRef]], dict[str, list[FollowerRef]]]:
+    """Each group's consumers and followers, their layouts turned into index maps over names."""
 
     def piece_map(layout: Layout, factor: int) -> tuple[IndexMap, tuple[tuple[str, ...], ...]]:
         pieces = tuple(
             Piece(
-                None if s.group is None else name[roots[s.group]],
+                None if s.group is None else name[s.group],
                 s.start,
                 s.stop,
                 s.multiplicity * factor,
@@ -237,44 +250,39 @@ def _collect(ctx: FlowContext) -> Analysis:
         for group in index_map.groups:
             if ref not in followers[group]:
                 followers[group].append(ref)
+    return consumers, followers
 
-    groups: list[ChannelGroup] = []
-    group_of: dict[str, str] = {}
-    for root in sorted(members):
-        ids = sorted(members[root])
-        producers = tuple(p for gid in ids for p in ctx.producers[gid])
-        reasons = list(dict.fromkeys(r for gid in ids for r in ctx.blocked[gid]))
-        blocks = ctx.blocks[root]
-        unit = ctx.units[root]
-        for gid in ids:
-            blocks = math.lcm(blocks, ctx.blocks[gid])
-            unit = math.lcm(unit, ctx.units[gid])
-        width = ctx.widths[root]
-        if width % blocks:
-            reasons.append(f"its width {width} does not split into {blocks} equal blocks")
-        elif (width // blocks) % unit:
-            reasons.append(
-                f"its blocks of {width // blocks} channels do not split into normalisation "
-                f"groups of {unit}"
-            )
-        group = ChannelGroup(
-            name=name[root],
-            producers=producers,
-            consumers=tuple(consumers[name[root]]),
-            followers=tuple(followers[name[root]]),
-            width=width,
-            blocks=blocks,
-            granularity=blocks * unit,
-            reaches_output=any(gid in ctx.outputs for gid in ids),
-            blocked="; ".join(reasons) if reasons else None,
+
+def _group(
+    ctx: FlowContext,
+    root: int,
+    ids: list[int],
+    consumers: list[ConsumerRef],
+    followers: list[FollowerRef],
+) -> ChannelGroup:
+    """The :class:`ChannelGroup` of one union-find class (``ids``, its root first-created)."""
+    reasons = list(dict.fromkeys(r for gid in ids for r in ctx.blocked[gid]))
+    splits = math.lcm(*(ctx.splits[gid] for gid in ids))
+    unit = math.lcm(*(ctx.units[gid] for gid in ids))
+    width = ctx.widths[root]
+    if width % splits:
+        reasons.append(f"its width {width} does not cut into {splits} equal splits")
+    elif (width // splits) % unit:
+        reasons.append(
+            f"its splits of {width // splits} channels do not cut into normalisation "
+            f"groups of {unit}"
         )
-        groups.append(group)
-        for producer in producers:
-            group_of[producer] = group.name
-    widths = {
-        ctx.names[gid]: ctx.widths[gid] for gid in range(len(ctx.parent)) if ctx.producers[gid]
-    }
-    return Analysis(groups, group_of, widths)
+    return ChannelGroup(
+        name=ctx.names[root],
+        producers=tuple(p for gid in ids for p in ctx.producers[gid]),
+        consumers=tuple(consumers),
+        followers=tuple(followers),
+        width=width,
+        splits=splits,
+        granularity=splits * unit,
+        reaches_output=any(gid in ctx.outputs for gid in ids),
+        blocked="; ".join(reasons) if reasons else None,
+    )
 
 
 def _role_of_name(name: str, ctx: FlowContext) -> str | None:

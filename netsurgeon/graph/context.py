@@ -30,7 +30,9 @@ class Refusal(Exception):
 
 
 @dataclass
-class _Consumer:
+class _RawConsumerRef:
+    """A :class:`~netsurgeon.graph.groups.ConsumerRef` before the groups are final (a layout)."""
+
     layer: str
     layout: Layout
     factor: int
@@ -38,7 +40,9 @@ class _Consumer:
 
 
 @dataclass
-class _Follower:
+class _RawFollowerRef:
+    """A :class:`~netsurgeon.graph.groups.FollowerRef` before the groups are final (a layout)."""
+
     name: str
     kind: str
     layout: Layout
@@ -62,11 +66,11 @@ class FlowContext:
     widths: list[int] = field(default_factory=list)
     producers: list[list[str]] = field(default_factory=list)
     blocked: list[list[str]] = field(default_factory=list)
-    blocks: list[int] = field(default_factory=list)
+    splits: list[int] = field(default_factory=list)
     units: list[int] = field(default_factory=list)
     outputs: set[int] = field(default_factory=set)
-    consumers: list[_Consumer] = field(default_factory=list)
-    followers: list[_Follower] = field(default_factory=list)
+    consumers: list[_RawConsumerRef] = field(default_factory=list)
+    followers: list[_RawFollowerRef] = field(default_factory=list)
     node: fx.Node | None = None  # the node being analysed, for messages
     # size reads (netsurgeon.graph.sizes): arguments the current node's handler understood, and
     # (node, read layout, target layout) pairs whose channels must stay of one width
@@ -132,7 +136,7 @@ class FlowContext:
         self.widths.append(width)
         self.producers.append([name] if producer else [])
         self.blocked.append([])
-        self.blocks.append(1)
+        self.splits.append(1)
         self.units.append(1)
         return gid
 
@@ -152,8 +156,8 @@ class FlowContext:
         """Record layer ``node`` reading ``layout`` as its ``in_width`` input columns."""
         factor = self.resolve_factor(node, layout, in_width, what="input width")
         if groups > 1:
-            self.require_blocks(node, layout, groups, what=f"grouped convolution (groups={groups})")
-        self.consumers.append(_Consumer(str(node.target), layout, factor, groups))
+            self.require_splits(node, layout, groups, what=f"grouped convolution (groups={groups})")
+        self.consumers.append(_RawConsumerRef(str(node.target), layout, factor, groups))
 
     def follow(
         self,
@@ -168,7 +172,7 @@ class FlowContext:
     ) -> None:
         """Record a per-channel module or parameter holding ``found`` entries along ``layout``."""
         factor = self.resolve_factor(node, layout, found, what=f"'{name}' width")
-        self.followers.append(_Follower(name, kind, layout, factor, dim, fill))
+        self.followers.append(_RawFollowerRef(name, kind, layout, factor, dim, fill))
 
     def resolve_factor(self, node: fx.Node, layout: Layout, found: int, *, what: str) -> int:
         """The flatten factor that makes ``layout`` hold ``found`` entries (checked)."""
@@ -191,8 +195,8 @@ class FlowContext:
             )
         return found // units
 
-    def require_blocks(self, node: fx.Node, layout: Layout, n: int, *, what: str) -> None:
-        """The node splits the channels into ``n`` equal blocks: each must grow alike."""
+    def require_splits(self, node: fx.Node, layout: Layout, n: int, *, what: str) -> None:
+        """The node cuts the channels into ``n`` equal splits: each must grow alike."""
         if n == 1:
             return
         segments = layout.segments
@@ -204,10 +208,10 @@ class FlowContext:
         if seg.start != 0 or seg.stop != self.widths[gid] or self.widths[gid] % n:
             self.block(node, layout, f"{what} over part of a group")
             return
-        self.blocks[gid] = math.lcm(self.blocks[gid], n)
+        self.splits[gid] = math.lcm(self.splits[gid], n)
 
     def require_unit(self, layout: Layout, unit: int) -> None:
-        """Each block of these groups may only grow by multiples of ``unit`` channels."""
+        """Each split of these groups may only grow by multiples of ``unit`` channels."""
         for gid in layout.groups:
             root = self.find(gid)
             self.units[root] = math.lcm(self.units[root], unit)

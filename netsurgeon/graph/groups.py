@@ -9,8 +9,8 @@ A :class:`ChannelGroup` is a set of channels that must grow together:
 * its **followers**: per-channel modules and parameters on the way (BatchNorm, a depthwise conv,
   a layer scale), each with its own index map.
 
-Growing a group by ``k`` with ``blocks = b`` inserts ``k / b`` channels at the end of each of its
-``b`` equal blocks (``b = 1``: at the end). Every map turns that into entry positions.
+Growing a group by ``k`` with ``splits = s`` inserts ``k / s`` channels at the end of each of its
+``s`` equal splits (``s = 1``: at the end). Every map turns that into entry positions.
 
 Example, ``torch.cat([a(x), b(x)], 1) -> conv``: the consumer ``conv`` reads ``a`` through
 ``IndexMap((Piece("a", 0, 4, 1), Piece("b", 0, 6, 1)))``; growing ``a`` by 2 inserts two zero
@@ -19,6 +19,7 @@ columns at position 4, growing ``b`` inserts them at 10 (12 if ``a`` grows too).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -27,20 +28,25 @@ __all__ = ["ChannelGroup", "ConsumerRef", "Edge", "FollowerRef", "IndexMap", "In
 
 @dataclass(frozen=True)
 class Piece:
-    """Channels ``[start, stop)`` of ``group`` along a dim, ``per_channel`` entries each.
+    """Channels ``[start, stop)`` of ``group`` along a dim, ``multiplicity`` entries each.
 
-    An untracked piece (``group`` None) is a fixed block of ``per_channel * (stop - start)``
+    An untracked piece (``group`` None) is a fixed block of ``multiplicity * (stop - start)``
     entries (features concatenated from the model input, for example).
     """
 
     group: str | None
     start: int
     stop: int
-    per_channel: int = 1
+    multiplicity: int = 1
 
     @property
     def entries(self) -> int:
-        return (self.stop - self.start) * self.per_channel
+        return (self.stop - self.start) * self.multiplicity
+
+    @property
+    def per_channel(self) -> int:
+        """Deprecated name of :attr:`multiplicity`."""
+        return self.multiplicity
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,19 @@ class Insertion:
     """``count`` new entries at ``position`` (in old coordinates) for new channels of ``group``.
 
     ``new_channels`` are the indices ``0..k-1`` of the group's new channels that the inserted
-    entries hold, in order, each ``per_channel`` entries wide.
+    entries hold, in order, each ``multiplicity`` entries wide.
     """
 
     position: int
     count: int
     group: str
     new_channels: range
-    per_channel: int
+    multiplicity: int
+
+    @property
+    def per_channel(self) -> int:
+        """Deprecated name of :attr:`multiplicity`."""
+        return self.multiplicity
 
 
 @dataclass(frozen=True)
@@ -83,16 +94,16 @@ class IndexMap:
         found: list[int] = []
         for offset, p in self.offsets():
             if p.group == group and p.start <= channel < p.stop:
-                first = offset + (channel - p.start) * p.per_channel
-                found.extend(range(first, first + p.per_channel))
+                first = offset + (channel - p.start) * p.multiplicity
+                found.extend(range(first, first + p.multiplicity))
         return found
 
     def insertions(self, growth: Mapping[str, tuple[int, int, int]]) -> list[Insertion]:
         """Where new entries go when groups grow.
 
         Args:
-            growth: ``{group: (width, k, blocks)}``; block ``j`` of ``[j*w/b, (j+1)*w/b)``
-                gains new channels ``[j*k/b, (j+1)*k/b)`` at its end.
+            growth: ``{group: (width, k, splits)}``; split ``j`` of ``[j*w/s, (j+1)*w/s)``
+                gains new channels ``[j*k/s, (j+1)*k/s)`` at its end.
 
         Returns:
             Insertions sorted by position (ties keep piece order).
@@ -101,18 +112,18 @@ class IndexMap:
         for offset, p in self.offsets():
             if p.group is None or p.group not in growth:
                 continue
-            width, k, blocks = growth[p.group]
-            size, per_block = width // blocks, k // blocks
-            for j in range(blocks):
+            width, k, splits = growth[p.group]
+            size, per_split = width // splits, k // splits
+            for j in range(splits):
                 end = (j + 1) * size
                 if p.start < end <= p.stop:
                     found.append(
                         Insertion(
-                            position=offset + (end - p.start) * p.per_channel,
-                            count=per_block * p.per_channel,
+                            position=offset + (end - p.start) * p.multiplicity,
+                            count=per_split * p.multiplicity,
                             group=p.group,
-                            new_channels=range(j * per_block, (j + 1) * per_block),
-                            per_channel=p.per_channel,
+                            new_channels=range(j * per_split, (j + 1) * per_split),
+                            multiplicity=p.multiplicity,
                         )
                     )
         return sorted(found, key=lambda i: i.position)
@@ -177,7 +188,7 @@ class FollowerRef:
     @property
     def multiplicity(self) -> int:
         """Entries per channel of the first piece (1 unless the follower comes after a flatten)."""
-        return self.index_map.pieces[0].per_channel if self.index_map.pieces else 1
+        return self.index_map.pieces[0].multiplicity if self.index_map.pieces else 1
 
 
 @dataclass(frozen=True)
@@ -190,7 +201,8 @@ class ChannelGroup:
         consumers: layers reading them.
         followers: per-channel modules and parameters that grow with them.
         width: the number of channels when traced.
-        blocks: insertion points (``chunk(n)`` or a grouped conv split the group into blocks).
+        splits: equal parts that grow alike, each at its end (``chunk(n)`` or a grouped conv
+            cut the group into ``n`` splits; 1: the group grows at its end).
         granularity: a widening's ``k`` must be a multiple of it.
         reaches_output: the channels reach the model output (then never widened).
         blocked: why the group cannot be widened (``None`` when it can, apart from the output).
@@ -201,10 +213,20 @@ class ChannelGroup:
     consumers: tuple[ConsumerRef, ...] = ()
     followers: tuple[FollowerRef, ...] = ()
     width: int = 0
-    blocks: int = 1
+    splits: int = 1
     granularity: int = 1
     reaches_output: bool = False
     blocked: str | None = None
+
+    @property
+    def blocks(self) -> int:
+        """Deprecated name of :attr:`splits` ("block" means forbid: :attr:`blocked`)."""
+        warnings.warn(
+            "ChannelGroup.blocks is deprecated; use ChannelGroup.splits",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.splits
 
     @property
     def widenable(self) -> bool:
@@ -235,7 +257,7 @@ class ChannelGroup:
                         Edge(
                             producer,
                             consumer.layer,
-                            piece.per_channel,
+                            piece.multiplicity,
                             path,
                             consumer.flattened,
                             offset,

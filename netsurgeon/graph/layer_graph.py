@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
-import networkx as nx
 from torch import fx, nn
 
-from netsurgeon.errors import WidenError
+from netsurgeon.errors import UnknownLayerError
 from netsurgeon.graph.analysis import Analysis
 from netsurgeon.graph.groups import ChannelGroup, Edge
 from netsurgeon.graph.opaque import OpaqueModule, find_opaque, summarise_opaque
 from netsurgeon.graph.registry import Registry
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["LayerGraph"]
 
@@ -60,7 +63,7 @@ class LayerGraph:
         """The group named ``key``, or produced into by layer ``key`` (a plan key).
 
         Raises:
-            WidenError: ``key`` is no layer or group; a follower (a BatchNorm, a layer scale)
+            UnknownLayerError: ``key`` is no layer or group; a follower (a BatchNorm, a layer scale)
                 names the group it follows and the key to use instead.
         """
         if key in self._groups:
@@ -75,7 +78,7 @@ class LayerGraph:
                     for g in followed
                     if g.reason is not None
                 )
-                raise WidenError(
+                raise UnknownLayerError(
                     f"'{key}' is not a layer: it follows group {names} (producers "
                     f"{', '.join(p for g in followed for p in g.producers)}) and grows when that "
                     f"group grows{blocked}. Use the plan key {keys}."
@@ -114,10 +117,6 @@ class LayerGraph:
         """Why ``name``'s group cannot be widened, or ``None`` if it can."""
         return self.resolve(name).reason
 
-    def group(self, name: str) -> ChannelGroup:
-        """The channel group that layer ``name`` produces into (alias of :meth:`group_of`)."""
-        return self.group_of(name)
-
     def opaque_modules(self) -> dict[str, str]:
         """``{module: explanation}`` for modules read as one op that hold layers of their own.
 
@@ -131,10 +130,10 @@ class LayerGraph:
         return next((o for path, o in self._opaque.items() if name.startswith(path + ".")), None)
 
     def check_layer(self, name: str) -> None:
-        """Raise :class:`~netsurgeon.errors.WidenError` for a name that is no layer or group."""
+        """Raise :class:`~netsurgeon.errors.UnknownLayerError` for a name that is no layer or group."""
         owner = self._opaque_owner(name) if name not in self._widths else None
         if owner is not None and name not in self._groups:
-            raise WidenError(
+            raise UnknownLayerError(
                 f"'{name}' is inside '{owner.name}' ({owner.kind}), which netsurgeon reads as one "
                 f"opaque op because {owner.reason}. Fix: {owner.fix}."
             )
@@ -142,7 +141,7 @@ class LayerGraph:
             known = list(self._widths)
             close = difflib.get_close_matches(name, known, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise WidenError(
+            raise UnknownLayerError(
                 f"'{name}' is not a layer of {type(self.model).__name__}.{hint} "
                 f"Layers: {', '.join(known)}"
             )
@@ -169,6 +168,8 @@ class LayerGraph:
 
     def to_networkx(self) -> nx.DiGraph:
         """Layers as nodes (type, width, group, output, widenable), edges with path data."""
+        import networkx as nx  # imported on use: it costs more than the rest of the graph package
+
         graph = nx.DiGraph()
         for name, width in self._widths.items():
             group = self.group_of(name)
@@ -203,7 +204,7 @@ class LayerGraph:
             consumers = []
             for c in group.consumers:
                 pieces = [p for p in c.index_map.pieces if p.group == group.name]
-                mult = pieces[0].per_channel if pieces else 1
+                mult = pieces[0].multiplicity if pieces else 1
                 tag = (f" x{mult}" if mult != 1 else "") + (
                     f" @{c.index_map.size}" if len(c.index_map.pieces) > 1 else ""
                 )

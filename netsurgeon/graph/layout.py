@@ -35,7 +35,9 @@ __all__ = ["Layout", "Segment"]
 class Segment:
     """Channels ``[start, stop)`` of group ``group``, ``multiplicity`` entries each.
 
-    ``group`` is ``None`` for a fixed piece netsurgeon does not track (the model's input
+    The analysis' form of a :class:`~netsurgeon.graph.groups.Piece`: ``group`` is a raw group id
+    (the union-find resolves it to a group name when the analysis ends) and ``path`` records the
+    ops the channels went through. ``group`` is ``None`` for a fixed piece netsurgeon does not track (the model's input
     concatenated to features); its size is ``stop - start`` entries when known.
     """
 
@@ -95,12 +97,6 @@ class Layout:
     @property
     def groups(self) -> tuple[int, ...]:
         return tuple(dict.fromkeys(s.group for s in self.segments if s.group is not None))
-
-    def entries(self) -> int | None:
-        """Entries along ``dim``, or ``None`` when the flatten factor is unknown."""
-        if self.factor is None:
-            return None
-        return sum(s.channels * s.multiplicity for s in self.segments) * self.factor
 
     def units(self) -> int:
         """Entries along ``dim`` in units of ``factor``."""

@@ -1,7 +1,6 @@
 """What op handlers read off an fx node: arguments, the input's layout, dims, multi-output layouts.
 
-Shared by the function/method handlers (:mod:`netsurgeon.graph.functional`,
-:mod:`netsurgeon.graph.reshaping`).
+Shared by the function/method handlers of :mod:`netsurgeon.graph.ops`.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
-from netsurgeon.graph.registry import OpHandler, Registry, register_module
+from netsurgeon.graph.registry import Registry
 
-__all__ = ["OpaqueModule", "TransformerHandler", "find_opaque", "summarise_opaque"]
+__all__ = ["TRANSFORMER_TYPES", "OpaqueModule", "find_opaque", "summarise_opaque"]
 
-_TRANSFORMER_TYPES = (
+TRANSFORMER_TYPES = (
     nn.Transformer,
     nn.TransformerEncoder,
     nn.TransformerEncoderLayer,
@@ -88,7 +88,7 @@ def _describe(name: str, module: nn.Module, handled: bool, layers: tuple[str, ..
     kind = type(module).__name__
     one = len(layers) == 1
     inner = f"the {len(layers)} layer{'' if one else 's'} inside it {'is' if one else 'are'}"
-    if isinstance(module, _TRANSFORMER_TYPES):
+    if isinstance(module, TRANSFORMER_TYPES):
         reason = (
             "torch.fx cannot trace its forward (it inspects the input, src.dim() and "
             "src.is_nested, to choose PyTorch's fused fast path), so it stays a leaf and "
@@ -112,26 +112,3 @@ def _describe(name: str, module: nn.Module, handled: bool, layers: tuple[str, ..
             "(netsurgeon.graph.registry), or widen the layers outside it"
         )
     return OpaqueModule(name, kind, layers, reason, fix)
-
-
-@register_module(*_TRANSFORMER_TYPES)
-class TransformerHandler(OpHandler):
-    """``nn.TransformerEncoder(Layer)`` and friends: the groups they read block; output untracked.
-
-    Their input features are ``d_model``, normalised by LayerNorm and mixed by attention inside
-    the module, so they cannot grow; their output has ``d_model`` features of the module's own.
-    """
-
-    #: it blocks whatever the module computes, so a subclass needs no check
-    relies_on = ()
-
-    def flow(self, node: fx.Node, ctx) -> None:
-        module = ctx.module_of(node)
-        ctx.block(
-            node,
-            ctx.tracked_inputs(node),
-            f"{type(module).__name__} '{node.target}' reads these channels as its d_model "
-            "features, which LayerNorm and attention inside it fix; torch.fx cannot trace into "
-            "it (fast-path checks on the input), so netsurgeon reads it as one op",
-        )
-        return None

@@ -48,7 +48,7 @@ class OpHandler:
     Subclasses override :meth:`flow` (the analysis: how channels pass, join or split). Module
     handlers that own a width (layers) or grow with one (followers) also describe their layout
     for the surgery: which ``(tensor, dim)`` pairs and size attributes change; see
-    :mod:`netsurgeon.graph.handlers`.
+    :mod:`netsurgeon.graph.ops.base`.
     """
 
     #: "layer" (owns a width: producer and consumer), "follower" (channel-wise parameters),
@@ -125,6 +125,7 @@ class Registry:
         self._functions: dict[Callable[..., Any], OpHandler] = {}
         self._methods: dict[str, OpHandler] = {}
         self._named: dict[str, OpHandler] = {}  # "package.module.Class" of optional dependencies
+        self._named_functions: dict[str, OpHandler] = {}  # "package.module.function"
 
     def add_module(self, module_type: type[nn.Module] | str, handler: OpHandler) -> None:
         """Register a type, or its ``"package.module.Class"`` name (nothing is imported)."""
@@ -137,8 +138,12 @@ class Registry:
         """Whether ``module_type`` itself is registered (not through a base class)."""
         return module_type in self._modules or _qualified_name(module_type) in self._named
 
-    def add_function(self, function: Callable[..., Any], handler: OpHandler) -> None:
-        self._functions[function] = handler
+    def add_function(self, function: Callable[..., Any] | str, handler: OpHandler) -> None:
+        """Register a function, or its ``"package.module.function"`` name (nothing is imported)."""
+        if isinstance(function, str):
+            self._named_functions[function] = handler
+        else:
+            self._functions[function] = handler
 
     def add_method(self, name: str, handler: OpHandler) -> None:
         self._methods[name] = handler
@@ -172,13 +177,22 @@ class Registry:
                 and hasattr(target, "_fields")
             ):
                 target = typing.NamedTuple  # one handler packs every NamedTuple (containers.py)
-            try:
-                return self._functions.get(target)
-            except TypeError:  # unhashable target
-                return None
+            return self._for_function(target)
         if node.op == "call_method":
             return self._methods.get(str(node.target))
         return None
+
+    def _for_function(self, target: Any) -> OpHandler | None:
+        try:
+            handler = self._functions.get(target)
+        except TypeError:  # unhashable target
+            return None
+        if handler is None and self._named_functions:
+            module = getattr(target, "__module__", None)
+            name = getattr(target, "__qualname__", None)
+            if isinstance(module, str) and isinstance(name, str):
+                handler = self._named_functions.get(f"{module}.{name}")
+        return handler
 
 
 def _qualified_name(cls: type) -> str:
@@ -186,7 +200,7 @@ def _qualified_name(cls: type) -> str:
 
 
 #: The process-wide default registry. Handlers register themselves on import of
-#: :mod:`netsurgeon.graph.handlers`; pass a private :class:`Registry` to ``trace`` to isolate.
+#: :mod:`netsurgeon.graph.ops`; pass a private :class:`Registry` to ``trace`` to isolate.
 REGISTRY = Registry()
 
 
@@ -209,9 +223,13 @@ def register_module(
 
 
 def register_function(
-    *functions: Callable[..., Any], registry: Registry = REGISTRY
+    *functions: Callable[..., Any] | str, registry: Registry = REGISTRY
 ) -> Callable[[H], H]:
-    """Class decorator: handle ``call_function`` nodes whose target is one of these callables."""
+    """Class decorator: handle ``call_function`` nodes whose target is one of these callables.
+
+    A function may be given by its qualified name (``"torchvision.ops.stochastic_depth.
+    stochastic_depth"``: ``__module__`` and ``__qualname__``), so its package is never imported.
+    """
 
     def decorate(cls: H) -> H:
         handler = cls()

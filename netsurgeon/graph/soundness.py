@@ -21,7 +21,7 @@ fx leaves (``call_module`` nodes) need this: fx traces a module it enters throug
 Example:
     >>> import torch.nn as nn
     >>> from netsurgeon.graph.registry import REGISTRY
-    >>> from netsurgeon.graph import handlers  # registers the handlers
+    >>> from netsurgeon.graph import ops  # registers the handlers
     >>> class Doubled(nn.Conv2d):
     ...     def forward(self, x):
     ...         return 2 * super().forward(x)

@@ -40,7 +40,7 @@ class SurgeonTracer(fx.Tracer):
         self._leaf_types = tuple(leaf_modules)
         self._registry = registry
         if registry is REGISTRY:
-            from netsurgeon.graph.timm_layers import register_timm_layers
+            from netsurgeon.graph.ops.timm import register_timm_layers
 
             register_timm_layers(registry)  # timm's layers with their own forward, if timm is used
 

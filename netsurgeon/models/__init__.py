@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from netsurgeon.models.resnet import BasicBlock, ResNet, resnet, resnet_widths_of
-from netsurgeon.models.vgg import (
+from netsurgeon.models.cifar_resnet import BasicBlock, ResNet, resnet, resnet_widths_of
+from netsurgeon.models.vggnet import (
     FIG1_WIDTHS,
     PAPER_WIDTHS,
     VGG,

@@ -8,7 +8,7 @@ from netsurgeon.surgery.init import (
     PaperInit,
     register_init,
 )
-from netsurgeon.surgery.widen import widen
+from netsurgeon.surgery.widening import widen
 
 __all__ = [
     "INIT_STRATEGIES",

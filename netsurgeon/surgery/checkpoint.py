@@ -18,7 +18,7 @@ from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.index import slots
 from netsurgeon.surgery.init import PaperInit
-from netsurgeon.surgery.widen import stage
+from netsurgeon.surgery.widening import stage
 
 __all__ = ["load_state_dict", "plan_from_state_dict"]
 

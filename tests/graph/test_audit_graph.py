@@ -106,7 +106,7 @@ def test_grouped_conv_then_group_norm_grows_by_blocks_times_the_norm_group_size(
     """Mutation killed: ``granularity=blocks * unit`` -> ``math.lcm(blocks, unit)`` (or either)."""
     group = netsurgeon.trace(GroupedConvGroupNorm()).group_of("conv")
     assert group.widenable, group.reason
-    assert (group.blocks, group.granularity) == (2, 4)
+    assert (group.splits, group.granularity) == (2, 4)
     with pytest.raises(WidenError, match="grows in multiples of 4"):
         netsurgeon.widen(GroupedConvGroupNorm(), {"conv": 2})
 

@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 import netsurgeon
-from netsurgeon import LayerGraph, WidenError
+from netsurgeon import LayerGraph, UnknownLayerError, WidenError
 
 
 class SmallNet(nn.Module):
@@ -113,10 +113,11 @@ def test_summary_lists_each_layer_with_type_width_consumers_and_status(graph: La
 
 def test_unknown_layer_name_lists_close_matches(graph: LayerGraph) -> None:
     with pytest.raises(
-        WidenError, match=r"'conv3' is not a layer of SmallNet\. Did you mean 'conv2', 'conv1'\?"
+        UnknownLayerError,
+        match=r"'conv3' is not a layer of SmallNet\. Did you mean 'conv2', 'conv1'\?",
     ):
         graph.consumers_of("conv3")
-    with pytest.raises(WidenError, match=r"Layers: conv1, conv2, fc1, fc2"):
+    with pytest.raises(UnknownLayerError, match=r"Layers: conv1, conv2, fc1, fc2"):
         graph.followers_of("bn1")
 
 
@@ -246,3 +247,16 @@ def test_shape_propagation_does_not_advance_the_global_rng() -> None:
     graph = netsurgeon.trace(model, x)
     assert torch.equal(torch.get_rng_state(), rng)
     assert graph.consumers_of("a") == ["b"]
+
+
+def test_graph_queries_raise_unknown_layer_error_and_widen_raises_widen_error(
+    graph: LayerGraph,
+) -> None:
+    with pytest.raises(KeyError) as caught:
+        graph.group_of("nope")
+    assert isinstance(caught.value, UnknownLayerError)
+    assert str(caught.value).startswith("'nope' is not a layer of SmallNet.")
+    with pytest.raises(WidenError, match=r"'nope' is not a layer of SmallNet") as refused:
+        netsurgeon.widen(SmallNet(), {"nope": 2})
+    assert isinstance(refused.value.__cause__, UnknownLayerError)
+    assert not isinstance(refused.value, KeyError)

@@ -33,9 +33,9 @@ def edges(graph: LayerGraph) -> EdgeSet:
 
 def followers(graph: LayerGraph) -> dict[str, list[tuple[str, int]]]:
     return {
-        n: [(f.name, f.multiplicity) for f in graph.group(n).followers]
+        n: [(f.name, f.multiplicity) for f in graph.group_of(n).followers]
         for n in graph.layers
-        if graph.group(n).followers
+        if graph.group_of(n).followers
     }
 
 

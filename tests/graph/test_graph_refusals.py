@@ -196,7 +196,7 @@ def test_unsupported_structure_is_refused_naming_node_and_module(case: str) -> N
 def test_non_strict_tracing_blocks_the_refused_groups_with_the_same_reason(case: str) -> None:
     build, pattern = REFUSED[case]
     graph = netsurgeon.trace(build(), strict=False)
-    blocked = [n for n in graph.layers if graph.group(n).blocked is not None]
+    blocked = [n for n in graph.layers if graph.group_of(n).blocked is not None]
     assert blocked
     assert any(re.search(pattern, graph.unwidenable_reason(n) or "") for n in blocked)
     assert not set(blocked) & set(graph.widenable_layers)

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import netsurgeon
-from netsurgeon.graph.handlers import FollowerHandler
+from netsurgeon.graph.ops.base import FollowerHandler
 from netsurgeon.graph.registry import Registry, register_module
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}

@@ -19,7 +19,7 @@ from ops_helpers import widen_all_and_compare
 from torch import nn
 
 import netsurgeon
-from netsurgeon.errors import WidenError
+from netsurgeon.errors import UnknownLayerError, WidenError
 
 
 class SELayer(nn.Module):
@@ -251,7 +251,9 @@ def test_widening_a_layer_inside_a_transformer_encoder_says_why_it_cannot():
 
 
 def test_an_unknown_layer_name_outside_opaque_modules_keeps_the_did_you_mean_error():
-    with pytest.raises(WidenError, match=r"'hed' is not a layer of Encoder\. Did you mean 'head'"):
+    with pytest.raises(
+        UnknownLayerError, match=r"'hed' is not a layer of Encoder\. Did you mean 'head'"
+    ):
         netsurgeon.trace(Encoder(embed=True)).check_layer("hed")
 
 

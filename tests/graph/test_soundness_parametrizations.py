@@ -71,7 +71,7 @@ def test_weight_norm_widens_exactly_or_is_refused_naming_it(wrap) -> None:
 
 
 def test_a_handler_that_models_a_parametrization_accepts_it_and_its_originals() -> None:
-    from netsurgeon.graph.handlers import ConvHandler
+    from netsurgeon.graph.ops.linear import ConvHandler
     from netsurgeon.graph.soundness import module_reason
 
     class WeightNormConv(ConvHandler):

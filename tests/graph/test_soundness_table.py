@@ -98,7 +98,7 @@ def _exact(build, trace_inputs, check_inputs, groups: set[str]) -> None:
     """The property, with ``groups`` widenable and no plan refused."""
     graph = netsurgeon.trace(build(), trace_inputs, strict=True)
     widenable = {g.name for g in graph.groups if g.widenable}
-    assert groups <= widenable, {g: graph.group(g).reason for g in groups - widenable}
+    assert groups <= widenable, {g: graph.group_of(g).reason for g in groups - widenable}
     outcomes = check_every_plan(build, trace_inputs, check_inputs)
     refused = [(o.plan, str(o.error)) for o in outcomes if o.refused]
     assert not refused, refused

@@ -1,22 +1,19 @@
-"""Module handlers that own tensors: layers that own a width, and followers that grow with one.
+"""Layers: ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear`` and ``Embedding``.
 
-Each handler has two parts (the base classes are in :mod:`netsurgeon.graph.handler_base`):
+Each handler has two parts (the base classes are in :mod:`netsurgeon.graph.ops.base`):
 
 * the **flow** (:meth:`flow`), used by the analysis: how the module reads and passes channels;
 * the **layout**, used by the surgery: which ``(tensor, dim)`` pairs hold a layer's output units
-  (``row_dim``) and input units (``col_dim``) or a follower's channels (``entries``), what a new
-  entry holds, the Kaiming fan-in (``fan_in``), and which size attributes change. Records:
-  :mod:`netsurgeon.graph.axes`. A new layer type is one class here.
+  (``row_dim``) and input units (``col_dim``), what a new entry holds, the Kaiming fan-in
+  (``fan_in``), and which size attributes change. Records: :mod:`netsurgeon.graph.axes`. A new
+  layer type is one class here.
 
-A *layer* (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``, ``Embedding``) produces a
-group and consumes its input's groups (an ``Embedding`` reads none). A *follower* holds one entry
-per channel and grows with the groups it reads: ``BatchNormNd``, ``SyncBatchNorm``,
-torchvision's ``FrozenBatchNorm2d``, ``InstanceNormNd``, ``GroupNorm`` (with several channels per
-group it grows by whole groups), per-channel ``PReLU``, and a depthwise conv
-(``groups == in == out``: a follower with a weight). Roles are decided per instance: a grouped
-conv with ``1 < groups`` is a layer whose input and output are split into ``groups`` blocks.
-Handlers that own no tensors (activations, pooling, ``Flatten``, ``Softmax``, ``LayerNorm``,
-``MultiheadAttention``) are in :mod:`netsurgeon.graph.module_ops`.
+A layer produces a group and consumes its input's groups (an ``Embedding`` reads none). Roles are
+decided per instance: a depthwise conv (``groups == in == out``) is a follower with a weight; a
+grouped conv with ``1 < groups`` is a layer whose input and output are split into ``groups``
+equal splits. The functional spellings (``F.conv2d``, ``F.linear`` with weights passed in) mix
+channels with tensors netsurgeon cannot grow: ``F.linear`` is in :mod:`.attention` with the other
+mixing ops.
 """
 
 from __future__ import annotations
@@ -28,11 +25,8 @@ import torch
 from torch import fx, nn
 
 from netsurgeon.graph.axes import Axis, module_tensor
-from netsurgeon.graph.handler_base import FollowerHandler, LayerHandler, present
 from netsurgeon.graph.layout import Layout, Segment
-
-# registers the tensor-free module handlers; functional.py imports the two flows from here
-from netsurgeon.graph.module_ops import layer_norm_flow, spatial_flow  # noqa: F401
+from netsurgeon.graph.ops.base import LayerHandler
 from netsurgeon.graph.registry import register_module
 
 if TYPE_CHECKING:
@@ -42,9 +36,8 @@ __all__ = [
     "ConvHandler",
     "ConvTransposeHandler",
     "EmbeddingHandler",
-    "FollowerHandler",
-    "LayerHandler",
     "LinearHandler",
+    "is_depthwise",
 ]
 
 
@@ -243,97 +236,3 @@ class EmbeddingHandler(LayerHandler):
             entries = new.narrow(0, ins.position + shift, ins.count)
             entries.copy_(torch.where((old == 0).all(), torch.zeros_like(entries), entries))
             shift += ins.count
-
-
-@register_module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-class BatchNormHandler(FollowerHandler):
-    """``BatchNormNd`` and ``SyncBatchNorm`` (the norm under DDP) normalise each channel of dim 1
-    (after a flatten: ``C x m`` features). In training the statistics are per channel, reduced
-    over the batch (and, synced, over the ranks), so new channels leave the old ones unchanged."""
-
-    scalars = ("num_batches_tracked",)
-
-    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        return present(
-            module, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
-        )
-
-
-@register_module("torchvision.ops.misc.FrozenBatchNorm2d")
-class FrozenBatchNormHandler(FollowerHandler):
-    """torchvision's ``FrozenBatchNorm2d`` (detection backbones): four per-channel buffers.
-
-    ``y = x * w / sqrt(rv + eps) + b - rm * w / sqrt(rv + eps)`` per channel; new channels get
-    ``w = 1, b = 0, rm = 0, rv = 1``. It keeps no size attribute (its width is its buffers').
-    Registered by name: torchvision is not imported.
-    """
-
-    def width(self, module: nn.Module) -> int:
-        return int(module.weight.shape[0])
-
-    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
-        return {}
-
-    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        return present(
-            module, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
-        )
-
-
-@register_module(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-class InstanceNormHandler(BatchNormHandler):
-    """``InstanceNormNd``: per sample and channel; affine and running statistics optional."""
-
-
-@register_module(nn.GroupNorm)
-class GroupNormHandler(FollowerHandler):
-    """``GroupNorm``: per channel with one channel per group; else it grows by whole groups.
-
-    Normalisation groups are contiguous runs of ``C / G`` channels. New channels that form whole
-    new groups (``k`` a multiple of ``C / G`` per insertion point) leave every old group's
-    statistics untouched, so the widening stays exact; ``num_groups`` grows with them.
-    """
-
-    width_attr = "num_channels"
-
-    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        return present(module, {"weight": 1.0, "bias": 0.0})
-
-    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
-        per_group = module.num_channels // module.num_groups
-        return {
-            "num_channels": module.num_channels + added,
-            "num_groups": module.num_groups + added // per_group,
-        }
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        layout = super().flow(node, ctx)
-        module = ctx.module_of(node)
-        per_group = module.num_channels // module.num_groups
-        if layout is not None and per_group > 1:
-            if len(layout.segments) != 1 or layout.flattened:
-                ctx.block(
-                    node,
-                    layout,
-                    f"GroupNorm with {per_group} channels per group over a concatenation mixes "
-                    "the statistics of several groups",
-                )
-            else:
-                ctx.require_unit(layout, per_group)
-        return layout
-
-
-@register_module(nn.PReLU)
-class PReLUHandler(FollowerHandler):
-    """``PReLU``: element-wise with one slope; a follower with one slope per channel."""
-
-    width_attr = "num_parameters"
-
-    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
-        return (Axis("weight", 0, 0.25),)
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        if ctx.module_of(node).num_parameters == 1:
-            layout = ctx.input(node)
-            return None if layout is None else layout.with_path("PReLU")
-        return super().flow(node, ctx)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.errors import NetsurgeonTypeError, WidenError
+from netsurgeon.errors import NetsurgeonTypeError, UnknownLayerError, WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.init import InitStrategy, get_init
@@ -54,41 +54,28 @@ def widen(
 ) -> nn.Module:
     """Add ``plan[key]`` channels to each named group, in place, preserving the output.
 
-    A key names a channel group (``graph.groups[i].name``) or any of its producer layers. Every
-    producer of a group gets ``k`` new output units; every consumer gets matching input columns
-    (zero under ``"paper"``) at the positions the group occupies in its input (after a flatten,
-    repeated with the multiplicity; after a concatenation, at the end of the group's segment);
-    followers (BatchNorm, depthwise convs, layer scales, ...) grow. Module attributes
-    (``out_channels``, ``in_features``, ``num_features``, ``groups``) are updated. Parameters stay
-    the same ``nn.Parameter`` objects (their data is replaced), so optimizers, schedulers and
-    hooks remain valid.
+    A key names a channel group (``graph.groups[i].name``) or one of its producers. Producers get
+    ``k`` new output units, consumers matching input columns where the group sits in their input,
+    followers (BatchNorm, depthwise convs, layer scales) new entries; size attributes follow. The
+    ``nn.Parameter`` objects stay the same, so optimizers, schedulers and hooks remain valid.
 
     Args:
         model: the user's module, modified in place.
-        plan: ``{group or layer name: channels to add}``; ``k`` must be a positive multiple of
-            the group's ``granularity``.
-        optimizer: if given, its per-parameter state is grown (old entries kept). It must hold
-            every grown parameter that requires grad.
-        generator: a ``torch.Generator``, the random source for new weights (on the model's
-            device).
+        plan: ``{group or layer name: channels to add}``; each ``k`` a positive multiple of the
+            group's ``granularity``.
+        optimizer: its state is grown; it must hold every grown parameter that requires grad.
+        generator: the random source for new weights (on the model's device).
         init: ``"paper"`` (default), ``"net2net"``, or an ``InitStrategy`` instance.
         example_inputs: forwarded to :func:`netsurgeon.trace` for shape propagation.
-        graph: a graph just traced from ``model`` (saves tracing again); it must match the
-            model's current widths.
-        mirrors: copies of the model with its architecture and widths (an EMA, a
-            ``torch.optim.swa_utils.AveragedModel``) grown with the same plan, atomically with
-            it: each keeps its own old entries and gets the model's new entries
-            (:mod:`netsurgeon.surgery.mirror`).
+        graph: a graph just traced from ``model`` (saves a trace); it must match its widths.
+        mirrors: copies of the model (EMA, ``AveragedModel``) grown with it (own old entries).
 
-    Returns:
-        ``model`` itself.
+    Returns ``model`` itself.
 
     Raises:
-        WidenError: unknown name (with close matches), output or unwidenable group (with the
-            reason), bad count or granularity, two keys for one group with different counts,
-            a stale ``graph``, a wrapped model, optimizer state that cannot be grown, an
-            optimizer that does not hold a grown parameter, a mirror of another architecture
-            or widths. Nothing is changed when it raises.
+        WidenError: an unknown key, an output or unwidenable group (with the reason), a bad
+            count, two counts for one group, a stale ``graph``, a wrapped model, optimizer state
+            that cannot grow, a mirror of other widths. Nothing changes when it raises.
         NetsurgeonTypeError: ``plan`` is not a mapping of ``str`` to ``int``; ``optimizer``,
             ``generator`` or a mirror has the wrong type.
 
@@ -103,11 +90,7 @@ def widen(
     check_plain_module(model, "widen")
     strategy = get_init(init)
     plan = validate_plan(plan)
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise NetsurgeonTypeError(
-            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
-    _check_generator(generator)
+    _check_optimizer_and_generator(optimizer, generator)
     if graph is None:
         graph = trace(model, example_inputs, strict=False)
     else:
@@ -118,6 +101,14 @@ def widen(
     surgery.commit(optimizer)
     mirrored.commit()
     return model
+
+
+def _check_optimizer_and_generator(optimizer: object, generator: object) -> None:
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise NetsurgeonTypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    _check_generator(generator)
 
 
 def _check_generator(generator: object) -> None:
@@ -185,7 +176,10 @@ def resolve_plan(graph: LayerGraph, plan: Mapping[str, int]) -> dict[str, int]:
     growth: dict[str, int] = {}
     named_by: dict[str, str] = {}
     for key, k in plan.items():
-        group = graph.resolve(key)
+        try:
+            group = graph.resolve(key)
+        except UnknownLayerError as e:  # a plan key: the widening is refused
+            raise WidenError(str(e)) from e
         if group.reason is not None:
             what = f"layer '{key}'" if key in graph.widths() else f"group '{key}'"
             if len(group.producers) > 1:
@@ -196,8 +190,8 @@ def resolve_plan(graph: LayerGraph, plan: Mapping[str, int]) -> dict[str, int]:
             options = ", ".join(str(v) for v in (low, low + group.granularity) if v > 0)
             raise WidenError(
                 f"plan[{key!r}] = {k}: group '{group.name}' grows in multiples of "
-                f"{group.granularity} (its channels are split into {group.blocks} blocks"
-                f"{' and normalisation groups' if group.granularity != group.blocks else ''}); "
+                f"{group.granularity} (its channels are cut into {group.splits} equal splits"
+                f"{' and normalisation groups' if group.granularity != group.splits else ''}); "
                 f"use {options}"
             )
         if group.name in growth and growth[group.name] != k:
@@ -230,13 +224,13 @@ def stage(
         name: strategy.sources(
             groups[name].width,
             k,
-            groups[name].blocks,
+            groups[name].splits,
             generator,
-            unit=groups[name].granularity // groups[name].blocks,
+            unit=groups[name].granularity // groups[name].splits,
         )
         for name, k in growth.items()
     }
-    spec = {name: (groups[name].width, k, groups[name].blocks) for name, k in growth.items()}
+    spec = {name: (groups[name].width, k, groups[name].splits) for name, k in growth.items()}
     widths = {g.name: g.width for g in graph.groups}
     common = Growth(spec, sources, widths, strategy, generator)
     consumers = {c.layer: c for name in growth for c in groups[name].consumers}

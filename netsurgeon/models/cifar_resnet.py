@@ -133,6 +133,28 @@ def resnet(
         >>> resnet_widths_of(model)
         ((4, 8, 16), ((4,), (8,), (16,)))
     """
+    stream, interiors = _checked_widths(widths, blocks, inner)
+    _positive("num_classes", num_classes)
+    _positive("in_channels", in_channels)
+    factory: dict[str, Any] = {"device": device, "dtype": dtype}
+    conv = nn.Conv2d(in_channels, stream[0], 3, 1, 1, bias=False, **factory)
+    bn = nn.BatchNorm2d(stream[0], **factory)
+    stages = nn.ModuleList()
+    cin = stream[0]
+    for s, (width, row) in enumerate(zip(stream, interiors, strict=True)):
+        units = []
+        for b, mid in enumerate(row):
+            stride = 2 if s > 0 and b == 0 else 1
+            units.append(BasicBlock(cin, mid, width, stride, **factory))
+            cin = width
+        stages.append(nn.Sequential(*units))
+    return ResNet(conv, bn, stages, nn.Linear(cin, num_classes, **factory))
+
+
+def _checked_widths(
+    widths: Sequence[int], blocks: int | Sequence[int], inner: Sequence[Sequence[int]] | None
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """``(stream width per stage, interior width per block)``, each checked to be positive."""
     if isinstance(widths, str | bytes) or not isinstance(widths, Sequence) or not widths:
         raise ValueError(
             f"resnet: widths must be a non-empty list of stream widths per stage, e.g. "
@@ -148,8 +170,6 @@ def resnet(
             f"resnet: blocks must be a positive int or one per stage ({len(stream)} stages); "
             f"found {blocks!r}."
         )
-    _positive("num_classes", num_classes)
-    _positive("in_channels", in_channels)
     if inner is None:
         interiors = tuple((w,) * n for w, n in zip(stream, counts, strict=True))
     else:
@@ -164,19 +184,7 @@ def resnet(
             tuple(_positive(f"inner[{s}][{b}]", w) for b, w in enumerate(row))
             for s, row in enumerate(inner)
         )
-    factory: dict[str, Any] = {"device": device, "dtype": dtype}
-    conv = nn.Conv2d(in_channels, stream[0], 3, 1, 1, bias=False, **factory)
-    bn = nn.BatchNorm2d(stream[0], **factory)
-    stages = nn.ModuleList()
-    cin = stream[0]
-    for s, (width, row) in enumerate(zip(stream, interiors, strict=True)):
-        units = []
-        for b, mid in enumerate(row):
-            stride = 2 if s > 0 and b == 0 else 1
-            units.append(BasicBlock(cin, mid, width, stride, **factory))
-            cin = width
-        stages.append(nn.Sequential(*units))
-    return ResNet(conv, bn, stages, nn.Linear(cin, num_classes, **factory))
+    return stream, interiors
 
 
 def resnet_widths_of(model: nn.Module) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:

@@ -23,13 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
-from netsurgeon.graph.handlers import (
-    BatchNormHandler,
-    ConvHandler,
-    GroupNormHandler,
-    LinearHandler,
-)
-from netsurgeon.graph.module_ops import PassModuleHandler
+from netsurgeon.graph.ops.elementwise import PassModuleHandler
+from netsurgeon.graph.ops.linear import ConvHandler, LinearHandler
+from netsurgeon.graph.ops.norm import BatchNormHandler, GroupNormHandler
 from netsurgeon.graph.registry import Registry
 from netsurgeon.graph.soundness import module_reason
 

@@ -168,17 +168,7 @@ def vgg(
         [[4], [4], [8]]
     """
     spec = _check_widths(widths)
-    for name, value in (
-        ("num_classes", num_classes),
-        ("in_channels", in_channels),
-        ("image_size", image_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"vgg: {name} must be a positive int; found {value!r}.")
-    hidden_t = tuple(hidden)
-    for k, h in enumerate(hidden_t):
-        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-            raise ValueError(f"vgg: hidden[{k}] must be a positive int; found {h!r}.")
+    hidden_t = _check_sizes(num_classes, in_channels, image_size, hidden)
     spatial = _spatial_after(image_size, len(spec))
     if spatial < 1:
         raise ValueError(
@@ -201,6 +191,18 @@ def vgg(
         fan_in = h
     layers.append(nn.Linear(fan_in, num_classes, **factory))
     return VGG(blocks, nn.Sequential(*layers))
+
+
+def _check_sizes(
+    num_classes: int, in_channels: int, image_size: int, hidden: Sequence[int]
+) -> tuple[int, ...]:
+    """Check that every size is a positive int; ``hidden`` as a tuple."""
+    named = [("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)]
+    named += [(f"hidden[{k}]", h) for k, h in enumerate(hidden)]
+    for name, value in named:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"vgg: {name} must be a positive int; found {value!r}.")
+    return tuple(hidden)
 
 
 def vgg_num_parameters(

@@ -1,4 +1,7 @@
-"""Handlers for ops that rearrange the spatial dims: padding, pixel (un)shuffle, flip and roll.
+"""Ops over the spatial dims: pooling, interpolation, padding, pixel (un)shuffle, flip and roll.
+
+Pooling and interpolation (module and function spellings share :func:`spatial_flow`) work on the
+trailing spatial dims of a channel-first map, every channel alike: the channels pass.
 
 Padding a spatial dim, flipping or rolling it works on every channel alike: the channels pass.
 Two of these ops reach the channel dim itself:
@@ -37,13 +40,76 @@ from netsurgeon.graph.registry import OpHandler, register_function, register_met
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
-__all__ = ["channel_position_from_end", "pad_flow"]
+__all__ = ["channel_position_from_end", "pad_flow", "spatial_flow"]
+
+
+_POOL_MODULES = {
+    1: (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d),
+    2: (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d),
+    3: (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d),
+}
+
+
+_POOL_FUNCTIONS = {
+    1: (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d,
+        torch.max_pool1d, torch.avg_pool1d, torch.adaptive_avg_pool1d, torch.adaptive_max_pool1d),
+    2: (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+        torch.max_pool2d),
+    3: (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d,
+        torch.max_pool3d),
+}  # fmt: skip
+
+
+@register_module(*_POOL_MODULES[1], *_POOL_MODULES[2], *_POOL_MODULES[3], nn.Upsample)
+class PoolModuleHandler(OpHandler):
+    """Pooling and upsampling over the trailing spatial dims keep the channels."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        module = ctx.module_of(node)
+        if getattr(module, "return_indices", False):
+            ctx.refuse(node, "pooling with return_indices=True", fix="use return_indices=False")
+        spatial = next((d for d, types in _POOL_MODULES.items() if isinstance(module, types)), 0)
+        return spatial_flow(node, ctx.input(node), spatial, type(module).__name__, ctx)
+
+
+@register_function(*(f for fs in _POOL_FUNCTIONS.values() for f in fs), F.interpolate)
+class PoolFunctionHandler(OpHandler):
+    """Functional pooling and interpolation over the trailing spatial dims."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        if node.kwargs.get("return_indices"):
+            ctx.refuse(node, "pooling with return_indices=True", fix="use return_indices=False")
+        spatial = next((d for d, fs in _POOL_FUNCTIONS.items() if node.target in fs), 0)
+        return spatial_flow(node, first_layout(node, ctx), spatial, ctx.op_name(node), ctx)
+
+
+def spatial_flow(
+    node: fx.Node, layout: Layout | None, spatial: int, label: str, ctx: FlowContext
+) -> Layout | None:
+    """An op over the last ``spatial`` dims (0: unknown, at least one): channels must be before."""
+    if layout is None:
+        return None
+    channel = layout.normalized_dim()
+    inside = layout.flattened or channel is None
+    if not inside and layout.rank is not None:
+        inside = channel >= layout.rank - max(spatial, 1)
+    if inside:
+        ctx.refuse(
+            node,
+            f"'{label}' works on the trailing spatial dims but the channels are on dim "
+            f"{channel} (flattened={layout.flattened})",
+            fix="apply it to a channel-first map before flattening",
+        )
+    return layout.with_path(label)
+
 
 _PAD_MODULES = {
     1: (nn.ReflectionPad1d, nn.ReplicationPad1d, nn.ZeroPad1d, nn.ConstantPad1d, nn.CircularPad1d),
     2: (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.CircularPad2d),
     3: (nn.ReflectionPad3d, nn.ReplicationPad3d, nn.ZeroPad3d, nn.ConstantPad3d, nn.CircularPad3d),
 }
+
+
 _PAD_MODES = {
     "Reflection": "reflect",
     "Replication": "replicate",
@@ -60,9 +126,6 @@ def channel_position_from_end(layout: Layout) -> int | None:
     if layout.rank is None:
         return None
     return layout.rank - 1 - layout.dim
-
-
-# ------------------------------------------------------------------------ padding
 
 
 @register_module(*(m for ms in _PAD_MODULES.values() for m in ms))
@@ -125,9 +188,6 @@ def pad_flow(
     segments += [Segment(None, 0, after)] if after else []
     label = ctx.op_name(node)
     return layout.replace(segments=tuple(s.with_path(label) for s in segments), factor=1)
-
-
-# ------------------------------------------------------------------------ pixel (un)shuffle
 
 
 @register_module(nn.PixelShuffle, nn.PixelUnshuffle)
@@ -198,9 +258,6 @@ class ChannelShuffleModuleHandler(OpHandler):
             "channels would land among the old ones",
         )
         return None
-
-
-# ------------------------------------------------------------------------ flip and roll
 
 
 @register_function(torch.flip, torch.fliplr, torch.flipud, torch.roll)

@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
+from netsurgeon.graph.ops.factories import size_source
 from netsurgeon.graph.registry import OpHandler, register_function, register_method, register_module
 
 if TYPE_CHECKING:
@@ -154,7 +155,6 @@ def _trailing_sizes(
     node: fx.Node, layout: Layout, sizes: tuple[Any, ...], ctx: FlowContext
 ) -> tuple[int, ...] | None:
     """The sizes after the channels: literals, or reads of other dims (values from the shapes)."""
-    from netsurgeon.graph.factories import size_source
 
     rest = sizes[1:]
     if all(isinstance(s, int) and s > 0 for s in rest):

@@ -6,7 +6,7 @@ groups. Besides its flow (the analysis) it says where its units are (the surgery
 :class:`~netsurgeon.graph.axes.Axis` records, its Kaiming fan-in and its size attributes. A
 :class:`FollowerHandler`'s module holds one entry per channel of the groups it reads. Both answer
 what the soundness checks ask (``tensor_names``, ``models_parametrization``, ``models_hook``).
-The concrete handlers are in :mod:`netsurgeon.graph.handlers`.
+The concrete handlers are in the family files of :mod:`netsurgeon.graph.ops`.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class LayerHandler(OpHandler):
             ctx.consume(node, layout, self.in_width(module), groups=self.conv_groups(module))
         group = ctx.new_group(str(node.target), self.out_width(module))
         out = self.output_layout(node, module, group, ctx)
-        ctx.require_blocks(node, out, self.conv_groups(module), what="grouped convolution")
+        ctx.require_splits(node, out, self.conv_groups(module), what="grouped convolution")
         return out
 
 

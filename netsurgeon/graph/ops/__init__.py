@@ -1,0 +1,45 @@
+"""Handlers by op family: each file holds one family's module, function and method spellings.
+
+Importing this package registers every handler in :data:`netsurgeon.graph.registry.REGISTRY`.
+The base classes of the handlers that own tensors are in :mod:`.base`; timm's layers register
+themselves from the tracer when timm is in use (:mod:`.timm`), and torchvision's wrapped functions
+by qualified name (:mod:`.torchvision`), so neither package is imported here.
+
+- :mod:`.linear`: ``Conv``, ``ConvTranspose``, ``Linear``, ``Embedding`` (layers);
+- :mod:`.norm`: BatchNorm, SyncBatchNorm, FrozenBatchNorm2d, InstanceNorm, GroupNorm
+  (followers), ``LayerNorm`` and the functional norms;
+- :mod:`.elementwise`: activations, dropout, casts, ``PReLU``; joins (``add``, ``mul``,
+  ``where``, ``addcmul``);
+- :mod:`.spatial`: pooling, interpolation, padding, pixel (un)shuffle, flip, roll;
+- :mod:`.reshape`: ``permute``, ``flatten``, ``view``/``reshape``, ``squeeze``, ``expand``;
+- :mod:`.unflatten`: ``unflatten``, ``nn.Unflatten``, ``reshape_as``/``view_as``;
+- :mod:`.concat`: ``cat``, ``stack``, ``chunk``/``split``, ``getitem``;
+- :mod:`.reduce`: reductions, cumulative ops, sorting, ``index_select``, softmax;
+- :mod:`.queries`: ``size``, ``shape``, ``numel``, ``dim``, ``.T``;
+- :mod:`.attention`: matmul-like mixing, ``MultiheadAttention``, ``nn.Transformer*``;
+- :mod:`.recurrent`: ``RNN``/``LSTM``/``GRU`` and their cells;
+- :mod:`.factories`: ``zeros_like`` and friends, ``new_zeros`` and friends;
+- :mod:`.containers`: ``NamedTuple`` outputs;
+- :mod:`.torchvision`: torchvision's wrapped functions (drop path, Swin's window attention and
+  patch merging).
+
+Files import each other one way only (``torchvision`` and ``timm`` build on the families; a flow
+that two spellings share lives in its family's file), never lazily.
+"""
+
+from netsurgeon.graph.ops import (  # noqa: F401  (each import registers its handlers)
+    attention,
+    concat,
+    containers,
+    elementwise,
+    factories,
+    linear,
+    norm,
+    queries,
+    recurrent,
+    reduce,
+    reshape,
+    spatial,
+    torchvision,
+    unflatten,
+)

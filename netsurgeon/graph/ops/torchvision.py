@@ -1,0 +1,69 @@
+"""torchvision's wrapped functions (``torch.fx.wrap``): they appear as single fx nodes.
+
+Registered by qualified name (``__module__`` + ``__qualname__``), so neither ``torchvision.ops``
+nor ``torchvision.models`` is imported by ``import netsurgeon``:
+
+* ``stochastic_depth`` (drop path) scales whole samples: element-wise on the channels;
+* Swin's ``shifted_window_attention`` takes its projection weights as arguments: it mixes the
+  channels (blocks);
+* Swin's ``_patch_merging_pad`` gathers the 2x2 neighbours of a ``(..., H, W, C)`` map into the
+  channels: the output's last dim holds 4 copies of the input's segments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import fx
+
+from netsurgeon.graph.layout import Layout
+from netsurgeon.graph.nodes import first_layout
+from netsurgeon.graph.ops.attention import MixingHandler
+from netsurgeon.graph.ops.elementwise import ElementwiseHandler
+from netsurgeon.graph.registry import OpHandler, register_function
+
+if TYPE_CHECKING:
+    from netsurgeon.graph.context import FlowContext
+
+__all__ = [
+    "PatchMerging3dHandler",
+    "PatchMergingHandler",
+    "StochasticDepthHandler",
+    "WindowAttentionHandler",
+]
+
+
+_SWIN = "torchvision.models.swin_transformer"
+
+
+@register_function("torchvision.ops.stochastic_depth.stochastic_depth")
+class StochasticDepthHandler(ElementwiseHandler):
+    """``torchvision.ops.stochastic_depth``: scales whole samples, element-wise on the channels."""
+
+
+@register_function(f"{_SWIN}.shifted_window_attention", f"{_SWIN}.shifted_window_attention_3d")
+class WindowAttentionHandler(MixingHandler):
+    """Swin's window attention: its projection weights are arguments; it mixes the channels."""
+
+
+@register_function(f"{_SWIN}._patch_merging_pad")
+class PatchMergingHandler(OpHandler):
+    """Swin's patch merging: the 2x2 (3-d: 2x2x2) neighbours of ``(..., H, W, C)`` into the channels."""
+
+    copies = 4
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        layout = first_layout(node, ctx)
+        if layout is None:
+            return None
+        if not layout.is_last_dim() or layout.factor != 1:
+            ctx.refuse(node, "patch merging reads the channels on the last dim", fix="-")
+        label = ctx.op_name(node)
+        return layout.replace(segments=layout.segments * self.copies).with_path(label)
+
+
+@register_function(f"{_SWIN}._patch_merging_pad_3d")
+class PatchMerging3dHandler(PatchMergingHandler):
+    """The 3-d patch merging: 2x2x2 neighbours, 8 copies of the input's segments."""
+
+    copies = 8
