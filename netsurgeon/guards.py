@@ -16,8 +16,13 @@ _WRAPPERS = {
 }
 
 
-def check_plain_module(model: object, entry_point: str) -> None:
+def check_plain_module(
+    model: object, entry_point: str, instead: dict[str, str] | None = None
+) -> None:
     """Refuse wrappers (DDP, FSDP, ``torch.compile``) and non-modules with the fix.
+
+    ``instead`` overrides what to pass for a wrapper class name (an entry point with its own
+    route, e.g. the Grower's ``distributed=True`` for DDP).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -27,9 +32,10 @@ def check_plain_module(model: object, entry_point: str) -> None:
         raise NetsurgeonTypeError(
             f"{entry_point}() expects an nn.Module, got {type(model).__name__}"
         )
+    fixes = _WRAPPERS | (instead or {})
     for cls in type(model).__mro__:
-        if cls.__name__ in _WRAPPERS:
+        if cls.__name__ in fixes:
             raise WidenError(
                 f"{entry_point}() got a {cls.__name__} wrapper; surgery must see the plain module. "
-                f"Pass {_WRAPPERS[cls.__name__]} instead, and wrap again afterwards."
+                f"Pass {fixes[cls.__name__]} instead, and wrap again afterwards."
             )

@@ -53,6 +53,7 @@ __all__ = [
     "combine_nagn",
     "group_neighbours",
     "group_profile",
+    "has_spatial_kernel",
     "round_to_granularity",
 ]
 
@@ -241,15 +242,16 @@ def backbone_chain(graph: LayerGraph) -> tuple[str, ...]:
     chain: list[str] = []
     for name in reversed(path):
         group = graph.resolve(name)
-        if not all(_has_kernel(graph, p) for p in group.producers):
+        if not all(has_spatial_kernel(graph.module(p)) for p in group.producers):
             break
         if group.widenable:
             chain.append(name)
     return tuple(chain)
 
 
-def _has_kernel(graph: LayerGraph, layer: str) -> bool:
-    weight = getattr(graph.module(layer), "weight", None)
+def has_spatial_kernel(module: nn.Module) -> bool:
+    """Whether ``module`` has a weight with a spatial kernel (a conv, not a linear layer)."""
+    weight = getattr(module, "weight", None)
     if weight is None or isinstance(weight, nn.parameter.UninitializedParameter):
         return False
     return weight.dim() > 2

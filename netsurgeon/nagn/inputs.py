@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from netsurgeon.cost import Baseline, width_caps
-from netsurgeon.errors import ConfigError, NetsurgeonTypeError, WidenError
+from netsurgeon.errors import ConfigError, NetsurgeonTypeError
 from netsurgeon.graph import LayerGraph
+from netsurgeon.guards import check_plain_module
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.surgery.mirror import mirror_module
 
@@ -165,15 +166,14 @@ def _opaque(graph: Any) -> str:
 
 
 def check_model(model: object) -> None:
-    """Refuse a DDP wrapper (grow its ``.module``) and anything that is not a module."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise WidenError(
-            "Grower got a DistributedDataParallel wrapper; grow the plain module: "
-            "Grower(ddp.module, optimizer, config, distributed=True), and after each growth "
-            "ddp = netsurgeon.distributed.rewrap(ddp)."
-        )
-    if not isinstance(model, nn.Module):
-        raise NetsurgeonTypeError(f"Grower expects an nn.Module, got {type(model).__name__}.")
+    """Refuse wrappers (grow a DDP wrapper's ``.module``) and anything that is not a module."""
+    check_plain_module(model, "Grower", instead={"DistributedDataParallel": _DDP_ROUTE})
+
+
+_DDP_ROUTE = (
+    "the plain module, Grower(ddp.module, optimizer, config, distributed=True), and after each "
+    "growth ddp = netsurgeon.distributed.rewrap(ddp)"
+)
 
 
 def config_differences(saved: dict[str, Any], config: GrowthConfig) -> list[str]:

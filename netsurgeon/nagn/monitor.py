@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from netsurgeon.errors import MonitorError
+from netsurgeon.errors import ConfigError, MonitorError, NetsurgeonTypeError
 from netsurgeon.graph.soundness import mark_observer
 
 __all__ = ["DEFAULT_EVERY", "NAGNMonitor"]
@@ -76,9 +76,9 @@ class NAGNMonitor:
         train_only: ignore forwards while ``model.training`` is False.
 
     Raises:
-        ValueError: unknown or repeated layer names (the message lists the valid ones), a bad
+        ConfigError: unknown or repeated layer names (the message lists the valid ones), a bad
             ``reduction`` or ``every``.
-        TypeError: ``model`` is not an ``nn.Module`` or ``layers`` is a single string.
+        NetsurgeonTypeError: ``model`` is not an ``nn.Module`` or ``layers`` is a single string.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -101,20 +101,24 @@ class NAGNMonitor:
         train_only: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"NAGNMonitor needs an nn.Module; found {type(model).__name__}.")
+            raise NetsurgeonTypeError(
+                f"NAGNMonitor needs an nn.Module; found {type(model).__name__}."
+            )
         if reduction not in ("mean", "sum"):
-            raise ValueError(
+            raise ConfigError(
                 f"reduction must be 'mean' or 'sum' (how the loss reduces over the batch); "
                 f"found {reduction!r}."
             )
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1; found {every!r}.")
+            raise ConfigError(f"every must be an int >= 1; found {every!r}.")
         if layers is None:
             from netsurgeon.graph import trace  # lazy: graph depends on torch.fx tracing
 
             layers = list(trace(model, strict=False).layers)
         elif isinstance(layers, str):
-            raise TypeError(f"layers must be a sequence of names; found the string {layers!r}.")
+            raise NetsurgeonTypeError(
+                f"layers must be a sequence of names; found the string {layers!r}."
+            )
         names = list(layers)
         self._check_names(model, names)
         self.model = model
@@ -134,14 +138,14 @@ class NAGNMonitor:
     @staticmethod
     def _check_names(model: nn.Module, names: list[str]) -> None:
         if not names:
-            raise ValueError("layers is empty: pass at least one module name to monitor.")
+            raise ConfigError("layers is empty: pass at least one module name to monitor.")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"layers lists {dupes} more than once; list each layer once.")
+            raise ConfigError(f"layers lists {dupes} more than once; list each layer once.")
         known = dict(model.named_modules())
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown layer name(s) {unknown} in {type(model).__name__}; valid layer names "
                 f"(width-owning layers): {_layer_names(model)}. Use the qualified names of "
                 "model.named_modules()."
@@ -277,11 +281,11 @@ class NAGNMonitor:
         }
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
-        """Raise ``ValueError`` unless ``state`` is a :meth:`state_dict` of these layers."""
+        """Raise :class:`~netsurgeon.errors.ConfigError` unless ``state`` is a :meth:`state_dict` of these layers."""
         layers = state.get("layers") if isinstance(state, dict) else None
         if not isinstance(layers, dict) or list(layers) != self.layers:
             found = list(layers) if isinstance(layers, dict) else type(state).__name__
-            raise ValueError(
+            raise ConfigError(
                 f"NAGNMonitor state is for layers {found}, this monitor watches {self.layers}; "
                 "load a state saved from a monitor of the same model and layers"
             )
@@ -292,7 +296,7 @@ class NAGNMonitor:
         Gradients of forwards made before the load but arriving after it are dropped.
 
         Raises:
-            ValueError: the state is for other layers. Nothing changes.
+            ConfigError: the state is for other layers. Nothing changes.
         """
         self.check_state_dict(state)
         self._generation += 1
@@ -321,7 +325,7 @@ class NAGNMonitor:
         if not self._active:
             return
         if not isinstance(z, torch.Tensor):
-            raise TypeError(
+            raise NetsurgeonTypeError(
                 f"NAGNMonitor: layer {state.name!r} ({type(module).__name__}) returned "
                 f"{type(z).__name__}, expected a Tensor. Monitor layers whose output is z = Wh + b."
             )

@@ -60,6 +60,7 @@ from netsurgeon.nagn.contrast import (
 )
 from netsurgeon.nagn.decision import Nodes, decide, monotone_adjust
 from netsurgeon.nagn.group_planner import plan_group_growth
+from netsurgeon.nagn.groups import has_spatial_kernel
 from netsurgeon.nagn.plan import GrowthPlan, LayerPlan
 from netsurgeon.nagn.settings import PlannerSettings
 
@@ -234,15 +235,7 @@ def conv_backbone_groups(model: Any, layers: Sequence[str]) -> tuple[tuple[str, 
         >>> conv_backbone_groups(m, ["0", "2"])
         (('0',),)
     """
-    from torch import nn
-
-    def has_kernel(name: str) -> bool:
-        weight = getattr(model.get_submodule(name), "weight", None)
-        if weight is None or isinstance(weight, nn.parameter.UninitializedParameter):
-            return False
-        return weight.dim() > 2
-
-    convs = tuple(name for name in layers if has_kernel(name))
+    convs = tuple(name for name in layers if has_spatial_kernel(model.get_submodule(name)))
     return (convs,) if convs else ()
 
 

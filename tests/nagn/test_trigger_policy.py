@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from driver_helpers import load_benchmark
 
+from benchmarks.grow_cifar.analysis import replay
 from netsurgeon.models import vgg
 from netsurgeon.nagn import Grower, GrowthConfig, TriggerPolicy, TriggerState
 
@@ -142,7 +142,7 @@ def test_the_grower_and_the_replay_stop_where_a_recorded_run_stopped(record: str
         if grower.stopped:
             stop_epoch = epoch
             break
-    replayed = load_benchmark("replay_planner").replay_stops(run, "restart, absolute (default)")
+    replayed = replay.replay_stops(run, "restart, absolute (default)")
     assert grower.stop_reason == run["stop_reason"]
     assert stop_epoch == replayed.stop_epoch
     assert [event.epoch for event in grower.history] == list(replayed.growth_epochs)
