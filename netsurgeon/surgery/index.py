@@ -82,10 +82,12 @@ def regular(size: int, inserts: Inserts) -> tuple[int, int, int] | None:
     if not inserts:
         return None
     b, c = len(inserts), inserts[0].count
-    if size % b or any(i.count != c for i in inserts):
+    if size % b:
         return None
     s = size // b
-    if any(i.position != (j + 1) * s for j, i in enumerate(inserts)):
+    if [i.count for i in inserts] != [c] * b:
+        return None
+    if [i.position for i in inserts] != list(range(s, size + 1, s) if s else [0] * b):
         return None
     return b, s, c
 

@@ -160,18 +160,15 @@ class PaperInit(InitStrategy):
         if not isinstance(fill, torch.Tensor) and fill is not None:
             fill_new_(tensor, dim, inserts, fill)
             return
-        done = 0
-        for at, ins in slots(inserts):
-            entries = tensor.narrow(dim, at, ins.count)
-            if isinstance(fill, torch.Tensor):
-                values = fill[done : done + ins.count].to(entries.dtype)
-                entries.copy_(
-                    values.view(*[ins.count if d == dim else 1 for d in range(entries.dim())])
-                )
-                done += ins.count
-            else:
-                std = math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :]))
-                normal_(entries, std, generator)
+        shape = list(tensor.shape)
+        shape[dim] = sum(i.count for i in inserts)
+        if fill is None:  # Kaiming over the rest of each entry: one draw, new entries in order
+            values = tensor.new_empty(shape)
+            normal_(values, math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :])), generator)
+        else:
+            along = [shape[dim] if d == dim else 1 for d in range(tensor.dim())]
+            values = fill.to(tensor.dtype).view(along).expand(shape)
+        place_new(values, tensor, dim, inserts, {})
 
 
 @register_init("net2net")

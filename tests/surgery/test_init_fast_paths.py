@@ -2,7 +2,8 @@
 
 Invariant: ``"paper"`` and ``"net2net"`` are functions of the old tensors and the generator's
 stream. Batching their writes (one draw buffer for the new rows, one gather and one scatter per
-group for net2net's column split) changes neither the draws nor their order, so a widening with
+group for net2net's column split) changes neither the draws nor their order (a depthwise filter's
+new entries are one draw, in order, in both), so a widening with
 the strategies below (the per-slot, per-channel loops the batched code replaced, written on
 :func:`_reference_place`) and one with the built-in strategies give identical tensors: weights,
 buffers, ``.grad`` and AdamW state, on models with concatenations (uneven insertions), grouped and
@@ -37,18 +38,23 @@ class _LoopPaper(PaperInit):
             _reference_place(draw, rows, {1: col_inserts})
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
+        if fill is None:  # one draw for every new entry, in order
+            shape = list(tensor.shape)
+            shape[dim] = sum(i.count for i in inserts)
+            fill = tensor.new_empty(shape)
+            normal_(fill, math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :])), generator)
         done = 0
         for at, ins in slots(inserts):
             entries = tensor.narrow(dim, at, ins.count)
-            if isinstance(fill, torch.Tensor):
+            if isinstance(fill, torch.Tensor) and fill.dim() == tensor.dim():
+                entries.copy_(fill.narrow(dim, done, ins.count))
+            elif isinstance(fill, torch.Tensor):
                 values = fill[done : done + ins.count].to(entries.dtype)
                 shape = [ins.count if d == dim else 1 for d in range(entries.dim())]
                 entries.copy_(values.view(*shape))
-                done += ins.count
-            elif fill is None:
-                normal_(entries, math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :])), generator)
             else:
                 entries.fill_(fill)
+            done += ins.count
 
 
 def _entries_in_piece(index_map, ins, channel, kept):
