@@ -22,6 +22,7 @@ consumer of a concatenation whose pieces grow unevenly) are copied run by run al
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 
 import torch
 
@@ -29,6 +30,7 @@ from netsurgeon.graph import Insertion
 from netsurgeon.surgery.tensors import memory_format_of
 
 __all__ = [
+    "added",
     "fill_new_",
     "grow",
     "grown_size",
@@ -44,8 +46,17 @@ __all__ = [
 Inserts = Sequence[Insertion]
 
 
+_count = attrgetter("count")
+_position = attrgetter("position")
+
+
+def added(inserts: Inserts) -> int:
+    """How many entries ``inserts`` add."""
+    return sum(map(_count, inserts))
+
+
 def grown_size(size: int, inserts: Inserts) -> int:
-    return size + sum(i.count for i in inserts)
+    return size + added(inserts)
 
 
 def runs(size: int, inserts: Inserts) -> list[tuple[int, int, int]]:
@@ -85,9 +96,9 @@ def regular(size: int, inserts: Inserts) -> tuple[int, int, int] | None:
     if size % b:
         return None
     s = size // b
-    if [i.count for i in inserts] != [c] * b:
+    if list(map(_count, inserts)) != [c] * b:
         return None
-    if [i.position for i in inserts] != list(range(s, size + 1, s) if s else [0] * b):
+    if list(map(_position, inserts)) != (list(range(s, size + 1, s)) if s else [0] * b):
         return None
     return b, s, c
 
@@ -102,7 +113,7 @@ def _split(
     irregular: list[tuple[int, Inserts]] = []
     shift = 0
     for d, ins in grown:
-        pattern = regular(new.shape[d + shift] - sum(i.count for i in ins), ins)
+        pattern = regular(new.shape[d + shift] - added(ins), ins)
         if pattern is None:
             irregular.append((d + shift, ins))
             continue
@@ -136,7 +147,7 @@ def kept_part(new: torch.Tensor, inserts: Mapping[int, Inserts]) -> torch.Tensor
         return _merge(kept, inserts)
     for d, ins in inserts.items():
         if ins:
-            size = new.shape[d] - sum(i.count for i in ins)
+            size = new.shape[d] - added(ins)
             new = new.index_select(d, kept_index(size, ins, new.device))
     return new
 
@@ -154,7 +165,7 @@ def fill_new_(new: torch.Tensor, dim: int, inserts: Inserts, value: float) -> No
     """Set every new entry along ``dim`` of a grown ``new`` to ``value``, in place."""
     if not inserts:
         return
-    pattern = regular(new.shape[dim] - sum(i.count for i in inserts), inserts)
+    pattern = regular(new.shape[dim] - added(inserts), inserts)
     if pattern is not None:
         b, s, c = pattern
         new.unflatten(dim, (b, s + c)).narrow(dim + 1, s, c).fill_(value)
@@ -193,7 +204,7 @@ def place_new(
     entries along the dims of ``others`` (placed at their kept positions; the new entries of
     those dims are not touched).
     """
-    pattern = regular(new.shape[dim] - sum(i.count for i in inserts), inserts)
+    pattern = regular(new.shape[dim] - added(inserts), inserts)
     if pattern is not None:
         b, s, c = pattern
         region = new.unflatten(dim, (b, s + c)).narrow(dim + 1, s, c)
