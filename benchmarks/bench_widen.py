@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import platform
 import statistics
@@ -63,6 +64,8 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 # ---- measurement -------------------------------------------------------------------------------
 def _time(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes, the garbage of earlier timings (fx graphs) collected first."""
+    gc.collect()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
