@@ -29,8 +29,9 @@ from typing import ClassVar, TypeVar
 
 import torch
 
+from netsurgeon.errors import WidenError
 from netsurgeon.graph import IndexMap, Insertion
-from netsurgeon.surgery.index import kept_index, place, slots
+from netsurgeon.surgery.index import fill_new_, kept_index, place_new, slots
 
 __all__ = [
     "INIT_STRATEGIES",
@@ -148,30 +149,26 @@ class PaperInit(InitStrategy):
     def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         std = math.sqrt(2.0 / fan_in)
         old_in = weight.shape[1] - sum(i.count for i in col_inserts)
-        for at, ins in slots(row_inserts):
-            rows = weight.narrow(0, at, ins.count)
-            if not col_inserts:
-                normal_(rows, std, generator)
-                continue
-            draw = rows.new_empty((ins.count, old_in, *weight.shape[2:]))
-            normal_(draw, std, generator)
-            place(draw, rows, {1: col_inserts})
+        draw = weight.new_empty((sum(i.count for i in row_inserts), old_in, *weight.shape[2:]))
+        done = 0
+        for ins in row_inserts:  # one draw per insertion, in order, whatever the layout
+            normal_(draw.narrow(0, done, ins.count), std, generator)
+            done += ins.count
+        place_new(draw, weight, 0, row_inserts, {1: col_inserts})
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
-        done = 0
-        for at, ins in slots(inserts):
-            entries = tensor.narrow(dim, at, ins.count)
-            if isinstance(fill, torch.Tensor):
-                values = fill[done : done + ins.count].to(entries.dtype)
-                entries.copy_(
-                    values.view(*[ins.count if d == dim else 1 for d in range(entries.dim())])
-                )
-                done += ins.count
-            elif fill is None:
-                std = math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :]))
-                normal_(entries, std, generator)
-            else:
-                entries.fill_(fill)
+        if not isinstance(fill, torch.Tensor) and fill is not None:
+            fill_new_(tensor, dim, inserts, fill)
+            return
+        shape = list(tensor.shape)
+        shape[dim] = sum(i.count for i in inserts)
+        if fill is None:  # Kaiming over the rest of each entry: one draw, new entries in order
+            values = tensor.new_empty(shape)
+            normal_(values, math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :])), generator)
+        else:
+            along = [shape[dim] if d == dim else 1 for d in range(tensor.dim())]
+            values = fill.to(tensor.dtype).view(along).expand(shape)
+        place_new(values, tensor, dim, inserts, {})
 
 
 @register_init("net2net")
@@ -202,63 +199,64 @@ class Net2NetInit(InitStrategy):
         return torch.cat(parts)
 
     def fill_columns(self, weight, *, index_map, inserts, sources, widths, generator):
-        """Each copy's columns take a share of its source's columns; shares sum to one."""
+        """Each copy's columns take a share of its source's columns; shares sum to one.
+
+        Per group: the old columns of every channel that gains copies are scaled by its share,
+        and each new column is its source's old column times the copy's share (all read before
+        any is written: one gather and one scatter per kind).
+        """
         kept = kept_index(index_map.size, inserts, weight.device)
-        added = {id(ins): at for at, ins in slots(inserts)}
-        originals = weight.clone()
+        at = {id(ins): start for start, ins in slots(inserts)}
         for group in index_map.groups:
             source = sources.get(group)
             if source is None:
                 continue
             width = widths[group]
-            owner = torch.cat([torch.arange(width), source])
-            copies = torch.bincount(owner, minlength=width).to(torch.float64)
-            noise = (
-                torch.rand(
-                    owner.numel(),
-                    generator=generator,
-                    dtype=torch.float64,
-                    device=_device_of(generator),
-                ).cpu()
-                * 2
-                - 1
-            )
-            noise *= self.split_noise
-            totals = torch.zeros(width, dtype=torch.float64).index_add_(0, owner, noise)
-            noise -= totals[owner] / copies[owner]
-            fraction = ((1.0 + noise) / copies[owner]).to(weight.dtype).to(weight.device)
-            for offset, piece in index_map.offsets():
-                if piece.group != group:
-                    continue
-                m = piece.per_channel
-                for c in range(piece.start, piece.stop):
-                    if copies[c] > 1:
-                        first = offset + (c - piece.start) * m
-                        cols = kept[first : first + m]
-                        weight[:, cols] = originals[:, cols] * fraction[c]
-            for ins in inserts:
-                if ins.group != group:
-                    continue
-                at = added[id(ins)]
-                for n, i in enumerate(ins.new_channels):
-                    cols = _entries_in_piece(index_map, ins, int(source[i]), kept)
-                    dst = slice(at + n * ins.per_channel, at + (n + 1) * ins.per_channel)
-                    weight[:, dst] = originals[:, cols] * fraction[width + i]
+            fraction, copies = self._shares(width, source, generator)
+            fraction = fraction.to(weight.dtype).to(weight.device)
+            old_cols, old_share = _split_columns(index_map, group, copies, kept)
+            mine = [ins for ins in inserts if ins.group == group]
+            dst, src, new_channels = _copy_columns(index_map, mine, at, source, kept)
+            scaled = weight.index_select(1, old_cols) * _along(fraction[old_share], 1, weight)
+            copied = weight.index_select(1, src) * _along(fraction[width + new_channels], 1, weight)
+            weight.index_copy_(1, old_cols, scaled)
+            weight.index_copy_(1, dst, copied)
+
+    def _shares(
+        self, width: int, source: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float64 share of each old channel then each new one, and each old channel's copies."""
+        owner = torch.cat([torch.arange(width), source])
+        copies = torch.bincount(owner, minlength=width).to(torch.float64)
+        noise = (
+            torch.rand(
+                owner.numel(),
+                generator=generator,
+                dtype=torch.float64,
+                device=_device_of(generator),
+            ).cpu()
+            * 2
+            - 1
+        )
+        noise *= self.split_noise
+        totals = torch.zeros(width, dtype=torch.float64).index_add_(0, owner, noise)
+        noise -= totals[owner] / copies[owner]
+        return (1.0 + noise) / copies[owner], copies
 
     def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         kept = kept_index(weight.shape[0] - sum(i.count for i in row_inserts), row_inserts)
-        for at, ins in slots(row_inserts):
-            src = kept[sources[list(ins.new_channels)]].to(weight.device)
-            weight.narrow(0, at, ins.count).copy_(weight[src])
+        dst = torch.cat([torch.arange(at, at + ins.count) for at, ins in slots(row_inserts)])
+        channels = torch.cat([torch.as_tensor(ins.new_channels) for ins in row_inserts])
+        src = kept[sources[channels]].to(weight.device)
+        weight.index_copy_(0, dst.to(weight.device), weight.index_select(0, src))
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
         kept = kept_index(index_map.size, inserts, tensor.device)
-        for at, ins in slots(inserts):
-            source = sources.get(ins.group)
-            for n, i in enumerate(ins.new_channels):
-                cols = _entries_in_piece(index_map, ins, int(source[i]), kept)
-                dst = tensor.narrow(dim, at + n * ins.per_channel, ins.per_channel)
-                dst.copy_(tensor.index_select(dim, cols))
+        at = {id(ins): start for start, ins in slots(inserts)}
+        for group in dict.fromkeys(ins.group for ins in inserts):
+            mine = [ins for ins in inserts if ins.group == group]
+            dst, src, _ = _copy_columns(index_map, mine, at, sources.get(group), kept)
+            tensor.index_copy_(dim, dst, tensor.index_select(dim, src))
 
 
 def _device_of(generator: torch.Generator | None) -> torch.device | None:
@@ -266,21 +264,75 @@ def _device_of(generator: torch.Generator | None) -> torch.device | None:
     return None if generator is None else generator.device
 
 
-def _entries_in_piece(
-    index_map: IndexMap, ins: Insertion, channel: int, kept: torch.Tensor
-) -> torch.Tensor:
-    """New positions of ``channel``'s entries in the piece that ``ins`` extends."""
+def _along(values: torch.Tensor, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """``values`` shaped to broadcast along ``dim`` of ``like``."""
+    return values.view(*[values.numel() if d == dim else 1 for d in range(like.dim())])
+
+
+def _split_columns(
+    index_map: IndexMap, group: str, copies: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """New positions of the entries of ``group``'s channels that gain copies, and the channel of
+    each entry (``per_channel`` entries per channel, in index-map order)."""
+    cols, owners = [kept.new_zeros(0)], [torch.zeros(0, dtype=torch.long)]
     for offset, piece in index_map.offsets():
-        end = offset + piece.entries
-        if (
-            piece.group == ins.group
-            and offset < ins.position <= end
-            and piece.start <= channel < piece.stop
-        ):
-            first = offset + (channel - piece.start) * piece.per_channel
-            return kept[first : first + piece.per_channel]
-    first_entries = index_map.entries_of(ins.group, channel)[: ins.per_channel]
-    return kept[torch.tensor(first_entries, dtype=torch.long)]
+        if piece.group != group:
+            continue
+        channels = torch.arange(piece.start, piece.stop)
+        channels = channels[copies[channels] > 1]
+        m = piece.per_channel
+        first = offset + (channels - piece.start) * m
+        cols.append(kept[(first[:, None] + torch.arange(m)).flatten().to(kept.device)])
+        owners.append(channels.repeat_interleave(m))
+    return torch.cat(cols), torch.cat(owners)
+
+
+def _copy_columns(
+    index_map: IndexMap,
+    inserts: Sequence[Insertion],
+    at: Mapping[int, int],
+    source: torch.Tensor,
+    kept: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every entry of every new channel of ``inserts``: its new position, the new position
+    of the matching entry of its source channel, and the new channel's index."""
+    dst, src, channels = (
+        [kept.new_zeros(0)],
+        [kept.new_zeros(0)],
+        [torch.zeros(0, dtype=torch.long)],
+    )
+    for ins in inserts:
+        new = torch.as_tensor(ins.new_channels, dtype=torch.long)
+        m = ins.per_channel
+        dst.append((at[id(ins)] + torch.arange(new.numel() * m)).to(kept.device))
+        src.append(_source_entries(index_map, ins, source[new], kept))
+        channels.append(new.repeat_interleave(m))
+    return torch.cat(dst), torch.cat(src), torch.cat(channels)
+
+
+def _source_entries(
+    index_map: IndexMap, ins: Insertion, channels: torch.Tensor, kept: torch.Tensor
+) -> torch.Tensor:
+    """New positions of the entries of each of ``channels`` (old channels of ``ins.group``), in
+    the piece that ``ins`` extends, or else wherever the map first holds them, flattened."""
+    m = ins.per_channel
+    first = torch.full_like(channels, -1)
+    for offset, piece in index_map.offsets():
+        if piece.group == ins.group and offset < ins.position <= offset + piece.entries:
+            inside = (channels >= piece.start) & (channels < piece.stop)
+            first = torch.where(inside, offset + (channels - piece.start) * m, first)
+            break
+    rows = first[:, None] + torch.arange(m)
+    for n in torch.nonzero(first < 0).flatten().tolist():
+        entries = index_map.entries_of(ins.group, int(channels[n]))[:m]
+        if len(entries) != m:
+            raise WidenError(
+                f"init='net2net' copies channel {int(channels[n])} of group '{ins.group}', but a "
+                f"consumer's index map holds {len(entries)} entries of it where {m} are needed; "
+                "widen this group with init='paper'"
+            )
+        rows[n] = torch.tensor(entries, dtype=torch.long)
+    return kept[rows.flatten().to(kept.device)]
 
 
 def get_init(init: str | InitStrategy) -> InitStrategy:

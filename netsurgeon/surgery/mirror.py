@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from netsurgeon.errors import NetsurgeonTypeError, WidenError
-from netsurgeon.surgery.index import grow, kept_index, place
+from netsurgeon.surgery.index import grow, kept_part, place
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
 __all__ = ["MirrorSurgery", "check_optimizer_holds", "mirror_module", "stage_mirrors"]
@@ -171,11 +171,7 @@ def stage_mirrors(
 def _check_keeps_old_entries(changes: Iterable[Any], init_name: str) -> None:
     """Refuse an init that rewrote old entries of the model (no faithful mirror update)."""
     for change in changes:
-        kept = change.new.detach()
-        for dim, inserts in change.inserts.items():
-            if inserts:
-                index = kept_index(change.tensor.shape[dim], inserts, kept.device)
-                kept = kept.index_select(dim, index)
+        kept = kept_part(change.new.detach(), change.inserts)
         if not torch.equal(kept, change.tensor.detach()):
             raise WidenError(
                 f"init={init_name!r} rewrites old entries of '{change.name}', which has no "

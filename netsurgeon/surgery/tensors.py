@@ -13,25 +13,19 @@ import torch
 
 __all__ = [
     "like_format",
+    "memory_format_of",
     "replace_tensor_",
 ]
 
 
 def like_format(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Give ``new`` the memory format of ``old`` (channels_last / channels_last_3d / contiguous)."""
-    if (
-        old.dim() == 4
-        and not old.is_contiguous()
-        and old.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return new.contiguous(memory_format=torch.channels_last)
-    if (
-        old.dim() == 5
-        and not old.is_contiguous()
-        and old.is_contiguous(memory_format=torch.channels_last_3d)
-    ):
-        return new.contiguous(memory_format=torch.channels_last_3d)
-    return new
+    """Give ``new`` the memory format of ``old`` (channels_last / channels_last_3d / contiguous);
+    ``new`` itself when it already has it (tensors from :func:`~netsurgeon.surgery.index.grow`
+    do)."""
+    fmt = memory_format_of(old)
+    if fmt is torch.contiguous_format or new.is_contiguous(memory_format=fmt):
+        return new
+    return new.contiguous(memory_format=fmt)
 
 
 def replace_tensor_(
@@ -50,3 +44,13 @@ def replace_tensor_(
         tensor.set_(new)
     if grad is not None:
         tensor.grad = grow_grad(grad) if grad.shape != new.shape else grad
+
+
+def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` (4-d) or ``channels_last_3d`` (5-d) if ``tensor`` is stored so and not
+    also contiguous, else ``contiguous_format``."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    fmt = formats.get(tensor.dim())
+    if fmt is not None and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=fmt):
+        return fmt
+    return torch.contiguous_format
