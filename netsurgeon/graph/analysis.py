@@ -133,6 +133,12 @@ def _block_for_unreached(gm: fx.GraphModule, root: nn.Module, ctx: FlowContext) 
         ctx.blocked[gid].append(f"{reason} (fix: {fix})")
 
 
+def _ancestors(name: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a", "a.b"]``: the paths of the modules that contain it."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def unreached_layers(
     gm: fx.GraphModule, root: nn.Module, registry: Registry
 ) -> list[tuple[str, str]]:
@@ -145,7 +151,7 @@ def unreached_layers(
     for name, module in root.named_modules():
         if not name or name in called or name in read:
             continue
-        if any(name.startswith(f"{c}.") for c in called):
+        if any(prefix in called for prefix in _ancestors(name)):
             continue
         handler = registry.for_module(module)
         if handler is None or handler.role_of(module) not in ("layer", "follower"):
