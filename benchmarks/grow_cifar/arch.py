@@ -1,18 +1,4 @@
-"""The model families ``benchmarks/cifar_vgg.py`` grows: one width spec format for all of them.
-
-A width spec is a tuple of rows of positive ints, the same type for every family, so that run
-ids, records, reports and figures need not know which family they hold:
-
-* ``vgg``: one row per block, one width per conv (``((8, 3, 8), (16,), (32,))``);
-* ``resnet``: one row per stage, ``(stream, interior_0, ..., interior_{b-1})``: the stage's
-  residual-stream width, then each basic block's interior (``conv1``) width. A short row
-  ``(w,)`` means ``w`` everywhere in the stage, with ``blocks`` blocks (``expand``):
-  ``4/8/16`` with 3 blocks is ``((4, 4, 4, 4), (8, 8, 8, 8), (16, 16, 16, 16))``, ResNet-20's
-  layout at a quarter of its width.
-
-``widths_of(model)`` reads a (grown) model back into the same spec, which is how a static
-baseline is built at a grown run's final widths.
-"""
+"""The model families ``benchmarks/cifar_vgg.py`` grows: one width spec format for all of them."""
 
 from __future__ import annotations
 

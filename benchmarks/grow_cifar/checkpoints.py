@@ -1,21 +1,4 @@
-"""Epoch checkpoints of ``benchmarks/cifar_vgg.py`` runs: capture, atomic files, resume checks.
-
-A run writes ``OUT/checkpoints/<run_id>.pt`` after every ``checkpoint_every`` epochs and removes
-it once its final JSON exists. The file holds everything the next epoch depends on, so a run
-continued from it trains bit-identically (on the same machine and torch build) to one that never
-stopped:
-
-* the model's state dict (possibly grown: :func:`restore` rebuilds it on the initial model with
-  ``netsurgeon.load_state_dict``, which widens it to the checkpoint's widths),
-* the optimizer's and the learning-rate schedule's state dicts,
-* the Grower's ``state_dict()`` (accuracy windows, trigger state, history, its RNGs),
-* the training loader's generator (batch order and augmentation) and the global torch RNG,
-* the run's records so far (per-epoch metrics, growth events), its accumulated training wall
-  and CPU time, and the first epoch of each segment (process) that trained it.
-
-A checkpoint made with other result-shaping settings, or on other data (the data digests of
-``_records.data_record``), is refused like a finished record is (:class:`SweepError`).
-"""
+"""Epoch checkpoints of ``benchmarks/cifar_vgg.py`` runs: capture, atomic files, resume checks."""
 
 from __future__ import annotations
 
@@ -69,11 +52,7 @@ def capture(
 
 
 def restore(state: dict[str, Any], model: torch.nn.Module) -> None:
-    """Widen the freshly built initial ``model`` to the checkpoint's widths and load its values.
-
-    Call before the optimizer, schedule and Grower are built on ``model``; then
-    :func:`restore_training` loads theirs.
-    """
+    """Widen the freshly built initial ``model`` to the checkpoint's widths and load its values."""
     netsurgeon.load_state_dict(model, state["model"])
 
 
@@ -143,13 +122,7 @@ def load_checkpoint(
 
 
 def checkpoint_record(path: Path) -> dict[str, Any]:
-    """The record of a run still training, read from its checkpoint: a progress snapshot.
-
-    What ``OUT/progress/<run_id>.json`` holds while the run trains (``_records.run_record``,
-    ``"partial": True``), for a machine where it has not trained yet: ``progress/`` is not
-    committed, the checkpoints are. No settings are checked (this reads, it does not resume);
-    ``environment`` is None (the checkpoint does not keep it).
-    """
+    """The record of a run still training, read from its checkpoint: a progress snapshot."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     where, widths, seed = parse_run_id(state["run_id"])
     grower = state.get("grower") or {}

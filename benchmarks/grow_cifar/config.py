@@ -1,9 +1,4 @@
-"""The sweep's settings: :class:`BenchConfig`, the command line, and the checks.
-
-A config is data: every field states its unit or meaning, presets (``presets.py``) override the
-defaults, and unknown overrides are rejected. The data folder is ``--data-dir``, else the
-environment variable ``NETSURGEON_DATA``, else ``./data`` (see :func:`default_data_dir`).
-"""
+"""The sweep's settings: :class:`BenchConfig`, the command line, and the checks."""
 
 from __future__ import annotations
 
@@ -226,10 +221,7 @@ def as_widths(widths: Sequence[Sequence[int]]) -> Widths:
 
 
 def default_data_dir(cfg: BenchConfig) -> str | None:
-    """The data folder: ``cfg.data_dir``, else ``$NETSURGEON_DATA``, else ``./data``.
-
-    digits and synthetic need none (None).
-    """
+    """The data folder: ``cfg.data_dir``, else ``$NETSURGEON_DATA``, else ``./data``."""
     if cfg.dataset in ("digits", "synthetic"):
         return None
     return cfg.data_dir or os.environ.get(DATA_ENV) or "data"

@@ -1,8 +1,4 @@
-"""Named presets of the sweep: values that override ``BenchConfig`` defaults.
-
-See docs/benchmark.md ("Presets") for what each is for and what it shortens. Presets hold no
-machine paths: the data folder is ``--data-dir`` or ``$NETSURGEON_DATA`` (config.py).
-"""
+"""Named presets of the sweep: values that override ``BenchConfig`` defaults."""
 
 from __future__ import annotations
 

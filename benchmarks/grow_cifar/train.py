@@ -1,15 +1,4 @@
-"""One run of the sweep, under the paper's protocol: one task for any launcher.
-
-Protocol per run: AdamW (lr 1e-3, weight decay 1e-2), cosine annealing of the learning rate over
-the whole run, stepped per batch; batch 500; random crop (padding 4) + horizontal flip; 20% of
-the training set held out for validation (seeded split); each epoch: train, evaluate val and
-test, ``grower.step(val_acc)``. Training time = wall time of the training batches (data pipeline
-included) plus the growth steps; evaluation and one-time data preparation excluded; the device
-is synchronised before every clock read.
-
-:func:`train_run` continues from the run's checkpoint when there is one, so a run killed in the
-middle (or stopped by ``--time-limit``) is resumed by the next invocation.
-"""
+"""One run of the sweep, under the paper's protocol: one task for any launcher."""
 
 from __future__ import annotations
 
@@ -87,11 +76,7 @@ def load_data(cfg: BenchConfig) -> DatasetSplits:
 
 
 def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoader:
-    """The training batches of one run: the dataset's own augmentation, seeded by the run.
-
-    channels_last also on CPUs: faster than NCHW for these nets (bench_pipeline); the arch
-    decides (ResNets stay contiguous on CPUs, benchmarks/_arch.py).
-    """
+    """The training batches of one run: the dataset's own augmentation, seeded by the run."""
     return TensorLoader(
         data.train,
         cfg.batch_size,
@@ -136,9 +121,6 @@ def train_run(
     deadline: float | None = None,
 ) -> dict:
     """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
-
-    Continues from ``out/checkpoints/<run_id>.pt`` when there is one (``checkpoints.py``), and
-    writes that file every ``cfg.checkpoint_every`` epochs until the run is done.
 
     Args:
         deadline: ``time.time()`` by which the run must have stopped: when the next epoch would
@@ -353,12 +335,7 @@ def load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
 
 
 def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
-    """The final widths of a grown run still training whose growth has stopped, else None.
-
-    Read from the run's progress snapshot, or (on a fresh machine, where ``progress/`` is not
-    committed) from its checkpoint. A grower never grows again once stopped, so these are the
-    widths of the run's static baseline, which can start before the grown run finishes.
-    """
+    """The final widths of a grown run still training whose growth has stopped, else None."""
     progress = out / "progress" / f"{spec.run_id}.json"
     if progress.is_file():
         snapshot = json.loads(progress.read_text())
@@ -372,11 +349,7 @@ def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
 
 
 def prepare(cfg: BenchConfig) -> None:
-    """Per task: share the CPU cores; once per process: load the data, pay one-time costs.
-
-    The thread count is set for every task (it decides float summation order, so a resumed or
-    relaunched run must get the same count); the warm-up is cached per process and config.
-    """
+    """Per task: share the CPU cores; once per process: load the data, pay one-time costs."""
     if torch.device(cfg.device).type == "cpu":  # share the cores instead of oversubscribing
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs))
     _warm_up(cfg)

@@ -1,14 +1,6 @@
 #!/usr/bin/env python
 """Put two sweeps of ``cifar_vgg.py`` side by side, per config, criterion and seed.
 
-Made to validate a short preset against the full protocol (docs/benchmark.md, "A CPU preset"):
-for each grown run present in both sweeps it lists when growth first triggered (epoch,
-optimizer step, learning rate as a share of its peak), how many growths there were, the final
-widths, and the grown/static accuracy, CPU-time and FLOP ratios; then the mean ratios per sweep and
-the per-seed agreement of the final widths. Runs still training join with their widths so
-far (marked final once their growth has stopped); their ratios wait until both runs of a pair
-have finished.
-
 Example:
     python benchmarks/compare_sweeps.py runs/cpu-fig2a runs/paper-fig2a
 """

@@ -1,20 +1,4 @@
-"""Figures of ``benchmarks/cifar_vgg.py``, drawn from the run JSONs alone.
-
-Per initial config (``<config>`` is its width tag, e.g. ``2.2.2-4.4.4-8.8.8``):
-
-- ``fig1a_nagn_profile_<config>.png``: NAGN per layer at the first trigger (mean ± std over
-  seeds), the paper's Fig. 1a.
-- ``fig2a_accuracy_<config>.png``: the paper's Fig. 2a layout. Left: test accuracy over epochs of
-  the grown runs (per criterion) and of their static baselines, mean ± std over seeds, growth
-  epochs as red dashed lines. Right: every seed's curve over its cumulative training time, which
-  shows what growth saves.
-- ``fig2a_widths_<config>_<where>.png``: the growth trajectory, one column per seed. Top: the
-  width of every layer over epochs; bottom: the parameter count, with the static baseline's as a
-  dotted line. Growth epochs are marked; the title gives the final widths.
-
-Across configs: ``fig2b_ratios.png``, accuracy ratio against training-time ratio per config and
-criterion with the paper's point (Fig. 2b).
-"""
+"""Figures of ``benchmarks/cifar_vgg.py``, drawn from the run JSONs alone."""
 
 from __future__ import annotations
 

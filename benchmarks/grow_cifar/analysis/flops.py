@@ -1,18 +1,4 @@
-"""Training FLOPs of a ``cifar_vgg.py`` run, from its record: a cost that machine load cannot skew.
-
-Wall and CPU time depend on what else the machine ran meanwhile (on a shared CPU the CPU time
-per epoch can double), and a sweep resumed across sessions sums times measured under different
-loads. The FLOPs a run trained with depend only on its widths: per epoch, the training images
-times the FLOPs of one image's forward and backward pass at the widths that epoch trained with
-(the widths after the previous epoch's growth). :func:`flop_ratio` is a grown run's training
-FLOPs over its static baseline's: the time ratio on a device whose speed is proportional to
-FLOPs. Neither a CPU nor a GPU is, for networks this small; the paper's 0.953 is wall time.
-
-Counted with ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device model of the run's
-family (``_arch.family_of``): convolutions and matrix products, forward and backward (no
-gradient for the input images, as in training). Normalisation, activations, pooling, the
-optimizer step and the growth steps are not counted.
-"""
+"""Training FLOPs of a ``cifar_vgg.py`` run, from its record: a cost that machine load cannot skew."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""Fast image-classification data: decoded once into device tensors, augmented in batches.
-
-Typical use::
-
-    splits = load_dataset("imagefolder", "/tmp/cifar10-jpeg", device="cuda", split_seed=0)
-    loader = TensorLoader(splits.train, 500, mean=splits.mean, std=splits.std,
-                          augment=splits.augment, shuffle=True,
-                          generator=torch.Generator().manual_seed(0))
-    for x, y in loader: ...                    # x: float (500, 3, 32, 32) channels_last
-    evaluate(model, splits.val, mean=splits.mean, std=splits.std).accuracy
-"""
+"""Fast image-classification data: decoded once into device tensors, augmented in batches."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""Batches straight from device-resident uint8 tensors: the hot loop of training and evaluation.
-
-A ``TensorLoader`` prepares, once, a padded (and mirrored) copy of its images on their device
-(:func:`~benchmarks.grow_cifar.data.augment.pad_and_mirror`). Each epoch it draws a permutation, and each
-batch is one row gather at random crop offsets / flips (:func:`~benchmarks.grow_cifar.data.augment.gather_crops`)
-plus one normalisation pass into a channels_last float tensor. There is no ``DataLoader``, no
-worker process and no PIL in the loop.
-"""
+"""Batches straight from device-resident uint8 tensors: the hot loop of training and evaluation."""
 
 from __future__ import annotations
 
@@ -147,11 +140,6 @@ def evaluate(
     memory_format: torch.memory_format = torch.channels_last,
 ) -> EvalResult:
     """Accuracy and loss of ``model`` on ``data``, in large batches under ``inference_mode``.
-
-    The model is put in eval mode for the pass and restored to its previous mode afterwards.
-    ``autocast_dtype`` (e.g. ``torch.bfloat16``) enables autocast on the data's device. Pass a
-    prepared, unshuffled, unaugmented ``loader`` of ``data`` to skip its preparation when the
-    same set is evaluated every epoch.
 
     Example:
         >>> from netsurgeon.models import vgg
