@@ -12,7 +12,7 @@ import netsurgeon
 from netsurgeon import Grower
 
 from .data import TensorLoader
-from .records import SweepError, check_config, make_run_id, parse_run_id, run_record
+from .records import SweepError, check_config, run_record
 
 __all__ = [
     "FORMAT",
@@ -124,26 +124,14 @@ def load_checkpoint(
 def checkpoint_record(path: Path) -> dict[str, Any]:
     """The record of a run still training, read from its checkpoint: a progress snapshot."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    where, widths, seed = parse_run_id(state["run_id"])
-    grower = state.get("grower") or {}
-    last = state["epochs"][-1]
     record = run_record(
-        run_id=state["run_id"],
-        where=where,
-        seed=seed,
-        widths_initial=widths,
-        widths_final=last["widths"],
-        params=last["params"],
-        stop_reason=grower.get("stop_reason"),
-        baseline_run_id=make_run_id(None, last["widths"], seed) if where else None,
+        state["run_id"],
         epochs=state["epochs"],
         events=state["events"],
-        shared={
-            "config": state["config"],
-            "data": state["data"],
-            "environment": None,
-            "train_images": state["data"]["train"],
-        },
+        stop_reason=(state.get("grower") or {}).get("stop_reason"),
         segment_starts=state["segment_starts"],
+        config=state["config"],
+        data=state["data"],
+        environment=None,
     )
     return {**record, "partial": True}

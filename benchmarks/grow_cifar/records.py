@@ -315,46 +315,37 @@ class RunRecord:
 
 
 def run_record(
-    *,
     run_id: str,
-    where: str | None,
-    seed: int,
-    widths_initial: Widths,
-    widths_final: list[list[int]],
-    params: int,
-    stop_reason: str | None,
-    baseline_run_id: str | None,
+    *,
     epochs: list[dict],
     events: list[dict],
-    shared: dict[str, Any],
+    stop_reason: str | None,
     segment_starts: list[int],
+    config: dict[str, Any],
+    data: dict[str, Any],
+    environment: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """A run's JSON record after the epochs so far (all of them once the run is done)."""
+    """A run's JSON record after the epochs so far; widths and parameters are the last epoch's."""
+    where, widths_initial, seed = parse_run_id(run_id)
     last = epochs[-1]
-    record = {
-        "schema": 1,
-        "run_id": run_id,
-        "kind": "grown" if where else "static",
-        "where": where,
-        "seed": seed,
-        "widths_initial": [list(b) for b in widths_initial],
-        "widths_final": widths_final,
-        "params_final": params,
-        "final": {
-            "test_acc": last["test_acc"],
-            "val_acc": last["val_acc"],
-            "train_time_s": last["train_time_s"],
-            "train_cpu_s": last["train_cpu_s"],
-        },
-        "images_per_s": len(epochs) * shared["train_images"] / max(last["train_time_s"], 1e-9),
-        "stop_reason": stop_reason,
-        "baseline_run_id": baseline_run_id,
-        "segments": len(segment_starts),
-        "segment_starts": list(segment_starts),
-        "config": shared["config"],
-        "data": shared["data"],
-        "environment": shared["environment"],
-        "epochs": epochs,
-        "events": events,
-    }
-    return RunRecord.from_dict(record).to_dict()
+    record = RunRecord(
+        run_id=run_id,
+        kind="grown" if where else "static",
+        where=where,
+        seed=seed,
+        widths_initial=[list(b) for b in widths_initial],
+        widths_final=last["widths"],
+        params_final=last["params"],
+        final={k: last[k] for k in ("test_acc", "val_acc", "train_time_s", "train_cpu_s")},
+        images_per_s=len(epochs) * data["train"] / max(last["train_time_s"], 1e-9),
+        stop_reason=stop_reason,
+        baseline_run_id=make_run_id(None, last["widths"], seed) if where else None,
+        segments=len(segment_starts),
+        segment_starts=list(segment_starts),
+        config=config,
+        data=data,
+        environment=environment,
+        epochs=epochs,
+        events=events,
+    )
+    return record.to_dict()

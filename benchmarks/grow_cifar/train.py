@@ -140,7 +140,6 @@ def train_run(
         "config": config_dict(cfg),
         "data": data_record(data),
         "environment": environment(device),
-        "train_images": len(data.train),
     }
     checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
     state = load_checkpoint(
@@ -243,7 +242,7 @@ def train_run(
         # Stop before the deadline: the next epoch would take about as long as this one.
         stop = deadline is not None and time.time() + (time.perf_counter() - t0) > deadline
         # What a running sweep has so far (report, replay_planner.py), then the checkpoint.
-        partial = _snapshot(spec, model, grower, epochs, events, shared, starts)
+        partial = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
         write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
         if stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
             run = {
@@ -273,39 +272,17 @@ def train_run(
             raise RunStopped(spec.run_id)
     if grower is not None:
         grower.close()
-    record = _snapshot(spec, model, grower, epochs, events, shared, starts)
+    record = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
     write_json(out / "runs" / f"{spec.run_id}.json", record)
     (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
     checkpoint.unlink(missing_ok=True)
     return record
 
 
-def _snapshot(
-    spec: RunSpec,
-    model: torch.nn.Module,
-    grower: Grower | None,
-    epochs: list[dict],
-    events: list[dict],
-    shared: dict[str, Any],
-    segment_starts: list[int],
-) -> dict:
-    """The run's record after the epochs so far (:func:`_records.run_record`)."""
-    arch = ARCHS[shared["config"].get("arch", "vgg")]
-    widths = [list(row) for row in arch.widths_of(model)]
-    return run_record(
-        run_id=spec.run_id,
-        where=spec.where,
-        seed=spec.seed,
-        widths_initial=spec.widths,
-        widths_final=widths,
-        params=sum(p.numel() for p in model.parameters()),
-        stop_reason=grower.stop_reason if grower is not None else None,
-        baseline_run_id=RunSpec(as_widths(widths), spec.seed).run_id if spec.where else None,
-        epochs=epochs,
-        events=events,
-        shared=shared,
-        segment_starts=segment_starts,
-    )
+def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> dict[str, Any]:
+    """What :func:`records.run_record` needs besides the config, data and environment."""
+    stop = grower.stop_reason if grower is not None else None
+    return {"epochs": epochs, "events": events, "stop_reason": stop, "segment_starts": starts}
 
 
 def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:

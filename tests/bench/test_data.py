@@ -25,20 +25,21 @@ from benchmarks.grow_cifar.data import (
     DatasetSplits,
     ImageTensors,
     TensorLoader,
+    evaluate,
+    load_dataset,
+    load_image_folder,
+    make_synthetic,
+)
+from benchmarks.grow_cifar.data.augment import (
     channel_stats,
     crop_and_flip,
     draw_crop_offsets,
     draw_flips,
-    evaluate,
-    load_cifar10,
-    load_dataset,
-    load_digits,
-    load_image_folder,
-    make_synthetic,
     normalize,
     random_crop_flip,
-    train_val_split,
 )
+from benchmarks.grow_cifar.data.sources import load_cifar10, load_digits
+from benchmarks.grow_cifar.data.tensors import train_val_split
 
 pytestmark = pytest.mark.bench
 

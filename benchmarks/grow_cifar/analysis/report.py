@@ -91,37 +91,51 @@ class Row:
     growths: float  # mean number of growth events
 
 
+def _pairs(runs: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """``(grown run, its static baseline)`` for every grown run whose baseline is in ``runs``."""
+    by_id = {r["run_id"]: r for r in runs}
+    return [
+        (r, by_id[r["baseline_run_id"]])
+        for r in runs
+        if r["kind"] == "grown" and r.get("baseline_run_id") in by_id
+    ]
+
+
+def _ratios(pairs: Sequence[tuple[dict, dict]]) -> dict[str, tuple[float, float]]:
+    """Grown / static accuracy, wall time, CPU time and FLOPs: mean and std over ``pairs``."""
+    final = [(g["final"], s["final"]) for g, s in pairs]
+    return {
+        "acc_ratio": _mean_std([g["test_acc"] / s["test_acc"] for g, s in final]),
+        "time_ratio": _mean_std([g["train_time_s"] / s["train_time_s"] for g, s in final]),
+        "cpu_ratio": _mean_std(
+            [g["train_cpu_s"] / s["train_cpu_s"] for g, s in final if "train_cpu_s" in g.keys() & s]
+        ),
+        "flop_ratio": _mean_std([flop_ratio(g, s) for g, s in pairs]),
+    }
+
+
 def summarize(runs: Sequence[dict]) -> list[Row]:
     """Pair grown runs with their baselines and aggregate per (config, criterion)."""
-    by_id = {r["run_id"]: r for r in runs}
     groups: dict[tuple[str, str], list[tuple[dict, dict]]] = defaultdict(list)
-    for run in runs:
-        if run["kind"] == "grown" and run.get("baseline_run_id") in by_id:
-            key = (width_tag(run["widths_initial"]), run["where"])
-            groups[key].append((run, by_id[run["baseline_run_id"]]))
+    for grown, static in _pairs(runs):
+        groups[width_tag(grown["widths_initial"]), grown["where"]].append((grown, static))
     rows = []
     for (config, where), pairs in sorted(groups.items()):
         pairs.sort(key=lambda pair: pair[0]["seed"])
-        grown_acc = [g["final"]["test_acc"] for g, _ in pairs]
-        static_acc = [s["final"]["test_acc"] for _, s in pairs]
+        first = pairs[0][0]
         widths = Counter(width_tag(g["widths_final"]) for g, _ in pairs).most_common(1)[0]
         rows.append(
             Row(
                 config=config,
                 where=where,
                 seeds=tuple(g["seed"] for g, _ in pairs),
-                grown_acc=_mean_std(grown_acc),
-                static_acc=_mean_std(static_acc),
-                acc_ratio=_mean_std([a / s for a, s in zip(grown_acc, static_acc, strict=True)]),
-                time_ratio=_mean_std(
-                    [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
-                ),
-                cpu_ratio=_mean_std(_cpu_ratios(pairs)),
-                flop_ratio=_mean_std([flop_ratio(g, s) for g, s in pairs]),
+                grown_acc=_mean_std([g["final"]["test_acc"] for g, _ in pairs]),
+                static_acc=_mean_std([s["final"]["test_acc"] for _, s in pairs]),
+                **_ratios(pairs),
                 final_widths=f"{widths[0]} ({widths[1]}/{len(pairs)})",
-                params_initial=pairs[0][0]["epochs"][0]["params"]
-                if not pairs[0][0]["events"] or pairs[0][0]["events"][0]["epoch"] > 1
-                else pairs[0][0]["events"][0]["params_before"],
+                params_initial=first["epochs"][0]["params"]
+                if not first["events"] or first["events"][0]["epoch"] > 1
+                else first["events"][0]["params_before"],
                 params_final=statistics.fmean(g["params_final"] for g, _ in pairs),
                 growths=statistics.fmean(len(g["events"]) for g, _ in pairs),
             )
@@ -129,34 +143,14 @@ def summarize(runs: Sequence[dict]) -> list[Row]:
     return rows
 
 
-def _cpu_ratios(pairs: Sequence[tuple[dict, dict]]) -> list[float]:
-    return [
-        g["final"]["train_cpu_s"] / s["final"]["train_cpu_s"]
-        for g, s in pairs
-        if "train_cpu_s" in g["final"] and "train_cpu_s" in s["final"]
-    ]
-
-
 def overall(rows: Sequence[Row], runs: Sequence[dict]) -> dict[str, dict[str, Any]]:
     """Per criterion: ratios' mean +- std over all pairs and over the per-config means."""
-    by_id = {r["run_id"]: r for r in runs}
     out: dict[str, dict[str, Any]] = {}
     for where in sorted({row.where for row in rows}):
-        pairs = [
-            (r, by_id[r["baseline_run_id"]])
-            for r in runs
-            if r["kind"] == "grown" and r["where"] == where and r.get("baseline_run_id") in by_id
-        ]
+        pairs = [(g, s) for g, s in _pairs(runs) if g["where"] == where]
         mine = [row for row in rows if row.where == where]
         out[where] = {
-            "acc_ratio_runs": _mean_std(
-                [g["final"]["test_acc"] / s["final"]["test_acc"] for g, s in pairs]
-            ),
-            "time_ratio_runs": _mean_std(
-                [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
-            ),
-            "cpu_ratio_runs": _mean_std(_cpu_ratios(pairs)),
-            "flop_ratio_runs": _mean_std([flop_ratio(g, s) for g, s in pairs]),
+            **{f"{name}_runs": value for name, value in _ratios(pairs).items()},
             "acc_ratio_configs": _mean_std([row.acc_ratio[0] for row in mine]),
             "time_ratio_configs": _mean_std([row.time_ratio[0] for row in mine]),
             "pairs": len(pairs),
@@ -176,9 +170,8 @@ def data_identity(runs: Sequence[dict]) -> tuple[bool, list[str]]:
     """
     lines, identical = [], True
     for key in DATA_KEYS:
-        having = [r for r in runs if key in r.get("data", {})]
         values: dict[str, list[str]] = defaultdict(list)
-        for run in having:
+        for run in runs:
             values[json.dumps(run["data"][key], sort_keys=True)].append(run["run_id"])
         if len(values) > 1:
             identical = False
@@ -186,14 +179,8 @@ def data_identity(runs: Sequence[dict]) -> tuple[bool, list[str]]:
                 lines.append(
                     f"  - **{key} differs**: {value} in {len(ids)} runs ({', '.join(ids)})"
                 )
-        elif key == "digest" and len(having) < len(runs):
-            lines.append(
-                f"  - split digests recorded by {len(having)} of {len(runs)} runs (older records "
-                "predate them)"
-            )
-    digests = "split digests, " if all("digest" in r.get("data", {}) for r in runs) else ""
     head = (
-        f"- data identity: all {len(runs)} runs recorded the same sizes, {digests}"
+        f"- data identity: all {len(runs)} runs recorded the same sizes, split digests, "
         "normalisation statistics and augmentation"
         if identical
         else f"- **data identity FAILED**: the {len(runs)} runs did not all see the same data"
