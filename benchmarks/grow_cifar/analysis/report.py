@@ -436,7 +436,7 @@ def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
 def _write_csv(path: Path, rows: Sequence[Row]) -> None:
     """One line per row; a ``(mean, std)`` field gives two columns, ``<name>_mean`` and ``_std``."""
     fields = [f.name for f in dataclasses.fields(Row)]
-    pairs = {name for name in fields if isinstance(getattr(rows[0], name), tuple)} - {"seeds"}
+    pairs = {f.name for f in dataclasses.fields(Row) if f.type == "tuple[float, float]"}
     head = [
         n for name in fields for n in ([f"{name}_mean", f"{name}_std"] if name in pairs else [name])
     ]
