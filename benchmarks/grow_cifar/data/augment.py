@@ -12,6 +12,7 @@ __all__ = [
     "Augment",
     "channel_stats",
     "crop_and_flip",
+    "draw_augment",
     "draw_crop_offsets",
     "draw_flips",
     "gather_crops",
@@ -152,18 +153,21 @@ def random_crop_flip(
         >>> random_crop_flip(x, Augment(), g).shape
         torch.Size([8, 3, 32, 32])
     """
-    n = images.shape[0]
-    offsets = (
-        draw_crop_offsets(n, augment.crop_padding, generator)
-        if augment.crop_padding
-        else torch.zeros(n, 2, dtype=torch.long)
-    )
-    flips = (
-        draw_flips(n, augment.flip_probability, generator)
-        if augment.flip
-        else torch.zeros(n, dtype=torch.bool)
-    )
+    offsets, flips = draw_augment(images.shape[0], augment, generator)
     return crop_and_flip(images, offsets, flips, augment.crop_padding)
+
+
+def draw_augment(
+    n: int, augment: Augment | None, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets ``(n, 2)``, then flips ``(n,)``; zeros where ``augment`` asks for none."""
+    offsets = torch.zeros(n, 2, dtype=torch.long)
+    flips = torch.zeros(n, dtype=torch.bool)
+    if augment is not None and augment.crop_padding:
+        offsets = draw_crop_offsets(n, augment.crop_padding, generator)
+    if augment is not None and augment.flip and augment.flip_probability > 0:
+        flips = draw_flips(n, augment.flip_probability, generator)
+    return offsets, flips
 
 
 def normalize(

@@ -10,14 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import (
-    Augment,
-    draw_crop_offsets,
-    draw_flips,
-    gather_crops,
-    normalize,
-    pad_and_mirror,
-)
+from .augment import Augment, draw_augment, gather_crops, normalize, pad_and_mirror
 from .tensors import ImageTensors
 
 __all__ = ["EvalResult", "TensorLoader", "evaluate"]
@@ -91,18 +84,6 @@ class TensorLoader:
         n = len(self.data)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _draws(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop offsets ``(b, 2)`` and flips ``(b,)`` for one batch (zeros without augment)."""
-        if self._padding:
-            offsets = draw_crop_offsets(b, self._padding, self.generator)
-        else:
-            offsets = torch.zeros(b, 2, dtype=torch.long)
-        if self._flip:
-            flips = draw_flips(b, self.augment.flip_probability, self.generator)
-        else:
-            flips = torch.zeros(b, dtype=torch.bool)
-        return offsets, flips
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.data)
         device = self.data.device
@@ -113,7 +94,7 @@ class TensorLoader:
             order = torch.arange(n, device=device)
         for b in range(len(self)):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
-            offsets, flips = self._draws(index.shape[0])
+            offsets, flips = draw_augment(index.shape[0], self.augment, self.generator)
             images = gather_crops(self._source, index, offsets, flips, size)
             x = normalize(images, self.mean, self.std, self.dtype)
             yield x.contiguous(memory_format=self.memory_format), self.data.labels[index]
