@@ -31,8 +31,6 @@ class TensorLoader:
         augment: training augmentation, or None for none (evaluation).
         shuffle: whether to permute the images every epoch (needs ``generator``).
         generator: CPU ``torch.Generator`` for the permutation and the augmentation.
-        drop_last: drop the last partial batch.
-        dtype: floating dtype of ``x``.
         memory_format: of ``x``; ``torch.channels_last`` (default, best on GPUs) or
             ``torch.contiguous_format`` (one extra copy; faster for tiny convs on some CPUs).
 
@@ -53,8 +51,6 @@ class TensorLoader:
         augment: Augment | None = None,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
-        drop_last: bool = False,
-        dtype: torch.dtype = torch.float32,
         memory_format: torch.memory_format = torch.channels_last,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -73,16 +69,13 @@ class TensorLoader:
         self.augment = augment
         self.shuffle = shuffle
         self.generator = generator
-        self.drop_last = drop_last
-        self.dtype = dtype
         self.memory_format = memory_format
         self._padding = augment.crop_padding if augment is not None else 0
         self._flip = augment is not None and augment.flip and augment.flip_probability > 0
         self._source = pad_and_mirror(data.images, self._padding, mirror=self._flip)
 
     def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return math.ceil(len(self.data) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.data)
@@ -96,7 +89,7 @@ class TensorLoader:
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             offsets, flips = draw_augment(index.shape[0], self.augment, self.generator)
             images = gather_crops(self._source, index, offsets, flips, size)
-            x = normalize(images, self.mean, self.std, self.dtype)
+            x = normalize(images, self.mean, self.std)
             yield x.contiguous(memory_format=self.memory_format), self.data.labels[index]
 
 
