@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-import netsurgeon
 from netsurgeon import Grower
 
 from .data import TensorLoader
@@ -19,7 +18,6 @@ __all__ = [
     "capture",
     "checkpoint_record",
     "load_checkpoint",
-    "restore",
     "restore_training",
     "save_checkpoint",
 ]
@@ -49,11 +47,6 @@ def capture(
         "loader_rng": loader.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
-
-
-def restore(state: dict[str, Any], model: torch.nn.Module) -> None:
-    """Widen the freshly built initial ``model`` to the checkpoint's widths and load its values."""
-    netsurgeon.load_state_dict(model, state["model"])
 
 
 def restore_training(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import netsurgeon
 from netsurgeon import Grower
 from netsurgeon.models import vgg
 
@@ -151,7 +152,7 @@ def train_run(
             spec.widths, data.num_classes, data.in_channels, data.image_size, cfg.hidden, device
         )
     if state is not None:  # the initial model, widened to the checkpoint's widths
-        _checkpoints.restore(state, model)
+        netsurgeon.load_state_dict(model, state["model"])
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = train_loader(data, cfg, spec.seed)
