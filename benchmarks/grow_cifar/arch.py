@@ -22,7 +22,7 @@ class Arch:
 
     Attributes:
         name: the ``--arch`` value.
-        build: ``(widths, num_classes, in_channels, image_size, hidden, device) -> model``.
+        build: ``(widths, num_classes, in_channels, image_size, *, hidden, device) -> model``.
         widths_of: a (grown) model's current widths as a spec.
         expand: a short spec completed with ``blocks`` (identity for VGG).
         cpu_channels_last: train in channels_last on CPUs (faster for VGGs, bench_pipeline).
@@ -46,17 +46,6 @@ class Arch:
         return torch.channels_last
 
 
-def _vgg_build(
-    widths: Widths,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    hidden: tuple[int, ...] = (),
-    device: torch.device | str | None = None,
-) -> nn.Module:
-    return vgg(widths, num_classes, in_channels, image_size, hidden=hidden, device=device)
-
-
 def _vgg_widths(model: nn.Module) -> Widths:
     return tuple(tuple(block) for block in widths_of(model))
 
@@ -66,6 +55,7 @@ def _resnet_build(
     num_classes: int,
     in_channels: int,
     image_size: int,
+    *,
     hidden: tuple[int, ...] = (),
     device: torch.device | str | None = None,
 ) -> nn.Module:
@@ -103,7 +93,7 @@ def _same(widths: Widths, blocks: int) -> Widths:
 
 
 ARCHS: dict[str, Arch] = {
-    "vgg": Arch("vgg", _vgg_build, _vgg_widths, _same),
+    "vgg": Arch("vgg", vgg, _vgg_widths, _same),
     "resnet": Arch(
         "resnet", _resnet_build, _resnet_widths, _resnet_expand, cpu_channels_last=False
     ),
@@ -134,4 +124,6 @@ def build_recorded(
     cost counts the structure matters, not the weights)."""
     arch, in_channels, image_size, hidden = family_of(run)
     spec = tuple(tuple(row) for row in widths)
-    return ARCHS[arch].build(spec, num_classes, in_channels, image_size, hidden, device)
+    return ARCHS[arch].build(
+        spec, num_classes, in_channels, image_size, hidden=hidden, device=device
+    )

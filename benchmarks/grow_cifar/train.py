@@ -148,9 +148,8 @@ def train_run(
     )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
-        model = ARCHS[cfg.arch].build(
-            spec.widths, data.num_classes, data.in_channels, data.image_size, cfg.hidden, device
-        )
+        shape = (data.num_classes, data.in_channels, data.image_size)
+        model = ARCHS[cfg.arch].build(spec.widths, *shape, hidden=cfg.hidden, device=device)
     if state is not None:  # the initial model, widened to the checkpoint's widths
         netsurgeon.load_state_dict(model, state["model"])
     model = model.to(memory_format=fmt)

@@ -25,7 +25,9 @@ def image_flops(family: Family, widths: Widths, num_classes: int = 10) -> tuple[
         (307968, 828)
     """
     arch, channels, side, hidden = family
-    model = ARCHS[arch].build(widths, num_classes, channels, side, hidden, "meta").train()
+    model = (
+        ARCHS[arch].build(widths, num_classes, channels, side, hidden=hidden, device="meta").train()
+    )
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, channels, side, side, device="meta")).sum().backward()
     return int(counter.get_total_flops()), sum(p.numel() for p in model.parameters())
