@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +11,14 @@ from torch import nn
 
 from netsurgeon.models import resnet, resnet_widths_of, vgg, widths_of
 
-__all__ = ["ARCHS", "Arch", "Family", "build_recorded", "family_of", "image_size_of"]
+__all__ = ["ARCHS", "Arch", "Family", "as_widths", "build_recorded", "family_of", "image_size_of"]
 
 Widths = tuple[tuple[int, ...], ...]
+
+
+def as_widths(widths: Sequence[Sequence[int]]) -> Widths:
+    """Nested lists (JSON) as the hashable widths tuple."""
+    return tuple(tuple(int(w) for w in block) for block in widths)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,6 @@ def build_recorded(
     """The model family of a run record built at ``widths`` (random init; for replays and
     cost counts the structure matters, not the weights)."""
     arch, in_channels, image_size, hidden = family_of(run)
-    spec = tuple(tuple(row) for row in widths)
     return ARCHS[arch].build(
-        spec, num_classes, in_channels, image_size, hidden=hidden, device=device
+        as_widths(widths), num_classes, in_channels, image_size, hidden=hidden, device=device
     )

@@ -14,7 +14,7 @@ import torch
 
 from netsurgeon import GrowthConfig
 
-from .arch import ARCHS
+from .arch import ARCHS, Widths, as_widths
 from .data import DATASETS
 from .presets import PRESETS
 from .records import parse_ints, parse_overrides, parse_widths
@@ -31,7 +31,6 @@ __all__ = [
 
 DATA_ENV = "NETSURGEON_DATA"  # environment variable naming the data folder
 LAUNCHERS = ("local", "ray", "submitit")
-Widths = tuple[tuple[int, ...], ...]
 WHERE_CHOICES = ("nagn", "uniform", "random")
 
 
@@ -213,11 +212,6 @@ def _check(cfg: BenchConfig) -> None:
         problems.append(f"--data-dir is unused by --dataset {cfg.dataset}; drop it")
     if problems:
         raise ValueError("invalid benchmark options:\n  - " + "\n  - ".join(problems))
-
-
-def as_widths(widths: Sequence[Sequence[int]]) -> Widths:
-    """Nested lists (JSON) as the hashable widths tuple."""
-    return tuple(tuple(int(w) for w in block) for block in widths)
 
 
 def default_data_dir(cfg: BenchConfig) -> str | None:

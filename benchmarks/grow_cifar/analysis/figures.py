@@ -155,9 +155,8 @@ def _widths_figure(
             for b, block in enumerate(run["epochs"][0]["widths"])
             for c in range(len(block))
         ]
-        for k, name in enumerate(
-            names
-        ):  # later layers drawn thinner, on top: overlaps stay visible
+        # Later layers drawn thinner, on top: overlaps stay visible.
+        for k, name in enumerate(names):
             top.plot(
                 epochs,
                 [row[k] for row in flat],
@@ -192,6 +191,12 @@ def _widths_figure(
     _save(fig, folder, f"fig2a_widths_{config}_{where}.png", written)
 
 
+def _errorbar(ax: Any, xs: Sequence[tuple], ys: Sequence[tuple], **style: Any) -> None:
+    """Points at the means of ``(mean, std)`` pairs, their stds as error bars."""
+    means, stds = [x[0] for x in xs], [x[1] for x in xs]
+    ax.errorbar(means, [y[0] for y in ys], xerr=stds, yerr=[y[1] for y in ys], **style)
+
+
 def _ratio_figure(
     rows: Sequence[Any], totals: dict, paper: tuple, folder: Path, written: list[str]
 ) -> None:
@@ -199,36 +204,12 @@ def _ratio_figure(
     fig, ax = _plt().subplots(figsize=(5, 4))
     for where in sorted({r.where for r in rows}):
         mine = [r for r in rows if r.where == where]
-        ax.errorbar(
-            [r.time_ratio[0] for r in mine],
-            [r.acc_ratio[0] for r in mine],
-            xerr=[r.time_ratio[1] for r in mine],
-            yerr=[r.acc_ratio[1] for r in mine],
-            fmt="o",
-            capsize=2,
-            label=f"{where} (per config)",
-        )
+        times, accs = [r.time_ratio for r in mine], [r.acc_ratio for r in mine]
+        _errorbar(ax, times, accs, fmt="o", capsize=2, label=f"{where} (per config)")
         t = totals[where]
-        ax.errorbar(
-            [t["time_ratio_configs"][0]],
-            [t["acc_ratio_configs"][0]],
-            xerr=[t["time_ratio_configs"][1]],
-            yerr=[t["acc_ratio_configs"][1]],
-            fmt="s",
-            ms=9,
-            capsize=4,
-            label=f"{where} (mean)",
-        )
-    ax.errorbar(
-        [paper_time[0]],
-        [paper_acc[0]],
-        xerr=[paper_time[1]],
-        yerr=[paper_acc[1]],
-        fmt="*",
-        color="grey",
-        ms=12,
-        label="paper",
-    )
+        configs = ([t["time_ratio_configs"]], [t["acc_ratio_configs"]])
+        _errorbar(ax, *configs, fmt="s", ms=9, capsize=4, label=f"{where} (mean)")
+    _errorbar(ax, [paper_time], [paper_acc], fmt="*", color="grey", ms=12, label="paper")
     ax.axhline(1.0, color="k", lw=0.6)
     ax.axvline(1.0, color="k", lw=0.6)
     ax.set_xlabel("training time ratio (grown / static)")

@@ -22,7 +22,7 @@ from netsurgeon import LayerGraph, trace, widen
 from netsurgeon.nagn import plan_group_growth, plan_growth
 from netsurgeon.nagn.trigger import TriggerPolicy, TriggerState
 
-from ..arch import ARCHS, build_recorded
+from ..arch import ARCHS, as_widths, build_recorded
 from ..records import width_tag
 from .report import load_progress, load_runs
 
@@ -102,7 +102,7 @@ def model_at(run: dict, event: dict) -> torch.nn.Module:
     before = event["widths_before"]
     outputs = [row["name"] for row in event["plan"]["rows"] if row["is_output"]]
     num_classes = before[outputs[-1]] if outputs else 10
-    spec = tuple(tuple(row) for row in _spec_before(run, event))
+    spec = as_widths(_spec_before(run, event))
     model = build_recorded(run, spec, num_classes)
     widths = trace(model).widths()
     wrong = {n: (w, widths.get(n)) for n, w in before.items() if widths.get(n) != w}
