@@ -72,18 +72,6 @@ def _fmt(value: float | int | str | None, spec: str = "") -> str:
 def compare(a: Path, b: Path) -> str:
     """Markdown: one row per (config, criterion, seed) grown in both sweeps, then the means."""
     runs_a, runs_b = _load(a), _load(b)
-    keys = sorted(
-        {
-            (width_tag(r["widths_initial"]), r["where"], r["seed"])
-            for r in runs_a.values()
-            if r["kind"] == "grown"
-        }
-        & {
-            (width_tag(r["widths_initial"]), r["where"], r["seed"])
-            for r in runs_b.values()
-            if r["kind"] == "grown"
-        }
-    )
     index = {
         name: {
             (width_tag(r["widths_initial"]), r["where"], r["seed"]): r
@@ -92,6 +80,7 @@ def compare(a: Path, b: Path) -> str:
         }
         for name, runs in (("a", runs_a), ("b", runs_b))
     }
+    keys = sorted(index["a"].keys() & index["b"].keys())
     cells = (
         "first trigger: epoch / step / LR",
         "growths",

@@ -72,12 +72,7 @@ STOP_READINGS: dict[str, tuple[bool, str]] = {
 
 def _planner_settings(run: dict) -> dict[str, Any]:
     growth = run["config"]["growth"]
-    return {
-        "tau": growth["tau"],
-        "max_step": growth["max_step"],
-        "monotone": growth["monotone"],
-        "fallback": growth["fallback"],
-    }
+    return {key: growth[key] for key in ("tau", "max_step", "monotone", "fallback")}
 
 
 def is_group_plan(event: dict) -> bool:
