@@ -23,25 +23,16 @@ def as_widths(widths: Sequence[Sequence[int]]) -> Widths:
 
 @dataclass(frozen=True)
 class Arch:
-    """How to build, read back and complete the width spec of one model family.
+    """How to build, read back and complete the width spec of one model family."""
 
-    Attributes:
-        name: the ``--arch`` value.
-        build: ``(widths, num_classes, in_channels, image_size, *, hidden, device) -> model``.
-        widths_of: a (grown) model's current widths as a spec.
-        expand: a short spec completed with ``blocks`` (identity for VGG).
-        cpu_channels_last: train in channels_last on CPUs (faster for VGGs, bench_pipeline).
-            False for ResNets: with torch 2.14.1 the backward of a 1x1 stride-2 conv (the
-            projection shortcut) in channels_last on CPU corrupts the heap at narrow widths
-            (``Conv2d(4, 8, 1, 2)``, batch 100 of 16x16: glibc abort; 8 -> 16 passes): oneDNN's
-            1x1 nhwc backward-weights writes past its workspace when in-channels < its block
-            (uxlfoundation/oneDNN#6035).
-    """
-
-    name: str
-    build: Callable[..., nn.Module]
-    widths_of: Callable[[nn.Module], Widths]
-    expand: Callable[[Widths, int], Widths]
+    name: str  # the --arch value
+    build: Callable[..., nn.Module]  # (widths, classes, channels, size, *, hidden, device)
+    widths_of: Callable[[nn.Module], Widths]  # a (grown) model's current widths as a spec
+    expand: Callable[[Widths, int], Widths]  # a short spec completed with ``blocks``
+    # channels_last on CPUs is faster for VGGs (bench_pipeline). Not for ResNets: with torch
+    # 2.14.1 the CPU backward of a 1x1 stride-2 conv (the projection) in channels_last corrupts
+    # the heap at narrow widths (Conv2d(4, 8, 1, 2)): oneDNN's 1x1 nhwc backward-weights writes
+    # past its workspace when in-channels < its block (uxlfoundation/oneDNN#6035).
     cpu_channels_last: bool = True
 
     def memory_format(self, device: torch.device) -> torch.memory_format:

@@ -162,23 +162,13 @@ def _tag_after(run: dict, model: torch.nn.Module, increments: Mapping[str, int])
 
 @dataclass(frozen=True)
 class StopReplay:
-    """The grower's trigger/stop logic re-run on a record's validation accuracies.
+    """The grower's trigger/stop logic re-run on a record's validation accuracies."""
 
-    Attributes:
-        reading: name in :data:`STOP_READINGS`.
-        growth_epochs: epochs at which this reading grows, as far as the replay is exact.
-        stop_epoch: the epoch at which it disables growth for good (None: not within the run).
-        diverges_at: the first epoch at which it would grow where the record did not (the
-            record's later accuracies then belong to another network), or None.
-        final_widths: the widths this reading ends with, when exact (it stopped, or matched the
-            record to the end); None when it diverges.
-    """
-
-    reading: str
-    growth_epochs: tuple[int, ...]
-    stop_epoch: int | None
-    diverges_at: int | None
-    final_widths: str | None
+    reading: str  # a name in STOP_READINGS
+    growth_epochs: tuple[int, ...]  # where this reading grows, as far as the replay is exact
+    stop_epoch: int | None  # where it disables growth for good (None: not within the run)
+    diverges_at: int | None  # first epoch it would grow where the record did not, or None
+    final_widths: str | None  # what it ends with when exact; None when it diverges
 
 
 def replay_stops(run: dict, reading: str) -> StopReplay:

@@ -24,15 +24,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation of one dataset.
+    """Training augmentation of one dataset: zero padding and a random crop, horizontal flips."""
 
-    Attributes:
-        crop_padding: pixels of zero padding per side before the random crop (0: no crop).
-        flip: whether to mirror horizontally with probability ``flip_probability``.
-        flip_probability: chance that one image is mirrored.
-    """
-
-    crop_padding: int = 4  # pixels per side; CIFAR-10 standard is 4
+    crop_padding: int = 4  # pixels per side before the random crop (0: none); CIFAR-10's is 4
     flip: bool = True  # horizontal mirror (off for digits: a mirrored 3 is not a 3)
     flip_probability: float = 0.5  # per image
 
