@@ -86,9 +86,9 @@ def load_checkpoint(
 
     Args:
         path: ``OUT/checkpoints/<run_id>.pt``.
-        config: the sweep's resolved config (``_records.config_dict``).
-        defaults: ``_records.config_defaults`` of the config class.
-        data: ``_records.data_record`` of the data this process loaded.
+        config: the sweep's resolved config (``records.config_dict``).
+        defaults: ``records.config_defaults`` of the config class.
+        data: ``records.data_record`` of the data this process loaded.
 
     Raises:
         SweepError: the checkpoint has another format, was made with other settings (each

@@ -241,7 +241,7 @@ def train_run(
             break
         # Stop before the deadline: the next epoch would take about as long as this one.
         stop = deadline is not None and time.time() + (time.perf_counter() - t0) > deadline
-        # What a running sweep has so far (report, replay_planner.py), then the checkpoint.
+        # What a running sweep has so far (report, replay), then the checkpoint.
         partial = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
         write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
         if stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
@@ -301,7 +301,7 @@ def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: b
 
 
 # ================================================================================================
-# Sweep: scheduling, resume (benchmarks/_records.py) and the command line entry point
+# Sweep: scheduling, resume (records.py) and the command line entry point
 # ================================================================================================
 
 

@@ -2,7 +2,7 @@
 """Put two sweeps of ``cifar_vgg.py`` side by side, per config, criterion and seed.
 
 Example:
-    python benchmarks/compare_sweeps.py runs/cpu-fig2a runs/paper-fig2a
+    python -m benchmarks.grow_cifar.analysis.compare runs/cpu-fig2a runs/paper-fig2a
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = [str(f) for f in (args.a, args.b) if not _load(f)]
     if missing:
-        print(f"compare_sweeps.py: error: no run records in {missing}", file=sys.stderr)
+        print(f"compare: error: no run records in {missing}", file=sys.stderr)
         return 2
     print(compare(args.a, args.b))
     return 0

@@ -232,8 +232,8 @@ def write_figures(
     Args:
         out: the sweep folder.
         runs: every run record (grown and static).
-        rows: the per-(config, criterion) summary rows (``_report.Row``).
-        totals: ``_report.overall`` of those rows.
+        rows: the per-(config, criterion) summary rows (``report.Row``).
+        totals: ``report.overall`` of those rows.
         paper: ``((acc ratio mean, std), (time ratio mean, std))`` of the paper.
         running: records of runs still training (``"partial": True``); they join the accuracy,
             trajectory and profile figures (marked "running"), not the ratios.

@@ -2,7 +2,7 @@
 """Replay recorded growth decisions of ``cifar_vgg.py`` under other readings of the paper's rules.
 
 Example:
-    python benchmarks/replay_planner.py runs/paper-fig2a --out replay.md
+    python -m benchmarks.grow_cifar.analysis.replay runs/paper-fig2a --out replay.md
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def _simulate(
 
 
 def _grown_runs(folders: Sequence[Path]) -> list[dict]:
-    """Finished grown runs, then grown runs still training (:func:`_report.load_progress`:
+    """Finished grown runs, then grown runs still training (:func:`report.load_progress`:
     their progress snapshots, or their checkpoints on a machine where they have not trained)."""
     runs = []
     for folder in folders:
@@ -299,24 +299,13 @@ def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument(
-        "folders",
-        nargs="+",
-        type=Path,
-        help="sweep folders (with runs/, progress/ or checkpoints/)",
-    )
+    parts = ("runs", "progress", "checkpoints")
+    parser.add_argument("folders", nargs="+", type=Path, help=f"sweep folders (with {parts})")
     parser.add_argument("--out", type=Path, help="write the markdown here (and .json beside it)")
     args = parser.parse_args(argv)
-    missing = [
-        str(f)
-        for f in args.folders
-        if not any((f / part).is_dir() for part in ("runs", "progress", "checkpoints"))
-    ]
+    missing = [str(f) for f in args.folders if not any((f / p).is_dir() for p in parts)]
     if missing:
-        print(
-            f"replay_planner.py: error: no runs/, progress/ or checkpoints/ folder in {missing}",
-            file=sys.stderr,
-        )
+        print(f"replay: error: none of {parts} in {missing}", file=sys.stderr)
         return 2
     text, data = replay_report(args.folders)
     print(text)

@@ -84,7 +84,7 @@ class Row:
     acc_ratio: tuple[float, float]  # grown / static test accuracy, per seed
     time_ratio: tuple[float, float]  # grown / static training time, per seed
     cpu_ratio: tuple[float, float]  # grown / static process CPU time of the same intervals
-    flop_ratio: tuple[float, float]  # grown / static training FLOPs (_flops: load-independent)
+    flop_ratio: tuple[float, float]  # grown / static training FLOPs (flops.py: load-independent)
     final_widths: str  # most common final widths (and how many seeds reached them)
     params_initial: int
     params_final: float  # mean over seeds (static baseline has the same count)
