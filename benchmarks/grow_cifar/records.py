@@ -34,16 +34,9 @@ __all__ = [
 Widths = tuple[tuple[int, ...], ...]
 _SCHEDULING = (
     "data_dir",  # a machine path; the data digest identifies the data
-    "jobs",
-    "threads",
-    "configs",
-    "seeds",
-    "where",
-    "preset",
-    "verbose",
-    "checkpoint_every",
+    *("configs", "seeds", "where", "preset"),  # which runs the sweep lists, not how each trains
+    *("jobs", "threads", "verbose", "checkpoint_every", "time_limit_s"),
     *("launcher", "ray_address", "gpus_per_run", "slurm_partition", "slurm_minutes"),
-    "time_limit_s",
 )
 
 
