@@ -76,11 +76,7 @@ class BenchConfig:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     p.add_argument("--arch", choices=sorted(ARCHS), help="model family (default: the preset's)")
     p.add_argument("--blocks", type=int, help="resnet: blocks per stage (default 3)")
