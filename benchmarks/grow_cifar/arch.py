@@ -1,22 +1,8 @@
-"""The model families ``benchmarks/cifar_vgg.py`` grows: one width spec format for all of them.
-
-A width spec is a tuple of rows of positive ints, the same type for every family, so that run
-ids, records, reports and figures need not know which family they hold:
-
-* ``vgg``: one row per block, one width per conv (``((8, 3, 8), (16,), (32,))``);
-* ``resnet``: one row per stage, ``(stream, interior_0, ..., interior_{b-1})``: the stage's
-  residual-stream width, then each basic block's interior (``conv1``) width. A short row
-  ``(w,)`` means ``w`` everywhere in the stage, with ``blocks`` blocks (``expand``):
-  ``4/8/16`` with 3 blocks is ``((4, 4, 4, 4), (8, 8, 8, 8), (16, 16, 16, 16))``, ResNet-20's
-  layout at a quarter of its width.
-
-``widths_of(model)`` reads a (grown) model back into the same spec, which is how a static
-baseline is built at a grown run's final widths.
-"""
+"""The model families ``benchmarks/cifar_vgg.py`` grows: one width spec format for all of them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,32 +11,28 @@ from torch import nn
 
 from netsurgeon.models import resnet, resnet_widths_of, vgg, widths_of
 
-__all__ = ["ARCHS", "Arch", "Family", "build_recorded", "family_of", "image_size_of"]
+__all__ = ["ARCHS", "Arch", "Family", "as_widths", "build_recorded", "family_of", "image_size_of"]
 
 Widths = tuple[tuple[int, ...], ...]
 
 
+def as_widths(widths: Sequence[Sequence[int]]) -> Widths:
+    """Nested lists (JSON) as the hashable widths tuple."""
+    return tuple(tuple(int(w) for w in block) for block in widths)
+
+
 @dataclass(frozen=True)
 class Arch:
-    """How to build, read back and complete the width spec of one model family.
+    """How to build, read back and complete the width spec of one model family."""
 
-    Attributes:
-        name: the ``--arch`` value.
-        build: ``(widths, num_classes, in_channels, image_size, hidden, device) -> model``.
-        widths_of: a (grown) model's current widths as a spec.
-        expand: a short spec completed with ``blocks`` (identity for VGG).
-        cpu_channels_last: train in channels_last on CPUs (faster for VGGs, bench_pipeline).
-            False for ResNets: with torch 2.14.1 the backward of a 1x1 stride-2 conv (the
-            projection shortcut) in channels_last on CPU corrupts the heap at narrow widths
-            (``Conv2d(4, 8, 1, 2)``, batch 100 of 16x16: glibc abort; 8 -> 16 passes): oneDNN's
-            1x1 nhwc backward-weights writes past its workspace when in-channels < its block
-            (uxlfoundation/oneDNN#6035).
-    """
-
-    name: str
-    build: Callable[..., nn.Module]
-    widths_of: Callable[[nn.Module], Widths]
-    expand: Callable[[Widths, int], Widths]
+    name: str  # the --arch value
+    build: Callable[..., nn.Module]  # (widths, classes, channels, size, *, hidden, device)
+    widths_of: Callable[[nn.Module], Widths]  # a (grown) model's current widths as a spec
+    expand: Callable[[Widths, int], Widths]  # a short spec completed with ``blocks``
+    # channels_last on CPUs is faster for VGGs (bench_pipeline). Not for ResNets: with torch
+    # 2.14.1 the CPU backward of a 1x1 stride-2 conv (the projection) in channels_last corrupts
+    # the heap at narrow widths (Conv2d(4, 8, 1, 2)): oneDNN's 1x1 nhwc backward-weights writes
+    # past its workspace when in-channels < its block (uxlfoundation/oneDNN#6035).
     cpu_channels_last: bool = True
 
     def memory_format(self, device: torch.device) -> torch.memory_format:
@@ -58,17 +40,6 @@ class Arch:
         if device.type == "cpu" and not self.cpu_channels_last:
             return torch.contiguous_format
         return torch.channels_last
-
-
-def _vgg_build(
-    widths: Widths,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    hidden: tuple[int, ...] = (),
-    device: torch.device | str | None = None,
-) -> nn.Module:
-    return vgg(widths, num_classes, in_channels, image_size, hidden=hidden, device=device)
 
 
 def _vgg_widths(model: nn.Module) -> Widths:
@@ -80,6 +51,7 @@ def _resnet_build(
     num_classes: int,
     in_channels: int,
     image_size: int,
+    *,
     hidden: tuple[int, ...] = (),
     device: torch.device | str | None = None,
 ) -> nn.Module:
@@ -117,7 +89,7 @@ def _same(widths: Widths, blocks: int) -> Widths:
 
 
 ARCHS: dict[str, Arch] = {
-    "vgg": Arch("vgg", _vgg_build, _vgg_widths, _same),
+    "vgg": Arch("vgg", vgg, _vgg_widths, _same),
     "resnet": Arch(
         "resnet", _resnet_build, _resnet_widths, _resnet_expand, cpu_channels_last=False
     ),
@@ -147,5 +119,6 @@ def build_recorded(
     """The model family of a run record built at ``widths`` (random init; for replays and
     cost counts the structure matters, not the weights)."""
     arch, in_channels, image_size, hidden = family_of(run)
-    spec = tuple(tuple(row) for row in widths)
-    return ARCHS[arch].build(spec, num_classes, in_channels, image_size, hidden, device)
+    return ARCHS[arch].build(
+        as_widths(widths), num_classes, in_channels, image_size, hidden=hidden, device=device
+    )

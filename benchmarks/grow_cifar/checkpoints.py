@@ -1,21 +1,4 @@
-"""Epoch checkpoints of ``benchmarks/cifar_vgg.py`` runs: capture, atomic files, resume checks.
-
-A run writes ``OUT/checkpoints/<run_id>.pt`` after every ``checkpoint_every`` epochs and removes
-it once its final JSON exists. The file holds everything the next epoch depends on, so a run
-continued from it trains bit-identically (on the same machine and torch build) to one that never
-stopped:
-
-* the model's state dict (possibly grown: :func:`restore` rebuilds it on the initial model with
-  ``netsurgeon.load_state_dict``, which widens it to the checkpoint's widths),
-* the optimizer's and the learning-rate schedule's state dicts,
-* the Grower's ``state_dict()`` (accuracy windows, trigger state, history, its RNGs),
-* the training loader's generator (batch order and augmentation) and the global torch RNG,
-* the run's records so far (per-epoch metrics, growth events), its accumulated training wall
-  and CPU time, and the first epoch of each segment (process) that trained it.
-
-A checkpoint made with other result-shaping settings, or on other data (the data digests of
-``_records.data_record``), is refused like a finished record is (:class:`SweepError`).
-"""
+"""Epoch checkpoints of ``benchmarks/cifar_vgg.py`` runs: capture, atomic files, resume checks."""
 
 from __future__ import annotations
 
@@ -25,18 +8,16 @@ from typing import Any
 
 import torch
 
-import netsurgeon
 from netsurgeon import Grower
 
 from .data import TensorLoader
-from .records import SweepError, check_config, make_run_id, parse_run_id, run_record
+from .records import SweepError, check_config, run_record
 
 __all__ = [
     "FORMAT",
     "capture",
     "checkpoint_record",
     "load_checkpoint",
-    "restore",
     "restore_training",
     "save_checkpoint",
 ]
@@ -66,15 +47,6 @@ def capture(
         "loader_rng": loader.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
-
-
-def restore(state: dict[str, Any], model: torch.nn.Module) -> None:
-    """Widen the freshly built initial ``model`` to the checkpoint's widths and load its values.
-
-    Call before the optimizer, schedule and Grower are built on ``model``; then
-    :func:`restore_training` loads theirs.
-    """
-    netsurgeon.load_state_dict(model, state["model"])
 
 
 def restore_training(
@@ -114,9 +86,9 @@ def load_checkpoint(
 
     Args:
         path: ``OUT/checkpoints/<run_id>.pt``.
-        config: the sweep's resolved config (``_records.config_dict``).
-        defaults: ``_records.config_defaults`` of the config class.
-        data: ``_records.data_record`` of the data this process loaded.
+        config: the sweep's resolved config (``records.config_dict``).
+        defaults: ``records.config_defaults`` of the config class.
+        data: ``records.data_record`` of the data this process loaded.
 
     Raises:
         SweepError: the checkpoint has another format, was made with other settings (each
@@ -143,34 +115,16 @@ def load_checkpoint(
 
 
 def checkpoint_record(path: Path) -> dict[str, Any]:
-    """The record of a run still training, read from its checkpoint: a progress snapshot.
-
-    What ``OUT/progress/<run_id>.json`` holds while the run trains (``_records.run_record``,
-    ``"partial": True``), for a machine where it has not trained yet: ``progress/`` is not
-    committed, the checkpoints are. No settings are checked (this reads, it does not resume);
-    ``environment`` is None (the checkpoint does not keep it).
-    """
+    """The record of a run still training, read from its checkpoint: a progress snapshot."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    where, widths, seed = parse_run_id(state["run_id"])
-    grower = state.get("grower") or {}
-    last = state["epochs"][-1]
     record = run_record(
-        run_id=state["run_id"],
-        where=where,
-        seed=seed,
-        widths_initial=widths,
-        widths_final=last["widths"],
-        params=last["params"],
-        stop_reason=grower.get("stop_reason"),
-        baseline_run_id=make_run_id(None, last["widths"], seed) if where else None,
+        state["run_id"],
         epochs=state["epochs"],
         events=state["events"],
-        shared={
-            "config": state["config"],
-            "data": state["data"],
-            "environment": None,
-            "train_images": state["data"]["train"],
-        },
+        stop_reason=(state.get("grower") or {}).get("stop_reason"),
         segment_starts=state["segment_starts"],
+        config=state["config"],
+        data=state["data"],
+        environment=None,
     )
     return {**record, "partial": True}

@@ -1,9 +1,4 @@
-"""The sweep's settings: :class:`BenchConfig`, the command line, and the checks.
-
-A config is data: every field states its unit or meaning, presets (``presets.py``) override the
-defaults, and unknown overrides are rejected. The data folder is ``--data-dir``, else the
-environment variable ``NETSURGEON_DATA``, else ``./data`` (see :func:`default_data_dir`).
-"""
+"""The sweep's settings: :class:`BenchConfig`, the command line, and the checks."""
 
 from __future__ import annotations
 
@@ -19,7 +14,7 @@ import torch
 
 from netsurgeon import GrowthConfig
 
-from .arch import ARCHS
+from .arch import ARCHS, Widths, as_widths
 from .data import DATASETS
 from .presets import PRESETS
 from .records import parse_ints, parse_overrides, parse_widths
@@ -36,7 +31,6 @@ __all__ = [
 
 DATA_ENV = "NETSURGEON_DATA"  # environment variable naming the data folder
 LAUNCHERS = ("local", "ray", "submitit")
-Widths = tuple[tuple[int, ...], ...]
 WHERE_CHOICES = ("nagn", "uniform", "random")
 
 
@@ -49,7 +43,7 @@ class BenchConfig:
     seeds: tuple[int, ...]  # one grown run (per criterion) + its static baseline per seed
     epochs: int  # epochs per run (paper: 200)
     where: tuple[str, ...] = ("nagn",)  # growth criteria run side by side, matched budget
-    arch: str = "vgg"  # model family (benchmarks/_arch.py): "vgg", or "resnet" (rows per stage)
+    arch: str = "vgg"  # model family (arch.py): "vgg", or "resnet" (rows per stage)
     blocks: int = 3  # resnet: basic blocks per stage for a row that gives one width (3: ResNet-20)
     dataset: str = "cifar10"  # one of data.DATASETS
     data_dir: str | None = None  # cifar10: holds cifar-10-batches-py/; imagefolder: train/, test/
@@ -82,11 +76,7 @@ class BenchConfig:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     p.add_argument("--arch", choices=sorted(ARCHS), help="model family (default: the preset's)")
     p.add_argument("--blocks", type=int, help="resnet: blocks per stage (default 3)")
@@ -220,16 +210,8 @@ def _check(cfg: BenchConfig) -> None:
         raise ValueError("invalid benchmark options:\n  - " + "\n  - ".join(problems))
 
 
-def as_widths(widths: Sequence[Sequence[int]]) -> Widths:
-    """Nested lists (JSON) as the hashable widths tuple."""
-    return tuple(tuple(int(w) for w in block) for block in widths)
-
-
 def default_data_dir(cfg: BenchConfig) -> str | None:
-    """The data folder: ``cfg.data_dir``, else ``$NETSURGEON_DATA``, else ``./data``.
-
-    digits and synthetic need none (None).
-    """
+    """The data folder: ``cfg.data_dir``, else ``$NETSURGEON_DATA``, else ``./data``."""
     if cfg.dataset in ("digits", "synthetic"):
         return None
     return cfg.data_dir or os.environ.get(DATA_ENV) or "data"

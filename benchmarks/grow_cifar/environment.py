@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+import netsurgeon
+
 __all__ = ["environment"]
 
 
@@ -42,7 +44,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Hardware, software and code version, saved with every run."""
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--untracked-files=no")
-    env = {
+    return {
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -53,11 +55,5 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "git_commit": commit or "unknown (not a git checkout or no commit yet)",
         "git_dirty": bool(dirty) if commit else None,
+        "netsurgeon": netsurgeon.__version__,
     }
-    try:
-        import netsurgeon
-
-        env["netsurgeon"] = netsurgeon.__version__
-    except (ImportError, AttributeError):
-        env["netsurgeon"] = None
-    return env

@@ -1,11 +1,4 @@
-"""Who runs a sweep's tasks: local processes, a Ray cluster, or SLURM through submitit.
-
-A pool takes tasks (:meth:`submit`) and hands back finished records (:meth:`wait`, None for a
-run stopped at the time limit); ``sweep.py`` decides what to submit. Every task is
-:func:`train.run_task`, which reads and writes only ``out/``: the launchers differ in where it
-runs, never in what it records. Ray and submitit are optional (``pip install
-netsurgeon[ray]`` / ``netsurgeon[slurm]``) and imported only when chosen.
-"""
+"""Who runs a sweep's tasks: local processes, a Ray cluster, or SLURM through submitit."""
 
 from __future__ import annotations
 
@@ -47,11 +40,7 @@ class _Pool:
 
 
 class LocalPool(_Pool):
-    """``--launcher local``: ``cfg.jobs`` processes on this machine (in-process for one job).
-
-    Static baselines go to the front of the queue, so each starts soon after its grown run and
-    both train under similar machine load (keeps the time ratio honest on a shared machine).
-    """
+    """``--launcher local``: ``cfg.jobs`` processes on this machine (in-process for one job)."""
 
     def __init__(self, cfg: BenchConfig, out: Path, deadline: float | None) -> None:
         super().__init__(cfg, out, deadline)
@@ -86,11 +75,7 @@ class LocalPool(_Pool):
 
 
 class RayPool(_Pool):
-    """``--launcher ray``: one Ray task per run, ``threads`` CPUs and ``gpus_per_run`` GPUs each.
-
-    Joins the cluster at ``cfg.ray_address`` (None: starts a local one), unless this process
-    already joined one (then that cluster is used and left running).
-    """
+    """``--launcher ray``: one Ray task per run, ``threads`` CPUs and ``gpus_per_run`` GPUs each."""
 
     def __init__(self, cfg: BenchConfig, out: Path, deadline: float | None) -> None:
         super().__init__(cfg, out, deadline)
@@ -130,12 +115,7 @@ class RayPool(_Pool):
 
 
 class SubmititPool(_Pool):
-    """``--launcher submitit``: each :meth:`submit` is one job array (SLURM, else local processes).
-
-    The grown runs go out as one array; the static baselines they unblock as a second array once
-    the first has returned. ``submitit.AutoExecutor`` picks SLURM where ``sbatch`` exists, else
-    runs the jobs as local processes. Logs land in ``out/submitit/``.
-    """
+    """``--launcher submitit``: each :meth:`submit` is one job array (SLURM, else local processes)."""
 
     def __init__(self, cfg: BenchConfig, out: Path, deadline: float | None) -> None:
         super().__init__(cfg, out, deadline)

@@ -1,8 +1,4 @@
-"""Named presets of the sweep: values that override ``BenchConfig`` defaults.
-
-See docs/benchmark.md ("Presets") for what each is for and what it shortens. Presets hold no
-machine paths: the data folder is ``--data-dir`` or ``$NETSURGEON_DATA`` (config.py).
-"""
+"""Named presets of the sweep: values that override ``BenchConfig`` defaults."""
 
 from __future__ import annotations
 
@@ -31,12 +27,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "val_subset": 5_000,
         "test_subset": 5_000,
     },
-    # CPU candidate meant to predict the paper protocol (docs/benchmark.md, "A CPU preset"):
-    # 80 optimizer steps per epoch as in the paper (10k images at batch 125 instead of 40k at
-    # 500), the full validation split (the trigger's noise), 60 epochs; the Fig. 2a config
-    # under all three criteria at matched budget. Run in full (benchmarks/results/cpu-fig2a): it
-    # triggers sooner and grows twice where the full protocol grows once, and its accuracy ratio
-    # (0.93) does not predict the full protocol's (1.006); kept as the criteria comparison.
+    # The three criteria on a CPU, 80 steps per epoch as in the paper; it does not predict the
+    # full protocol (benchmarks/results/cpu-fig2a/README.md).
     "cpu": {
         "configs": (FIG2A_WIDTHS,),
         "seeds": (0, 1, 2),
@@ -61,13 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 100,
         "growth": GrowthConfig(w_acc=1, delta_acc=1e6, every=1),
     },
-    # CIFAR ResNets (--arch resnet; rows are stream widths per stage, 3 basic blocks each). CPU:
-    # the "cpu" preset's data protocol (80 steps per epoch on 10k images, full validation split)
-    # on a quarter-width ResNet-20, all three criteria at matched budget, 60 epochs: a 30-epoch
-    # first attempt never triggered (validation accuracy still rising 0.5-1 point per window
-    # while the cosine schedule decayed; docs/benchmark.md). Evaluation in batches of 250: on a
-    # CPU, NCHW ResNets evaluate 2.5x slower in batches of 2000. About an hour on 2 cores;
-    # `--configs 8/16/32` runs the wider start instead (about twice that), `4/8/16 8/16/32` both.
+    # A quarter-width ResNet-20 under the "cpu" data protocol, 60 epochs (results/resnet-cpu);
+    # evaluation in batches of 250: NCHW ResNets evaluate 2.5x slower in batches of 2000 on CPUs.
     "resnet-cpu": {
         "arch": "resnet",
         "configs": (((4,), (8,), (16,)),),

@@ -3,11 +3,6 @@
 A run's JSON is written atomically once the run finished, so its presence means "done". A saved
 run is reused only when the settings that shape its result (everything but scheduling: jobs,
 threads, which configs/seeds/criteria the sweep lists, preset name, verbosity) are equal.
-
-Settings added after a record was written are missing from it. Such a key compares equal when
-the sweep's value is the field's default (:func:`config_defaults`): the record was made before
-the option existed, i.e. under the behaviour the default keeps. Any other value refuses the
-record, as a changed setting does.
 """
 
 from __future__ import annotations
@@ -39,16 +34,9 @@ __all__ = [
 Widths = tuple[tuple[int, ...], ...]
 _SCHEDULING = (
     "data_dir",  # a machine path; the data digest identifies the data
-    "jobs",
-    "threads",
-    "configs",
-    "seeds",
-    "where",
-    "preset",
-    "verbose",
-    "checkpoint_every",
+    *("configs", "seeds", "where", "preset"),  # which runs the sweep lists, not how each trains
+    *("jobs", "threads", "verbose", "checkpoint_every", "time_limit_s"),
     *("launcher", "ray_address", "gpus_per_run", "slurm_partition", "slurm_minutes"),
-    "time_limit_s",
 )
 
 
@@ -87,8 +75,6 @@ def make_run_id(where: str | None, widths: Any, seed: int) -> str:
 def parse_run_id(run_id: str) -> tuple[str | None, Widths, int]:
     """``"grown-nagn_2.2-4_s1"`` -> ``("nagn", ((2, 2), (4,)), 1)``; ``where`` is None for static.
 
-    The inverse of :func:`make_run_id`.
-
     Example:
         >>> parse_run_id("static_4-4.5-8_s0")
         (None, ((4,), (4, 5), (8,)), 0)
@@ -119,10 +105,6 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
 
 def parse_overrides(items: Sequence[str], fields: Sequence[str], option: str) -> dict[str, Any]:
     """``["end_rule=adjacent", "max_growths=2"]`` -> ``{"end_rule": "adjacent", "max_growths": 2}``.
-
-    Values are read as Python literals where they parse as one (``2``, ``0.03``, ``True``,
-    ``None``; also ``true``, ``false``, ``none``), else kept as strings. Types and ranges are the
-    config class's to check; here only the syntax and the field names are.
 
     Example:
         >>> parse_overrides(["score=damped", "delta_stop=0.03"], ["score", "delta_stop"], "--g")
@@ -166,9 +148,6 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 def config_defaults(cls: type) -> dict[str, Any]:
     """Defaults of a config dataclass as JSON-ready data, nested configs expanded.
-
-    Fields without a default (the required ones) are left out. A field whose default is itself
-    a dataclass (e.g. ``growth: GrowthConfig``) maps to that dataclass's field dict.
 
     Example:
         >>> @dataclasses.dataclass(frozen=True)
@@ -269,12 +248,7 @@ def check_config(
 
 
 def data_record(data: Any) -> dict[str, Any]:
-    """What every run of a sweep must share, saved in its record and checked by the report.
-
-    Computed from the ``DatasetSplits`` a run actually trained and evaluated on. ``digest``
-    hashes each part's labels and pixels in order (``ImageTensors.digest``, ~0.5 s for CIFAR-10),
-    so a different split seed, fraction, subset or source copy shows up as a different digest.
-    """
+    """What every run of a sweep must share, saved in its record and checked by the report."""
     return {
         "name": data.name,
         "train": len(data.train),
@@ -289,11 +263,7 @@ def data_record(data: Any) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
-    """One finished run (or a progress snapshot) as stored in ``out/runs/<run_id>.json``.
-
-    ``to_dict`` gives the JSON layout every committed record has (schema 1), ``from_dict`` reads
-    it back; keys it does not know are kept in ``extra`` so that nothing is lost.
-    """
+    """One finished run (or a progress snapshot) as stored in ``out/runs/<run_id>.json``."""
 
     run_id: str  # e.g. "grown-nagn_4-4-8_s0", "static_4-6-8_s0" (make_run_id)
     kind: str  # "grown" or "static"
@@ -338,53 +308,37 @@ class RunRecord:
 
 
 def run_record(
-    *,
     run_id: str,
-    where: str | None,
-    seed: int,
-    widths_initial: Widths,
-    widths_final: list[list[int]],
-    params: int,
-    stop_reason: str | None,
-    baseline_run_id: str | None,
+    *,
     epochs: list[dict],
     events: list[dict],
-    shared: dict[str, Any],
+    stop_reason: str | None,
     segment_starts: list[int],
+    config: dict[str, Any],
+    data: dict[str, Any],
+    environment: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """A run's JSON record after the epochs so far (all of them once the run is done).
-
-    ``shared`` holds what does not change during a run: ``config``, ``data``, ``environment``
-    (of the latest segment) and ``train_images`` (images per training epoch).
-    ``segment_starts``: the first epoch of each process that trained the run (``[1]`` for a
-    run trained in one go; one more entry per resume from a checkpoint). Its times are sums
-    over the segments, which may have run under different machine load.
-    """
+    """A run's JSON record after the epochs so far; widths and parameters are the last epoch's."""
+    where, widths_initial, seed = parse_run_id(run_id)
     last = epochs[-1]
-    record = {
-        "schema": 1,
-        "run_id": run_id,
-        "kind": "grown" if where else "static",
-        "where": where,
-        "seed": seed,
-        "widths_initial": [list(b) for b in widths_initial],
-        "widths_final": widths_final,
-        "params_final": params,
-        "final": {
-            "test_acc": last["test_acc"],
-            "val_acc": last["val_acc"],
-            "train_time_s": last["train_time_s"],
-            "train_cpu_s": last["train_cpu_s"],
-        },
-        "images_per_s": len(epochs) * shared["train_images"] / max(last["train_time_s"], 1e-9),
-        "stop_reason": stop_reason,
-        "baseline_run_id": baseline_run_id,
-        "segments": len(segment_starts),
-        "segment_starts": list(segment_starts),
-        "config": shared["config"],
-        "data": shared["data"],
-        "environment": shared["environment"],
-        "epochs": epochs,
-        "events": events,
-    }
-    return RunRecord.from_dict(record).to_dict()
+    record = RunRecord(
+        run_id=run_id,
+        kind="grown" if where else "static",
+        where=where,
+        seed=seed,
+        widths_initial=[list(b) for b in widths_initial],
+        widths_final=last["widths"],
+        params_final=last["params"],
+        final={k: last[k] for k in ("test_acc", "val_acc", "train_time_s", "train_cpu_s")},
+        images_per_s=len(epochs) * data["train"] / max(last["train_time_s"], 1e-9),
+        stop_reason=stop_reason,
+        baseline_run_id=make_run_id(None, last["widths"], seed) if where else None,
+        segments=len(segment_starts),
+        segment_starts=list(segment_starts),
+        config=config,
+        data=data,
+        environment=environment,
+        epochs=epochs,
+        events=events,
+    )
+    return record.to_dict()

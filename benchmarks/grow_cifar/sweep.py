@@ -1,10 +1,4 @@
-"""A sweep as a task graph: every grown run, and each static baseline after its grown run.
-
-One run is one task (:func:`run_task`). A static baseline depends on its grown run's final
-widths, so it is submitted when the grown run returns, or at once when a checkpoint already says
-the grown run stopped growing. Finished runs are read back from ``out/runs/``, never repeated,
-so a sweep started with one launcher can be finished with another (``launchers.py``).
-"""
+"""A sweep as a task graph: every grown run, and each static baseline after its grown run."""
 
 from __future__ import annotations
 
@@ -27,12 +21,7 @@ __all__ = ["SweepPlan", "main", "run_sweep"]
 
 
 class SweepPlan:
-    """The task graph of a sweep and what is done: grown runs first, baselines as widths appear.
-
-    ``records`` holds every finished run by id; :meth:`ready` returns the tasks whose inputs are
-    known and that nobody has started; :meth:`finished` takes a record and returns the tasks it
-    unblocks (its static baseline, unless another grown run already asked for the same one).
-    """
+    """The task graph of a sweep and what is done: grown runs first, baselines as widths appear."""
 
     def __init__(self, cfg: BenchConfig, out: Path) -> None:
         self.cfg, self.out = cfg, out
@@ -71,10 +60,7 @@ class SweepPlan:
 
 
 def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
-    """Run the sweep's task graph on ``cfg.launcher``; return every finished run's record.
-
-    Runs stopped by ``cfg.time_limit_s`` are left checkpointed and missing from the result.
-    """
+    """Run the sweep's task graph on ``cfg.launcher``; return every finished run's record."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     deadline = None if cfg.time_limit_s is None else time.time() + cfg.time_limit_s

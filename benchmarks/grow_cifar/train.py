@@ -1,15 +1,4 @@
-"""One run of the sweep, under the paper's protocol: one task for any launcher.
-
-Protocol per run: AdamW (lr 1e-3, weight decay 1e-2), cosine annealing of the learning rate over
-the whole run, stepped per batch; batch 500; random crop (padding 4) + horizontal flip; 20% of
-the training set held out for validation (seeded split); each epoch: train, evaluate val and
-test, ``grower.step(val_acc)``. Training time = wall time of the training batches (data pipeline
-included) plus the growth steps; evaluation and one-time data preparation excluded; the device
-is synchronised before every clock read.
-
-:func:`train_run` continues from the run's checkpoint when there is one, so a run killed in the
-middle (or stopped by ``--time-limit``) is resumed by the next invocation.
-"""
+"""One run of the sweep, under the paper's protocol: one task for any launcher."""
 
 from __future__ import annotations
 
@@ -24,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import netsurgeon
 from netsurgeon import Grower
 from netsurgeon.models import vgg
 
@@ -87,11 +77,7 @@ def load_data(cfg: BenchConfig) -> DatasetSplits:
 
 
 def train_loader(data: DatasetSplits, cfg: BenchConfig, seed: int) -> TensorLoader:
-    """The training batches of one run: the dataset's own augmentation, seeded by the run.
-
-    channels_last also on CPUs: faster than NCHW for these nets (bench_pipeline); the arch
-    decides (ResNets stay contiguous on CPUs, benchmarks/_arch.py).
-    """
+    """The training batches of one run: the dataset's own augmentation, seeded by the run."""
     return TensorLoader(
         data.train,
         cfg.batch_size,
@@ -137,9 +123,6 @@ def train_run(
 ) -> dict:
     """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
 
-    Continues from ``out/checkpoints/<run_id>.pt`` when there is one (``checkpoints.py``), and
-    writes that file every ``cfg.checkpoint_every`` epochs until the run is done.
-
     Args:
         deadline: ``time.time()`` by which the run must have stopped: when the next epoch would
             end past it, the run checkpoints and raises :class:`RunStopped`.
@@ -158,7 +141,6 @@ def train_run(
         "config": config_dict(cfg),
         "data": data_record(data),
         "environment": environment(device),
-        "train_images": len(data.train),
     }
     checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
     state = load_checkpoint(
@@ -166,11 +148,10 @@ def train_run(
     )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
-        model = ARCHS[cfg.arch].build(
-            spec.widths, data.num_classes, data.in_channels, data.image_size, cfg.hidden, device
-        )
+        shape = (data.num_classes, data.in_channels, data.image_size)
+        model = ARCHS[cfg.arch].build(spec.widths, *shape, hidden=cfg.hidden, device=device)
     if state is not None:  # the initial model, widened to the checkpoint's widths
-        _checkpoints.restore(state, model)
+        netsurgeon.load_state_dict(model, state["model"])
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = train_loader(data, cfg, spec.seed)
@@ -260,8 +241,8 @@ def train_run(
             break
         # Stop before the deadline: the next epoch would take about as long as this one.
         stop = deadline is not None and time.time() + (time.perf_counter() - t0) > deadline
-        # What a running sweep has so far (report, replay_planner.py), then the checkpoint.
-        partial = _snapshot(spec, model, grower, epochs, events, shared, starts)
+        # What a running sweep has so far (report, replay), then the checkpoint.
+        partial = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
         write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
         if stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
             run = {
@@ -291,39 +272,17 @@ def train_run(
             raise RunStopped(spec.run_id)
     if grower is not None:
         grower.close()
-    record = _snapshot(spec, model, grower, epochs, events, shared, starts)
+    record = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
     write_json(out / "runs" / f"{spec.run_id}.json", record)
     (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
     checkpoint.unlink(missing_ok=True)
     return record
 
 
-def _snapshot(
-    spec: RunSpec,
-    model: torch.nn.Module,
-    grower: Grower | None,
-    epochs: list[dict],
-    events: list[dict],
-    shared: dict[str, Any],
-    segment_starts: list[int],
-) -> dict:
-    """The run's record after the epochs so far (:func:`_records.run_record`)."""
-    arch = ARCHS[shared["config"].get("arch", "vgg")]
-    widths = [list(row) for row in arch.widths_of(model)]
-    return run_record(
-        run_id=spec.run_id,
-        where=spec.where,
-        seed=spec.seed,
-        widths_initial=spec.widths,
-        widths_final=widths,
-        params=sum(p.numel() for p in model.parameters()),
-        stop_reason=grower.stop_reason if grower is not None else None,
-        baseline_run_id=RunSpec(as_widths(widths), spec.seed).run_id if spec.where else None,
-        epochs=epochs,
-        events=events,
-        shared=shared,
-        segment_starts=segment_starts,
-    )
+def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> dict[str, Any]:
+    """What :func:`records.run_record` needs besides the config, data and environment."""
+    stop = grower.stop_reason if grower is not None else None
+    return {"epochs": epochs, "events": events, "stop_reason": stop, "segment_starts": starts}
 
 
 def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:
@@ -342,7 +301,7 @@ def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: b
 
 
 # ================================================================================================
-# Sweep: scheduling, resume (benchmarks/_records.py) and the command line entry point
+# Sweep: scheduling, resume (records.py) and the command line entry point
 # ================================================================================================
 
 
@@ -353,12 +312,7 @@ def load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
 
 
 def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
-    """The final widths of a grown run still training whose growth has stopped, else None.
-
-    Read from the run's progress snapshot, or (on a fresh machine, where ``progress/`` is not
-    committed) from its checkpoint. A grower never grows again once stopped, so these are the
-    widths of the run's static baseline, which can start before the grown run finishes.
-    """
+    """The final widths of a grown run still training whose growth has stopped, else None."""
     progress = out / "progress" / f"{spec.run_id}.json"
     if progress.is_file():
         snapshot = json.loads(progress.read_text())
@@ -372,11 +326,7 @@ def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
 
 
 def prepare(cfg: BenchConfig) -> None:
-    """Per task: share the CPU cores; once per process: load the data, pay one-time costs.
-
-    The thread count is set for every task (it decides float summation order, so a resumed or
-    relaunched run must get the same count); the warm-up is cached per process and config.
-    """
+    """Per task: share the CPU cores; once per process: load the data, pay one-time costs."""
     if torch.device(cfg.device).type == "cpu":  # share the cores instead of oversubscribing
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs))
     _warm_up(cfg)

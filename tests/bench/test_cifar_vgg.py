@@ -326,14 +326,6 @@ def test_the_report_flags_a_run_that_saw_other_data(
     assert any(f"**{key} differs**" in line and odd["run_id"] in line for line in lines)
 
 
-def test_old_records_without_digests_are_compared_on_what_they_have(two_seed_out: Path) -> None:
-    runs = list(run_records(two_seed_out).values())
-    old = {**runs[0], "data": {k: v for k, v in runs[0]["data"].items() if k != "digest"}}
-    identical, lines = driver._report.data_identity([old, *runs[1:]])
-    assert identical
-    assert any("digests recorded by 3 of 4 runs" in line for line in lines)
-
-
 def test_the_split_digest_changes_with_the_split_seed_and_subset() -> None:
     cfg, _ = driver.resolve_config(["--preset", "smoke"])
     digest = driver.data_record(driver.load_data(cfg))["digest"]

@@ -1,16 +1,8 @@
 #!/usr/bin/env python
 """Put two sweeps of ``cifar_vgg.py`` side by side, per config, criterion and seed.
 
-Made to validate a short preset against the full protocol (docs/benchmark.md, "A CPU preset"):
-for each grown run present in both sweeps it lists when growth first triggered (epoch,
-optimizer step, learning rate as a share of its peak), how many growths there were, the final
-widths, and the grown/static accuracy, CPU-time and FLOP ratios; then the mean ratios per sweep and
-the per-seed agreement of the final widths. Runs still training join with their widths so
-far (marked final once their growth has stopped); their ratios wait until both runs of a pair
-have finished.
-
 Example:
-    python benchmarks/compare_sweeps.py runs/cpu-fig2a runs/paper-fig2a
+    python -m benchmarks.grow_cifar.analysis.compare runs/cpu-fig2a runs/paper-fig2a
 """
 
 from __future__ import annotations
@@ -80,18 +72,6 @@ def _fmt(value: float | int | str | None, spec: str = "") -> str:
 def compare(a: Path, b: Path) -> str:
     """Markdown: one row per (config, criterion, seed) grown in both sweeps, then the means."""
     runs_a, runs_b = _load(a), _load(b)
-    keys = sorted(
-        {
-            (width_tag(r["widths_initial"]), r["where"], r["seed"])
-            for r in runs_a.values()
-            if r["kind"] == "grown"
-        }
-        & {
-            (width_tag(r["widths_initial"]), r["where"], r["seed"])
-            for r in runs_b.values()
-            if r["kind"] == "grown"
-        }
-    )
     index = {
         name: {
             (width_tag(r["widths_initial"]), r["where"], r["seed"]): r
@@ -100,6 +80,7 @@ def compare(a: Path, b: Path) -> str:
         }
         for name, runs in (("a", runs_a), ("b", runs_b))
     }
+    keys = sorted(index["a"].keys() & index["b"].keys())
     cells = (
         "first trigger: epoch / step / LR",
         "growths",
@@ -154,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = [str(f) for f in (args.a, args.b) if not _load(f)]
     if missing:
-        print(f"compare_sweeps.py: error: no run records in {missing}", file=sys.stderr)
+        print(f"compare: error: no run records in {missing}", file=sys.stderr)
         return 2
     print(compare(args.a, args.b))
     return 0

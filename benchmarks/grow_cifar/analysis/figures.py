@@ -1,20 +1,4 @@
-"""Figures of ``benchmarks/cifar_vgg.py``, drawn from the run JSONs alone.
-
-Per initial config (``<config>`` is its width tag, e.g. ``2.2.2-4.4.4-8.8.8``):
-
-- ``fig1a_nagn_profile_<config>.png``: NAGN per layer at the first trigger (mean ± std over
-  seeds), the paper's Fig. 1a.
-- ``fig2a_accuracy_<config>.png``: the paper's Fig. 2a layout. Left: test accuracy over epochs of
-  the grown runs (per criterion) and of their static baselines, mean ± std over seeds, growth
-  epochs as red dashed lines. Right: every seed's curve over its cumulative training time, which
-  shows what growth saves.
-- ``fig2a_widths_<config>_<where>.png``: the growth trajectory, one column per seed. Top: the
-  width of every layer over epochs; bottom: the parameter count, with the static baseline's as a
-  dotted line. Growth epochs are marked; the title gives the final widths.
-
-Across configs: ``fig2b_ratios.png``, accuracy ratio against training-time ratio per config and
-criterion with the paper's point (Fig. 2b).
-"""
+"""Figures of ``benchmarks/cifar_vgg.py``, drawn from the run JSONs alone."""
 
 from __future__ import annotations
 
@@ -171,9 +155,8 @@ def _widths_figure(
             for b, block in enumerate(run["epochs"][0]["widths"])
             for c in range(len(block))
         ]
-        for k, name in enumerate(
-            names
-        ):  # later layers drawn thinner, on top: overlaps stay visible
+        # Later layers drawn thinner, on top: overlaps stay visible.
+        for k, name in enumerate(names):
             top.plot(
                 epochs,
                 [row[k] for row in flat],
@@ -208,6 +191,12 @@ def _widths_figure(
     _save(fig, folder, f"fig2a_widths_{config}_{where}.png", written)
 
 
+def _errorbar(ax: Any, xs: Sequence[tuple], ys: Sequence[tuple], **style: Any) -> None:
+    """Points at the means of ``(mean, std)`` pairs, their stds as error bars."""
+    means, stds = [x[0] for x in xs], [x[1] for x in xs]
+    ax.errorbar(means, [y[0] for y in ys], xerr=stds, yerr=[y[1] for y in ys], **style)
+
+
 def _ratio_figure(
     rows: Sequence[Any], totals: dict, paper: tuple, folder: Path, written: list[str]
 ) -> None:
@@ -215,36 +204,12 @@ def _ratio_figure(
     fig, ax = _plt().subplots(figsize=(5, 4))
     for where in sorted({r.where for r in rows}):
         mine = [r for r in rows if r.where == where]
-        ax.errorbar(
-            [r.time_ratio[0] for r in mine],
-            [r.acc_ratio[0] for r in mine],
-            xerr=[r.time_ratio[1] for r in mine],
-            yerr=[r.acc_ratio[1] for r in mine],
-            fmt="o",
-            capsize=2,
-            label=f"{where} (per config)",
-        )
+        times, accs = [r.time_ratio for r in mine], [r.acc_ratio for r in mine]
+        _errorbar(ax, times, accs, fmt="o", capsize=2, label=f"{where} (per config)")
         t = totals[where]
-        ax.errorbar(
-            [t["time_ratio_configs"][0]],
-            [t["acc_ratio_configs"][0]],
-            xerr=[t["time_ratio_configs"][1]],
-            yerr=[t["acc_ratio_configs"][1]],
-            fmt="s",
-            ms=9,
-            capsize=4,
-            label=f"{where} (mean)",
-        )
-    ax.errorbar(
-        [paper_time[0]],
-        [paper_acc[0]],
-        xerr=[paper_time[1]],
-        yerr=[paper_acc[1]],
-        fmt="*",
-        color="grey",
-        ms=12,
-        label="paper",
-    )
+        configs = ([t["time_ratio_configs"]], [t["acc_ratio_configs"]])
+        _errorbar(ax, *configs, fmt="s", ms=9, capsize=4, label=f"{where} (mean)")
+    _errorbar(ax, [paper_time], [paper_acc], fmt="*", color="grey", ms=12, label="paper")
     ax.axhline(1.0, color="k", lw=0.6)
     ax.axvline(1.0, color="k", lw=0.6)
     ax.set_xlabel("training time ratio (grown / static)")
@@ -267,8 +232,8 @@ def write_figures(
     Args:
         out: the sweep folder.
         runs: every run record (grown and static).
-        rows: the per-(config, criterion) summary rows (``_report.Row``).
-        totals: ``_report.overall`` of those rows.
+        rows: the per-(config, criterion) summary rows (``report.Row``).
+        totals: ``report.overall`` of those rows.
         paper: ``((acc ratio mean, std), (time ratio mean, std))`` of the paper.
         running: records of runs still training (``"partial": True``); they join the accuracy,
             trajectory and profile figures (marked "running"), not the ratios.

@@ -1,18 +1,4 @@
-"""Training FLOPs of a ``cifar_vgg.py`` run, from its record: a cost that machine load cannot skew.
-
-Wall and CPU time depend on what else the machine ran meanwhile (on a shared CPU the CPU time
-per epoch can double), and a sweep resumed across sessions sums times measured under different
-loads. The FLOPs a run trained with depend only on its widths: per epoch, the training images
-times the FLOPs of one image's forward and backward pass at the widths that epoch trained with
-(the widths after the previous epoch's growth). :func:`flop_ratio` is a grown run's training
-FLOPs over its static baseline's: the time ratio on a device whose speed is proportional to
-FLOPs. Neither a CPU nor a GPU is, for networks this small; the paper's 0.953 is wall time.
-
-Counted with ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device model of the run's
-family (``_arch.family_of``): convolutions and matrix products, forward and backward (no
-gradient for the input images, as in training). Normalisation, activations, pooling, the
-optimizer step and the growth steps are not counted.
-"""
+"""Training FLOPs of a ``cifar_vgg.py`` run, from its record: a cost that machine load cannot skew."""
 
 from __future__ import annotations
 
@@ -23,11 +9,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..arch import ARCHS, Family, family_of
+from ..arch import ARCHS, Family, Widths, as_widths, family_of
 
 __all__ = ["flop_ratio", "image_flops", "training_flops"]
-
-Widths = tuple[tuple[int, ...], ...]
 
 
 @functools.lru_cache(maxsize=512)
@@ -39,7 +23,8 @@ def image_flops(family: Family, widths: Widths, num_classes: int = 10) -> tuple[
         (307968, 828)
     """
     arch, channels, side, hidden = family
-    model = ARCHS[arch].build(widths, num_classes, channels, side, hidden, "meta").train()
+    build = ARCHS[arch].build
+    model = build(widths, num_classes, channels, side, hidden=hidden, device="meta").train()
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, channels, side, side, device="meta")).sum().backward()
     return int(counter.get_total_flops()), sum(p.numel() for p in model.parameters())
@@ -54,7 +39,7 @@ def training_flops(run: Mapping[str, Any]) -> int:
     """
     family, images = family_of(run), run["data"]["train"]
     for epoch in run["epochs"]:  # every width spec the record names, with its parameter count
-        found = image_flops(family, _spec(epoch["widths"]))[1]
+        found = image_flops(family, as_widths(epoch["widths"]))[1]
         if found != epoch["params"]:
             raise ValueError(
                 f"{run['run_id']}: the {family[0]} rebuilt at {epoch['widths']} has {found} "
@@ -63,11 +48,7 @@ def training_flops(run: Mapping[str, Any]) -> int:
             )
     # Epoch k trains with the widths recorded after epoch k - 1 (growth ends an epoch).
     trained_with = [run["widths_initial"], *(e["widths"] for e in run["epochs"][:-1])]
-    return images * sum(image_flops(family, _spec(widths))[0] for widths in trained_with)
-
-
-def _spec(widths: Any) -> Widths:
-    return tuple(tuple(row) for row in widths)
+    return images * sum(image_flops(family, as_widths(widths))[0] for widths in trained_with)
 
 
 def flop_ratio(grown: Mapping[str, Any], static: Mapping[str, Any]) -> float:

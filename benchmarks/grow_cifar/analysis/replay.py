@@ -1,26 +1,8 @@
 #!/usr/bin/env python
 """Replay recorded growth decisions of ``cifar_vgg.py`` under other readings of the paper's rules.
 
-The paper leaves open how some rules read (docs/nagn.md). A run record holds, per epoch, the
-validation accuracy and the widths, and at every growth the NAGN profile the planner saw. Two
-replays need no training:
-
-1. **Planner readings at each trigger.** The profile and widths recorded at a trigger are planned
-   again under each reading (``READINGS``: end rule, score, drag limit, neighbourhood; for runs
-   planned on channel groups, a ResNet's, also ``GROUP_READINGS``: the group statistic and the
-   neighbourhood order). A group plan needs the layer graph at the trigger's widths: the run's
-   model family is rebuilt at those widths (``_arch``) and traced. At a run's
-   first trigger this is an exact counterfactual: every reading has trained the same network up
-   to there. At later triggers the widths and profile come from the recorded (paper-reading) run,
-   so the answer says what the reading does *from that state*.
-2. **Trigger and stop readings over the recorded accuracies.** The grower's trigger/stop logic
-   (window restart, ``delta_stop`` absolute or relative) is re-run on the recorded validation
-   accuracies. The replay is exact while its growth decisions agree with the record; where a
-   reading stops growth earlier, its final widths are the record's widths at that epoch (exact);
-   where it would grow at an epoch the record did not, it diverges and the replay says so.
-
 Example:
-    python benchmarks/replay_planner.py runs/paper-fig2a --out replay.md
+    python -m benchmarks.grow_cifar.analysis.replay runs/paper-fig2a --out replay.md
 """
 
 from __future__ import annotations
@@ -40,7 +22,7 @@ from netsurgeon import LayerGraph, trace, widen
 from netsurgeon.nagn import plan_group_growth, plan_growth
 from netsurgeon.nagn.trigger import TriggerPolicy, TriggerState
 
-from ..arch import ARCHS, build_recorded
+from ..arch import ARCHS, as_widths, build_recorded
 from ..records import width_tag
 from .report import load_progress, load_runs
 
@@ -90,19 +72,11 @@ STOP_READINGS: dict[str, tuple[bool, str]] = {
 
 def _planner_settings(run: dict) -> dict[str, Any]:
     growth = run["config"]["growth"]
-    return {
-        "tau": growth["tau"],
-        "max_step": growth["max_step"],
-        "monotone": growth["monotone"],
-        "fallback": growth["fallback"],
-    }
+    return {key: growth[key] for key in ("tau", "max_step", "monotone", "fallback")}
 
 
 def is_group_plan(event: dict) -> bool:
-    """Whether the recorded trigger was planned on channel groups (its plan names a statistic).
-
-    Every trigger of the current grower is; records made before group planning are per layer.
-    """
+    """Whether the recorded trigger was planned on channel groups (its plan names a statistic)."""
     return event["plan"].get("combine") is not None
 
 
@@ -115,9 +89,6 @@ def _spec_before(run: dict, event: dict) -> list[list[int]]:
 def model_at(run: dict, event: dict) -> torch.nn.Module:
     """The run's model family built at the widths it had at ``event`` (random weights).
 
-    Only the structure matters to a replay: the layer graph, its groups and widths. Checked
-    against the event's recorded per-layer widths and parameter count.
-
     Raises:
         ValueError: the rebuilt model differs from the record (a record of another model
             family, or one the driver's width spec cannot express); names what differs.
@@ -126,7 +97,7 @@ def model_at(run: dict, event: dict) -> torch.nn.Module:
     before = event["widths_before"]
     outputs = [row["name"] for row in event["plan"]["rows"] if row["is_output"]]
     num_classes = before[outputs[-1]] if outputs else 10
-    spec = tuple(tuple(row) for row in _spec_before(run, event))
+    spec = as_widths(_spec_before(run, event))
     model = build_recorded(run, spec, num_classes)
     widths = trace(model).widths()
     wrong = {n: (w, widths.get(n)) for n, w in before.items() if widths.get(n) != w}
@@ -144,14 +115,7 @@ def model_at(run: dict, event: dict) -> torch.nn.Module:
 def replan(
     run: dict, event: dict, reading: Mapping[str, str], graph: LayerGraph | None = None
 ) -> dict[str, int]:
-    """The increments the planner gives the recorded trigger ``event`` under ``reading``.
-
-    Uses the run's own planner settings (tau, max_step, monotone, fallback), the event's
-    output layers and monotone groups, and the reading's keyword arguments on top. A trigger
-    planned on channel groups is replanned with :func:`netsurgeon.nagn.plan_group_growth` on
-    ``graph`` (default: the trace of :func:`model_at`), with the recorded group statistic and
-    neighbourhood order unless the reading names another.
-    """
+    """The increments the planner gives the recorded trigger ``event`` under ``reading``."""
     plan = event["plan"]
     groups = [list(g) for g in plan.get("monotone_groups", [])] or None
     monotone = groups if plan["monotone"] else None
@@ -198,32 +162,17 @@ def _tag_after(run: dict, model: torch.nn.Module, increments: Mapping[str, int])
 
 @dataclass(frozen=True)
 class StopReplay:
-    """The grower's trigger/stop logic re-run on a record's validation accuracies.
+    """The grower's trigger/stop logic re-run on a record's validation accuracies."""
 
-    Attributes:
-        reading: name in :data:`STOP_READINGS`.
-        growth_epochs: epochs at which this reading grows, as far as the replay is exact.
-        stop_epoch: the epoch at which it disables growth for good (None: not within the run).
-        diverges_at: the first epoch at which it would grow where the record did not (the
-            record's later accuracies then belong to another network), or None.
-        final_widths: the widths this reading ends with, when exact (it stopped, or matched the
-            record to the end); None when it diverges.
-    """
-
-    reading: str
-    growth_epochs: tuple[int, ...]
-    stop_epoch: int | None
-    diverges_at: int | None
-    final_widths: str | None
+    reading: str  # a name in STOP_READINGS
+    growth_epochs: tuple[int, ...]  # where this reading grows, as far as the replay is exact
+    stop_epoch: int | None  # where it disables growth for good (None: not within the run)
+    diverges_at: int | None  # first epoch it would grow where the record did not, or None
+    final_widths: str | None  # what it ends with when exact; None when it diverges
 
 
 def replay_stops(run: dict, reading: str) -> StopReplay:
-    """Re-run the trigger/stop rules of :class:`netsurgeon.Grower` over ``run``'s accuracies.
-
-    A trigger at which the record's own rules neither grew nor stopped had an empty plan; any
-    reading that reaches that epoch in the same state (all growths so far as recorded) gets the
-    same empty plan, so it does not diverge there.
-    """
+    """Re-run the trigger/stop rules of :class:`netsurgeon.Grower` over ``run``'s accuracies."""
     growth = run["config"]["growth"]
     own = (growth.get("restart_windows", True), growth.get("stop_mode", "absolute"))
     empty = _simulate(run, *own, empty=None)[1]
@@ -233,13 +182,7 @@ def replay_stops(run: dict, reading: str) -> StopReplay:
 def _simulate(
     run: dict, restart: bool, stop_mode: str, empty: set[int] | None, name: str = "own"
 ) -> tuple[StopReplay, set[int]]:
-    """The replay, and the epochs of triggers that grew nothing without stopping.
-
-    The grower's own :class:`~netsurgeon.nagn.trigger.TriggerPolicy` reads the recorded
-    accuracies, with ``restart_windows=restart`` and ``stop_mode``. ``empty=None`` trusts the
-    record: a trigger where it did not grow is an empty plan (true for the record's own rules
-    only).
-    """
+    """The replay, and the epochs of triggers that grew nothing without stopping."""
     growth = run["config"]["growth"]
     policy = replace(TriggerPolicy.of(growth), restart_windows=restart, stop_mode=stop_mode)
     recorded = {e["epoch"] for e in run["events"]}
@@ -280,7 +223,7 @@ def _simulate(
 
 
 def _grown_runs(folders: Sequence[Path]) -> list[dict]:
-    """Finished grown runs, then grown runs still training (:func:`_report.load_progress`:
+    """Finished grown runs, then grown runs still training (:func:`report.load_progress`:
     their progress snapshots, or their checkpoints on a machine where they have not trained)."""
     runs = []
     for folder in folders:
@@ -297,10 +240,7 @@ def _planner_table(
     readings: Mapping[str, Mapping[str, str]],
     data: dict[str, Any],
 ) -> list[str]:
-    """Markdown rows of the planner replay of ``(run, index, event)`` triggers under ``readings``.
-
-    Appends one JSON-ready row per trigger to ``data["planner"]``.
-    """
+    """Markdown rows of the planner replay of ``(run, index, event)`` triggers under ``readings``."""
     head = ["run", "trigger", *readings]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, k, event in triggers:
@@ -325,11 +265,7 @@ def _planner_table(
 
 
 def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
-    """Markdown tables and JSON-ready data of both replays over every grown run in ``folders``.
-
-    Triggers planned per layer (older records) and on channel groups get a table each; the
-    group table adds :data:`GROUP_READINGS` and shows the width tag after each reading.
-    """
+    """Markdown tables and JSON-ready data of both replays over every grown run in ``folders``."""
     runs = _grown_runs(folders)
     data: dict[str, Any] = {"planner": [], "stops": []}
     triggers = [(run, k, event) for run in runs for k, event in enumerate(run["events"])]
@@ -363,24 +299,13 @@ def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument(
-        "folders",
-        nargs="+",
-        type=Path,
-        help="sweep folders (with runs/, progress/ or checkpoints/)",
-    )
+    parts = ("runs", "progress", "checkpoints")
+    parser.add_argument("folders", nargs="+", type=Path, help=f"sweep folders (with {parts})")
     parser.add_argument("--out", type=Path, help="write the markdown here (and .json beside it)")
     args = parser.parse_args(argv)
-    missing = [
-        str(f)
-        for f in args.folders
-        if not any((f / part).is_dir() for part in ("runs", "progress", "checkpoints"))
-    ]
+    missing = [str(f) for f in args.folders if not any((f / p).is_dir() for p in parts)]
     if missing:
-        print(
-            f"replay_planner.py: error: no runs/, progress/ or checkpoints/ folder in {missing}",
-            file=sys.stderr,
-        )
+        print(f"replay: error: none of {parts} in {missing}", file=sys.stderr)
         return 2
     text, data = replay_report(args.folders)
     print(text)

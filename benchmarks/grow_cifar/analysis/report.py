@@ -1,25 +1,14 @@
-"""Summary and environment header of ``benchmarks/cifar_vgg.py`` (figures: ``_figures.py``).
-
-Everything here is computed from the run JSONs under ``<out>/runs/`` (and ``<out>/sweep.json``
-for the sweep's wall time), and for runs still training from their progress snapshots or
-checkpoints (:func:`load_progress`), so ``python benchmarks/_report.py <out>`` rebuilds the
-report of any finished or partial sweep.
-
-Pairing: a grown run (criterion ``where``, initial widths, seed ``s``) is compared with the static
-run of its *final* widths and the same seed (``baseline_run_id``). Per config and criterion the
-table gives mean +- sample std over seeds; the overall line gives mean +- std over all pairs and
-over the per-config means (the paper's Fig. 2b has one point per config).
-"""
+"""The summary of a sweep folder, rebuilt from its records (docs/benchmark.md, "Reports")."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +29,6 @@ __all__ = [
     "pairs_so_far",
     "segments",
     "summarize",
-    "throughput_table",
     "trajectories",
     "write_report",
 ]
@@ -67,10 +55,7 @@ def load_runs(out: Path) -> list[dict]:
 
 
 def load_progress(out: Path) -> list[dict]:
-    """Runs still training (``"partial": True``), sorted by run id: their latest
-    ``out/progress`` snapshot, else (a machine where they have not trained yet: ``progress/``
-    is not committed) the record kept in their checkpoint (:func:`_checkpoints.checkpoint_record`).
-    """
+    """Runs still training (``"partial": True``): their progress snapshot, else checkpoint."""
     done = {p.stem for p in (out / "runs").glob("*.json")}
     found = {p.stem: p for p in sorted((out / "checkpoints").glob("*.pt"))}
     found.update((p.stem, p) for p in sorted((out / "progress").glob("*.json")))
@@ -87,7 +72,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Row:
     """One config x criterion: grown runs over seeds, each paired with its static baseline."""
 
@@ -99,44 +84,58 @@ class Row:
     acc_ratio: tuple[float, float]  # grown / static test accuracy, per seed
     time_ratio: tuple[float, float]  # grown / static training time, per seed
     cpu_ratio: tuple[float, float]  # grown / static process CPU time of the same intervals
-    flop_ratio: tuple[float, float]  # grown / static training FLOPs (_flops: load-independent)
+    flop_ratio: tuple[float, float]  # grown / static training FLOPs (flops.py: load-independent)
     final_widths: str  # most common final widths (and how many seeds reached them)
     params_initial: int
     params_final: float  # mean over seeds (static baseline has the same count)
     growths: float  # mean number of growth events
 
 
+def _pairs(runs: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """``(grown run, its static baseline)`` for every grown run whose baseline is in ``runs``."""
+    by_id = {r["run_id"]: r for r in runs}
+    return [
+        (r, by_id[r["baseline_run_id"]])
+        for r in runs
+        if r["kind"] == "grown" and r.get("baseline_run_id") in by_id
+    ]
+
+
+def _ratios(pairs: Sequence[tuple[dict, dict]]) -> dict[str, tuple[float, float]]:
+    """Grown / static accuracy, wall time, CPU time and FLOPs: mean and std over ``pairs``."""
+    final = [(g["final"], s["final"]) for g, s in pairs]
+    return {
+        "acc_ratio": _mean_std([g["test_acc"] / s["test_acc"] for g, s in final]),
+        "time_ratio": _mean_std([g["train_time_s"] / s["train_time_s"] for g, s in final]),
+        "cpu_ratio": _mean_std(
+            [g["train_cpu_s"] / s["train_cpu_s"] for g, s in final if "train_cpu_s" in g.keys() & s]
+        ),
+        "flop_ratio": _mean_std([flop_ratio(g, s) for g, s in pairs]),
+    }
+
+
 def summarize(runs: Sequence[dict]) -> list[Row]:
     """Pair grown runs with their baselines and aggregate per (config, criterion)."""
-    by_id = {r["run_id"]: r for r in runs}
     groups: dict[tuple[str, str], list[tuple[dict, dict]]] = defaultdict(list)
-    for run in runs:
-        if run["kind"] == "grown" and run.get("baseline_run_id") in by_id:
-            key = (width_tag(run["widths_initial"]), run["where"])
-            groups[key].append((run, by_id[run["baseline_run_id"]]))
+    for grown, static in _pairs(runs):
+        groups[width_tag(grown["widths_initial"]), grown["where"]].append((grown, static))
     rows = []
     for (config, where), pairs in sorted(groups.items()):
         pairs.sort(key=lambda pair: pair[0]["seed"])
-        grown_acc = [g["final"]["test_acc"] for g, _ in pairs]
-        static_acc = [s["final"]["test_acc"] for _, s in pairs]
+        first = pairs[0][0]
         widths = Counter(width_tag(g["widths_final"]) for g, _ in pairs).most_common(1)[0]
         rows.append(
             Row(
                 config=config,
                 where=where,
                 seeds=tuple(g["seed"] for g, _ in pairs),
-                grown_acc=_mean_std(grown_acc),
-                static_acc=_mean_std(static_acc),
-                acc_ratio=_mean_std([a / s for a, s in zip(grown_acc, static_acc, strict=True)]),
-                time_ratio=_mean_std(
-                    [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
-                ),
-                cpu_ratio=_mean_std(_cpu_ratios(pairs)),
-                flop_ratio=_mean_std([flop_ratio(g, s) for g, s in pairs]),
+                grown_acc=_mean_std([g["final"]["test_acc"] for g, _ in pairs]),
+                static_acc=_mean_std([s["final"]["test_acc"] for _, s in pairs]),
+                **_ratios(pairs),
                 final_widths=f"{widths[0]} ({widths[1]}/{len(pairs)})",
-                params_initial=pairs[0][0]["epochs"][0]["params"]
-                if not pairs[0][0]["events"] or pairs[0][0]["events"][0]["epoch"] > 1
-                else pairs[0][0]["events"][0]["params_before"],
+                params_initial=first["epochs"][0]["params"]
+                if not first["events"] or first["events"][0]["epoch"] > 1
+                else first["events"][0]["params_before"],
                 params_final=statistics.fmean(g["params_final"] for g, _ in pairs),
                 growths=statistics.fmean(len(g["events"]) for g, _ in pairs),
             )
@@ -144,34 +143,14 @@ def summarize(runs: Sequence[dict]) -> list[Row]:
     return rows
 
 
-def _cpu_ratios(pairs: Sequence[tuple[dict, dict]]) -> list[float]:
-    return [
-        g["final"]["train_cpu_s"] / s["final"]["train_cpu_s"]
-        for g, s in pairs
-        if "train_cpu_s" in g["final"] and "train_cpu_s" in s["final"]
-    ]
-
-
 def overall(rows: Sequence[Row], runs: Sequence[dict]) -> dict[str, dict[str, Any]]:
     """Per criterion: ratios' mean +- std over all pairs and over the per-config means."""
-    by_id = {r["run_id"]: r for r in runs}
     out: dict[str, dict[str, Any]] = {}
     for where in sorted({row.where for row in rows}):
-        pairs = [
-            (r, by_id[r["baseline_run_id"]])
-            for r in runs
-            if r["kind"] == "grown" and r["where"] == where and r.get("baseline_run_id") in by_id
-        ]
+        pairs = [(g, s) for g, s in _pairs(runs) if g["where"] == where]
         mine = [row for row in rows if row.where == where]
         out[where] = {
-            "acc_ratio_runs": _mean_std(
-                [g["final"]["test_acc"] / s["final"]["test_acc"] for g, s in pairs]
-            ),
-            "time_ratio_runs": _mean_std(
-                [g["final"]["train_time_s"] / s["final"]["train_time_s"] for g, s in pairs]
-            ),
-            "cpu_ratio_runs": _mean_std(_cpu_ratios(pairs)),
-            "flop_ratio_runs": _mean_std([flop_ratio(g, s) for g, s in pairs]),
+            **{f"{name}_runs": value for name, value in _ratios(pairs).items()},
             "acc_ratio_configs": _mean_std([row.acc_ratio[0] for row in mine]),
             "time_ratio_configs": _mean_std([row.time_ratio[0] for row in mine]),
             "pairs": len(pairs),
@@ -186,19 +165,13 @@ DATA_KEYS = ("name", "train", "val", "test", "mean", "std", "augment", "digest")
 def data_identity(runs: Sequence[dict]) -> tuple[bool, list[str]]:
     """Whether every run recorded the same data, and the report lines that say so.
 
-    Compares each of :data:`DATA_KEYS` across runs: the part sizes, the split digests (labels and
-    pixels of train, val and test, so also the split seed and subsets), the normalisation
-    statistics and the augmentation settings. A key that older records lack (``digest`` before
-    it was recorded) is compared among the runs that have it, and the lines say how many do.
-
     Returns:
         ``(identical, lines)``.
     """
     lines, identical = [], True
     for key in DATA_KEYS:
-        having = [r for r in runs if key in r.get("data", {})]
         values: dict[str, list[str]] = defaultdict(list)
-        for run in having:
+        for run in runs:
             values[json.dumps(run["data"][key], sort_keys=True)].append(run["run_id"])
         if len(values) > 1:
             identical = False
@@ -206,14 +179,8 @@ def data_identity(runs: Sequence[dict]) -> tuple[bool, list[str]]:
                 lines.append(
                     f"  - **{key} differs**: {value} in {len(ids)} runs ({', '.join(ids)})"
                 )
-        elif key == "digest" and len(having) < len(runs):
-            lines.append(
-                f"  - split digests recorded by {len(having)} of {len(runs)} runs (older records "
-                "predate them)"
-            )
-    digests = "split digests, " if all("digest" in r.get("data", {}) for r in runs) else ""
     head = (
-        f"- data identity: all {len(runs)} runs recorded the same sizes, {digests}"
+        f"- data identity: all {len(runs)} runs recorded the same sizes, split digests, "
         "normalisation statistics and augmentation"
         if identical
         else f"- **data identity FAILED**: the {len(runs)} runs did not all see the same data"
@@ -226,6 +193,12 @@ def data_identity(runs: Sequence[dict]) -> tuple[bool, list[str]]:
 
 def _pm(value: tuple[float, float], digits: int = 3) -> str:
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the header, the rule, one line per row."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
 
 
 def _table(rows: Sequence[Row]) -> list[str]:
@@ -243,9 +216,8 @@ def _table(rows: Sequence[Row]) -> list[str]:
         "params init→final",
         "growths",
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = (
+    cells = [
+        (
             r.config,
             r.where,
             str(len(r.seeds)),
@@ -259,17 +231,13 @@ def _table(rows: Sequence[Row]) -> list[str]:
             f"{r.params_initial}→{r.params_final:.0f}",
             f"{r.growths:.1f}",
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        for r in rows
+    ]
+    return markdown_table(head, cells)
 
 
 def segments(runs: Sequence[dict]) -> list[str]:
-    """A line on runs trained in several processes (resumed from checkpoints), if any.
-
-    Such a run's training times are sums over its segments, each measured under its own machine
-    load (possibly on another machine), so its time ratios deserve care. Records written before
-    checkpoints existed count as one segment.
-    """
+    """A line on runs trained in several processes (resumed from checkpoints), if any."""
     resumed = [r for r in runs if r.get("segments", 1) > 1]
     if not resumed:
         return [f"- segments: all {len(runs)} runs trained in one process each"]
@@ -320,11 +288,7 @@ def _criteria(runs: Sequence[dict]) -> list[str]:
 
 
 def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
-    """One row per grown run: each growth (epoch, LR share of its peak, units added, widths).
-
-    ``running`` adds the snapshots of runs still training (:func:`load_progress`), marked with
-    the epoch they have reached.
-    """
+    """One row per grown run: each growth (epoch, LR share of its peak, units added, widths)."""
     grown = sorted(
         (r for r in [*runs, *running] if r["kind"] == "grown"),
         key=lambda r: (width_tag(r["widths_initial"]), r["where"], r["seed"]),
@@ -362,13 +326,7 @@ def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str
 
 
 def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5) -> list[str]:
-    """Grown vs static test accuracy over the epochs both have trained, where either still trains.
-
-    Per pair: the last epoch both reached and the mean test accuracy of each over the ``window``
-    epochs up to it (the same epochs for both). A comparison at equal epochs, not a final
-    ratio: the cosine schedule has not ended, and a grown run before its growth is its own
-    narrower network.
-    """
+    """Grown vs static test accuracy over the epochs both have trained, where either still trains."""
     by_id = {r["run_id"]: r for r in [*runs, *running]}
     pairs = [
         (grown, by_id[grown["baseline_run_id"]])
@@ -404,15 +362,7 @@ def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5)
 
 
 def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
-    """Where growth went in models with joined channel groups (a ResNet's): streams or interiors.
-
-    A *stream* is a group with several producers (a residual stream: the stem or projection and
-    every block's last conv write into it); an *interior* has one producer (a block's inner
-    conv). Per trigger: the group NAGN (the plan's statistic) averaged over each kind, the group
-    with the largest relative contrast, and the units each kind received. The output group is
-    left out (it never grows). Triggers without a stream (a VGG's, or per-layer plans from
-    before group planning) are skipped.
-    """
+    """Where growth went in models with joined channel groups (a ResNet's): streams or interiors."""
     rows = []
     for run in sorted([*runs, *running], key=lambda r: r["run_id"]):
         if run["kind"] != "grown":
@@ -483,6 +433,27 @@ def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _write_csv(path: Path, rows: Sequence[Row]) -> None:
+    """One line per row; a ``(mean, std)`` field gives two columns, ``<name>_mean`` and ``_std``."""
+    fields = [f.name for f in dataclasses.fields(Row)]
+    pairs = {f.name for f in dataclasses.fields(Row) if f.type == "tuple[float, float]"}
+    head = [
+        n for name in fields for n in ([f"{name}_mean", f"{name}_std"] if name in pairs else [name])
+    ]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(head)
+        for row in rows:
+            cells = []
+            for name in fields:
+                value = getattr(row, name)
+                if name == "seeds":
+                    cells.append(" ".join(map(str, value)))
+                else:
+                    cells.extend(value if name in pairs else [value])
+            writer.writerow(cells)
+
+
 def write_report(out: Path) -> str:
     """Write ``summary.csv``, ``summary.md`` and ``figures/*.png``; return the terminal table."""
     out = Path(out)
@@ -491,49 +462,7 @@ def write_report(out: Path) -> str:
         return _write_progress_report(out, running)
     rows = summarize(runs)
     totals = overall(rows, runs)
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "config",
-                "where",
-                "seeds",
-                "grown_acc_mean",
-                "grown_acc_std",
-                "static_acc_mean",
-                "static_acc_std",
-                "acc_ratio_mean",
-                "acc_ratio_std",
-                "time_ratio_mean",
-                "time_ratio_std",
-                "cpu_ratio_mean",
-                "cpu_ratio_std",
-                "flop_ratio_mean",
-                "flop_ratio_std",
-                "final_widths",
-                "params_initial",
-                "params_final",
-                "growths",
-            ]
-        )
-        for r in rows:
-            writer.writerow(
-                [
-                    r.config,
-                    r.where,
-                    " ".join(map(str, r.seeds)),
-                    *r.grown_acc,
-                    *r.static_acc,
-                    *r.acc_ratio,
-                    *r.time_ratio,
-                    *r.cpu_ratio,
-                    *r.flop_ratio,
-                    r.final_widths,
-                    r.params_initial,
-                    r.params_final,
-                    r.growths,
-                ]
-            )
+    _write_csv(out / "summary.csv", rows)
     first = runs[0]
     cfg, env, data = first["config"], first["environment"], first["data"]
     figures = write_figures(
@@ -623,34 +552,7 @@ def _write_progress_report(out: Path, running: Sequence[dict]) -> str:
     return "\n".join(body)
 
 
-def throughput_table(outs: Sequence[Path]) -> str:
-    """Markdown table of training images/s per run and in aggregate for sweeps run with --jobs."""
-    lines = [
-        "| out | jobs | runs | wall s | images/s per run (mean) | aggregate images/s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for out in outs:
-        sweep_file = Path(out) / "sweep.json"
-        if not sweep_file.is_file():
-            lines.append(f"| {out} | - | 0 | - | - | - (no sweep.json: did not finish) |")
-            continue
-        sweep = json.loads(sweep_file.read_text())
-        ran = [r for r in load_runs(Path(out)) if r["run_id"] in set(sweep.get("ran", []))]
-        images = sum(r["images_per_s"] * r["final"]["train_time_s"] for r in ran)
-        per_run = statistics.fmean(r["images_per_s"] for r in ran) if ran else float("nan")
-        lines.append(
-            f"| {Path(out).name} | {sweep['jobs']} | {len(ran)} | {sweep['wall_s']:.1f} | "
-            f"{per_run:,.0f} | {images / max(sweep['wall_s'], 1e-9):,.0f} |"
-        )
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "--throughput":
-        print(throughput_table([Path(p) for p in sys.argv[2:]]))
-    elif len(sys.argv) == 2:
-        print(write_report(Path(sys.argv[1])))
-    else:
-        sys.exit(
-            "usage: python -m benchmarks.grow_cifar.analysis.report OUT_DIR | --throughput OUT_DIR..."
-        )
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m benchmarks.grow_cifar.analysis.report OUT_DIR")
+    print(write_report(Path(sys.argv[1])))

@@ -1,11 +1,4 @@
-"""Batches straight from device-resident uint8 tensors: the hot loop of training and evaluation.
-
-A ``TensorLoader`` prepares, once, a padded (and mirrored) copy of its images on their device
-(:func:`~benchmarks.grow_cifar.data.augment.pad_and_mirror`). Each epoch it draws a permutation, and each
-batch is one row gather at random crop offsets / flips (:func:`~benchmarks.grow_cifar.data.augment.gather_crops`)
-plus one normalisation pass into a channels_last float tensor. There is no ``DataLoader``, no
-worker process and no PIL in the loop.
-"""
+"""Batches straight from device-resident uint8 tensors: the hot loop of training and evaluation."""
 
 from __future__ import annotations
 
@@ -17,14 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import (
-    Augment,
-    draw_crop_offsets,
-    draw_flips,
-    gather_crops,
-    normalize,
-    pad_and_mirror,
-)
+from .augment import Augment, draw_augment, gather_crops, normalize, pad_and_mirror
 from .tensors import ImageTensors
 
 __all__ = ["EvalResult", "TensorLoader", "evaluate"]
@@ -45,8 +31,6 @@ class TensorLoader:
         augment: training augmentation, or None for none (evaluation).
         shuffle: whether to permute the images every epoch (needs ``generator``).
         generator: CPU ``torch.Generator`` for the permutation and the augmentation.
-        drop_last: drop the last partial batch.
-        dtype: floating dtype of ``x``.
         memory_format: of ``x``; ``torch.channels_last`` (default, best on GPUs) or
             ``torch.contiguous_format`` (one extra copy; faster for tiny convs on some CPUs).
 
@@ -67,8 +51,6 @@ class TensorLoader:
         augment: Augment | None = None,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
-        drop_last: bool = False,
-        dtype: torch.dtype = torch.float32,
         memory_format: torch.memory_format = torch.channels_last,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -87,28 +69,13 @@ class TensorLoader:
         self.augment = augment
         self.shuffle = shuffle
         self.generator = generator
-        self.drop_last = drop_last
-        self.dtype = dtype
         self.memory_format = memory_format
         self._padding = augment.crop_padding if augment is not None else 0
         self._flip = augment is not None and augment.flip and augment.flip_probability > 0
         self._source = pad_and_mirror(data.images, self._padding, mirror=self._flip)
 
     def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def _draws(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop offsets ``(b, 2)`` and flips ``(b,)`` for one batch (zeros without augment)."""
-        if self._padding:
-            offsets = draw_crop_offsets(b, self._padding, self.generator)
-        else:
-            offsets = torch.zeros(b, 2, dtype=torch.long)
-        if self._flip:
-            flips = draw_flips(b, self.augment.flip_probability, self.generator)
-        else:
-            flips = torch.zeros(b, dtype=torch.bool)
-        return offsets, flips
+        return math.ceil(len(self.data) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.data)
@@ -120,9 +87,9 @@ class TensorLoader:
             order = torch.arange(n, device=device)
         for b in range(len(self)):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
-            offsets, flips = self._draws(index.shape[0])
+            offsets, flips = draw_augment(index.shape[0], self.augment, self.generator)
             images = gather_crops(self._source, index, offsets, flips, size)
-            x = normalize(images, self.mean, self.std, self.dtype)
+            x = normalize(images, self.mean, self.std)
             yield x.contiguous(memory_format=self.memory_format), self.data.labels[index]
 
 
@@ -147,11 +114,6 @@ def evaluate(
     memory_format: torch.memory_format = torch.channels_last,
 ) -> EvalResult:
     """Accuracy and loss of ``model`` on ``data``, in large batches under ``inference_mode``.
-
-    The model is put in eval mode for the pass and restored to its previous mode afterwards.
-    ``autocast_dtype`` (e.g. ``torch.bfloat16``) enables autocast on the data's device. Pass a
-    prepared, unshuffled, unaugmented ``loader`` of ``data`` to skip its preparation when the
-    same set is evaluated every epoch.
 
     Example:
         >>> from netsurgeon.models import vgg

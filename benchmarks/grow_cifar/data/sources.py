@@ -1,19 +1,4 @@
-"""Dataset sources, each decoded once into uint8 tensors: CIFAR-10, ImageFolder, digits, synthetic.
-
-============  ==========================================  =========================================
-name          source                                      images
-============  ==========================================  =========================================
-cifar10       torchvision ``CIFAR10(root, download=...)``  50,000 train / 10,000 test, 3x32x32
-imagefolder   ``root/train/<class>/*``, ``root/test/...``  any equal-sized images, decoded with
-                                                          ``torchvision.io``, cached as a ``.pt``
-digits        ``sklearn.datasets.load_digits`` (bundled)  1,797 images, 1x16x16 (8x8 upsampled x2,
-                                                          nearest; 0..16 -> 0..255), 20% as test
-synthetic     seeded class templates + noise              learnable, any size; for tests and smoke
-============  ==========================================  =========================================
-
-:func:`load_dataset` turns any of them into a :class:`DatasetSplits` with a seeded validation
-hold-out, normalisation statistics and the augmentation that suits the data.
-"""
+"""Dataset sources, each decoded once into uint8 tensors: CIFAR-10, ImageFolder, digits, synthetic."""
 
 from __future__ import annotations
 
@@ -90,12 +75,7 @@ def load_cifar10(
 
 
 def _list_image_folder(split_root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]], str]:
-    """Class names (sorted folders), ``(file, label)`` pairs, and a key of the listing.
-
-    The key hashes every relative path and label plus each class folder's mtime (which changes
-    when a file is added, removed or renamed). No per-file ``stat``: listing 60,000 files stays
-    ~0.1 s. An image edited in place under the same name is not noticed; delete the cache file.
-    """
+    """Class names (sorted folders), ``(file, label)`` pairs, and a key of the listing."""
     classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
     files: list[tuple[str, int]] = []
     digest = hashlib.sha1(f"v{_CACHE_VERSION}:{split_root.resolve()}".encode())
@@ -185,13 +165,6 @@ def load_image_folder(
 ) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
     """An ImageFolder tree ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded once.
 
-    Class folders are sorted by name (label = position), as ``torchvision.datasets.ImageFolder``
-    does. Images are decoded with ``torchvision.io`` (PIL for other formats) into one uint8
-    tensor per split, then cached in ``cache_dir`` (default ``$XDG_CACHE_HOME/netsurgeon`` or
-    ``~/.cache/netsurgeon``) under a key of the file listing (names and class-folder mtimes),
-    so the second load is a single ``torch.load`` and adding, removing or renaming a file
-    re-decodes. ``cache=False`` always decodes and writes nothing.
-
     Returns:
         ``(train, test, classes)`` on the CPU.
 
@@ -252,12 +225,7 @@ def make_synthetic(
     noise: float = 48.0,
     seed: int = 0,
 ) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
-    """A seeded, learnable image task: each class is a smooth random template plus pixel noise.
-
-    Templates are ``(channels, 4, 4)`` Gaussian grids upsampled bilinearly to ``image_size``, so
-    they survive random crops and flips only partly; ``noise`` (std in pixel units, 0..255) sets
-    the difficulty. Labels are balanced (``i % num_classes``) then shuffled.
-    """
+    """A seeded, learnable image task: each class is a smooth random template plus pixel noise."""
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.randn(num_classes, channels, 4, 4, generator=generator)
     templates = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear")

@@ -14,15 +14,10 @@ __all__ = ["DatasetSplits", "ImageTensors", "train_val_split"]
 
 @dataclass(frozen=True, eq=False)
 class ImageTensors:
-    """A decoded image set.
+    """A decoded image set."""
 
-    Attributes:
-        images: ``(N, C, H, W)`` uint8 in [0, 255].
-        labels: ``(N,)`` int64 class indices, on the same device as ``images``.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
+    images: torch.Tensor  # (N, C, H, W) uint8 in [0, 255]
+    labels: torch.Tensor  # (N,) int64 class indices, on the device of ``images``
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -56,10 +51,6 @@ class ImageTensors:
 
     def digest(self) -> str:
         """A short SHA-256 of the shape, labels and pixels, in order.
-
-        Two parts with the same digest hold the same images in the same order, so the digest
-        identifies a split (its seed, fraction and subset) and the source copy it came from.
-        About 0.3 s for 40,000 CIFAR images on one CPU core.
 
         Example:
             >>> a = ImageTensors(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1]))
@@ -102,27 +93,16 @@ def train_val_split(
 
 @dataclass(frozen=True, eq=False)
 class DatasetSplits:
-    """Train / validation / test parts of one dataset, with what the pipeline needs to use them.
+    """Train / validation / test parts of one dataset, with what the pipeline needs to use them."""
 
-    Attributes:
-        name: dataset name for reports (``"cifar10"``, ``"digits"``, ...).
-        train: the part trained on (after holding out ``val``).
-        val: the held-out part of the training set (growth decisions read its accuracy).
-        test: the official test set (reported, never used for decisions).
-        classes: class names in label order.
-        mean: per-channel mean of ``train`` on the [0, 1] scale.
-        std: per-channel std of ``train`` on the [0, 1] scale.
-        augment: training augmentation suited to this dataset.
-    """
-
-    name: str
-    train: ImageTensors
-    val: ImageTensors
-    test: ImageTensors
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    augment: Augment = field(default_factory=Augment)
+    name: str  # for reports: "cifar10", "digits", ...
+    train: ImageTensors  # the part trained on (after holding out ``val``)
+    val: ImageTensors  # held out of the training set; growth decisions read its accuracy
+    test: ImageTensors  # the official test set: reported, never used for decisions
+    classes: tuple[str, ...]  # class names in label order
+    mean: tuple[float, ...]  # per channel, of ``train``, on the [0, 1] scale
+    std: tuple[float, ...]  # per channel, of ``train``, on the [0, 1] scale
+    augment: Augment = field(default_factory=Augment)  # training augmentation for this data
 
     @property
     def num_classes(self) -> int:
@@ -154,11 +134,7 @@ class DatasetSplits:
         split_seed: int = 0,
         augment: Augment | None = None,
     ) -> DatasetSplits:
-        """Hold out ``val_fraction`` of ``train`` (seeded) and compute the normalisation stats.
-
-        The statistics come from the remaining training part only, so nothing of the
-        validation or test images leaks into training.
-        """
+        """Hold out ``val_fraction`` of ``train`` (seeded) and compute the normalisation stats."""
         train_idx, val_idx = train_val_split(len(train), val_fraction, seed=split_seed)
         train_part = train.subset(train_idx)
         mean, std = channel_stats(train_part.images)
