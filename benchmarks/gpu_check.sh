@@ -40,7 +40,7 @@ fi
 
 if [ "$MODE" = "--dry" ]; then
     SWEEP=(--preset smoke --where nagn --device cpu --jobs 1 --checkpoint-every 1)
-    TESTS=(tests/test_gpu.py)
+    TESTS=(tests/api/test_gpu.py)
 else
     JOBS=$("$PY" - "$RUN_GIB" <<'EOF'
 import os, sys, torch

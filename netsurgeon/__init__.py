@@ -15,7 +15,6 @@ from netsurgeon._version import __version__
 from netsurgeon.cost import Budget, CostPreview, fit_to_budget, preview
 from netsurgeon.errors import (
     ConfigError,
-    DatasetNotFoundError,
     MonitorError,
     NetsurgeonError,
     NetsurgeonTypeError,
@@ -45,7 +44,6 @@ __all__ = [
     "Budget",
     "ConfigError",
     "CostPreview",
-    "DatasetNotFoundError",
     "Grower",
     "GrowthConfig",
     "GrowthEvent",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
-    "DatasetNotFoundError",
     "MonitorError",
     "NetsurgeonError",
     "NetsurgeonTypeError",
@@ -54,10 +53,6 @@ class PlanError(NetsurgeonError, ValueError):
 
 class MonitorError(NetsurgeonError, RuntimeError):
     """The NAGN monitor has nothing to report (no gradient reached a layer since the last reset)."""
-
-
-class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
-    """A dataset is not where it was expected and could not be fetched."""
 
 
 class ConfigError(NetsurgeonError, ValueError):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from netsurgeon.errors import DatasetNotFoundError
+from netsurgeon.errors import NetsurgeonError
 
 from .augment import Augment
 from .tensors import DatasetSplits, ImageTensors, train_val_split
@@ -23,6 +23,11 @@ __all__ = [
     "load_image_folder",
     "make_synthetic",
 ]
+
+
+class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
+    """A dataset is not where it was expected and could not be fetched."""
+
 
 #: Names accepted by :func:`load_dataset`.
 DATASETS: tuple[str, ...] = ("cifar10", "imagefolder", "digits", "synthetic")
