@@ -164,6 +164,56 @@ def _train_epoch(parts: _Parts, cfg: BenchConfig) -> torch.Tensor:
     return loss_sum
 
 
+def _accuracies(model: torch.nn.Module, data: DatasetSplits, cfg: BenchConfig) -> dict[str, float]:
+    """Validation and test accuracy, in [0, 1]."""
+    fmt = ARCHS[cfg.arch].memory_format(torch.device(cfg.device))
+    amp = torch.bfloat16 if cfg.amp else None
+    return {
+        name: evaluate(
+            model,
+            part,
+            mean=data.mean,
+            std=data.std,
+            batch_size=cfg.eval_batch_size,
+            autocast_dtype=amp,
+            memory_format=fmt,
+        ).accuracy
+        for name, part in (("val", data.val), ("test", data.test))
+    }
+
+
+def _epoch(
+    parts: _Parts, cfg: BenchConfig, data: DatasetSplits, epoch: int, before: dict
+) -> tuple[dict, Any, float]:
+    """Train, evaluate, maybe grow: the epoch's record, its growth event or None, its seconds.
+
+    The training time counts the training batches and the growth step, added to ``before``'s.
+    """
+    device = torch.device(cfg.device)
+    t0 = _clock(device)
+    loss_sum = _train_epoch(parts, cfg)
+    t1 = _clock(device)
+    acc = _accuracies(parts.model, data, cfg)
+    t2 = _clock(device)
+    event = parts.grower.step(acc["val"]) if parts.grower is not None else None
+    if event is not None:  # new weights arrive contiguous
+        parts.model.to(memory_format=ARCHS[cfg.arch].memory_format(device))
+    t3 = _clock(device)
+    record = {
+        "epoch": epoch,
+        "train_loss": loss_sum.item() / len(data.train),
+        "val_acc": acc["val"],
+        "test_acc": acc["test"],
+        # the CPU time is robust to other load on a shared CPU
+        "train_time_s": before["train_time_s"] + (t1[0] - t0[0]) + (t3[0] - t2[0]),
+        "train_cpu_s": before["train_cpu_s"] + (t1[1] - t0[1]) + (t3[1] - t2[1]),
+        "lr": parts.schedule.get_last_lr()[0],
+        "widths": [list(row) for row in ARCHS[cfg.arch].widths_of(parts.model)],
+        "params": sum(p.numel() for p in parts.model.parameters()),
+    }
+    return record, event, time.perf_counter() - t0[0]
+
+
 def train_run(
     spec: RunSpec,
     cfg: BenchConfig,
@@ -197,8 +247,7 @@ def train_run(
         checkpoint, shared["config"], config_defaults(BenchConfig), shared["data"]
     )
     parts = _build(spec, cfg, data, state)
-    model, grower = parts.model, parts.grower
-    fmt = ARCHS[cfg.arch].memory_format(device)  # channels_last unless the arch says otherwise
+    grower = parts.grower
     epochs, events, starts = [], [], [1]
     if state is not None:
         epochs, events = state["epochs"], state["events"]
@@ -207,60 +256,24 @@ def train_run(
     bar = tqdm(range(first, cfg.epochs + 1), desc=spec.run_id, leave=False, disable=not progress)
     try:
         for epoch in bar:
-            t0 = _clock(device)
-            loss_sum = _train_epoch(parts, cfg)
-            t1 = _clock(device)
-            acc = {
-                name: evaluate(
-                    model,
-                    part,
-                    mean=data.mean,
-                    std=data.std,
-                    batch_size=cfg.eval_batch_size,
-                    autocast_dtype=torch.bfloat16 if cfg.amp else None,
-                    memory_format=fmt,
-                ).accuracy
-                for name, part in (("val", data.val), ("test", data.test))
-            }
-            t2 = _clock(device)
-            event = grower.step(acc["val"]) if grower is not None else None
-            if event is not None:
-                model.to(memory_format=fmt)  # new weights arrive contiguous
-            t3 = _clock(device)
             before = epochs[-1] if epochs else {"train_time_s": 0.0, "train_cpu_s": 0.0}
-            widths = [list(row) for row in ARCHS[cfg.arch].widths_of(model)]
-            epochs.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": loss_sum.item() / len(data.train),
-                    "val_acc": acc["val"],
-                    "test_acc": acc["test"],
-                    # training and growth; the CPU time is robust to other load (CPU runs)
-                    "train_time_s": before["train_time_s"] + (t1[0] - t0[0]) + (t3[0] - t2[0]),
-                    "train_cpu_s": before["train_cpu_s"] + (t1[1] - t0[1]) + (t3[1] - t2[1]),
-                    "lr": parts.schedule.get_last_lr()[0],
-                    "widths": widths,
-                    "params": sum(p.numel() for p in model.parameters()),
-                }
-            )
+            record, event, seconds = _epoch(parts, cfg, data, epoch, before)
+            epochs.append(record)
             bar.set_postfix(
-                loss=f"{epochs[-1]['train_loss']:.3f}", **{k: f"{v:.3f}" for k, v in acc.items()}
+                loss=f"{record['train_loss']:.3f}",
+                val=f"{record['val_acc']:.3f}",
+                test=f"{record['test_acc']:.3f}",
             )
             if event is not None:
                 events.append(event.to_dict())
-                _log_event(spec, event, widths, verbose=cfg.verbose)
+                _log_event(spec, event, record["widths"], verbose=cfg.verbose)
             if epoch == cfg.epochs:
                 break
             # Stop before the deadline: the next epoch would take about as long as this one.
-            stop = deadline is not None and time.time() + (time.perf_counter() - t0[0]) > deadline
-            # What a running sweep has so far (report, replay), then the checkpoint.
+            stop = deadline is not None and time.time() + seconds > deadline
             partial = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
-            write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
-            if stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
-                keys = ("run_id", "config", "data", "epochs", "events", "segment_starts")
-                run = {k: partial[k] for k in keys}
-                run |= {k: epochs[-1][k] for k in ("train_time_s", "train_cpu_s")}
-                save_checkpoint(checkpoint, _checkpoints.capture(**vars(parts), run=run))
+            save = stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0)
+            _write_progress(out, parts, partial, checkpoint=bool(save))
             if stop:
                 raise RunStopped(spec.run_id)
     finally:
@@ -271,6 +284,19 @@ def train_run(
     (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
     checkpoint.unlink(missing_ok=True)
     return record
+
+
+def _write_progress(out: Path, parts: _Parts, partial: dict, *, checkpoint: bool) -> None:
+    """What a running sweep has so far (report, replay) and, if ``checkpoint``, the checkpoint."""
+    run_id = partial["run_id"]
+    write_json(out / "progress" / f"{run_id}.json", {**partial, "partial": True})
+    if checkpoint:
+        keys = ("run_id", "config", "data", "epochs", "events", "segment_starts")
+        run = {k: partial[k] for k in keys}
+        run |= {k: partial["epochs"][-1][k] for k in ("train_time_s", "train_cpu_s")}
+        save_checkpoint(
+            out / "checkpoints" / f"{run_id}.pt", _checkpoints.capture(**vars(parts), run=run)
+        )
 
 
 def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> dict[str, Any]:
