@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..records import width_tag
 from .flops import flop_ratio
-from .report import load_progress, load_runs, markdown_table
+from .report import load_progress, load_runs
+from .tables import markdown_table
 
 __all__ = ["compare", "run_summary"]
 

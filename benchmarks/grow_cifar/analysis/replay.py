@@ -24,7 +24,8 @@ from netsurgeon.nagn.trigger import TriggerPolicy, TriggerState
 
 from ..arch import ARCHS, as_widths, build_recorded
 from ..records import width_tag
-from .report import load_progress, load_runs, markdown_table
+from .report import load_progress, load_runs
+from .tables import markdown_table
 
 __all__ = [
     "GROUP_READINGS",
