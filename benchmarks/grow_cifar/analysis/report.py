@@ -208,23 +208,12 @@ def _table(rows: Sequence[Row]) -> list[str]:
         "params init→final",
         "growths",
     )
-    cells = [
-        (
-            r.config,
-            r.where,
-            str(len(r.seeds)),
-            _pm(r.grown_acc),
-            _pm(r.static_acc),
-            _pm(r.acc_ratio),
-            _pm(r.time_ratio),
-            _pm(r.cpu_ratio),
-            _pm(r.flop_ratio),
-            r.final_widths,
-            f"{r.params_initial}→{r.params_final:.0f}",
-            f"{r.growths:.1f}",
-        )
-        for r in rows
-    ]
+    cells = []
+    for r in rows:
+        means = (r.grown_acc, r.static_acc, r.acc_ratio, r.time_ratio, r.cpu_ratio, r.flop_ratio)
+        first = [r.config, r.where, str(len(r.seeds))]
+        last = [r.final_widths, f"{r.params_initial}→{r.params_final:.0f}", f"{r.growths:.1f}"]
+        cells.append([*first, *map(_pm, means), *last])
     return markdown_table(head, cells)
 
 
