@@ -117,14 +117,7 @@ def load_checkpoint(
 def checkpoint_record(path: Path) -> dict[str, Any]:
     """The record of a run still training, read from its checkpoint: a progress snapshot."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    record = run_record(
-        state["run_id"],
-        epochs=state["epochs"],
-        events=state["events"],
-        stop_reason=(state.get("grower") or {}).get("stop_reason"),
-        segment_starts=state["segment_starts"],
-        config=state["config"],
-        data=state["data"],
-        environment=None,
-    )
+    saved = {k: state[k] for k in ("epochs", "events", "segment_starts", "config", "data")}
+    stop_reason = (state.get("grower") or {}).get("stop_reason")
+    record = run_record(state["run_id"], **saved, stop_reason=stop_reason, environment=None)
     return {**record, "partial": True}

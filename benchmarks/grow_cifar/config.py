@@ -137,19 +137,17 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path
         values["where"] = tuple(w.strip() for w in args.where.split(",") if w.strip())
     if args.dataset is not None and args.dataset != values.get("dataset", "cifar10"):
         values.pop("data_dir", None)  # the preset's folder belongs to the preset's dataset
-    for name in ("arch", "blocks"):
+    for name in (
+        *("arch", "blocks", "epochs", "jobs", "threads", "dataset", "data_dir", "launcher"),
+        *("checkpoint_every", "ray_address", "gpus_per_run", "slurm_partition", "slurm_minutes"),
+        "time_limit_s",
+    ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     arch = ARCHS[values.get("arch", "vgg")]
     values["configs"] = tuple(
         arch.expand(as_widths(c), values.get("blocks", 3)) for c in values["configs"]
     )
-    for name in (
-        *("epochs", "jobs", "threads", "dataset", "data_dir", "checkpoint_every", "launcher"),
-        *("ray_address", "gpus_per_run", "slurm_partition", "slurm_minutes", "time_limit_s"),
-    ):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
     if args.growth:
         # ``where`` and ``seed`` are per run (--where, --seeds), set when each grower is made.
         fields = [
@@ -169,8 +167,14 @@ def _check(cfg: BenchConfig) -> None:
     problems = []
     if not cfg.configs:
         problems.append("--configs: at least one width spec is needed")
-    if cfg.blocks < 1:
-        problems.append(f"--blocks must be >= 1, got {cfg.blocks}")
+    minimum = {"--blocks": (cfg.blocks, 1), "--jobs": (cfg.jobs, 1), "--threads": (cfg.threads, 1)}
+    minimum |= {
+        "--checkpoint-every": (cfg.checkpoint_every, 0),
+        "--gpus-per-run": (cfg.gpus_per_run, 0),
+    }
+    for option, (value, low) in minimum.items():
+        if value is not None and value < low:
+            problems.append(f"{option} must be >= {low}, got {value}")
     if cfg.arch == "resnet" and cfg.hidden:
         problems.append(f"--arch resnet has no hidden dense layers; drop hidden={cfg.hidden}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
@@ -185,12 +189,6 @@ def _check(cfg: BenchConfig) -> None:
     bad = [w for w in cfg.where if w not in WHERE_CHOICES]
     if bad or not cfg.where or len(set(cfg.where)) != len(cfg.where):
         problems.append(f"--where {','.join(cfg.where)}: use distinct names from {WHERE_CHOICES}")
-    if cfg.jobs < 1:
-        problems.append(f"--jobs must be >= 1, got {cfg.jobs}")
-    if cfg.checkpoint_every < 0:
-        problems.append(f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}")
-    if cfg.threads is not None and cfg.threads < 1:
-        problems.append(f"--threads must be >= 1, got {cfg.threads}")
     try:
         device = torch.device(cfg.device)
     except RuntimeError:
@@ -202,8 +200,6 @@ def _check(cfg: BenchConfig) -> None:
             problems.append("--amp needs a CUDA device (bf16 autocast is slower on CPUs)")
     if cfg.time_limit_s is not None and cfg.time_limit_s <= 0:
         problems.append(f"--time-limit must be > 0 seconds, got {cfg.time_limit_s}")
-    if cfg.gpus_per_run < 0:
-        problems.append(f"--gpus-per-run must be >= 0, got {cfg.gpus_per_run}")
     if cfg.dataset in ("digits", "synthetic") and cfg.data_dir:
         problems.append(f"--data-dir is unused by --dataset {cfg.dataset}; drop it")
     if problems:

@@ -108,9 +108,110 @@ class RunSpec:
         return make_run_id(self.where, self.widths, self.seed)
 
 
-def _sync(device: torch.device) -> None:
+def _clock(device: torch.device) -> tuple[float, float]:
+    """Wall and process CPU time, read after the device has finished its queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter(), time.process_time()
+
+
+@dataclass
+class _Parts:
+    """What trains one run and goes into its checkpoint together."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loader: TensorLoader
+    grower: Grower | None
+
+
+def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | None) -> _Parts:
+    """The run's model, optimizer, schedule, batches and Grower; restored from ``state`` if any."""
+    device = torch.device(cfg.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
+        shape = (data.num_classes, data.in_channels, data.image_size)
+        model = ARCHS[cfg.arch].build(spec.widths, *shape, hidden=cfg.hidden, device=device)
+    if state is not None:  # the initial model, widened to the checkpoint's widths
+        netsurgeon.load_state_dict(model, state["model"])
+    model = model.to(memory_format=ARCHS[cfg.arch].memory_format(device))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loader = train_loader(data, cfg, spec.seed)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
+    grower = None
+    if spec.where is not None:  # after the restore: its monitor hooks the grown layers
+        grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
+    if state is not None:
+        _checkpoints.restore_training(
+            state, optimizer=optimizer, schedule=schedule, loader=loader, grower=grower
+        )
+    return _Parts(model, optimizer, schedule, loader, grower)
+
+
+def _train_epoch(parts: _Parts, cfg: BenchConfig) -> torch.Tensor:
+    """One pass over the training batches; the summed loss, on the device."""
+    parts.model.train()
+    loss_sum = torch.zeros((), device=cfg.device)
+    for x, y in parts.loader:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            loss = F.cross_entropy(parts.model(x), y)
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parts.optimizer.step()
+        parts.schedule.step()
+        loss_sum += loss.detach() * y.shape[0]
+    return loss_sum
+
+
+def _accuracies(model: torch.nn.Module, data: DatasetSplits, cfg: BenchConfig) -> dict[str, float]:
+    """Validation and test accuracy, in [0, 1]."""
+    fmt = ARCHS[cfg.arch].memory_format(torch.device(cfg.device))
+    amp = torch.bfloat16 if cfg.amp else None
+    return {
+        name: evaluate(
+            model,
+            part,
+            mean=data.mean,
+            std=data.std,
+            batch_size=cfg.eval_batch_size,
+            autocast_dtype=amp,
+            memory_format=fmt,
+        ).accuracy
+        for name, part in (("val", data.val), ("test", data.test))
+    }
+
+
+def _epoch(
+    parts: _Parts, cfg: BenchConfig, data: DatasetSplits, epoch: int, before: dict
+) -> tuple[dict, Any, float]:
+    """Train, evaluate, maybe grow: the epoch's record, its growth event or None, its seconds.
+
+    The training time counts the training batches and the growth step, added to ``before``'s.
+    """
+    device = torch.device(cfg.device)
+    t0 = _clock(device)
+    loss_sum = _train_epoch(parts, cfg)
+    t1 = _clock(device)
+    acc = _accuracies(parts.model, data, cfg)
+    t2 = _clock(device)
+    event = parts.grower.step(acc["val"]) if parts.grower is not None else None
+    if event is not None:  # new weights arrive contiguous
+        parts.model.to(memory_format=ARCHS[cfg.arch].memory_format(device))
+    t3 = _clock(device)
+    record = {
+        "epoch": epoch,
+        "train_loss": loss_sum.item() / len(data.train),
+        "val_acc": acc["val"],
+        "test_acc": acc["test"],
+        # the CPU time is robust to other load on a shared CPU
+        "train_time_s": before["train_time_s"] + (t1[0] - t0[0]) + (t3[0] - t2[0]),
+        "train_cpu_s": before["train_cpu_s"] + (t1[1] - t0[1]) + (t3[1] - t2[1]),
+        "lr": parts.schedule.get_last_lr()[0],
+        "widths": [list(row) for row in ARCHS[cfg.arch].widths_of(parts.model)],
+        "params": sum(p.numel() for p in parts.model.parameters()),
+    }
+    return record, event, time.perf_counter() - t0[0]
 
 
 def train_run(
@@ -136,7 +237,6 @@ def train_run(
 
     data = load_data(cfg)
     device = torch.device(cfg.device)
-    fmt = ARCHS[cfg.arch].memory_format(device)  # channels_last unless the arch says otherwise
     shared = {
         "config": config_dict(cfg),
         "data": data_record(data),
@@ -146,137 +246,57 @@ def train_run(
     state = load_checkpoint(
         checkpoint, shared["config"], config_defaults(BenchConfig), shared["data"]
     )
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
-        shape = (data.num_classes, data.in_channels, data.image_size)
-        model = ARCHS[cfg.arch].build(spec.widths, *shape, hidden=cfg.hidden, device=device)
-    if state is not None:  # the initial model, widened to the checkpoint's widths
-        netsurgeon.load_state_dict(model, state["model"])
-    model = model.to(memory_format=fmt)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = train_loader(data, cfg, spec.seed)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
-    evals = {
-        name: TensorLoader(
-            part, cfg.eval_batch_size, mean=data.mean, std=data.std, memory_format=fmt
-        )
-        for name, part in (("val", data.val), ("test", data.test))
-    }
-    grower = None
-    if spec.where is not None:  # after the restore: its monitor hooks the grown layers
-        grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-
-    epochs, events, train_time, train_cpu, starts = [], [], 0.0, 0.0, [1]
+    parts = _build(spec, cfg, data, state)
+    grower = parts.grower
+    epochs, events, starts = [], [], [1]
     if state is not None:
-        _checkpoints.restore_training(
-            state, optimizer=optimizer, schedule=schedule, loader=loader, grower=grower
-        )
         epochs, events = state["epochs"], state["events"]
-        train_time, train_cpu = state["train_time_s"], state["train_cpu_s"]
         starts = [*state["segment_starts"], len(epochs) + 1]
-    bar = tqdm(
-        range(len(epochs) + 1, cfg.epochs + 1),
-        desc=spec.run_id,
-        leave=False,
-        disable=not progress,
-    )
-    for epoch in bar:
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for x, y in loader:
-            with amp:
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach() * y.shape[0]
-        _sync(device)
-        t1, c1 = time.perf_counter(), time.process_time()
-        acc = {
-            name: evaluate(
-                model,
-                ev.data,
-                mean=data.mean,
-                std=data.std,
-                loader=ev,
-                autocast_dtype=torch.bfloat16 if cfg.amp else None,
-            ).accuracy
-            for name, ev in evals.items()
-        }
-        _sync(device)
-        t2, c2 = time.perf_counter(), time.process_time()
-        event = grower.step(acc["val"]) if grower is not None else None
-        if event is not None:
-            model.to(memory_format=fmt)  # new weights arrive contiguous
-        _sync(device)
-        train_time += (t1 - t0) + (time.perf_counter() - t2)
-        train_cpu += (c1 - c0) + (time.process_time() - c2)  # robust to other load; CPU runs
-        widths = [list(row) for row in ARCHS[cfg.arch].widths_of(model)]
-        epochs.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_sum.item() / len(data.train),
-                "val_acc": acc["val"],
-                "test_acc": acc["test"],
-                "train_time_s": train_time,
-                "train_cpu_s": train_cpu,
-                "lr": schedule.get_last_lr()[0],
-                "widths": widths,
-                "params": sum(p.numel() for p in model.parameters()),
-            }
-        )
-        bar.set_postfix(
-            loss=f"{epochs[-1]['train_loss']:.3f}",
-            val=f"{acc['val']:.3f}",
-            test=f"{acc['test']:.3f}",
-        )
-        if event is not None:
-            events.append(event.to_dict())
-            _log_event(spec, event, widths, verbose=cfg.verbose)
-        if epoch == cfg.epochs:
-            break
-        # Stop before the deadline: the next epoch would take about as long as this one.
-        stop = deadline is not None and time.time() + (time.perf_counter() - t0) > deadline
-        # What a running sweep has so far (report, replay), then the checkpoint.
-        partial = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
-        write_json(out / "progress" / f"{spec.run_id}.json", {**partial, "partial": True})
-        if stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
-            run = {
-                "run_id": spec.run_id,
-                "config": shared["config"],
-                "data": shared["data"],
-                "epochs": epochs,
-                "events": events,
-                "train_time_s": train_time,
-                "train_cpu_s": train_cpu,
-                "segment_starts": starts,
-            }
-            save_checkpoint(
-                checkpoint,
-                _checkpoints.capture(
-                    model=model,
-                    optimizer=optimizer,
-                    schedule=schedule,
-                    loader=loader,
-                    grower=grower,
-                    run=run,
-                ),
+    first = len(epochs) + 1
+    bar = tqdm(range(first, cfg.epochs + 1), desc=spec.run_id, leave=False, disable=not progress)
+    try:
+        for epoch in bar:
+            before = epochs[-1] if epochs else {"train_time_s": 0.0, "train_cpu_s": 0.0}
+            record, event, seconds = _epoch(parts, cfg, data, epoch, before)
+            epochs.append(record)
+            bar.set_postfix(
+                loss=f"{record['train_loss']:.3f}",
+                val=f"{record['val_acc']:.3f}",
+                test=f"{record['test_acc']:.3f}",
             )
-        if stop:
-            if grower is not None:
-                grower.close()
-            raise RunStopped(spec.run_id)
-    if grower is not None:
-        grower.close()
+            if event is not None:
+                events.append(event.to_dict())
+                _log_event(spec, event, record["widths"], verbose=cfg.verbose)
+            if epoch == cfg.epochs:
+                break
+            # Stop before the deadline: the next epoch would take about as long as this one.
+            stop = deadline is not None and time.time() + seconds > deadline
+            partial = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
+            save = stop or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0)
+            _write_progress(out, parts, partial, checkpoint=bool(save))
+            if stop:
+                raise RunStopped(spec.run_id)
+    finally:
+        if grower is not None:
+            grower.close()
     record = run_record(spec.run_id, **_so_far(grower, epochs, events, starts), **shared)
     write_json(out / "runs" / f"{spec.run_id}.json", record)
     (out / "progress" / f"{spec.run_id}.json").unlink(missing_ok=True)
     checkpoint.unlink(missing_ok=True)
     return record
+
+
+def _write_progress(out: Path, parts: _Parts, partial: dict, *, checkpoint: bool) -> None:
+    """What a running sweep has so far (report, replay) and, if ``checkpoint``, the checkpoint."""
+    run_id = partial["run_id"]
+    write_json(out / "progress" / f"{run_id}.json", {**partial, "partial": True})
+    if checkpoint:
+        keys = ("run_id", "config", "data", "epochs", "events", "segment_starts")
+        run = {k: partial[k] for k in keys}
+        run |= {k: partial["epochs"][-1][k] for k in ("train_time_s", "train_cpu_s")}
+        save_checkpoint(
+            out / "checkpoints" / f"{run_id}.pt", _checkpoints.capture(**vars(parts), run=run)
+        )
 
 
 def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> dict[str, Any]:
@@ -341,7 +361,7 @@ def _warm_up(cfg: BenchConfig) -> None:
     x, y = next(iter(TensorLoader(data.val, 8, mean=data.mean, std=data.std)))
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
-    _sync(device)
+    _clock(device)
 
 
 def run_task(spec: RunSpec, cfg: BenchConfig, out: Path, deadline: float | None) -> dict | None:

@@ -32,11 +32,12 @@ from benchmarks.grow_cifar.data import (
 )
 from benchmarks.grow_cifar.data.augment import (
     channel_stats,
-    crop_and_flip,
+    draw_augment,
     draw_crop_offsets,
     draw_flips,
+    gather_crops,
     normalize,
-    random_crop_flip,
+    pad_and_mirror,
 )
 from benchmarks.grow_cifar.data.sources import load_cifar10, load_digits
 from benchmarks.grow_cifar.data.tensors import train_val_split
@@ -59,6 +60,23 @@ def _reference_crop_flip(
         crop = img[:, dy : dy + h, dx : dx + w]
         out.append(crop.flip(-1) if flip else crop)
     return torch.stack(out)
+
+
+def crop_and_flip(
+    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int
+) -> torch.Tensor:
+    """The loader's augmentation at given offsets and flips: one gather from the padded source."""
+    n, _, h, w = images.shape
+    source = pad_and_mirror(images, padding, mirror=True)
+    return gather_crops(source, torch.arange(n), offsets, flips, (h, w))
+
+
+def random_crop_flip(
+    images: torch.Tensor, augment: Augment, generator: torch.Generator
+) -> torch.Tensor:
+    """The loader's augmentation with offsets and flips drawn from ``generator``."""
+    offsets, flips = draw_augment(images.shape[0], augment, generator)
+    return crop_and_flip(images, offsets, flips, augment.crop_padding)
 
 
 # --------------------------------------------------------------------------- augmentation

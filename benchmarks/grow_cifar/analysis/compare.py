@@ -16,6 +16,7 @@ from pathlib import Path
 from ..records import width_tag
 from .flops import flop_ratio
 from .report import load_progress, load_runs
+from .tables import markdown_table
 
 __all__ = ["compare", "run_summary"]
 
@@ -58,11 +59,8 @@ def _state(run: dict) -> str:
     """How final a running run's widths are: growth stopped (final), or still possible."""
     if not run.get("partial"):
         return ""
-    return (
-        " (growth stopped)"
-        if run.get("stop_reason")
-        else f" (epoch {len(run['epochs'])}, may grow)"
-    )
+    stopped = run.get("stop_reason")
+    return " (growth stopped)" if stopped else f" (epoch {len(run['epochs'])}, may grow)"
 
 
 def _fmt(value: float | int | str | None, spec: str = "") -> str:
@@ -90,12 +88,7 @@ def compare(a: Path, b: Path) -> str:
         "FLOP ratio",
     )
     head = ["config", "where", "seed", *[f"{c} ({n})" for c in cells for n in ("A", "B")]]
-    lines = [
-        f"A = {a}, B = {b}",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    rows = []
     ratios: dict[str, dict[str, list[float]]] = {"a": {}, "b": {}}
     same_widths = 0
     for key in keys:
@@ -114,7 +107,8 @@ def compare(a: Path, b: Path) -> str:
             for name, s in (("a", sa), ("b", sb)):
                 if s[field] is not None:
                     ratios[name].setdefault(field, []).append(s[field])
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines = [f"A = {a}, B = {b}", "", *markdown_table(head, rows)]
     if not keys:
         return "\n".join([*lines, "", "(no grown run is present in both sweeps)", ""])
     lines += ["", f"- final widths equal in {same_widths} of {len(keys)} runs"]

@@ -12,7 +12,7 @@ import copy
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from netsurgeon.nagn.trigger import TriggerPolicy, TriggerState
 from ..arch import ARCHS, as_widths, build_recorded
 from ..records import width_tag
 from .report import load_progress, load_runs
+from .tables import markdown_table
 
 __all__ = [
     "GROUP_READINGS",
@@ -68,11 +69,6 @@ STOP_READINGS: dict[str, tuple[bool, str]] = {
 
 
 # ------------------------------------------------------------------------------ planner replay
-
-
-def _planner_settings(run: dict) -> dict[str, Any]:
-    growth = run["config"]["growth"]
-    return {key: growth[key] for key in ("tau", "max_step", "monotone", "fallback")}
 
 
 def is_group_plan(event: dict) -> bool:
@@ -119,7 +115,8 @@ def replan(
     plan = event["plan"]
     groups = [list(g) for g in plan.get("monotone_groups", [])] or None
     monotone = groups if plan["monotone"] else None
-    settings = {**_planner_settings(run), **reading}
+    growth = run["config"]["growth"]
+    settings = {k: growth[k] for k in ("tau", "max_step", "monotone", "fallback")} | dict(reading)
     if is_group_plan(event):
         settings = {
             "combine": plan["combine"],
@@ -241,8 +238,7 @@ def _planner_table(
     data: dict[str, Any],
 ) -> list[str]:
     """Markdown rows of the planner replay of ``(run, index, event)`` triggers under ``readings``."""
-    head = ["run", "trigger", *readings]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for run, k, event in triggers:
         cells = [run["run_id"], f"{event['epoch']}" + (" (exact)" if k == 0 else "")]
         row = {"run_id": run["run_id"], "epoch": event["epoch"], "first": k == 0}
@@ -260,8 +256,8 @@ def _planner_table(
         if run["where"] == "nagn":
             row["recorded"] = event["increments"]
         data["planner"].append(row)
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return markdown_table(["run", "trigger", *readings], rows)
 
 
 def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
@@ -279,13 +275,12 @@ def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
             lines += ["", "Triggers planned on channel groups (width tags after growth):", ""]
         lines += _planner_table(on_groups, {**READINGS, **GROUP_READINGS}, data)
     lines += ["", "## Trigger and stop readings over the recorded accuracies", ""]
-    head = ["run", "recorded growths", *STOP_READINGS]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for run in runs:  # every criterion: the trigger and stop rules do not depend on it
         cells = [run["run_id"], ", ".join(str(e["epoch"]) for e in run["events"]) or "none"]
         for name in STOP_READINGS:
             result = replay_stops(run, name)
-            data["stops"].append({"run_id": run["run_id"], **result.__dict__})
+            data["stops"].append({"run_id": run["run_id"], **asdict(result)})
             grown = ",".join(map(str, result.growth_epochs)) or "none"
             if result.diverges_at is not None:
                 cells.append(f"grows {grown}; diverges at {result.diverges_at}")
@@ -293,7 +288,8 @@ def replay_report(folders: Sequence[Path]) -> tuple[str, dict[str, Any]]:
                 cells.append(f"grows {grown}; stops at {result.stop_epoch} → {result.final_widths}")
             else:
                 cells.append(f"grows {grown} → {result.final_widths}")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += markdown_table(["run", "recorded growths", *STOP_READINGS], rows)
     return "\n".join(lines) + "\n", data
 
 

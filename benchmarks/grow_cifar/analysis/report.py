@@ -17,19 +17,17 @@ from ..environment import environment
 from ..records import width_tag
 from .figures import write_figures
 from .flops import flop_ratio
+from .tables import growth_targets, markdown_table, pairs_so_far, trajectories
 
 __all__ = [
     "DATA_KEYS",
     "Row",
     "data_identity",
     "environment",
-    "growth_targets",
     "load_progress",
     "load_runs",
-    "pairs_so_far",
     "segments",
     "summarize",
-    "trajectories",
     "write_report",
 ]
 
@@ -195,12 +193,6 @@ def _pm(value: tuple[float, float], digits: int = 3) -> str:
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
-def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A Markdown table's lines: the header, the rule, one line per row."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
-
-
 def _table(rows: Sequence[Row]) -> list[str]:
     head = (
         "config",
@@ -216,23 +208,12 @@ def _table(rows: Sequence[Row]) -> list[str]:
         "params init→final",
         "growths",
     )
-    cells = [
-        (
-            r.config,
-            r.where,
-            str(len(r.seeds)),
-            _pm(r.grown_acc),
-            _pm(r.static_acc),
-            _pm(r.acc_ratio),
-            _pm(r.time_ratio),
-            _pm(r.cpu_ratio),
-            _pm(r.flop_ratio),
-            r.final_widths,
-            f"{r.params_initial}→{r.params_final:.0f}",
-            f"{r.growths:.1f}",
-        )
-        for r in rows
-    ]
+    cells = []
+    for r in rows:
+        means = (r.grown_acc, r.static_acc, r.acc_ratio, r.time_ratio, r.cpu_ratio, r.flop_ratio)
+        first = [r.config, r.where, str(len(r.seeds))]
+        last = [r.final_widths, f"{r.params_initial}→{r.params_final:.0f}", f"{r.growths:.1f}"]
+        cells.append([*first, *map(_pm, means), *last])
     return markdown_table(head, cells)
 
 
@@ -264,7 +245,7 @@ def _criteria(runs: Sequence[dict]) -> list[str]:
     head = ["config", *[f"{w} acc" for w in wheres]]
     head += [f"{ref} − {w} (paired)" for w in wheres if w != ref]
     head += [f"{w} params" for w in wheres]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for config in sorted({width_tag(r["widths_initial"]) for r in grown}):
         seeds = sorted(
             s
@@ -282,135 +263,9 @@ def _criteria(runs: Sequence[dict]) -> list[str]:
             for w in wheres
             if w != ref
         ]
-        cells += [f"{statistics.fmean(params[w]):.0f}" for w in wheres]
-        lines.append("| " + " | ".join(cells) + " |")
-    return ["Growth criteria side by side (final test accuracy, same seeds):", "", *lines, ""]
-
-
-def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
-    """One row per grown run: each growth (epoch, LR share of its peak, units added, widths)."""
-    grown = sorted(
-        (r for r in [*runs, *running] if r["kind"] == "grown"),
-        key=lambda r: (width_tag(r["widths_initial"]), r["where"], r["seed"]),
-    )
-    if not grown:
-        return []
-    by_id = {r["run_id"]: r for r in runs}
-    head = ("run", "growths: epoch (LR % of peak) +units → widths", "final", "test acc", "static")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in grown:
-        peak = run["config"]["lr"]
-        steps = []
-        for event in run["events"]:
-            record = run["epochs"][event["epoch"] - 1]  # after the epoch's growth
-            steps.append(
-                f"{event['epoch']} ({100 * record['lr'] / peak:.0f} %) "
-                f"+{sum(event['increments'].values())} → {width_tag(record['widths'])}"
-            )
-        name, static = run["run_id"], "pending"
-        if run.get("partial"):  # still training: widths and accuracy so far, no baseline yet
-            name += f" (running, epoch {len(run['epochs'])}/{run['config']['epochs']})"
-            static = "-"
-        elif run.get("baseline_run_id") in by_id:
-            static = f"{by_id[run['baseline_run_id']]['final']['test_acc']:.4f}"
-        cells = (
-            name,
-            "; ".join(steps) or "none",
-            width_tag(run["widths_final"]),
-            f"{run['final']['test_acc']:.4f}",
-            static,
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    stops = [f"- {r['run_id']}: {r['stop_reason']}" for r in grown if r.get("stop_reason")]
-    return ["Growth trajectories (per grown run):", "", *lines, "", *stops, ""]
-
-
-def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5) -> list[str]:
-    """Grown vs static test accuracy over the epochs both have trained, where either still trains."""
-    by_id = {r["run_id"]: r for r in [*runs, *running]}
-    pairs = [
-        (grown, by_id[grown["baseline_run_id"]])
-        for grown in sorted(by_id.values(), key=lambda r: r["run_id"])
-        if grown["kind"] == "grown" and grown.get("baseline_run_id") in by_id
-        if grown.get("partial") or by_id[grown["baseline_run_id"]].get("partial")
-    ]
-    if not pairs:
-        return []
-    head = ("grown run", "static run", "epochs compared", "grown test acc", "static", "difference")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for grown, static in pairs:
-        both = min(len(grown["epochs"]), len(static["epochs"]))
-        first = max(1, both - window + 1)
-        mean = {
-            name: statistics.fmean(e["test_acc"] for e in run["epochs"][first - 1 : both])
-            for name, run in (("grown", grown), ("static", static))
-        }
-        cells = (
-            grown["run_id"],
-            static["run_id"],
-            f"{first}-{both} of {grown['config']['epochs']}",
-            f"{mean['grown']:.4f}",
-            f"{mean['static']:.4f}",
-            f"{100 * (mean['grown'] - mean['static']):+.2f} points",
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    intro = (
-        f"Pairs still training: mean test accuracy over the last {window} epochs both runs have "
-        "trained (not a final ratio):"
-    )
-    return [intro, "", *lines, ""]
-
-
-def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
-    """Where growth went in models with joined channel groups (a ResNet's): streams or interiors."""
-    rows = []
-    for run in sorted([*runs, *running], key=lambda r: r["run_id"]):
-        if run["kind"] != "grown":
-            continue
-        for event in run["events"]:
-            plan = event["plan"]
-            outputs = {row["name"] for row in plan["rows"] if row["is_output"]}
-            groups = [g for g in plan.get("groups", ()) if g["name"] not in outputs]
-            kinds = {g["name"]: "stream" if len(g["producers"]) > 1 else "interior" for g in groups}
-            if "stream" not in kinds.values() or "interior" not in kinds.values():
-                continue
-            nagn = {
-                kind: statistics.fmean(g["nagn"] for g in groups if kinds[g["name"]] == kind)
-                for kind in ("stream", "interior")
-            }
-            units = {"stream": 0, "interior": 0}
-            for name, k in event["increments"].items():
-                units[kinds[name]] += k
-            top = max((r for r in plan["rows"] if r["name"] in kinds), key=lambda r: r["contrast"])
-            rows.append(
-                (
-                    run["run_id"] + (" (running)" if run.get("partial") else ""),
-                    str(event["epoch"]),
-                    f"{nagn['stream']:.4f}",
-                    f"{nagn['interior']:.4f}",
-                    f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})",
-                    str(units["stream"]),
-                    str(units["interior"]),
-                )
-            )
-    if not rows:
-        return []
-    head = (
-        "run",
-        "trigger",
-        "mean NAGN, streams",
-        "mean NAGN, interiors",
-        "largest contrast",
-        "units to streams",
-        "units to interiors",
-    )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    intro = (
-        "Where growth went (channel groups; a stream has several producers, an interior one; "
-        "the output group is left out):"
-    )
-    return [intro, "", *lines, ""]
+        rows.append([*cells, *[f"{statistics.fmean(params[w]):.0f}" for w in wheres]])
+    intro = "Growth criteria side by side (final test accuracy, same seeds):"
+    return [intro, "", *markdown_table(head, rows), ""]
 
 
 def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
@@ -433,43 +288,62 @@ def _throughput(out: Path, runs: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _csv_cells(row: Row) -> dict[str, Any]:
+    """A row's CSV cells: a ``(mean, std)`` field gives two, ``<name>_mean`` and ``<name>_std``."""
+    cells: dict[str, Any] = {}
+    for name, value in dataclasses.asdict(row).items():
+        if name == "seeds":
+            cells[name] = " ".join(map(str, value))
+        elif isinstance(value, tuple):
+            cells[f"{name}_mean"], cells[f"{name}_std"] = value
+        else:
+            cells[name] = value
+    return cells
+
+
 def _write_csv(path: Path, rows: Sequence[Row]) -> None:
-    """One line per row; a ``(mean, std)`` field gives two columns, ``<name>_mean`` and ``_std``."""
-    fields = [f.name for f in dataclasses.fields(Row)]
-    pairs = {f.name for f in dataclasses.fields(Row) if f.type == "tuple[float, float]"}
-    head = [
-        n for name in fields for n in ([f"{name}_mean", f"{name}_std"] if name in pairs else [name])
-    ]
+    """One line per row of the summary."""
+    cells = [_csv_cells(row) for row in rows]
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(head)
-        for row in rows:
-            cells = []
-            for name in fields:
-                value = getattr(row, name)
-                if name == "seeds":
-                    cells.append(" ".join(map(str, value)))
-                else:
-                    cells.extend(value if name in pairs else [value])
-            writer.writerow(cells)
+        writer = csv.DictWriter(f, fieldnames=list(cells[0]) if cells else [])
+        writer.writeheader()
+        writer.writerows(cells)
 
 
-def write_report(out: Path) -> str:
-    """Write ``summary.csv``, ``summary.md`` and ``figures/*.png``; return the terminal table."""
-    out = Path(out)
-    runs, running = load_runs(out), load_progress(out)
-    if not runs:
-        return _write_progress_report(out, running)
-    rows = summarize(runs)
-    totals = overall(rows, runs)
-    _write_csv(out / "summary.csv", rows)
-    first = runs[0]
+def _header(runs: Sequence[dict], running: Sequence[dict]) -> list[str]:
+    """The title and the lines on machine, data and protocol; ``runs`` may be empty."""
+    first = (runs or running)[0]
     cfg, env, data = first["config"], first["environment"], first["data"]
-    figures = write_figures(
-        out, runs, rows, totals, (PAPER_ACC_RATIO, PAPER_TIME_RATIO), running=running
+    title = f"# cifar_vgg.py — preset `{cfg['preset']}`"
+    lines = [title + ("" if runs else " (in progress: no run finished yet)"), ""]
+    if runs:
+        lines += [
+            f"- hardware: {env['cpu']} ({env['cpu_count']} CPUs)"
+            + (f", GPU {env['gpu']}" if env.get("gpu") else "")
+            + f"; device `{env['device']}`, torch threads {env['torch_threads']}",
+            f"- software: torch {env['torch']}, python {env['python']}, "
+            f"netsurgeon {env['netsurgeon']}",
+            f"- code: git {env['git_commit']}" + (" (dirty tree)" if env.get("git_dirty") else ""),
+        ]
+    note = (
+        ". JPEG copy of CIFAR-10 (lossy): accuracies run a little below the official archive; "
+        "use for relative comparisons."
     )
-    table = _table(rows)
-    overall_lines = [
+    lines += [
+        f"- data: {data['name']} — train {data['train']}, val {data['val']}, test {data['test']}"
+        + (note if data["name"] == "imagefolder" else ""),
+        *data_identity([*runs, *running])[1],
+        f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
+        f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
+    ]
+    if not runs:
+        return [*lines, f"- runs still training: {', '.join(r['run_id'] for r in running)}"]
+    return [*lines, f"- timing: {TIMING}", *segments(runs)]
+
+
+def _overall_lines(totals: dict[str, dict[str, Any]]) -> list[str]:
+    """Per criterion, the ratios over all pairs and over per-config means; then the paper's."""
+    lines = [
         f"- **{where}** over {t['pairs']} grown/static pairs: accuracy ratio "
         f"{_pm(t['acc_ratio_runs'])}, time ratio {_pm(t['time_ratio_runs'])} (CPU-time ratio "
         f"{_pm(t['cpu_ratio_runs'])}, FLOP ratio {_pm(t['flop_ratio_runs'])}); over per-config "
@@ -480,76 +354,40 @@ def write_report(out: Path) -> str:
         f"- paper (CIFAR-10, 12 configs x 5 seeds, 200 epochs): accuracy ratio "
         f"{_pm(PAPER_ACC_RATIO)}, time ratio {_pm(PAPER_TIME_RATIO)}"
     )
-    note = (
-        "JPEG copy of CIFAR-10 (lossy): accuracies run a little below the official archive; "
-        "use for relative comparisons."
-        if data["name"] == "imagefolder"
-        else ""
-    )
-    md = [
-        f"# cifar_vgg.py — preset `{cfg['preset']}`",
-        "",
-        f"- hardware: {env['cpu']} ({env['cpu_count']} CPUs)"
-        + (f", GPU {env['gpu']}" if env.get("gpu") else "")
-        + f"; device `{env['device']}`, torch threads {env['torch_threads']}",
-        f"- software: torch {env['torch']}, python {env['python']}, netsurgeon {env['netsurgeon']}",
-        f"- code: git {env['git_commit']}" + (" (dirty tree)" if env.get("git_dirty") else ""),
-        f"- data: {data['name']} — train {data['train']}, val {data['val']}, test {data['test']}"
-        + (f". {note}" if note else ""),
-        *data_identity([*runs, *running])[1],
-        f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
-        f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
-        f"- timing: {TIMING}",
-        *segments(runs),
-        "",
-        *table,
-        "",
-        *_criteria(runs),
+    return [*lines, paper]
+
+
+def write_report(out: Path) -> str:
+    """Write ``summary.csv``, ``summary.md`` and ``figures/*.png``; return the terminal text.
+
+    A sweep with no finished run yet gets a progress report (its runs still training).
+    """
+    out = Path(out)
+    runs, running = load_runs(out), load_progress(out)
+    if not runs and not running:
+        return f"(no finished runs under {out}/runs, and none training)"
+    rows = summarize(runs)
+    totals = overall(rows, runs)
+    paper = (PAPER_ACC_RATIO, PAPER_TIME_RATIO)
+    figures = write_figures(out, runs, rows, totals, paper, running=running)
+    body = [
         *trajectories(runs, running),
         *pairs_so_far(runs, running),
         *growth_targets(runs, running),
-        "Overall (mean ± std):",
-        "",
-        *overall_lines,
-        paper,
-        "",
-        "Throughput:",
-        "",
-        *_throughput(out, runs),
-        "",
-        *[f"![{name}](figures/{name})" for name in figures],
-        "",
     ]
+    md, text = [*_header(runs, running), ""], body
+    if runs:
+        _write_csv(out / "summary.csv", rows)
+        table = [*_table(rows), "", *_criteria(runs)]
+        results = _overall_lines(totals)
+        md += [*table, *body, "Overall (mean ± std):", "", *results, "", "Throughput:", ""]
+        md += [*_throughput(out, runs), ""]
+        text = [*table, *results, *segments(runs)]
+    else:
+        md += body
+    md += [*[f"![{name}](figures/{name})" for name in figures], ""]
     (out / "summary.md").write_text("\n".join(md))
-    return "\n".join([*table, "", *_criteria(runs), *overall_lines, paper, *segments(runs)])
-
-
-def _write_progress_report(out: Path, running: Sequence[dict]) -> str:
-    """``summary.md`` and figures of a sweep with no finished run yet; return its text."""
-    if not running:
-        return f"(no finished runs under {out}/runs, and none training)"
-    cfg, data = running[0]["config"], running[0]["data"]
-    figures = write_figures(out, [], [], {}, (PAPER_ACC_RATIO, PAPER_TIME_RATIO), running=running)
-    body = [
-        *trajectories([], running),
-        *pairs_so_far([], running),
-        *growth_targets([], running),
-    ]
-    md = [
-        f"# cifar_vgg.py — preset `{cfg['preset']}` (in progress: no run finished yet)",
-        "",
-        f"- data: {data['name']} — train {data['train']}, val {data['val']}, test {data['test']}",
-        *data_identity(running)[1],
-        f"- protocol: {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} "
-        f"wd {cfg['weight_decay']}, cosine per step; growth {cfg['growth']}",
-        f"- runs still training: {', '.join(r['run_id'] for r in running)}",
-        "",
-        *body,
-        *[f"![{name}](figures/{name})" for name in figures],
-        "",
-    ]
-    (out / "summary.md").write_text("\n".join(md))
-    return "\n".join(body)
+    return "\n".join(text)
 
 
 if __name__ == "__main__":

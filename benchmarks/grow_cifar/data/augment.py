@@ -11,14 +11,12 @@ import torch.nn.functional as F
 __all__ = [
     "Augment",
     "channel_stats",
-    "crop_and_flip",
     "draw_augment",
     "draw_crop_offsets",
     "draw_flips",
     "gather_crops",
     "normalize",
     "pad_and_mirror",
-    "random_crop_flip",
 ]
 
 
@@ -113,42 +111,6 @@ def gather_crops(
     starts = first[:, None] + torch.arange(h, device=device) * wp  # (B, H)
     out = rows.index_select(0, starts.view(-1))  # (B * H, W * C)
     return out.view(-1, h, w, c).permute(0, 3, 1, 2)
-
-
-def crop_and_flip(
-    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int
-) -> torch.Tensor:
-    """Zero-pad, crop at given offsets and mirror selected images (reference entry point).
-
-    Args:
-        images: ``(N, C, H, W)`` tensor of any dtype.
-        offsets: ``(N, 2)`` integer ``(dy, dx)`` in ``[0, 2 * padding]``, on any device.
-        flips: ``(N,)`` bool; True mirrors that image horizontally (after cropping).
-        padding: zero padding per side.
-
-    Returns:
-        ``(N, C, H, W)`` tensor, same dtype and device, channels_last memory format.
-        ``out[n, :, i, j] = padded[n, :, dy + i, dx + j']`` with ``j' = W - 1 - j`` if flipped.
-    """
-    n, _, h, w = images.shape
-    source = pad_and_mirror(images, padding, mirror=True)
-    index = torch.arange(n, device=images.device)
-    return gather_crops(source, index, offsets, flips, (h, w))
-
-
-def random_crop_flip(
-    images: torch.Tensor, augment: Augment, generator: torch.Generator
-) -> torch.Tensor:
-    """Apply ``augment`` to a batch ``(N, C, H, W)``; returns the same shape, channels_last.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
-        >>> random_crop_flip(x, Augment(), g).shape
-        torch.Size([8, 3, 32, 32])
-    """
-    offsets, flips = draw_augment(images.shape[0], augment, generator)
-    return crop_and_flip(images, offsets, flips, augment.crop_padding)
 
 
 def draw_augment(

@@ -110,7 +110,6 @@ def evaluate(
     std: Sequence[float],
     batch_size: int = 2000,
     autocast_dtype: torch.dtype | None = None,
-    loader: TensorLoader | None = None,
     memory_format: torch.memory_format = torch.channels_last,
 ) -> EvalResult:
     """Accuracy and loss of ``model`` on ``data``, in large batches under ``inference_mode``.
@@ -121,12 +120,7 @@ def evaluate(
         >>> evaluate(vgg([[2]], image_size=8), data, mean=(0.5,) * 3, std=(0.25,) * 3).count
         6
     """
-    if loader is None:
-        loader = TensorLoader(data, batch_size, mean=mean, std=std, memory_format=memory_format)
-    elif loader.data is not data or loader.shuffle or loader.augment is not None:
-        raise ValueError(
-            "evaluate: loader must be an unshuffled, unaugmented TensorLoader of the same data."
-        )
+    loader = TensorLoader(data, batch_size, mean=mean, std=std, memory_format=memory_format)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.device)

@@ -33,7 +33,7 @@ class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
 DATASETS: tuple[str, ...] = ("cifar10", "imagefolder", "digits", "synthetic")
 
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the key is a hash of the file list
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -80,21 +80,14 @@ def load_cifar10(
 
 
 def _list_image_folder(split_root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]], str]:
-    """Class names (sorted folders), ``(file, label)`` pairs, and a key of the listing."""
+    """Class names (sorted folders), ``(file, label)`` pairs in ImageFolder's order, a listing key."""
+    from torchvision.datasets.folder import make_dataset
+
     classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
-    files: list[tuple[str, int]] = []
-    digest = hashlib.sha1(f"v{_CACHE_VERSION}:{split_root.resolve()}".encode())
-    for label, name in enumerate(classes):
-        folder = split_root / name
-        digest.update(f"{name}:{label}:{folder.stat().st_mtime_ns}\n".encode())
-        names = sorted(
-            entry.name
-            for entry in os.scandir(folder)
-            if os.path.splitext(entry.name)[1].lower() in _IMAGE_SUFFIXES and entry.is_file()
-        )
-        digest.update("\n".join(names).encode())
-        files.extend((os.path.join(folder, file), label) for file in names)
-    return classes, files, digest.hexdigest()
+    labels = {name: label for label, name in enumerate(classes)}
+    files = make_dataset(split_root, labels, extensions=tuple(_IMAGE_SUFFIXES), allow_empty=True)
+    listing = f"v{_CACHE_VERSION}:{split_root.resolve()}:{files}"
+    return classes, files, hashlib.sha1(listing.encode()).hexdigest()
 
 
 def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:

@@ -1,0 +1,139 @@
+"""Markdown tables of a sweep's grown runs: growth trajectories, pairs still training, where
+growth went; and the table helper every analysis module writes with."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from ..records import width_tag
+
+__all__ = ["growth_targets", "markdown_table", "pairs_so_far", "trajectories"]
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the header, the rule, one line per row."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
+    """One row per grown run: each growth (epoch, LR share of its peak, units added, widths)."""
+    grown = sorted(
+        (r for r in [*runs, *running] if r["kind"] == "grown"),
+        key=lambda r: (width_tag(r["widths_initial"]), r["where"], r["seed"]),
+    )
+    if not grown:
+        return []
+    by_id = {r["run_id"]: r for r in runs}
+    head = ("run", "growths: epoch (LR % of peak) +units → widths", "final", "test acc", "static")
+    rows = []
+    for run in grown:
+        peak = run["config"]["lr"]
+        steps = []
+        for event in run["events"]:
+            record = run["epochs"][event["epoch"] - 1]  # after the epoch's growth
+            steps.append(
+                f"{event['epoch']} ({100 * record['lr'] / peak:.0f} %) "
+                f"+{sum(event['increments'].values())} → {width_tag(record['widths'])}"
+            )
+        name, static = run["run_id"], "pending"
+        if run.get("partial"):  # still training: widths and accuracy so far, no baseline yet
+            name += f" (running, epoch {len(run['epochs'])}/{run['config']['epochs']})"
+            static = "-"
+        elif run.get("baseline_run_id") in by_id:
+            static = f"{by_id[run['baseline_run_id']]['final']['test_acc']:.4f}"
+        final = f"{run['final']['test_acc']:.4f}"
+        rows.append(
+            (name, "; ".join(steps) or "none", width_tag(run["widths_final"]), final, static)
+        )
+    stops = [f"- {r['run_id']}: {r['stop_reason']}" for r in grown if r.get("stop_reason")]
+    intro = "Growth trajectories (per grown run):"
+    return [intro, "", *markdown_table(head, rows), "", *stops, ""]
+
+
+def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5) -> list[str]:
+    """Grown vs static test accuracy over the epochs both have trained, where either still trains."""
+    by_id = {r["run_id"]: r for r in [*runs, *running]}
+    pairs = [
+        (grown, by_id[grown["baseline_run_id"]])
+        for grown in sorted(by_id.values(), key=lambda r: r["run_id"])
+        if grown["kind"] == "grown" and grown.get("baseline_run_id") in by_id
+        if grown.get("partial") or by_id[grown["baseline_run_id"]].get("partial")
+    ]
+    if not pairs:
+        return []
+    head = ("grown run", "static run", "epochs compared", "grown test acc", "static", "difference")
+    rows = []
+    for grown, static in pairs:
+        both = min(len(grown["epochs"]), len(static["epochs"]))
+        first = max(1, both - window + 1)
+        mean = {
+            name: statistics.fmean(e["test_acc"] for e in run["epochs"][first - 1 : both])
+            for name, run in (("grown", grown), ("static", static))
+        }
+        rows.append(
+            (
+                grown["run_id"],
+                static["run_id"],
+                f"{first}-{both} of {grown['config']['epochs']}",
+                f"{mean['grown']:.4f}",
+                f"{mean['static']:.4f}",
+                f"{100 * (mean['grown'] - mean['static']):+.2f} points",
+            )
+        )
+    intro = (
+        f"Pairs still training: mean test accuracy over the last {window} epochs both runs have "
+        "trained (not a final ratio):"
+    )
+    return [intro, "", *markdown_table(head, rows), ""]
+
+
+def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
+    """Where growth went in models with joined channel groups (a ResNet's): streams or interiors."""
+    rows = []
+    for run in sorted([*runs, *running], key=lambda r: r["run_id"]):
+        if run["kind"] != "grown":
+            continue
+        for event in run["events"]:
+            plan = event["plan"]
+            outputs = {row["name"] for row in plan["rows"] if row["is_output"]}
+            groups = [g for g in plan.get("groups", ()) if g["name"] not in outputs]
+            kinds = {g["name"]: "stream" if len(g["producers"]) > 1 else "interior" for g in groups}
+            if "stream" not in kinds.values() or "interior" not in kinds.values():
+                continue
+            nagn = {
+                kind: statistics.fmean(g["nagn"] for g in groups if kinds[g["name"]] == kind)
+                for kind in ("stream", "interior")
+            }
+            units = {"stream": 0, "interior": 0}
+            for name, k in event["increments"].items():
+                units[kinds[name]] += k
+            top = max((r for r in plan["rows"] if r["name"] in kinds), key=lambda r: r["contrast"])
+            rows.append(
+                (
+                    run["run_id"] + (" (running)" if run.get("partial") else ""),
+                    str(event["epoch"]),
+                    f"{nagn['stream']:.4f}",
+                    f"{nagn['interior']:.4f}",
+                    f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})",
+                    str(units["stream"]),
+                    str(units["interior"]),
+                )
+            )
+    if not rows:
+        return []
+    head = (
+        "run",
+        "trigger",
+        "mean NAGN, streams",
+        "mean NAGN, interiors",
+        "largest contrast",
+        "units to streams",
+        "units to interiors",
+    )
+    intro = (
+        "Where growth went (channel groups; a stream has several producers, an interior one; "
+        "the output group is left out):"
+    )
+    return [intro, "", *markdown_table(head, rows), ""]
