@@ -289,6 +289,52 @@ class HookedBlock(nn.Module):
         return F.relu(self.conv(x))
 
 
+class NewOpStep(nn.Module):
+    """The layer types and ops the analysis learned with the soundness rule, each of which must
+    widen exactly or block: a transposed conv, padding modules, channel-dim ``F.pad``, a frozen
+    BatchNorm, an SE gate spelled with ``expand_as``, ``flip``, ``zeros_like``, ``addcmul``."""
+
+    def __init__(self, c: int, cout: int, variant: str) -> None:
+        super().__init__()
+        from torchvision.ops import FrozenBatchNorm2d
+
+        self.variant = variant
+        self.out_channels = c
+        if variant == "transpose":
+            self.layer = nn.ConvTranspose2d(c, cout, 3, padding=1)
+            self.out_channels = cout
+        elif variant == "reflect_pad":
+            self.layer = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, cout, 3))
+            self.out_channels = cout
+        elif variant == "frozen_bn":
+            self.layer = FrozenBatchNorm2d(c)
+            self.layer.running_mean.uniform_(-0.5, 0.5)
+            self.layer.weight.uniform_(0.5, 1.5)
+        elif variant == "channel_pad":
+            self.out_channels = c + 2
+        elif variant == "se_expand":
+            self.layer = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        if self.variant in ("transpose", "reflect_pad", "frozen_bn"):
+            return self.layer(x)
+        if self.variant == "channel_pad":
+            return F.pad(x, (0, 0, 0, 0, 1, 1))
+        if self.variant == "se_expand":
+            return x * torch.sigmoid(self.layer(F.adaptive_avg_pool2d(x, 1))).expand_as(x)
+        if self.variant == "flip":
+            return x + x.flip(-1)
+        if self.variant == "zeros_like":
+            return x + torch.zeros_like(x)
+        return torch.addcmul(x, x, x, value=0.5)  # "addcmul"
+
+
+NEW_OP_VARIANTS = (
+    "transpose", "reflect_pad", "frozen_bn", "channel_pad", "se_expand", "flip", "zeros_like",
+    "addcmul",
+)  # fmt: skip
+
+
 class Fuzzed(nn.Module):
     def __init__(self, steps: list[nn.Module], stem: int, head: str) -> None:
         super().__init__()
@@ -316,7 +362,8 @@ def models(draw) -> Fuzzed:
     stem = c
     steps: list[nn.Module] = []
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(("conv", "norm", "tensor", "size", "se", "res", "cat", "hook")))
+        kinds = ("conv", "norm", "tensor", "size", "se", "res", "cat", "hook", "new")
+        kind = draw(st.sampled_from(kinds))
         if kind == "conv":
             step = ConvStep(c, draw(width), draw(st.sampled_from(CONV_VARIANTS)))
         elif kind == "norm":
@@ -336,6 +383,8 @@ def models(draw) -> Fuzzed:
             step = ResidualStep(c, draw(st.sampled_from(CONV_VARIANTS)))
         elif kind == "cat":
             step = CatStep(c, draw(width), draw(width))
+        elif kind == "new":
+            step = NewOpStep(c, draw(width), draw(st.sampled_from(NEW_OP_VARIANTS)))
         else:
             step = HookedBlock(c, draw(width), draw(st.booleans()))
         steps.append(step)
