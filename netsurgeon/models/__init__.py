@@ -12,7 +12,7 @@ from netsurgeon.models.vggnet import (
     vgg_num_parameters,
     widths_of,
 )
-from netsurgeon.models.vit import ViT, vit, vit_widths_of
+from netsurgeon.models.vision_transformer import ViT, vit, vit_widths_of
 
 __all__ = [
     "FIG1_WIDTHS",
