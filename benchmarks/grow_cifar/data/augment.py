@@ -12,8 +12,6 @@ __all__ = [
     "Augment",
     "channel_stats",
     "draw_augment",
-    "draw_crop_offsets",
-    "draw_flips",
     "gather_crops",
     "normalize",
     "pad_and_mirror",
@@ -37,21 +35,6 @@ class Augment:
             raise ValueError(
                 f"Augment.flip_probability must lie in [0, 1]; found {self.flip_probability}."
             )
-
-
-def draw_crop_offsets(n: int, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniform crop offsets for ``n`` images.
-
-    Returns:
-        ``(n, 2)`` int64 tensor of ``(dy, dx)``, each in ``[0, 2 * padding]``, on the
-        generator's device.
-    """
-    return torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=generator.device)
-
-
-def draw_flips(n: int, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """``(n,)`` bool tensor, each entry True with the given probability."""
-    return torch.rand(n, generator=generator, device=generator.device) < probability
 
 
 def pad_and_mirror(images: torch.Tensor, padding: int, mirror: bool) -> torch.Tensor:
@@ -116,13 +99,20 @@ def gather_crops(
 def draw_augment(
     n: int, augment: Augment | None, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop offsets ``(n, 2)``, then flips ``(n,)``; zeros where ``augment`` asks for none."""
+    """Crop offsets, then flips, for ``n`` images; zeros where ``augment`` asks for none.
+
+    Returns:
+        ``(offsets, flips)``: ``(n, 2)`` int64 ``(dy, dx)``, each uniform in ``[0, 2 * padding]``,
+        and ``(n,)`` bool, each True with ``augment.flip_probability``.
+    """
     offsets = torch.zeros(n, 2, dtype=torch.long)
     flips = torch.zeros(n, dtype=torch.bool)
     if augment is not None and augment.crop_padding:
-        offsets = draw_crop_offsets(n, augment.crop_padding, generator)
+        high = 2 * augment.crop_padding + 1
+        offsets = torch.randint(0, high, (n, 2), generator=generator, device=generator.device)
     if augment is not None and augment.flip and augment.flip_probability > 0:
-        flips = draw_flips(n, augment.flip_probability, generator)
+        coins = torch.rand(n, generator=generator, device=generator.device)
+        flips = coins < augment.flip_probability
     return offsets, flips
 
 

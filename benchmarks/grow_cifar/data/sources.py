@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -33,7 +32,6 @@ class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
 DATASETS: tuple[str, ...] = ("cifar10", "imagefolder", "digits", "synthetic")
 
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_CACHE_VERSION = 2  # 2: the key is a hash of the file list
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -79,15 +77,14 @@ def load_cifar10(
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def _list_image_folder(split_root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]], str]:
-    """Class names (sorted folders), ``(file, label)`` pairs in ImageFolder's order, a listing key."""
+def _list_image_folder(split_root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+    """Class names (sorted folders) and ``(file, label)`` pairs in ImageFolder's order."""
     from torchvision.datasets.folder import make_dataset
 
     classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
     labels = {name: label for label, name in enumerate(classes)}
     files = make_dataset(split_root, labels, extensions=tuple(_IMAGE_SUFFIXES), allow_empty=True)
-    listing = f"v{_CACHE_VERSION}:{split_root.resolve()}:{files}"
-    return classes, files, hashlib.sha1(listing.encode()).hexdigest()
+    return classes, files
 
 
 def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:
@@ -114,12 +111,7 @@ def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:
     return ImageTensors(torch.stack(images), labels)
 
 
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "netsurgeon"
-
-
-def _load_split(split_root: Path, cache_dir: Path | None) -> tuple[ImageTensors, tuple[str, ...]]:
+def _load_split(split_root: Path) -> tuple[ImageTensors, tuple[str, ...]]:
     if not split_root.is_dir():
         raise DatasetNotFoundError(
             f"ImageFolder: {split_root} is not a folder. Expected DIR/train/<class>/<image> and "
@@ -127,41 +119,21 @@ def _load_split(split_root: Path, cache_dir: Path | None) -> tuple[ImageTensors,
             "`unzip -q ../shared/datasets/cifar10-jpeg.zip -d /tmp/cifar10-jpeg` and pass "
             "--data-dir /tmp/cifar10-jpeg."
         )
-    classes, files, key = _list_image_folder(split_root)
+    classes, files = _list_image_folder(split_root)
     if not files:
         raise DatasetNotFoundError(
             f"ImageFolder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in class folders "
             f"under {split_root}."
         )
-    root_tag = hashlib.sha1(str(split_root.resolve()).encode()).hexdigest()[:8]
-    prefix = f"imagefolder-{root_tag}-{split_root.name}-"
-    cache_file = cache_dir / f"{prefix}{key[:16]}.pt" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if cached.get("key") == key:
-            return ImageTensors(cached["images"], cached["labels"]), tuple(cached["classes"])
-    data = _decode_files(files, split_root)
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        torch.save(
-            {"key": key, "images": data.images, "labels": data.labels, "classes": list(classes)},
-            tmp,
-        )
-        os.replace(tmp, cache_file)  # atomic: parallel jobs never read a half-written cache
-        for stale in cache_file.parent.glob(f"{prefix}*.pt"):
-            if stale != cache_file:  # an older listing of the same folder
-                stale.unlink(missing_ok=True)
-    return data, classes
+    return _decode_files(files, split_root), classes
 
 
 def load_image_folder(
     root: str | os.PathLike[str],
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    cache: bool = True,
 ) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
-    """An ImageFolder tree ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded once.
+    """An ImageFolder tree ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded.
+
+    Decoding is not cached: CIFAR-10's 60,000 JPEGs take about 10 s on one core, once per process.
 
     Returns:
         ``(train, test, classes)`` on the CPU.
@@ -170,11 +142,8 @@ def load_image_folder(
         >>> train, test, classes = load_image_folder("/tmp/cifar10-jpeg")  # doctest: +SKIP
     """
     root = Path(root)
-    directory = (
-        (Path(cache_dir) if cache_dir is not None else _default_cache_dir()) if cache else None
-    )
-    train, classes = _load_split(root / "train", directory)
-    test, test_classes = _load_split(root / "test", directory)
+    train, classes = _load_split(root / "train")
+    test, test_classes = _load_split(root / "test")
     if test_classes != classes:
         raise ValueError(
             f"ImageFolder {root}: train/ and test/ must hold the same class folders; found "
@@ -249,7 +218,6 @@ def load_dataset(
     split_seed: int = 0,
     device: torch.device | str | None = None,
     download: bool = True,
-    cache_dir: str | os.PathLike[str] | None = None,
     synthetic_size: tuple[int, int] = (2000, 500),
     synthetic_image_size: int = 32,
 ) -> DatasetSplits:
@@ -263,7 +231,6 @@ def load_dataset(
         split_seed: seed of that hold-out.
         device: where the uint8 tensors live (the training device).
         download: let torchvision download CIFAR-10 into ``data_dir`` when missing.
-        cache_dir: decoded-ImageFolder cache (see :func:`load_image_folder`).
         synthetic_size: ``(n_train, n_test)`` of the synthetic task.
         synthetic_image_size: height = width of the synthetic images.
 
@@ -281,7 +248,7 @@ def load_dataset(
                 "load_dataset('imagefolder'): data_dir is required; pass the folder that holds "
                 "train/ and test/ (e.g. --data-dir /tmp/cifar10-jpeg)."
             )
-        train, test, classes = load_image_folder(data_dir, cache_dir=cache_dir)
+        train, test, classes = load_image_folder(data_dir)
     elif name == "digits":
         train, test, classes = load_digits(upsample=2)  # 16x16, see the module docstring
         augment = Augment(crop_padding=2, flip=False)  # a mirrored digit is another glyph
