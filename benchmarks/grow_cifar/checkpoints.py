@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = [
     "capture",
     "checkpoint_record",
     "load_checkpoint",
+    "progress_record",
     "restore_training",
     "save_checkpoint",
 ]
@@ -121,3 +123,11 @@ def checkpoint_record(path: Path) -> dict[str, Any]:
     stop_reason = (state.get("grower") or {}).get("stop_reason")
     record = run_record(state["run_id"], **saved, stop_reason=stop_reason, environment=None)
     return {**record, "partial": True}
+
+
+def progress_record(out: Path, run_id: str) -> dict[str, Any] | None:
+    """A run still training under ``out``: its progress snapshot, else its checkpoint's record."""
+    snapshot, checkpoint = out / "progress" / f"{run_id}.json", out / "checkpoints" / f"{run_id}.pt"
+    if snapshot.is_file():
+        return json.loads(snapshot.read_text())
+    return checkpoint_record(checkpoint) if checkpoint.is_file() else None

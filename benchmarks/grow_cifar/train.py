@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -219,7 +218,6 @@ def train_run(
     cfg: BenchConfig,
     out: Path,
     *,
-    progress: bool = True,
     deadline: float | None = None,
 ) -> dict:
     """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
@@ -233,8 +231,6 @@ def train_run(
     """
     if deadline is not None and time.time() >= deadline:
         raise RunStopped(spec.run_id)
-    from tqdm.auto import tqdm
-
     data = load_data(cfg)
     device = torch.device(cfg.device)
     shared = {
@@ -252,18 +248,11 @@ def train_run(
     if state is not None:
         epochs, events = state["epochs"], state["events"]
         starts = [*state["segment_starts"], len(epochs) + 1]
-    first = len(epochs) + 1
-    bar = tqdm(range(first, cfg.epochs + 1), desc=spec.run_id, leave=False, disable=not progress)
     try:
-        for epoch in bar:
+        for epoch in range(len(epochs) + 1, cfg.epochs + 1):
             before = epochs[-1] if epochs else {"train_time_s": 0.0, "train_cpu_s": 0.0}
             record, event, seconds = _epoch(parts, cfg, data, epoch, before)
             epochs.append(record)
-            bar.set_postfix(
-                loss=f"{record['train_loss']:.3f}",
-                val=f"{record['val_acc']:.3f}",
-                test=f"{record['test_acc']:.3f}",
-            )
             if event is not None:
                 events.append(event.to_dict())
                 _log_event(spec, event, record["widths"], verbose=cfg.verbose)
@@ -306,18 +295,17 @@ def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> 
 
 
 def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:
-    from tqdm.auto import tqdm
-
     added = ", ".join(f"{k}+{v}" for k, v in event.increments.items())
-    tqdm.write(
+    print(
         f"[{spec.run_id}] epoch {event.epoch}: grew ({event.where}) {added} -> {widths} "
-        f"({event.params_before} -> {event.params_after} params)"
+        f"({event.params_before} -> {event.params_after} params)",
+        flush=True,
     )
     if verbose:
         peak = max(event.profile.values())
         for name, value in event.profile.items():
             bar = "#" * max(1, round(30 * value / peak)) if peak > 0 else ""
-            tqdm.write(f"    NAGN {name:22s} {value:10.3e} {bar}")
+            print(f"    NAGN {name:22s} {value:10.3e} {bar}", flush=True)
 
 
 # ================================================================================================
@@ -333,16 +321,10 @@ def load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
 
 def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
     """The final widths of a grown run still training whose growth has stopped, else None."""
-    progress = out / "progress" / f"{spec.run_id}.json"
-    if progress.is_file():
-        snapshot = json.loads(progress.read_text())
-        return as_widths(snapshot["widths_final"]) if snapshot.get("stop_reason") else None
-    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if (state.get("grower") or {}).get("stopped"):
-            return as_widths(state["epochs"][-1]["widths"])
-    return None
+    snapshot = _checkpoints.progress_record(out, spec.run_id)
+    if snapshot is None or not snapshot["stop_reason"]:
+        return None
+    return as_widths(snapshot["widths_final"])
 
 
 def prepare(cfg: BenchConfig) -> None:
@@ -368,6 +350,6 @@ def run_task(spec: RunSpec, cfg: BenchConfig, out: Path, deadline: float | None)
     """One task of a sweep: ``spec``'s record, or None when it stopped at ``deadline``."""
     prepare(cfg)
     try:
-        return train_run(spec, cfg, out, progress=False, deadline=deadline)
+        return train_run(spec, cfg, out, deadline=deadline)
     except RunStopped:
         return None

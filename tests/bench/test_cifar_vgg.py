@@ -426,7 +426,7 @@ def test_a_run_leaves_a_snapshot_every_epoch_and_removes_it_when_done(
 
     monkeypatch.setattr(train_module, "write_json", spy)
     spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
-    driver.train_run(spec, cfg, tmp_path, progress=False)
+    driver.train_run(spec, cfg, tmp_path)
     assert written == [("progress", 1), ("progress", 2), ("runs", 3)]
     assert not list((tmp_path / "progress").glob("*.json"))
 
@@ -475,7 +475,7 @@ def _train_interrupted(
     with monkeypatch.context() as m:
         m.setattr(train_module, "save_checkpoint", save_then_die)
         with pytest.raises(_Killed):
-            driver.train_run(spec, cfg, out, progress=False)
+            driver.train_run(spec, cfg, out)
 
 
 @pytest.mark.parametrize(
@@ -489,14 +489,14 @@ def test_a_run_resumed_from_a_checkpoint_equals_the_uninterrupted_run(
     """Smoke preset, growth forced at epoch 2, 5 epochs: stop after ``after_epoch``, resume."""
     cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5"])
     spec = driver.RunSpec(cfg.configs[0], 0, where)
-    whole = driver.train_run(spec, cfg, tmp_path / "whole", progress=False)
+    whole = driver.train_run(spec, cfg, tmp_path / "whole")
 
     out = tmp_path / "resumed"
     _train_interrupted(spec, cfg, out, after_epoch, monkeypatch)
     checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
     assert checkpoint.is_file() and not (out / "runs").exists()
     torch.manual_seed(12345)  # a new process: another global RNG state (restored from the file)
-    resumed = driver.train_run(spec, cfg, out, progress=False)
+    resumed = driver.train_run(spec, cfg, out)
 
     keys = ("epoch", "train_loss", "val_acc", "test_acc", "lr", "widths", "params")
     assert [{k: e[k] for k in keys} for e in resumed["epochs"]] == [
@@ -521,9 +521,9 @@ def test_a_checkpoint_made_with_other_settings_is_refused(
     _train_interrupted(spec, cfg, tmp_path, 2, monkeypatch)
     other, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "6"])
     with pytest.raises(driver.SweepError, match=r"epochs: saved 5, now 6.*fresh --out"):
-        driver.train_run(spec, other, tmp_path, progress=False)
+        driver.train_run(spec, other, tmp_path)
     scheduling, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5", "--jobs", "3"])
-    record = driver.train_run(spec, scheduling, tmp_path, progress=False)  # jobs shape nothing
+    record = driver.train_run(spec, scheduling, tmp_path)  # jobs shape nothing
     assert record["segments"] == 2
 
 
@@ -585,7 +585,7 @@ def test_the_report_says_which_runs_were_trained_in_several_segments(
 def _fake_train(calls: list[str], final: dict[str, list[list[int]]]):
     """A stand-in for ``train_run`` that records its calls and returns minimal records."""
 
-    def train(spec, cfg, out, *, progress=True, deadline=None):
+    def train(spec, cfg, out, *, deadline=None):
         calls.append(spec.run_id)
         widths = final.get(spec.run_id, [list(block) for block in spec.widths])
         kind = "grown" if spec.where else "static"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import checkpoint_record
+from ..checkpoints import progress_record
 from ..environment import environment
 from ..records import width_tag
 from .figures import write_figures
@@ -55,13 +55,8 @@ def load_runs(out: Path) -> list[dict]:
 def load_progress(out: Path) -> list[dict]:
     """Runs still training (``"partial": True``): their progress snapshot, else checkpoint."""
     done = {p.stem for p in (out / "runs").glob("*.json")}
-    found = {p.stem: p for p in sorted((out / "checkpoints").glob("*.pt"))}
-    found.update((p.stem, p) for p in sorted((out / "progress").glob("*.json")))
-    return [
-        json.loads(path.read_text()) if path.suffix == ".json" else checkpoint_record(path)
-        for run_id, path in sorted(found.items())
-        if run_id not in done
-    ]
+    found = [*(out / "checkpoints").glob("*.pt"), *(out / "progress").glob("*.json")]
+    return [progress_record(out, run_id) for run_id in sorted({p.stem for p in found} - done)]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
