@@ -18,19 +18,11 @@ from netsurgeon.models import vgg
 
 from . import checkpoints as _checkpoints
 from .arch import ARCHS
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import Training, load_checkpoint, save_checkpoint
 from .config import BenchConfig, Widths, as_widths, default_data_dir
 from .data import DatasetSplits, TensorLoader, evaluate, load_dataset
 from .environment import environment
-from .records import (
-    config_defaults,
-    config_dict,
-    data_record,
-    load_record,
-    make_run_id,
-    run_record,
-    write_json,
-)
+from .records import config_dict, data_record, load_record, make_run_id, run_record, write_json
 
 __all__ = [
     "RunSpec",
@@ -114,18 +106,7 @@ def _clock(device: torch.device) -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-@dataclass
-class _Parts:
-    """What trains one run and goes into its checkpoint together."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    loader: TensorLoader
-    grower: Grower | None
-
-
-def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | None) -> _Parts:
+def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | None) -> Training:
     """The run's model, optimizer, schedule, batches and Grower; restored from ``state`` if any."""
     device = torch.device(cfg.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -141,14 +122,13 @@ def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | N
     grower = None
     if spec.where is not None:  # after the restore: its monitor hooks the grown layers
         grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
+    parts = Training(model, optimizer, schedule, loader, grower)
     if state is not None:
-        _checkpoints.restore_training(
-            state, optimizer=optimizer, schedule=schedule, loader=loader, grower=grower
-        )
-    return _Parts(model, optimizer, schedule, loader, grower)
+        _checkpoints.restore_training(state, parts)
+    return parts
 
 
-def _train_epoch(parts: _Parts, cfg: BenchConfig) -> torch.Tensor:
+def _train_epoch(parts: Training, cfg: BenchConfig) -> torch.Tensor:
     """One pass over the training batches; the summed loss, on the device."""
     parts.model.train()
     loss_sum = torch.zeros((), device=cfg.device)
@@ -182,7 +162,7 @@ def _accuracies(model: torch.nn.Module, data: DatasetSplits, cfg: BenchConfig) -
 
 
 def _epoch(
-    parts: _Parts, cfg: BenchConfig, data: DatasetSplits, epoch: int, before: dict
+    parts: Training, cfg: BenchConfig, data: DatasetSplits, epoch: int, before: dict
 ) -> tuple[dict, Any, float]:
     """Train, evaluate, maybe grow: the epoch's record, its growth event or None, its seconds.
 
@@ -239,9 +219,7 @@ def train_run(
         "environment": environment(device),
     }
     checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
-    state = load_checkpoint(
-        checkpoint, shared["config"], config_defaults(BenchConfig), shared["data"]
-    )
+    state = load_checkpoint(checkpoint, cfg, shared["data"])
     parts = _build(spec, cfg, data, state)
     grower = parts.grower
     epochs, events, starts = [], [], [1]
@@ -275,17 +253,14 @@ def train_run(
     return record
 
 
-def _write_progress(out: Path, parts: _Parts, partial: dict, *, checkpoint: bool) -> None:
+def _write_progress(out: Path, parts: Training, partial: dict, *, checkpoint: bool) -> None:
     """What a running sweep has so far (report, replay) and, if ``checkpoint``, the checkpoint."""
     run_id = partial["run_id"]
     write_json(out / "progress" / f"{run_id}.json", {**partial, "partial": True})
     if checkpoint:
         keys = ("run_id", "config", "data", "epochs", "events", "segment_starts")
         run = {k: partial[k] for k in keys}
-        run |= {k: partial["epochs"][-1][k] for k in ("train_time_s", "train_cpu_s")}
-        save_checkpoint(
-            out / "checkpoints" / f"{run_id}.pt", _checkpoints.capture(**vars(parts), run=run)
-        )
+        save_checkpoint(out / "checkpoints" / f"{run_id}.pt", _checkpoints.capture(parts, run))
 
 
 def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> dict[str, Any]:
@@ -314,9 +289,7 @@ def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: b
 
 
 def load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
-    return load_record(
-        out / "runs" / f"{spec.run_id}.json", config_dict(cfg), config_defaults(BenchConfig)
-    )
+    return load_record(out / "runs" / f"{spec.run_id}.json", cfg)
 
 
 def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:

@@ -384,20 +384,19 @@ def _strip(config: dict, *keys: str) -> dict:
 def test_a_record_that_predates_a_setting_resumes_when_the_setting_is_at_its_default(
     smoke_out: Path, tmp_path: Path
 ) -> None:
-    from benchmarks.grow_cifar.records import config_defaults, config_dict, load_record
+    from benchmarks.grow_cifar.records import load_record
 
     cfg, _ = driver.resolve_config(["--preset", "smoke"])
     record = json.loads(next((smoke_out / "runs").glob("static_*.json")).read_text())
     record["config"] = _strip(record["config"], "hidden", "growth.neighbourhood")
     path = tmp_path / "old.json"
     path.write_text(json.dumps(record))
-    defaults = config_defaults(driver.BenchConfig)
-    assert load_record(path, config_dict(cfg), defaults)["run_id"] == record["run_id"]
+    assert load_record(path, cfg)["run_id"] == record["run_id"]
     changed = replace(cfg, growth=replace(cfg.growth, neighbourhood="geometric"))
     with pytest.raises(driver.SweepError, match=r"growth\.neighbourhood: saved 'arithmetic'"):
-        load_record(path, config_dict(changed), defaults)
+        load_record(path, changed)
     with pytest.raises(driver.SweepError, match="hidden"):
-        load_record(path, config_dict(cfg))  # without defaults a missing key is a difference
+        load_record(path, replace(cfg, hidden=(8,)))  # a missing key reads as its default
 
 
 def test_config_defaults_expand_nested_configs_and_skip_required_fields() -> None:
@@ -605,9 +604,17 @@ def test_stopped_widths_reads_progress_snapshots_then_checkpoints(tmp_path: Path
     assert driver.stopped_widths(spec, tmp_path) is None  # nothing there yet
     checkpoint = tmp_path / "checkpoints" / f"{spec.run_id}.pt"
     checkpoint.parent.mkdir()
-    torch.save({"grower": {"stopped": False}, "epochs": [{"widths": [[2], [2], [4]]}]}, checkpoint)
+
+    def save_checkpoint(widths: list[list[int]], stop_reason: str | None) -> None:
+        times = {"train_time_s": 1.0, "train_cpu_s": 1.0}
+        epoch = {"widths": widths, "params": 1, "test_acc": 0.1, "val_acc": 0.1, **times}
+        state = {"run_id": spec.run_id, "epochs": [epoch], "events": [], "segment_starts": [1]}
+        grower = {"stopped": stop_reason is not None, "stop_reason": stop_reason}
+        torch.save({**state, "config": {}, "data": {"train": 8}, "grower": grower}, checkpoint)
+
+    save_checkpoint([[2], [2], [4]], None)
     assert driver.stopped_widths(spec, tmp_path) is None  # still growing
-    torch.save({"grower": {"stopped": True}, "epochs": [{"widths": [[3], [2], [4]]}]}, checkpoint)
+    save_checkpoint([[3], [2], [4]], "epoch 7")
     assert driver.stopped_widths(spec, tmp_path) == ((3,), (2,), (4,))
     progress = tmp_path / "progress" / f"{spec.run_id}.json"
     progress.parent.mkdir()
