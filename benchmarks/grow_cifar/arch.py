@@ -11,7 +11,7 @@ from torch import nn
 
 from netsurgeon.models import resnet, resnet_widths_of, vgg, widths_of
 
-__all__ = ["ARCHS", "Arch", "Family", "as_widths", "build_recorded", "family_of", "image_size_of"]
+__all__ = ["ARCHS", "Arch", "Family", "as_widths", "build_recorded", "family_of"]
 
 Widths = tuple[tuple[int, ...], ...]
 
@@ -96,21 +96,17 @@ ARCHS: dict[str, Arch] = {
 }
 
 
-def image_size_of(config: Mapping[str, Any]) -> int:
-    """Pixels per side of a run's images, from its recorded config (a VGG's classifier needs it)."""
-    dataset = config.get("dataset", "cifar10")
-    return {"synthetic": config.get("synthetic_image_size", 32), "digits": 16}.get(dataset, 32)
-
-
 Family = tuple[str, int, int, tuple[int, ...]]  # (arch, in_channels, image_size, hidden)
 
 
 def family_of(run: Mapping[str, Any]) -> Family:
-    """What besides the widths fixes a run's model, read from its record (``config``, ``data``)."""
+    """What besides the widths fixes a run's model, read from its record (``config``, ``data``);
+    the image size (a VGG's classifier needs it) is 32 but for the synthetic and digits data."""
     config = run["config"]
     in_channels = len(run.get("data", {}).get("mean", (0, 0, 0)))
-    hidden = tuple(config.get("hidden", ()))
-    return config.get("arch", "vgg"), in_channels, image_size_of(config), hidden
+    sizes = {"synthetic": config.get("synthetic_image_size", 32), "digits": 16}
+    image_size = sizes.get(config.get("dataset", "cifar10"), 32)
+    return config.get("arch", "vgg"), in_channels, image_size, tuple(config.get("hidden", ()))
 
 
 def build_recorded(

@@ -23,19 +23,19 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, folder: Path, name: str, written: list[str]) -> None:
+def _save(fig: Any, folder: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(folder / name, dpi=120)
     _plt().close(fig)
-    written.append(name)
+    return name
 
 
-def _profile_figure(config: str, mine: Sequence[dict], folder: Path, written: list[str]) -> None:
+def _profile_figure(config: str, mine: Sequence[dict], folder: Path) -> str | None:
     import numpy as np
 
     profiles = [r["events"][0]["profile"] for r in mine if r["where"] == "nagn" and r["events"]]
     if not profiles:
-        return
+        return None
     names = list(profiles[0])
     values = np.array([[p.get(n, np.nan) for n in names] for p in profiles], dtype=float)
     fig, ax = _plt().subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.2))
@@ -44,7 +44,7 @@ def _profile_figure(config: str, mine: Sequence[dict], folder: Path, written: li
     ax.set_xticks(x, [n.replace(".conv", "") for n in names], rotation=45, ha="right")
     ax.set_ylabel("NAGN")
     ax.set_title(f"NAGN at the first trigger — {config} ({len(profiles)} seeds)")
-    _save(fig, folder, f"fig1a_nagn_profile_{config}.png", written)
+    return _save(fig, folder, f"fig1a_nagn_profile_{config}.png")
 
 
 def _band(ax: Any, series: Sequence[Sequence[float]], label: str, style: str) -> None:
@@ -69,8 +69,8 @@ def _time_axis(run: dict) -> tuple[list[float], str]:
 
 
 def _accuracy_figure(
-    config: str, mine: Sequence[dict], by_id: dict[str, dict], folder: Path, written: list[str]
-) -> None:
+    config: str, mine: Sequence[dict], by_id: dict[str, dict], folder: Path
+) -> str:
     """Fig. 2a: grown vs static test accuracy over epochs (mean ± std) and over training time."""
     wheres = sorted({r["where"] for r in mine}, key=lambda w: (w != "nagn", w))
     fig, (left, right) = _plt().subplots(1, 2, figsize=(11, 3.8))
@@ -110,7 +110,7 @@ def _accuracy_figure(
     right.set_ylabel("test accuracy")
     right.set_title(f"per seed, grown ({wheres[0]}) vs its static baseline", fontsize=9)
     right.legend(fontsize=7, loc="lower right")
-    _save(fig, folder, f"fig2a_accuracy_{config}.png", written)
+    return _save(fig, folder, f"fig2a_accuracy_{config}.png")
 
 
 def _running(*runs: dict | None) -> str:
@@ -133,13 +133,8 @@ def _log_axis(ax: Any, values: set[int], base: int = 10) -> None:
 
 
 def _widths_figure(
-    config: str,
-    where: str,
-    grown: Sequence[dict],
-    by_id: dict[str, dict],
-    folder: Path,
-    written: list[str],
-) -> None:
+    config: str, where: str, grown: Sequence[dict], by_id: dict[str, dict], folder: Path
+) -> str:
     """The growth trajectory: every layer's width and the parameter count over epochs, per seed."""
     grown = sorted(grown, key=lambda r: r["seed"])
     plt = _plt()
@@ -188,7 +183,7 @@ def _widths_figure(
             if bottom.get_legend_handles_labels()[0]:  # a baseline line to name
                 bottom.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"growth trajectory of {config} ({where})", fontsize=10)
-    _save(fig, folder, f"fig2a_widths_{config}_{where}.png", written)
+    return _save(fig, folder, f"fig2a_widths_{config}_{where}.png")
 
 
 def _errorbar(ax: Any, xs: Sequence[tuple], ys: Sequence[tuple], **style: Any) -> None:
@@ -197,9 +192,7 @@ def _errorbar(ax: Any, xs: Sequence[tuple], ys: Sequence[tuple], **style: Any) -
     ax.errorbar(means, [y[0] for y in ys], xerr=stds, yerr=[y[1] for y in ys], **style)
 
 
-def _ratio_figure(
-    rows: Sequence[Any], totals: dict, paper: tuple, folder: Path, written: list[str]
-) -> None:
+def _ratio_figure(rows: Sequence[Any], totals: dict, paper: tuple, folder: Path) -> str:
     (paper_acc, paper_time) = paper
     fig, ax = _plt().subplots(figsize=(5, 4))
     for where in sorted({r.where for r in rows}):
@@ -215,7 +208,7 @@ def _ratio_figure(
     ax.set_xlabel("training time ratio (grown / static)")
     ax.set_ylabel("test accuracy ratio (grown / static)")
     ax.legend(fontsize=7)
-    _save(fig, folder, "fig2b_ratios.png", written)
+    return _save(fig, folder, "fig2b_ratios.png")
 
 
 def write_figures(
@@ -240,7 +233,7 @@ def write_figures(
     """
     folder = Path(out) / "figures"
     folder.mkdir(exist_ok=True)
-    written: list[str] = []
+    written: list[str | None] = []
     everything = [*runs, *running]
     by_id = {r["run_id"]: r for r in everything}
     grown = [r for r in everything if r["kind"] == "grown"]
@@ -248,12 +241,11 @@ def write_figures(
     for run in grown:
         configs[width_tag(run["widths_initial"])].append(run)
     for config, mine in sorted(configs.items()):
-        _profile_figure(config, mine, folder, written)
-        _accuracy_figure(config, mine, by_id, folder, written)
+        written.append(_profile_figure(config, mine, folder))
+        written.append(_accuracy_figure(config, mine, by_id, folder))
         for where in sorted({r["where"] for r in mine}):
-            _widths_figure(
-                config, where, [r for r in mine if r["where"] == where], by_id, folder, written
-            )
+            grown_here = [r for r in mine if r["where"] == where]
+            written.append(_widths_figure(config, where, grown_here, by_id, folder))
     if rows:
-        _ratio_figure(rows, totals, paper, folder, written)
-    return written
+        written.append(_ratio_figure(rows, totals, paper, folder))
+    return [name for name in written if name is not None]

@@ -8,13 +8,23 @@ from collections.abc import Sequence
 
 from ..records import width_tag
 
-__all__ = ["growth_targets", "markdown_table", "pairs_so_far", "trajectories"]
+__all__ = ["growth_targets", "markdown_table", "pairs", "pairs_so_far", "trajectories"]
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """A Markdown table's lines: the header, the rule, one line per row."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def pairs(runs: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """``(grown run, its static baseline)`` for every grown run whose baseline is in ``runs``."""
+    by_id = {r["run_id"]: r for r in runs}
+    return [
+        (r, by_id[r["baseline_run_id"]])
+        for r in runs
+        if r["kind"] == "grown" and r.get("baseline_run_id") in by_id
+    ]
 
 
 def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
@@ -54,18 +64,13 @@ def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str
 
 def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5) -> list[str]:
     """Grown vs static test accuracy over the epochs both have trained, where either still trains."""
-    by_id = {r["run_id"]: r for r in [*runs, *running]}
-    pairs = [
-        (grown, by_id[grown["baseline_run_id"]])
-        for grown in sorted(by_id.values(), key=lambda r: r["run_id"])
-        if grown["kind"] == "grown" and grown.get("baseline_run_id") in by_id
-        if grown.get("partial") or by_id[grown["baseline_run_id"]].get("partial")
-    ]
-    if not pairs:
+    everything = sorted([*runs, *running], key=lambda r: r["run_id"])
+    training = [(g, s) for g, s in pairs(everything) if g.get("partial") or s.get("partial")]
+    if not training:
         return []
     head = ("grown run", "static run", "epochs compared", "grown test acc", "static", "difference")
     rows = []
-    for grown, static in pairs:
+    for grown, static in training:
         both = min(len(grown["epochs"]), len(static["epochs"]))
         first = max(1, both - window + 1)
         mean = {

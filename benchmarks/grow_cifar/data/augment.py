@@ -122,7 +122,8 @@ def normalize(
     std: Sequence[float],
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` in [0, 255] -> float ``(x / 255 - mean) / std`` per channel."""
+    """uint8 ``(N, C, H, W)`` in [0, 255] -> float ``(x / 255 - mean) / std`` per channel, in
+    channels_last memory format (one copy of the input first when it is not)."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(
             f"normalize: expected uint8 (N, C, H, W) images; found {images.dtype} of shape "
@@ -138,14 +139,10 @@ def normalize(
     scale = (1.0 / (255.0 * std_t)).to(dtype)
     shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).to(dtype)
     device = images.device
-    if c > 1 and images.is_contiguous(memory_format=torch.channels_last):
-        rows = images.permute(0, 2, 3, 1).reshape(n * h, w * c)
-        # One pass, uint8 in, float out: shift + x * scale with the (C,) pattern tiled W times.
-        out = torch.addcmul(shift.repeat(w).to(device), rows, scale.repeat(w).to(device))
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)
-    planes = images.reshape(n, c, h * w)
-    out = torch.addcmul(shift.view(1, c, 1).to(device), planes, scale.view(1, c, 1).to(device))
-    return out.view(n, c, h, w)
+    rows = images.permute(0, 2, 3, 1).reshape(n * h, w * c)
+    # One pass, uint8 in, float out: shift + x * scale with the (C,) pattern tiled W times.
+    out = torch.addcmul(shift.repeat(w).to(device), rows, scale.repeat(w).to(device))
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def channel_stats(

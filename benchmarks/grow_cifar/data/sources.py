@@ -155,16 +155,13 @@ def load_image_folder(
 # --------------------------------------------------------------------------- digits
 
 
-def load_digits(
-    *, upsample: int = 1, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
+def load_digits(*, upsample: int = 1) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
     """scikit-learn's bundled 8x8 digits (offline): 1 channel, values 0..16 rescaled to 0..255.
+    There is no official test set: a seeded 20 % is held out as test.
 
     Args:
         upsample: integer factor of nearest-neighbour upsampling (2 gives 16x16 images, so a
             three-block VGG still sees 2x2 maps after its last pool).
-        test_fraction: there is no official test set, so a seeded share is held out as test.
-        seed: seed of that hold-out.
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
@@ -175,7 +172,7 @@ def load_digits(
         images = images.repeat_interleave(upsample, 2).repeat_interleave(upsample, 3)
     labels = torch.from_numpy(bunch.target).to(torch.int64)
     every = ImageTensors(images, labels)
-    train_idx, test_idx = train_val_split(len(every), test_fraction, seed=seed)
+    train_idx, test_idx = train_val_split(len(every), 0.2, seed=0)
     return every.subset(train_idx), every.subset(test_idx), tuple(str(d) for d in range(10))
 
 
@@ -216,21 +213,18 @@ def load_dataset(
     *,
     val_fraction: float = 0.2,
     split_seed: int = 0,
-    device: torch.device | str | None = None,
-    download: bool = True,
     synthetic_size: tuple[int, int] = (2000, 500),
     synthetic_image_size: int = 32,
 ) -> DatasetSplits:
-    """Load a dataset by name into train / val / test tensors on ``device``.
+    """Load a dataset by name into train / val / test tensors on the CPU.
 
     Args:
         name: one of :data:`DATASETS`.
-        data_dir: folder of the data (cifar10: holds ``cifar-10-batches-py/``; imagefolder:
-            holds ``train/`` and ``test/``); unused for digits and synthetic.
+        data_dir: folder of the data (cifar10: holds ``cifar-10-batches-py/``, or receives it
+            from torchvision's download; imagefolder: holds ``train/`` and ``test/``); unused
+            for digits and synthetic.
         val_fraction: share of the training images held out for validation (seeded).
         split_seed: seed of that hold-out.
-        device: where the uint8 tensors live (the training device).
-        download: let torchvision download CIFAR-10 into ``data_dir`` when missing.
         synthetic_size: ``(n_train, n_test)`` of the synthetic task.
         synthetic_image_size: height = width of the synthetic images.
 
@@ -241,7 +235,7 @@ def load_dataset(
     """
     augment = Augment(crop_padding=4, flip=True)
     if name == "cifar10":
-        train, test, classes = load_cifar10(data_dir or "data", download=download)
+        train, test, classes = load_cifar10(data_dir or "data", download=True)
     elif name == "imagefolder":
         if data_dir is None:
             raise ValueError(
@@ -256,7 +250,7 @@ def load_dataset(
         train, test, classes = make_synthetic(*synthetic_size, image_size=synthetic_image_size)
     else:
         raise ValueError(f"load_dataset: unknown dataset {name!r}; expected one of {DATASETS}.")
-    splits = DatasetSplits.from_train_test(
+    return DatasetSplits.from_train_test(
         name,
         train,
         test,
@@ -265,4 +259,3 @@ def load_dataset(
         split_seed=split_seed,
         augment=augment,
     )
-    return splits.to(device)
