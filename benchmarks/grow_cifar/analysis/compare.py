@@ -80,12 +80,8 @@ def compare(a: Path, b: Path) -> str:
     }
     keys = sorted(index["a"].keys() & index["b"].keys())
     cells = (
-        "first trigger: epoch / step / LR",
-        "growths",
-        "final widths",
-        "acc ratio",
-        "CPU ratio",
-        "FLOP ratio",
+        *("first trigger: epoch / step / LR", "growths", "final widths"),
+        *("acc ratio", "CPU ratio", "FLOP ratio"),
     )
     head = ["config", "where", "seed", *[f"{c} ({n})" for c in cells for n in ("A", "B")]]
     rows = []

@@ -61,11 +61,9 @@ def _band(ax: Any, series: Sequence[Sequence[float]], label: str, style: str) ->
     ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
 
 
-def _time_axis(run: dict) -> tuple[list[float], str]:
-    """Cumulative training time per epoch: process CPU time when recorded, else wall time."""
-    if all("train_cpu_s" in e for e in run["epochs"]):
-        return [e["train_cpu_s"] / 60 for e in run["epochs"]], "training CPU time (min)"
-    return [e["train_time_s"] / 60 for e in run["epochs"]], "training wall time (min)"
+def _cpu_minutes(run: dict) -> list[float]:
+    """Cumulative training process CPU time per epoch, in minutes."""
+    return [e["train_cpu_s"] / 60 for e in run["epochs"]]
 
 
 def _accuracy_figure(
@@ -93,20 +91,16 @@ def _accuracy_figure(
     left.set_ylabel("test accuracy")
     left.set_title(f"{config}: mean ± std over seeds; red: growth ({wheres[0]})", fontsize=9)
     left.legend(fontsize=8, loc="lower right")
-    label = "training time"
     for r in sorted(mine, key=lambda r: (r["where"], r["seed"])):
         if r["where"] != wheres[0]:
             continue
-        times, label = _time_axis(r)
-        (line,) = right.plot(times, [e["test_acc"] for e in r["epochs"]], lw=1)
+        (line,) = right.plot(_cpu_minutes(r), [e["test_acc"] for e in r["epochs"]], lw=1)
         base = by_id.get(r.get("baseline_run_id"))
         if base is not None:
-            times_b, _ = _time_axis(base)
-            right.plot(
-                times_b, [e["test_acc"] for e in base["epochs"]], ":", color=line.get_color()
-            )
+            accs = [e["test_acc"] for e in base["epochs"]]
+            right.plot(_cpu_minutes(base), accs, ":", color=line.get_color())
         line.set_label(f"seed {r['seed']}: grown (—) vs static (⋯)" + _running(r, base))
-    right.set_xlabel(label)
+    right.set_xlabel("training CPU time (min)")
     right.set_ylabel("test accuracy")
     right.set_title(f"per seed, grown ({wheres[0]}) vs its static baseline", fontsize=9)
     right.legend(fontsize=7, loc="lower right")
@@ -150,15 +144,10 @@ def _widths_figure(
             for b, block in enumerate(run["epochs"][0]["widths"])
             for c in range(len(block))
         ]
-        # Later layers drawn thinner, on top: overlaps stay visible.
         for k, name in enumerate(names):
-            top.plot(
-                epochs,
-                [row[k] for row in flat],
-                drawstyle="steps-post",
-                lw=3.2 - 2.4 * k / max(1, len(names) - 1),
-                label=name,
-            )
+            line_width = 3.2 - 2.4 * k / max(1, len(names) - 1)  # later layers thinner, on top
+            widths = [row[k] for row in flat]
+            top.plot(epochs, widths, drawstyle="steps-post", lw=line_width, label=name)
         bottom.plot(epochs, [e["params"] for e in run["epochs"]], drawstyle="steps-post", lw=1.5)
         base = by_id.get(run.get("baseline_run_id"))
         if base is not None:

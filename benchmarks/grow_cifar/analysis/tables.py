@@ -77,16 +77,10 @@ def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5)
             name: statistics.fmean(e["test_acc"] for e in run["epochs"][first - 1 : both])
             for name, run in (("grown", grown), ("static", static))
         }
-        rows.append(
-            (
-                grown["run_id"],
-                static["run_id"],
-                f"{first}-{both} of {grown['config']['epochs']}",
-                f"{mean['grown']:.4f}",
-                f"{mean['static']:.4f}",
-                f"{100 * (mean['grown'] - mean['static']):+.2f} points",
-            )
-        )
+        compared = f"{first}-{both} of {grown['config']['epochs']}"
+        accuracies = [f"{mean['grown']:.4f}", f"{mean['static']:.4f}"]
+        difference = f"{100 * (mean['grown'] - mean['static']):+.2f} points"
+        rows.append((grown["run_id"], static["run_id"], compared, *accuracies, difference))
     intro = (
         f"Pairs still training: mean test accuracy over the last {window} epochs both runs have "
         "trained (not a final ratio):"
@@ -115,27 +109,16 @@ def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[s
             for name, k in event["increments"].items():
                 units[kinds[name]] += k
             top = max((r for r in plan["rows"] if r["name"] in kinds), key=lambda r: r["contrast"])
-            rows.append(
-                (
-                    run["run_id"] + (" (running)" if run.get("partial") else ""),
-                    str(event["epoch"]),
-                    f"{nagn['stream']:.4f}",
-                    f"{nagn['interior']:.4f}",
-                    f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})",
-                    str(units["stream"]),
-                    str(units["interior"]),
-                )
-            )
+            name = run["run_id"] + (" (running)" if run.get("partial") else "")
+            means = [f"{nagn[kind]:.4f}" for kind in ("stream", "interior")]
+            largest = f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})"
+            added = [str(units[kind]) for kind in ("stream", "interior")]
+            rows.append((name, str(event["epoch"]), *means, largest, *added))
     if not rows:
         return []
     head = (
-        "run",
-        "trigger",
-        "mean NAGN, streams",
-        "mean NAGN, interiors",
-        "largest contrast",
-        "units to streams",
-        "units to interiors",
+        *("run", "trigger", "mean NAGN, streams", "mean NAGN, interiors", "largest contrast"),
+        *("units to streams", "units to interiors"),
     )
     intro = (
         "Where growth went (channel groups; a stream has several producers, an interior one; "
