@@ -97,27 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, help="ray/submitit: GPUs per run (e.g. 0.25)")
     p.add_argument("--slurm-partition", help="submitit: SLURM partition")
     p.add_argument("--slurm-minutes", type=int, help="submitit: time limit per job (minutes)")
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        dest="time_limit_s",
-        metavar="SECONDS",
-        help="checkpoint every run and stop cleanly after SECONDS; the next call resumes",
-    )
+    limit = "checkpoint every run and stop cleanly after SECONDS; the next call resumes"
+    p.add_argument("--time-limit", type=float, dest="time_limit_s", metavar="SECONDS", help=limit)
     p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument(
-        "--growth",
-        nargs="+",
-        action="extend",
-        metavar="NAME=VALUE",
-        help="override GrowthConfig fields, e.g. end_rule=adjacent score=damped (docs/nagn.md)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="N",
-        help="write each run's checkpoint every N epochs (default 1; 0: none)",
-    )
+    overrides = "override GrowthConfig fields, e.g. end_rule=adjacent score=damped (docs/nagn.md)"
+    p.add_argument("--growth", nargs="+", action="extend", metavar="NAME=VALUE", help=overrides)
+    every = "write each run's checkpoint every N epochs (default 1; 0: none)"
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help=every)
     return p
 
 

@@ -80,12 +80,8 @@ class RayPool(_Pool):
         runtime_env = {"env_vars": {"PYTHONPATH": _python_path()}}
         if self.owned:
             ray.init(address=cfg.ray_address, runtime_env=runtime_env)
-        self.task = ray.remote(run_task).options(
-            num_cpus=cfg.threads or 1,
-            num_gpus=cfg.gpus_per_run,
-            runtime_env=runtime_env,
-            max_retries=0,
-        )
+        options = {"num_cpus": cfg.threads or 1, "num_gpus": cfg.gpus_per_run, "max_retries": 0}
+        self.task = ray.remote(run_task).options(**options, runtime_env=runtime_env)
         self.refs: list[Any] = []
 
     def submit(self, specs: list[RunSpec]) -> None:

@@ -81,17 +81,15 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
                         plan.finished(record)
                 todo = plan.ready()
     if ran:  # keep the record of the invocation that ran something
-        write_json(
-            out / "sweep.json",
-            {
-                "config": config_dict(cfg),
-                "wall_s": time.perf_counter() - start,
-                "jobs": cfg.jobs,
-                "launcher": cfg.launcher,
-                "ran": sorted(ran),
-                "environment": environment(torch.device(cfg.device)),
-            },
-        )
+        invocation = {
+            "config": config_dict(cfg),
+            "wall_s": time.perf_counter() - start,
+            "jobs": cfg.jobs,
+            "launcher": cfg.launcher,
+            "ran": sorted(ran),
+            "environment": environment(torch.device(cfg.device)),
+        }
+        write_json(out / "sweep.json", invocation)
     return list(plan.records.values())
 
 

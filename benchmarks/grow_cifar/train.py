@@ -145,18 +145,13 @@ def _train_epoch(parts: Training, cfg: BenchConfig) -> torch.Tensor:
 
 def _accuracies(model: torch.nn.Module, data: DatasetSplits, cfg: BenchConfig) -> dict[str, float]:
     """Validation and test accuracy, in [0, 1]."""
-    fmt = ARCHS[cfg.arch].memory_format(torch.device(cfg.device))
-    amp = torch.bfloat16 if cfg.amp else None
+    options = {
+        "batch_size": cfg.eval_batch_size,
+        "autocast_dtype": torch.bfloat16 if cfg.amp else None,
+        "memory_format": ARCHS[cfg.arch].memory_format(torch.device(cfg.device)),
+    }
     return {
-        name: evaluate(
-            model,
-            part,
-            mean=data.mean,
-            std=data.std,
-            batch_size=cfg.eval_batch_size,
-            autocast_dtype=amp,
-            memory_format=fmt,
-        ).accuracy
+        name: evaluate(model, part, mean=data.mean, std=data.std, **options).accuracy
         for name, part in (("val", data.val), ("test", data.test))
     }
 
@@ -193,13 +188,7 @@ def _epoch(
     return record, event, time.perf_counter() - t0[0]
 
 
-def train_run(
-    spec: RunSpec,
-    cfg: BenchConfig,
-    out: Path,
-    *,
-    deadline: float | None = None,
-) -> dict:
+def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, deadline: float | None = None) -> dict:
     """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
 
     Args:

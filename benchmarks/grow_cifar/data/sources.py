@@ -77,16 +77,6 @@ def load_cifar10(
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def _list_image_folder(split_root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """Class names (sorted folders) and ``(file, label)`` pairs in ImageFolder's order."""
-    from torchvision.datasets.folder import make_dataset
-
-    classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
-    labels = {name: label for label, name in enumerate(classes)}
-    files = make_dataset(split_root, labels, extensions=tuple(_IMAGE_SUFFIXES), allow_empty=True)
-    return classes, files
-
-
 def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
@@ -112,6 +102,9 @@ def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:
 
 
 def _load_split(split_root: Path) -> tuple[ImageTensors, tuple[str, ...]]:
+    """A split's images, labelled as ImageFolder does (class folders sorted), and class names."""
+    from torchvision.datasets.folder import make_dataset
+
     if not split_root.is_dir():
         raise DatasetNotFoundError(
             f"ImageFolder: {split_root} is not a folder. Expected DIR/train/<class>/<image> and "
@@ -119,7 +112,9 @@ def _load_split(split_root: Path) -> tuple[ImageTensors, tuple[str, ...]]:
             "`unzip -q ../shared/datasets/cifar10-jpeg.zip -d /tmp/cifar10-jpeg` and pass "
             "--data-dir /tmp/cifar10-jpeg."
         )
-    classes, files = _list_image_folder(split_root)
+    classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
+    labels = {name: label for label, name in enumerate(classes)}
+    files = make_dataset(split_root, labels, extensions=tuple(_IMAGE_SUFFIXES), allow_empty=True)
     if not files:
         raise DatasetNotFoundError(
             f"ImageFolder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in class folders "
