@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.models import resnet, resnet_widths_of, vgg, widths_of
+from netsurgeon.models import resnet, resnet_widths_of, vgg, vit, vit_widths_of, widths_of
 
 __all__ = ["ARCHS", "Arch", "Family", "as_widths", "build_recorded", "family_of"]
 
@@ -84,6 +84,27 @@ def _resnet_expand(widths: Widths, blocks: int) -> Widths:
     return tuple(row * (blocks + 1) if len(row) == 1 else row for row in widths)
 
 
+def _vit_build(
+    widths: Widths,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    hidden: tuple[int, ...] = (),
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    if hidden:
+        raise ValueError(
+            f"--arch vit has no hidden dense layers (its classifier is one Linear after the "
+            f"final LayerNorm and a mean over tokens); found hidden={hidden}. Drop --hidden."
+        )
+    return vit(widths, num_classes, in_channels, image_size, device=device)
+
+
+def _vit_expand(widths: Widths, blocks: int) -> Widths:
+    return widths * blocks if len(widths) == 1 else widths
+
+
 def _same(widths: Widths, blocks: int) -> Widths:
     return widths
 
@@ -93,6 +114,7 @@ ARCHS: dict[str, Arch] = {
     "resnet": Arch(
         "resnet", _resnet_build, _resnet_widths, _resnet_expand, cpu_channels_last=False
     ),
+    "vit": Arch("vit", _vit_build, vit_widths_of, _vit_expand, cpu_channels_last=False),
 }
 
 

@@ -43,7 +43,7 @@ class BenchConfig:
     seeds: tuple[int, ...]  # one grown run (per criterion) + its static baseline per seed
     epochs: int  # epochs per run (paper: 200)
     where: tuple[str, ...] = ("nagn",)  # growth criteria run side by side, matched budget
-    arch: str = "vgg"  # model family (arch.py): "vgg", or "resnet" (rows per stage)
+    arch: str = "vgg"  # model family (arch.py): "vgg", "resnet" (rows per stage) or "vit" (rows per block)
     blocks: int = 3  # resnet: basic blocks per stage for a row that gives one width (3: ResNet-20)
     dataset: str = "cifar10"  # one of data.DATASETS
     data_dir: str | None = None  # cifar10: holds cifar-10-batches-py/; imagefolder: train/, test/
