@@ -43,7 +43,7 @@ class BenchConfig:
     seeds: tuple[int, ...]  # one grown run (per criterion) + its static baseline per seed
     epochs: int  # epochs per run (paper: 200)
     where: tuple[str, ...] = ("nagn",)  # growth criteria run side by side, matched budget
-    arch: str = "vgg"  # model family (arch.py): "vgg", "resnet" (rows per stage) or "vit" (rows per block)
+    arch: str = "vgg"  # model family (arch.py): "vgg", "resnet" (row per stage), "vit" (per block)
     blocks: int = 3  # resnet: basic blocks per stage for a row that gives one width (3: ResNet-20)
     dataset: str = "cifar10"  # one of data.DATASETS
     data_dir: str | None = None  # cifar10: holds cifar-10-batches-py/; imagefolder: train/, test/
@@ -161,8 +161,8 @@ def _check(cfg: BenchConfig) -> None:
     for option, (value, low) in minimum.items():
         if value is not None and value < low:
             problems.append(f"{option} must be >= {low}, got {value}")
-    if cfg.arch == "resnet" and cfg.hidden:
-        problems.append(f"--arch resnet has no hidden dense layers; drop hidden={cfg.hidden}")
+    if cfg.arch != "vgg" and cfg.hidden:
+        problems.append(f"--arch {cfg.arch} has no hidden dense layers; drop hidden={cfg.hidden}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         problems.append(f"--seeds: need distinct seeds, got {list(cfg.seeds)}")
     if cfg.epochs < 1:
