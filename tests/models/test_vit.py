@@ -1,4 +1,4 @@
-"""``netsurgeon.models.vit`` (models/vision_transformer.py): shapes, parameter count, groups, validation and widths read back."""
+"""``netsurgeon.models.vit``: shapes, parameter count, groups, validation, widths read back."""
 
 from __future__ import annotations
 
