@@ -18,8 +18,10 @@ from torch import nn
 from netsurgeon.errors import NetsurgeonTypeError, UnknownLayerError, WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
+from netsurgeon.surgery.constructions import PerGroupInit, resolve_constructions, scaled_state
 from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
+from netsurgeon.surgery.norms import stage_norm_reader
 from netsurgeon.surgery.optim import grown_state
 from netsurgeon.surgery.staging import (
     AttrChange,
@@ -188,11 +190,15 @@ def resolve_plan(graph: LayerGraph, plan: Mapping[str, int]) -> dict[str, int]:
         if k % group.granularity:
             low = k - k % group.granularity
             options = ", ".join(str(v) for v in (low, low + group.granularity) if v > 0)
+            why = (
+                f"it is tiled, every channel copied: {'; '.join(group.requirements)}"
+                if group.construction == "tile"
+                else f"its channels are cut into {group.splits} equal splits"
+                + (" and normalisation groups" if group.granularity != group.splits else "")
+            )
             raise WidenError(
                 f"plan[{key!r}] = {k}: group '{group.name}' grows in multiples of "
-                f"{group.granularity} (its channels are cut into {group.splits} equal splits"
-                f"{' and normalisation groups' if group.granularity != group.splits else ''}); "
-                f"use {options}"
+                f"{group.granularity} ({why}); use {options}"
             )
         if group.name in growth and growth[group.name] != k:
             raise WidenError(
@@ -220,8 +226,11 @@ def stage(
     """
     growth = resolve_plan(graph, plan)
     groups = {g.name: g for g in graph.groups}
+    constructions, strategies = resolve_constructions(groups, growth, strategy)
+    if any(s is not strategy for s in strategies.values()):
+        strategy = PerGroupInit(strategies)
     sources = {
-        name: strategy.sources(
+        name: strategies[name].sources(
             groups[name].width,
             k,
             groups[name].splits,
@@ -232,7 +241,7 @@ def stage(
     }
     spec = {name: (groups[name].width, k, groups[name].splits) for name, k in growth.items()}
     widths = {g.name: g.width for g in graph.groups}
-    common = Growth(spec, sources, widths, strategy, generator)
+    common = Growth(spec, sources, widths, strategy, generator, constructions)
     consumers = {c.layer: c for name in growth for c in groups[name].consumers}
     followers = {f.name: f for name in growth for f in groups[name].followers}
     parts: list[Surgery] = []
@@ -242,15 +251,33 @@ def stage(
             consumer = consumers.get(layer)
             if own in growth or consumer is not None:
                 parts.append(stage_layer(graph, layer, own, consumer, common))
-        parts.extend(stage_follower(graph, f, common) for f in followers.values())
+        for f in followers.values():
+            padded = _padded_norm(graph, f, constructions)
+            parts.append(
+                stage_norm_reader(graph, f, spec) if padded else stage_follower(graph, f, common)
+            )
     surgery = Surgery(
         tensors=[t for part in parts for t in part.tensors],
         attrs=[a for part in parts for a in part.attrs],
     )
     if optimizer is not None:
-        for change in surgery.tensors:
-            if isinstance(change.tensor, nn.Parameter):
-                state = grown_state(optimizer, change.tensor, change.inserts, change.name)
-                if state:
-                    surgery.optimizer_state.append((change.tensor, state))
+        _stage_optimizer(surgery, optimizer)
     return surgery
+
+
+def _padded_norm(graph: LayerGraph, follower: Any, constructions: Mapping[str, str]) -> bool:
+    """A LayerNorm/RMSNorm module over a mean- or zero-padded group (rescaled, not appended)."""
+    if follower.kind != "module" or not getattr(graph.handler(follower.name), "norm_reader", False):
+        return False
+    return any(constructions.get(g) in ("mean_pad", "zero_pad") for g in follower.index_map.groups)
+
+
+def _stage_optimizer(surgery: Surgery, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer state of every grown parameter: grown, and rescaled with a rescaled one."""
+    for change in surgery.tensors:
+        if isinstance(change.tensor, nn.Parameter):
+            state = grown_state(optimizer, change.tensor, change.inserts, change.name)
+            if state and change.grad_scale != 1.0:
+                state = scaled_state(state, change.grad_scale, optimizer, change.name)
+            if state:
+                surgery.optimizer_state.append((change.tensor, state))
