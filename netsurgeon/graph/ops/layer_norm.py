@@ -38,7 +38,12 @@ from netsurgeon.graph.sizes import claim_channel_size
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
-__all__ = ["LayerNormHandler", "RMSNormHandler", "layer_norm_flow", "norm_reader_flow"]
+__all__ = [
+    "LayerNorm2dHandler",
+    "LayerNormHandler",
+    "RMSNormHandler",
+    "norm_reader_flow",
+]
 
 # the padding each norm's statistics allow, and the tag its input must carry for it
 _PADDING = {"LayerNorm": (MEAN_PAD, MEAN), "RMSNorm": (ZERO_PAD, ZERO_ZP)}
@@ -67,11 +72,35 @@ class LayerNormHandler(FollowerHandler):
         if layout is None:
             return None
         module = ctx.module_of(node)
-        over = norm_reader_flow(
+        read = norm_reader_flow(
             node, layout, len(module.normalized_shape), ctx, kind=self.kind,
             padding=module.weight is not None,
         )  # fmt: skip
-        if over:
+        if read == "read":
+            ctx.follow(node, str(node.target), layout, self.width(module))
+        return layout.with_path(self.kind)
+
+
+@register_module("torchvision.models.convnext.LayerNorm2d")
+class LayerNorm2dHandler(LayerNormHandler):
+    """A LayerNorm over dim 1 of an ``(N, C, H, W)`` tensor: torchvision's ConvNeXt
+    ``LayerNorm2d`` (registered by name) and timm's (:mod:`.timm`) permute, apply
+    ``F.layer_norm`` with the module's own tensors over the last dim, and permute back."""
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        layout = ctx.input(node)
+        if layout is None:
+            return None
+        if layout.normalized_dim() != 1 or layout.rank != 4:
+            if layout.normalized_dim() is None:
+                ctx.unknown(node, f"{self.kind} over dim 1 of a tensor of unknown rank")
+            return layout.with_path(self.kind)  # normalises another dim: per channel
+        module = ctx.module_of(node)
+        last = layout.replace(dim=3)
+        read = norm_reader_flow(
+            node, last, 1, ctx, kind=self.kind, padding=module.weight is not None
+        )
+        if read == "read":
             ctx.follow(node, str(node.target), layout, self.width(module))
         return layout.with_path(self.kind)
 
@@ -96,7 +125,7 @@ class LayerNormFunctionHandler(OpHandler):
             return None
         shape = node_arg(node, 1, "normalized_shape", ())
         kind = "LayerNorm" if node.target is F.layer_norm else "RMSNorm"
-        if not norm_reader_flow(node, layout, len(shape), ctx, kind=kind, padding=False):
+        if norm_reader_flow(node, layout, len(shape), ctx, kind=kind, padding=False) != "read":
             return layout.with_path(ctx.op_name(node))
         if not claim_channel_size(ctx, shape[-1] if shape else None, layout):
             ctx.block(
@@ -133,8 +162,9 @@ def _follow_passed(node, value, name: str, fill: float, layout: Layout, ctx: Flo
 
 def norm_reader_flow(
     node: fx.Node, layout: Layout, normalized: int, ctx: FlowContext, *, kind: str, padding: bool
-) -> bool:
-    """Whether the norm normalises across the channels; if so, record what it needs.
+) -> str:
+    """``"pass"`` (it normalises other dims), ``"blocked"`` (across channels it cannot follow) or
+    ``"read"`` (across one whole group: what it needs is recorded, it grows with the group).
 
     Args:
         normalized: how many trailing dims it normalises.
@@ -143,7 +173,7 @@ def norm_reader_flow(
             so its padding construction is possible; else only ``tile``.
     """
     if not _over_channels(layout, normalized):
-        return False
+        return "pass"
     label = f"{kind} '{node.target}'" if node.op == "call_module" else f"'{ctx.op_name(node)}'"
     seg = layout.segments[0] if len(layout.segments) == 1 else None
     problem = None
@@ -160,7 +190,7 @@ def norm_reader_flow(
             f"{label} normalises across {problem}; adding channels changes its mean and "
             "variance, so the widening cannot be exact",
         )
-        return True
+        return "blocked"
     pad, tag = _PADDING[kind]
     if not padding:
         why = "it has no weight to rescale" if node.op == "call_module" else "its eps is fixed"
@@ -176,7 +206,7 @@ def norm_reader_flow(
         allowed, reason = {pad, TILE}, f"{label} normalises across these channels: {pad} or tile"
     ctx.require_construction(node, layout, allowed, reason)
     ctx.states[node] = norm_tags()
-    return True
+    return "read"
 
 
 def _over_channels(layout: Layout, normalized: int) -> bool:
@@ -187,9 +217,3 @@ def _over_channels(layout: Layout, normalized: int) -> bool:
     elif layout.dim >= 0 and layout.rank is None:
         over = True  # cannot tell: be safe
     return over
-
-
-def layer_norm_flow(node: fx.Node, layout: Layout, normalized: int, ctx: FlowContext) -> Layout:
-    """``LayerNorm`` over the last ``normalized`` dims with nothing to grow (a reader's flow)."""
-    norm_reader_flow(node, layout, normalized, ctx, kind="LayerNorm", padding=False)
-    return layout.with_path(ctx.op_name(node))
