@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx
 
+from netsurgeon.graph.axes import NormOf
+
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
@@ -130,7 +132,10 @@ def record_tags(node: fx.Node, handler: Any, is_layer: bool, ctx: FlowContext) -
     first = ctx.states.get(inputs[0], frozenset()) if inputs else frozenset()
     if is_layer:
         ctx.zero_inputs[str(node.target)] = zero_under(first)
-        ctx.states[node] = layer_tags()
+        rows = handler.rows(ctx.module_of(node))
+        # weight norm's rows are g v / |v|: neither a mean of v rows nor zero v rows pad
+        plain = not any(isinstance(a.fill, NormOf) for a in rows)
+        ctx.states[node] = layer_tags() if plain else frozenset()
     elif node not in ctx.states:
         same = handler is not None and handler.stream_effect_of(node, ctx) == "same"
         ctx.states[node] = first if same else frozenset()

@@ -216,7 +216,7 @@ def fill_free_columns(
     mine = [
         (at, i) for at, i in slots(col_inserts) if constructions.get(i.group) in consumer.zero_input
     ]
-    if not mine:
+    if not mine or view.device.type == "meta":  # a meta copy (cost preview) has no values
         return
     old = view.index_select(1, kept_index(consumer.index_map.size, col_inserts, view.device))
     std = float(old.std()) if old.numel() > 1 else 0.0

@@ -41,8 +41,9 @@ def stage_norm_reader(
         if axis.tensor == "weight":
             kept = kept_index(old.shape[0], ins, new.device)
             new.index_copy_(0, kept, old.detach() * root)
+            mean = old.detach().mean() * root
             for at, i in slots(ins):
-                new.narrow(0, at, i.count).fill_(float(old.detach().mean()) * root)
+                new.narrow(0, at, i.count).copy_(mean.expand(i.count))
             factor = 1.0 / root
         name = f"{follower.name}.{axis.tensor}"
         surgery.tensors.append(TensorChange(name, old, like_format(new, old), {0: ins}, factor))

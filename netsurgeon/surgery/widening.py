@@ -99,10 +99,28 @@ def widen(
         check_graph(model, graph)
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
+    if mirrors:
+        _check_mirrorable(graph, plan, strategy)
     mirrored = stage_mirrors(model, surgery, mirrors, strategy.name)
     surgery.commit(optimizer)
     mirrored.commit()
     return model
+
+
+def _check_mirrorable(graph: LayerGraph, plan: Mapping[str, int], strategy: InitStrategy) -> None:
+    """Refuse mirrors with a padded or tiled group: a mirror's new channels would have to be the
+    mean (or copies) of its own channels, not the model's new entries."""
+    groups = {g.name: g for g in graph.groups}
+    chosen, _ = resolve_constructions(groups, resolve_plan(graph, plan), strategy)
+    built = {g: c for g, c in chosen.items() if c != "append"}
+    if built:
+        name, construction = next(iter(built.items()))
+        raise WidenError(
+            f"mirrors= cannot follow group '{name}' ({construction}): its new channels are built "
+            "from the model's own channels (and its norms rescaled), which a mirror's values "
+            "do not match; widen without mirrors= and rebuild the mirror from the widened model "
+            "(e.g. AveragedModel(model))"
+        )
 
 
 def _check_optimizer_and_generator(optimizer: object, generator: object) -> None:

@@ -19,6 +19,7 @@ by ``1 / s``), the others carried bit for bit.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -254,3 +255,49 @@ def test_rmsnorm_without_eps_gets_an_explicit_scaled_eps() -> None:
     assert model.norm.eps is None
     netsurgeon.widen(model, {"embed": 2}, example_inputs=inputs())
     assert model.norm.eps == pytest.approx(torch.finfo(torch.float64).eps * 8 / 10, rel=1e-12)
+
+
+def test_mirrors_are_refused_for_a_padded_stream_and_nothing_changes() -> None:
+    model = Stack(8, 1).double()
+    ema = copy.deepcopy(model)
+    snapshot = [t.clone() for t in (*model.state_dict().values(), *ema.state_dict().values())]
+    with pytest.raises(WidenError, match=r"mirrors= cannot follow group 'embed' \(mean_pad\)"):
+        netsurgeon.widen(model, {"embed": 2}, mirrors=[ema], example_inputs=inputs())
+    after = [*model.state_dict().values(), *ema.state_dict().values()]
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, after, strict=True))
+
+
+class _WeightNormed(nn.Module):
+    """A weight-normalised producer: its rows are ``g v / |v|``, no mean of ``v`` rows pads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.utils.parametrizations.weight_norm(nn.Linear(4, 6))
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.norm(self.a(x)))
+
+
+def test_a_weight_normalised_producer_tiles() -> None:
+    model = _WeightNormed().double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    before = model(x)
+    graph = netsurgeon.trace(model, x)
+    assert graph.group_of("a").constructions == ("tile",)
+    netsurgeon.widen(model, {"a": 6}, graph=graph)
+    torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["pre-LN", "pre-RMS"])
+def test_a_cost_preview_of_a_padded_stream_runs_on_meta_and_changes_nothing(kind) -> None:
+    model = Stack(8, 2, **STACKS[kind])
+    x = inputs(dtype=torch.float32)
+    graph = netsurgeon.trace(model, x)
+    snapshot = [t.clone() for t in model.state_dict().values()]
+    preview = netsurgeon.preview(model, {"embed": 3}, x, graph=graph)
+    assert preview.total.params_after > preview.total.params_before
+    assert all(
+        torch.equal(a, b) for a, b in zip(snapshot, model.state_dict().values(), strict=True)
+    )

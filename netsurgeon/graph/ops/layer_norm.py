@@ -198,9 +198,10 @@ def norm_reader_flow(
     elif tag not in ctx.states.get(node.args[0], frozenset()):  # type: ignore[arg-type]
         allowed = {TILE}
         reason = (
-            f"{label} normalises across these channels, and an op between the stream's "
-            f"producers and it changes values channel by channel (or adds a norm's output "
-            f"back), so {pad} is not exact: tile"
+            f"{label} normalises across these channels, but what reaches it is not the sum of "
+            "the stream's producers (an op between them changes values channel by channel, a "
+            f"norm's output is added back, or a producer is weight-normalised), so {pad} is not "
+            "exact: tile"
         )
     else:
         allowed, reason = {pad, TILE}, f"{label} normalises across these channels: {pad} or tile"
