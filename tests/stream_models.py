@@ -5,7 +5,8 @@ concatenated on the token dim and a position embedding added, ``depth`` blocks, 
 mean over the tokens and a head. A block is ``x + attn(norm(x))`` then ``x + mlp(norm(x))``
 (pre-norm), or ``norm(x + attn(x))`` then ``norm(x + mlp(x))`` (``post=True``); ``attn`` is an
 ``F.scaled_dot_product_attention`` block (its heads stay blocked) or absent; the MLP is
-``Linear -> GELU -> Linear`` or SwiGLU.
+``Linear -> GELU -> Linear`` or SwiGLU; ``layer_scale=True`` multiplies each branch by a
+per-channel parameter (pre-norm only).
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, norm: type, post: bool, attention: bool, swiglu: bool):
+    def __init__(
+        self, width: int, norm: type, post: bool, attention: bool, swiglu: bool, scale: bool
+    ):
         super().__init__()
         self.post = post
+        # layer scales (CaiT, DeiT III), away from uniform so the weighting is tested
+        self.gamma1 = nn.Parameter(torch.rand(width) + 0.1) if scale else None
+        self.gamma2 = nn.Parameter(torch.rand(width) + 0.1) if scale else None
         self.norm1 = norm(width) if attention else None
         self.attn = Attention(width, 2) if attention else None
         self.norm2 = norm(width)
@@ -59,6 +65,10 @@ class Block(nn.Module):
             if self.attn is not None:
                 x = self.norm1(x + self.attn(x))
             return self.norm2(x + self.mlp(x))
+        if self.gamma1 is not None:
+            if self.attn is not None:
+                x = x + self.gamma1 * self.attn(self.norm1(x))
+            return x + self.gamma2 * self.mlp(self.norm2(x))
         if self.attn is not None:
             x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
@@ -74,13 +84,14 @@ class Stack(nn.Module):
         post: bool = False,
         attention: bool = True,
         swiglu: bool = False,
+        layer_scale: bool = False,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(FEATURES, width)
         self.cls = nn.Parameter(torch.randn(1, 1, width))
         self.pos = nn.Parameter(torch.randn(1, TOKENS + 1, width))
         self.blocks = nn.Sequential(
-            *(Block(width, norm, post, attention, swiglu) for _ in range(depth))
+            *(Block(width, norm, post, attention, swiglu, layer_scale) for _ in range(depth))
         )
         self.norm = norm(width)
         self.head = nn.Linear(width, CLASSES)

@@ -298,6 +298,9 @@ def _group(
         construction=construction or "append",
         constructions=allowed,
         requirements=tuple(dict.fromkeys(m for _, m in needs)),
+        row_scales=tuple(
+            pair for gid in ids for pair in ctx.row_scales if pair[0] in ctx.producers[gid]
+        ),
     )
 
 

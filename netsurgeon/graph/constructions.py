@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from torch import fx
 
 from netsurgeon.graph.axes import NormOf
+from netsurgeon.graph.free_tensors import free_tensor_chain
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -86,21 +87,44 @@ def join_tags(ctx: FlowContext, node: fx.Node, operands: list[Any], label: str) 
     additive, multiplicative = label in _ADDITIVE, label in _MULTIPLICATIVE
     if not (additive or multiplicative):
         return frozenset()
-    tracked = [ctx.states.get(a, frozenset()) for a in operands if ctx.layout(a) is not None]
-    if multiplicative and len(tracked) > 1:
-        return frozenset({ZERO_MP, ZERO_ZP}) & frozenset().union(*tracked)
-    tags = frozenset.intersection(*tracked) if tracked else frozenset()
+    tracked = [a for a in operands if ctx.layout(a) is not None]
+    states = [ctx.states.get(a, frozenset()) for a in tracked]
+    if multiplicative and len(states) > 1:
+        return frozenset({ZERO_MP, ZERO_ZP}) & frozenset().union(*states)
+    tags = frozenset.intersection(*states) if states else frozenset()
     followed = {op for uses in ctx.free_uses.values() for join, op, _, _ in uses if join is node}
     for arg in operands:
         if ctx.layout(arg) is not None:
             continue
         if not isinstance(arg, fx.Node):  # a Python number
             tags &= {MEAN} if additive else tags
-        elif arg in followed:  # a per-channel parameter
-            tags &= {MEAN, ZERO_ZP} if additive else {ZERO_MP, ZERO_ZP}
+        elif arg in followed and additive:  # a per-channel parameter added
+            tags &= {MEAN, ZERO_ZP}
+        elif arg in followed:  # multiplied in: a layer scale
+            scaled = _layer_scale(ctx, node, tracked, arg, label)
+            tags &= {MEAN, ZERO_MP, ZERO_ZP} if scaled else {ZERO_MP, ZERO_ZP}
         else:  # broadcast along the channels (a per-position or per-sample tensor)
             tags &= {MEAN} if additive else tags
     return tags
+
+
+def _layer_scale(
+    ctx: FlowContext, node: fx.Node, tracked: list, scale: fx.Node, label: str
+) -> bool:
+    """``layer(x) * gamma``, the layer's output read nowhere else: mean-padding keeps the mean by
+    giving the layer's new rows ``mean_c(gamma_c row_c) / gamma_new`` (recorded for the surgery)."""
+    if label not in ("mul", "imul", "mul_") or len(tracked) != 1:
+        return False
+    producer = tracked[0]
+    if producer.op != "call_module" or len(producer.users) != 1:
+        return False
+    if MEAN not in ctx.states.get(producer, frozenset()):
+        return False
+    chain = free_tensor_chain(scale)
+    if chain is None:
+        return False
+    ctx.row_scales.append((str(producer.target), str(chain[0].target)))
+    return True
 
 
 def choose(

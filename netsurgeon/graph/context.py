@@ -84,6 +84,7 @@ class FlowContext:
     requirements: list[list[tuple[frozenset[str], str]]] = field(default_factory=list)
     states: dict[fx.Node, frozenset[str]] = field(default_factory=dict)
     zero_inputs: dict[str, frozenset[str]] = field(default_factory=dict)
+    row_scales: list[tuple[str, str]] = field(default_factory=list)  # (producer, layer scale)
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())

@@ -214,6 +214,8 @@ class ChannelGroup:
             (``granularity`` is then the width).
         constructions: every construction exact for the group, preferred first.
         requirements: what the readers that restrict the constructions need, and where.
+        row_scales: ``(producer, parameter)`` pairs: a layer scale multiplies that producer's
+            output alone (mean-padding weights the producer's new rows by it).
     """
 
     name: str
@@ -228,6 +230,7 @@ class ChannelGroup:
     construction: str = "append"
     constructions: tuple[str, ...] = ("append", "mean_pad", "zero_pad", "tile")
     requirements: tuple[str, ...] = ()
+    row_scales: tuple[tuple[str, str], ...] = ()
 
     @property
     def blocks(self) -> int:

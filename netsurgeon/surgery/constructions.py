@@ -47,9 +47,11 @@ __all__ = [
     "TileInit",
     "ZeroPadInit",
     "fill_free_columns",
+    "layer_scale_fill",
     "norm_scale",
     "resolve_constructions",
     "scaled_state",
+    "weight_rows_by_scale",
 ]
 
 
@@ -256,3 +258,34 @@ def scaled_state(
 def norm_scale(width: int, k: int) -> float:
     """``sqrt(s)``, ``s = C / (C + k)``: a padded norm's weight factor."""
     return math.sqrt(width / (width + k))
+
+
+def layer_scale_fill(scale: torch.Tensor) -> torch.Tensor:
+    """A layer scale's new entry: the mean of its old entries (1 where that is 0), 0-dim."""
+    mean = scale.detach().mean()
+    return torch.where(mean != 0, mean, torch.ones_like(mean))
+
+
+def weight_rows_by_scale(
+    staged: dict[str, torch.Tensor], row_axes, rows, old_out: int, scale: torch.Tensor, name: str
+) -> None:
+    """Mean-padding through a layer scale ``gamma``: the producer's new rows (weight and bias,
+    already staged) become ``mean_c(gamma_c row_c) / gamma_new``, so ``gamma_new * row_new`` is
+    the mean of the scaled old channels."""
+    values = scale.detach().flatten()
+    if values.numel() != old_out:
+        raise WidenError(
+            f"the layer scale of '{name}' holds {values.numel()} entries for its {old_out} "
+            "channels; widen with init='tile'"
+        )
+    fill = layer_scale_fill(scale)
+    kept = kept_index(old_out, rows)
+    for axis in row_axes:
+        if axis.tensor not in staged:
+            continue
+        view = staged[axis.tensor].movedim(axis.dim, 0)
+        old = view.index_select(0, kept.to(view.device))
+        weights = values.to(old.dtype).view(-1, *[1] * (old.dim() - 1))
+        row = (old * weights).mean(0) / fill.to(old.dtype)
+        for at, ins in slots(rows):
+            view.narrow(0, at, ins.count).copy_(row.expand_as(view.narrow(0, at, ins.count)))

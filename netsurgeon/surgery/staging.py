@@ -19,7 +19,7 @@ from torch import nn
 
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
-from netsurgeon.surgery.constructions import fill_free_columns
+from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
@@ -100,6 +100,8 @@ class Growth:
         generator: random source for new entries.
         constructions: ``{group: construction}`` of the planned groups (consumers reading a
             padded group's zero entries get random columns).
+        row_scales: ``{producer: layer scale tensor}`` for mean-padded producers whose output a
+            layer scale multiplies (their new rows are weighted by it).
     """
 
     spec: Mapping[str, tuple[int, int, int]]
@@ -108,6 +110,7 @@ class Growth:
     strategy: InitStrategy
     generator: torch.Generator | None
     constructions: Mapping[str, str] = field(default_factory=dict)
+    row_scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 def stage_layer(
@@ -141,6 +144,8 @@ def stage_layer(
             )
         elif any(dims.values()):
             staged[axis.tensor] = _stage_entries(module, axis, dims[axis.dim], own_map, growth)
+    if rows and name in growth.row_scales:
+        weight_rows_by_scale(staged, row_axes, rows, old_out, growth.row_scales[name], name)
     handler.fill_new_units(module, staged, rows)
     surgery = Surgery()
     for tensor, value in staged.items():

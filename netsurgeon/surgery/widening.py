@@ -21,7 +21,7 @@ from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.constructions import PerGroupInit, resolve_constructions, scaled_state
 from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
-from netsurgeon.surgery.norms import stage_norm_reader
+from netsurgeon.surgery.norms import stage_layer_scale, stage_norm_reader
 from netsurgeon.surgery.optim import grown_state
 from netsurgeon.surgery.staging import (
     AttrChange,
@@ -99,17 +99,23 @@ def widen(
         check_graph(model, graph)
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
-    if mirrors:
-        _check_mirrorable(graph, plan, strategy)
-    mirrored = stage_mirrors(model, surgery, mirrors, strategy.name)
+    mirrored = _stage_mirrors(graph, plan, strategy, surgery, mirrors)
     surgery.commit(optimizer)
     mirrored.commit()
     return model
 
 
-def _check_mirrorable(graph: LayerGraph, plan: Mapping[str, int], strategy: InitStrategy) -> None:
-    """Refuse mirrors with a padded or tiled group: a mirror's new channels would have to be the
-    mean (or copies) of its own channels, not the model's new entries."""
+def _stage_mirrors(
+    graph: LayerGraph,
+    plan: Mapping[str, int],
+    strategy: InitStrategy,
+    surgery: Surgery,
+    mirrors: Sequence[Any],
+) -> Any:
+    """:func:`stage_mirrors`, refusing a padded or tiled group first: a mirror's new channels
+    would have to be the mean (or copies) of its own channels, not the model's new entries."""
+    if not mirrors:
+        return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
     groups = {g.name: g for g in graph.groups}
     chosen, _ = resolve_constructions(groups, resolve_plan(graph, plan), strategy)
     built = {g: c for g, c in chosen.items() if c != "append"}
@@ -121,6 +127,7 @@ def _check_mirrorable(graph: LayerGraph, plan: Mapping[str, int], strategy: Init
             "do not match; widen without mirrors= and rebuild the mirror from the widened model "
             "(e.g. AveragedModel(model))"
         )
+    return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
 
 
 def _check_optimizer_and_generator(optimizer: object, generator: object) -> None:
@@ -244,6 +251,42 @@ def stage(
     """
     growth = resolve_plan(graph, plan)
     groups = {g.name: g for g in graph.groups}
+    common, scaled = _growth(graph, groups, growth, strategy, generator)
+    constructions, spec = common.constructions, common.spec
+    consumers = {c.layer: c for name in growth for c in groups[name].consumers}
+    followers = {f.name: f for name in growth for f in groups[name].followers}
+    parts: list[Surgery] = []
+    with torch.no_grad():
+        for layer in graph.layers:
+            own = graph.group_of(layer).name
+            consumer = consumers.get(layer)
+            if own in growth or consumer is not None:
+                parts.append(stage_layer(graph, layer, own, consumer, common))
+        for f in followers.values():
+            if _padded_norm(graph, f, constructions):
+                parts.append(stage_norm_reader(graph, f, spec))
+            elif f.kind == "parameter" and f.name in scaled.values():
+                parts.append(stage_layer_scale(graph, f, spec))
+            else:
+                parts.append(stage_follower(graph, f, common))
+    surgery = Surgery(
+        tensors=[t for part in parts for t in part.tensors],
+        attrs=[a for part in parts for a in part.attrs],
+    )
+    if optimizer is not None:
+        _stage_optimizer(surgery, optimizer)
+    return surgery
+
+
+def _growth(
+    graph: LayerGraph,
+    groups: Mapping[str, Any],
+    growth: Mapping[str, int],
+    strategy: InitStrategy,
+    generator: torch.Generator | None,
+) -> tuple[Growth, dict[str, str]]:
+    """The plan as the staging reads it (each group's construction, strategy and sources), and
+    ``{producer: layer scale}`` of the mean-padded producers a layer scale multiplies."""
     constructions, strategies = resolve_constructions(groups, growth, strategy)
     if any(s is not strategy for s in strategies.values()):
         strategy = PerGroupInit(strategies)
@@ -259,28 +302,20 @@ def stage(
     }
     spec = {name: (groups[name].width, k, groups[name].splits) for name, k in growth.items()}
     widths = {g.name: g.width for g in graph.groups}
-    common = Growth(spec, sources, widths, strategy, generator, constructions)
-    consumers = {c.layer: c for name in growth for c in groups[name].consumers}
-    followers = {f.name: f for name in growth for f in groups[name].followers}
-    parts: list[Surgery] = []
-    with torch.no_grad():
-        for layer in graph.layers:
-            own = graph.group_of(layer).name
-            consumer = consumers.get(layer)
-            if own in growth or consumer is not None:
-                parts.append(stage_layer(graph, layer, own, consumer, common))
-        for f in followers.values():
-            padded = _padded_norm(graph, f, constructions)
-            parts.append(
-                stage_norm_reader(graph, f, spec) if padded else stage_follower(graph, f, common)
-            )
-    surgery = Surgery(
-        tensors=[t for part in parts for t in part.tensors],
-        attrs=[a for part in parts for a in part.attrs],
-    )
-    if optimizer is not None:
-        _stage_optimizer(surgery, optimizer)
-    return surgery
+    scaled = {
+        producer: param
+        for name, c in constructions.items()
+        if c == "mean_pad"
+        for producer, param in groups[name].row_scales
+    }
+    row_scales = {producer: _tensor(graph.model, param) for producer, param in scaled.items()}
+    common = Growth(spec, sources, widths, strategy, generator, constructions, row_scales)
+    return common, scaled
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, attr)
 
 
 def _padded_norm(graph: LayerGraph, follower: Any, constructions: Mapping[str, str]) -> bool:

@@ -34,11 +34,18 @@ from netsurgeon.errors import WidenError
 
 STACKS = {
     "pre-LN": dict(norm=nn.LayerNorm),
+    "pre-LN-scaled": dict(norm=nn.LayerNorm, layer_scale=True),
     "post-LN": dict(norm=nn.LayerNorm, post=True),
     "pre-RMS": dict(norm=nn.RMSNorm, swiglu=True),
     "post-RMS": dict(norm=nn.RMSNorm, post=True),
 }
-EXPECTED = {"pre-LN": "mean_pad", "post-LN": "tile", "pre-RMS": "zero_pad", "post-RMS": "zero_pad"}
+EXPECTED = {
+    "pre-LN": "mean_pad",
+    "pre-LN-scaled": "mean_pad",
+    "post-LN": "tile",
+    "pre-RMS": "zero_pad",
+    "post-RMS": "zero_pad",
+}
 
 
 def _stream(graph: netsurgeon.LayerGraph):
