@@ -186,7 +186,10 @@ def resolve_constructions(
                 + ("" if MEAN_PAD not in group.constructions else " or init='paper' (mean_pad)")
             )
         chosen[group_name] = want
-    strategies = {g: (base if c == APPEND else get_init(c)) for g, c in chosen.items()}
+    placeholder = getattr(base, "placeholder", False)  # fills every group (a checkpoint's)
+    strategies = {
+        g: (base if c == APPEND or placeholder else get_init(c)) for g, c in chosen.items()
+    }
     return chosen, strategies
 
 

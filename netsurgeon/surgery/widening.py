@@ -251,8 +251,8 @@ def stage(
     """
     growth = resolve_plan(graph, plan)
     groups = {g.name: g for g in graph.groups}
-    common, scaled = _growth(graph, groups, growth, strategy, generator)
-    constructions, spec = common.constructions, common.spec
+    common, scaled, constructions = _growth(graph, groups, growth, strategy, generator)
+    spec = common.spec
     consumers = {c.layer: c for name in growth for c in groups[name].consumers}
     followers = {f.name: f for name in growth for f in groups[name].followers}
     parts: list[Surgery] = []
@@ -284,9 +284,10 @@ def _growth(
     growth: Mapping[str, int],
     strategy: InitStrategy,
     generator: torch.Generator | None,
-) -> tuple[Growth, dict[str, str]]:
-    """The plan as the staging reads it (each group's construction, strategy and sources), and
-    ``{producer: layer scale}`` of the mean-padded producers a layer scale multiplies."""
+) -> tuple[Growth, dict[str, str], dict[str, str]]:
+    """The plan as the staging reads it (each group's strategy and sources), ``{producer: layer
+    scale}`` of the mean-padded producers a layer scale multiplies, and each group's
+    construction. A ``placeholder`` strategy (the checkpoint loader's) fills every group."""
     constructions, strategies = resolve_constructions(groups, growth, strategy)
     if any(s is not strategy for s in strategies.values()):
         strategy = PerGroupInit(strategies)
@@ -309,8 +310,10 @@ def _growth(
         for producer, param in groups[name].row_scales
     }
     row_scales = {producer: _tensor(graph.model, param) for producer, param in scaled.items()}
+    if getattr(strategy, "placeholder", False):  # values overwritten later: draw nothing
+        return Growth(spec, sources, widths, strategy, generator), scaled, constructions
     common = Growth(spec, sources, widths, strategy, generator, constructions, row_scales)
-    return common, scaled
+    return common, scaled, constructions
 
 
 def _tensor(model: nn.Module, name: str) -> torch.Tensor:

@@ -308,3 +308,19 @@ def test_a_cost_preview_of_a_padded_stream_runs_on_meta_and_changes_nothing(kind
     assert all(
         torch.equal(a, b) for a, b in zip(snapshot, model.state_dict().values(), strict=True)
     )
+
+
+@pytest.mark.parametrize("kind", ["pre-LN", "pre-RMS", "post-LN"])
+def test_a_grown_streams_checkpoint_loads_into_a_fresh_model_exactly(kind) -> None:
+    model = Stack(8, 2, **STACKS[kind]).double().eval()
+    x = inputs()
+    graph = netsurgeon.trace(model, x)
+    tiled = graph.group_of("embed").construction == "tile"
+    netsurgeon.widen(model, {"embed": 8 if tiled else 3}, graph=graph)
+    netsurgeon.widen(model, {"embed": 16 if tiled else 2}, example_inputs=x)  # in two steps
+    fresh = Stack(8, 2, **STACKS[kind]).double().eval()
+    rng = torch.get_rng_state()
+    netsurgeon.load_state_dict(fresh, model.state_dict(), example_inputs=x)
+    assert torch.equal(torch.get_rng_state(), rng)  # no random number drawn
+    torch.testing.assert_close(fresh(x), model(x), rtol=1e-12, atol=1e-12)
+    assert fresh.norm.eps == pytest.approx(model.norm.eps, rel=1e-12)
