@@ -67,7 +67,9 @@ def widen(
             group's ``granularity``.
         optimizer: its state is grown; it must hold every grown parameter that requires grad.
         generator: the random source for new weights (on the model's device).
-        init: ``"paper"`` (default), ``"net2net"``, or an ``InitStrategy`` instance.
+        init: ``"paper"`` (default: independent units, and a normalised stream its own
+            ``ChannelGroup.construction``), ``"net2net"`` (streams tiled), ``"mean_pad"``,
+            ``"zero_pad"``, ``"tile"``, or an ``InitStrategy``; an inexact choice raises.
         example_inputs: forwarded to :func:`netsurgeon.trace` for shape propagation.
         graph: a graph just traced from ``model`` (saves a trace); it must match its widths.
         mirrors: copies of the model (EMA, ``AveragedModel``) grown with it (own old entries).
@@ -93,16 +95,21 @@ def widen(
     strategy = get_init(init)
     plan = validate_plan(plan)
     _check_optimizer_and_generator(optimizer, generator)
-    if graph is None:
-        graph = trace(model, example_inputs, strict=False)
-    else:
-        check_graph(model, graph)
+    graph = _graph_of(model, graph, example_inputs)
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
     mirrored = _stage_mirrors(graph, plan, strategy, surgery, mirrors)
     surgery.commit(optimizer)
     mirrored.commit()
     return model
+
+
+def _graph_of(model: nn.Module, graph: LayerGraph | None, example_inputs: Any) -> LayerGraph:
+    """The graph ``widen`` reads: ``graph`` checked against ``model``, or a new trace."""
+    if graph is None:
+        return trace(model, example_inputs, strict=False)
+    check_graph(model, graph)
+    return graph
 
 
 def _stage_mirrors(
