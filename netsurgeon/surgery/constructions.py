@@ -11,11 +11,12 @@ has the proofs). ``s = C / (C + k)``.
 * :class:`TileInit` (``"tile"``): net2net with deterministic sources, new channel ``i`` of a
   split copying its channel ``i mod size``; ``k`` per split must be a multiple of the split.
 
-The norm readers of a padded group (:func:`netsurgeon.surgery.norms.stage_norm_reader`): ``weight`` old entries times
-``sqrt(s)``, new entries ``sqrt(s)`` times the mean of the old weight (so a new channel is as
-sensitive as an average old one once it moves; its gradient is 0 until then, see below), bias
-new entries 0, ``eps`` times ``s``. The weight's gradient scales by ``1 / sqrt(s)``: its
-``.grad`` and optimizer moments are rescaled with it (:func:`scaled_state`).
+The norm readers of a padded group (:func:`netsurgeon.surgery.norms.stage_norm_reader`):
+``weight`` old entries times ``sqrt(s)``, new entries ``sqrt(s)`` times the mean of the old
+weight (a new channel as sensitive as an average old one once it moves; its gradient is 0 until
+then), bias new entries 0, ``eps`` times ``s``. The weight's gradient scales by ``1 / sqrt(s)``:
+its ``.grad`` and optimizer moments are rescaled with it (:func:`scaled_state`). A layer scale on
+a producer's output weights that producer's new rows (:func:`weight_rows_by_scale`).
 
 A layer reading a padded group only through a norm's output (zero new channels) gets random new
 columns (the std of its old ones): exact, and the norm's new bias entries get gradient at once.
