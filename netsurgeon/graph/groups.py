@@ -158,6 +158,8 @@ class ConsumerRef:
 
     ``groups`` is the layer's ``groups`` (grouped conv): its weight's input dim holds
     ``size / groups`` columns, and each conv group reads one equal block of the map.
+    ``zero_input``: the constructions under which the new entries it reads are 0 (a LayerNorm's
+    output over a mean-padded stream), so its new columns may take any value.
     """
 
     layer: str
@@ -165,6 +167,7 @@ class ConsumerRef:
     paths: tuple[tuple[str, ...], ...] = ()
     flattened: bool = False
     groups: int = 1
+    zero_input: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,13 @@ class ChannelGroup:
         granularity: a widening's ``k`` must be a multiple of it.
         reaches_output: the channels reach the model output (then never widened).
         blocked: why the group cannot be widened (``None`` when it can, apart from the output).
+        construction: how new channels are made exact (:mod:`netsurgeon.graph.constructions`):
+            ``"append"`` (independent units), ``"mean_pad"``, ``"zero_pad"`` or ``"tile"``
+            (``granularity`` is then the width).
+        constructions: every construction exact for the group, preferred first.
+        requirements: what the readers that restrict the constructions need, and where.
+        row_scales: ``(producer, parameter)`` pairs: a layer scale multiplies that producer's
+            output alone (mean-padding weights the producer's new rows by it).
     """
 
     name: str
@@ -217,6 +227,10 @@ class ChannelGroup:
     granularity: int = 1
     reaches_output: bool = False
     blocked: str | None = None
+    construction: str = "append"
+    constructions: tuple[str, ...] = ("append", "mean_pad", "zero_pad", "tile")
+    requirements: tuple[str, ...] = ()
+    row_scales: tuple[tuple[str, str], ...] = ()
 
     @property
     def blocks(self) -> int:

@@ -19,6 +19,7 @@ from torch import nn
 
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
+from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
@@ -43,6 +44,9 @@ class TensorChange:
     tensor: torch.Tensor
     new: torch.Tensor
     inserts: Mapping[int, Sequence[Insertion]]
+    #: the factor the old entries' gradient takes (a padded norm's rescaled weight): ``.grad``
+    #: and the optimizer's moments are rescaled with it
+    grad_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,17 @@ class Surgery:
     def commit(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Apply the staged changes. Nothing here validates or allocates beyond ``.grad``."""
         for c in self.tensors:
-            replace_tensor_(c.tensor, c.new, lambda g, c=c: grow(g, c.inserts))
+            replace_tensor_(c.tensor, c.new, lambda g, c=c: _scaled(grow(g, c.inserts), c))
         for a in self.attrs:
             setattr(a.module, a.attr, a.value)
         if optimizer is not None:
             for param, state in self.optimizer_state:
                 optimizer.state[param].update(state)
+
+
+def _scaled(grad: torch.Tensor, change: TensorChange) -> torch.Tensor:
+    """A grown ``.grad`` (new entries 0) with its old entries times ``change.grad_scale``."""
+    return grad if change.grad_scale == 1.0 else grad.mul_(change.grad_scale)
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,10 @@ class Growth:
         widths: ``{group: old width}``.
         strategy: the init strategy.
         generator: random source for new entries.
+        constructions: ``{group: construction}`` of the planned groups (consumers reading a
+            padded group's zero entries get random columns).
+        row_scales: ``{producer: layer scale tensor}`` for mean-padded producers whose output a
+            layer scale multiplies (their new rows are weighted by it).
     """
 
     spec: Mapping[str, tuple[int, int, int]]
@@ -96,6 +109,8 @@ class Growth:
     widths: Mapping[str, int]
     strategy: InitStrategy
     generator: torch.Generator | None
+    constructions: Mapping[str, str] = field(default_factory=dict)
+    row_scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 def stage_layer(
@@ -129,6 +144,8 @@ def stage_layer(
             )
         elif any(dims.values()):
             staged[axis.tensor] = _stage_entries(module, axis, dims[axis.dim], own_map, growth)
+    if rows and name in growth.row_scales:
+        weight_rows_by_scale(staged, row_axes, rows, old_out, growth.row_scales[name], name)
     handler.fill_new_units(module, staged, rows)
     surgery = Surgery()
     for tensor, value in staged.items():
@@ -191,6 +208,8 @@ def _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
             widths=growth.widths,
             generator=growth.generator,
         )
+        if consumer.zero_input:
+            fill_free_columns(view, col_ins, consumer, growth.constructions, growth.generator)
     return new, pre, view
 
 

@@ -151,6 +151,8 @@ class GetitemHandler(OpHandler):
     the channels themselves fixes their count and blocks.
     """
 
+    stream_effect = "same"
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         source, index = node.args[0], node.args[1]
         value = ctx.layouts.get(source)  # type: ignore[arg-type]

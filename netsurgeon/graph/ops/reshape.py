@@ -32,6 +32,8 @@ __all__ = ["flatten_flow"]
 class PermuteHandler(OpHandler):
     """``permute``/``transpose``/``movedim``: the channel dim moves; nothing else changes."""
 
+    stream_effect = "same"
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
         name = getattr(node.target, "__name__", str(node.target))
@@ -67,6 +69,8 @@ def _arg_list(dims: Any, fallback: Any) -> list[int]:
 class FlattenModuleHandler(OpHandler):
     """``nn.Flatten(start_dim, end_dim)``."""
 
+    stream_effect = "same"
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         module = ctx.module_of(node)
         return flatten_flow(node, ctx.input(node), module.start_dim, module.end_dim, "Flatten", ctx)
@@ -76,6 +80,8 @@ class FlattenModuleHandler(OpHandler):
 @register_method("flatten")
 class FlattenHandler(OpHandler):
     """``torch.flatten(x, start, end)``."""
+
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         start = node_arg(node, 1, "start_dim", 0)
@@ -124,6 +130,8 @@ class ReshapeHandler(OpHandler):
     not a literal, or the forward would break after a widening. Anything that splits the channels
     (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them with earlier dims blocks.
     """
+
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
@@ -247,6 +255,8 @@ class SqueezeHandler(OpHandler):
 
     ``squeeze()`` without a dim is refused: it would also drop the batch dim of a batch of one.
     """
+
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
