@@ -43,7 +43,60 @@ from netsurgeon.errors import TraceError
 from netsurgeon.graph.aten import DROPPED, spelling_of
 from netsurgeon.graph.tracer import SurgeonTracer
 
-__all__ = ["OpaqueCall", "export_program", "exported_graph_module"]
+__all__ = [
+    "EXPORT_META",
+    "OpRecord",
+    "OpaqueCall",
+    "export_program",
+    "exported_graph_module",
+    "first_difference",
+    "program_ops",
+]
+
+#: ``gm.meta`` key of a rewritten graph: ``(example inputs, program_ops of the export)``, what
+#: :mod:`netsurgeon.surgery.replay` compares a widened copy's export with.
+EXPORT_META = "netsurgeon.export"
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One op of an exported program, literal arguments aside: what a width must not change."""
+
+    op: str
+    target: str
+    inputs: tuple[int, ...]  # positions of the nodes it reads
+    name: str = field(compare=False)
+    module: str = field(compare=False)  # the innermost module on its stack
+
+
+def program_ops(graph: fx.Graph) -> tuple[OpRecord, ...]:
+    """The ops of an exported graph in order, each with the positions of the nodes it reads."""
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    records = []
+    for node in graph.nodes:
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        records.append(
+            OpRecord(
+                node.op,
+                str(node.target),
+                tuple(position[n] for n in node.all_input_nodes),
+                node.name,
+                stack[-1][0] if stack else "",
+            )
+        )
+    return tuple(records)
+
+
+def first_difference(
+    before: tuple[OpRecord, ...], after: tuple[OpRecord, ...]
+) -> tuple[OpRecord | None, OpRecord | None] | None:
+    """The first ops where two programs differ (``None`` past an end), or ``None``: the same."""
+    for i in range(max(len(before), len(after))):
+        a = before[i] if i < len(before) else None
+        b = after[i] if i < len(after) else None
+        if a != b:
+            return a, b
+    return None
 
 
 class OpaqueCall:
@@ -102,8 +155,15 @@ def export_program(model: nn.Module, inputs: tuple[Any, ...]) -> torch.export.Ex
 def exported_graph_module(
     model: nn.Module, program: torch.export.ExportedProgram, tracer: SurgeonTracer
 ) -> fx.GraphModule:
-    """The ``GraphModule`` symbolic tracing with ``tracer`` would give, from ``program``."""
-    return _Rewrite(model, program, tracer).run()
+    """The ``GraphModule`` symbolic tracing with ``tracer`` would give, from ``program``.
+
+    Its ``meta[EXPORT_META]`` holds the program's example inputs and ops, for the replay of a
+    widening (:mod:`netsurgeon.surgery.replay`).
+    """
+    gm = _Rewrite(model, program, tracer).run()
+    inputs = program.example_inputs[0] if program.example_inputs else ()
+    gm.meta[EXPORT_META] = (inputs, program_ops(program.graph_module.graph))
+    return gm
 
 
 class _Rewrite:

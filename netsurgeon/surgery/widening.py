@@ -21,6 +21,7 @@ from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
 from netsurgeon.surgery.optim import grown_state
+from netsurgeon.surgery.replay import check_replay, twin_generator
 from netsurgeon.surgery.staging import (
     AttrChange,
     Growth,
@@ -98,9 +99,15 @@ def widen(
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
     mirrored = stage_mirrors(model, surgery, mirrors, strategy.name)
+    check_replay(model, graph, lambda twin, g: _replay(twin, g, plan, strategy))
     surgery.commit(optimizer)
     mirrored.commit()
     return model
+
+
+def _replay(twin: nn.Module, graph: LayerGraph, plan: dict[str, int], strategy: Any) -> None:
+    """The plan applied to a copy (:mod:`netsurgeon.surgery.replay`)."""
+    stage(graph, plan, strategy, generator=twin_generator(twin)).commit(None)
 
 
 def _check_optimizer_and_generator(optimizer: object, generator: object) -> None:

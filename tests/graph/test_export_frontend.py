@@ -199,6 +199,34 @@ def test_every_plan_on_an_export_graph_keeps_the_output(name, data):
     assert not check_widen_or_refuse(model, plan, check, graph=graph).refused
 
 
+class ChannelBranch(nn.Module):
+    """Doubles the map only at 8 channels: export records the branch, not the condition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+        self.side = nn.Conv2d(3, 4, 1)
+        self.side_head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.shape[1] == 8:
+            y = y * 2
+        return self.head(y) + self.side_head(torch.relu(self.side(x)))
+
+
+def test_a_widening_that_changes_the_exported_branch_is_refused_untouched():
+    model = ChannelBranch().double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    graph = netsurgeon.trace(model, x, frontend="export")
+    check = (torch.randn(3, 3, 4, 4, dtype=torch.float64),)
+    outcome = check_widen_or_refuse(model, {"conv": 2}, check, graph=graph)  # bit-identical
+    assert outcome.refused and "changes with the widths" in str(outcome.error)
+    assert "aten.mul.Tensor" in str(outcome.error)
+    assert not check_widen_or_refuse(model, {"side": 3}, check, graph=graph).refused
+
+
 # -- what export cannot read blocks, named -----------------------------------------------------
 
 
