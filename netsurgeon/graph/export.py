@@ -271,9 +271,7 @@ class _Rewrite:
     def _output(self, node: fx.Node) -> None:
         specs = self.program.graph_signature.output_specs
         results = node.args[0]
-        kept = [
-            r for r, s in zip(results, specs, strict=True) if s.kind.name == "USER_OUTPUT"
-        ]
+        kept = [r for r, s in zip(results, specs, strict=True) if s.kind.name == "USER_OUTPUT"]
         self.graph.output(tuple(self.value(r) for r in kept))
 
 

@@ -92,10 +92,7 @@ def widen(
     strategy = get_init(init)
     plan = validate_plan(plan)
     _check_optimizer_and_generator(optimizer, generator)
-    if graph is None:
-        graph = trace(model, example_inputs, strict=False)
-    else:
-        check_graph(model, graph)
+    graph = _graph_for(model, graph, example_inputs)
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
     mirrored = stage_mirrors(model, surgery, mirrors, strategy.name)
@@ -103,6 +100,14 @@ def widen(
     surgery.commit(optimizer)
     mirrored.commit()
     return model
+
+
+def _graph_for(model: nn.Module, graph: LayerGraph | None, example_inputs: Any) -> LayerGraph:
+    """The graph to widen with: ``graph`` checked against the model, or a new trace."""
+    if graph is None:
+        return trace(model, example_inputs, strict=False)
+    check_graph(model, graph)
+    return graph
 
 
 def _replay(twin: nn.Module, graph: LayerGraph, plan: dict[str, int], strategy: Any) -> None:
