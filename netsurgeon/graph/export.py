@@ -131,13 +131,17 @@ class _Call:
 def export_program(model: nn.Module, inputs: tuple[Any, ...]) -> torch.export.ExportedProgram:
     """``torch.export.export(model, inputs, strict=False)``, leaving the model as it was.
 
+    It runs without gradients (so a training-step observer such as ``NAGNMonitor`` does not
+    count it), in the model's own mode (the ops of the mode the model trains in).
+
     Raises:
         TraceError: export failed; the message carries export's reason.
     """
     modes = {m: m.training for m in model.modules()}
     rng = torch.random.get_rng_state()
     try:
-        return torch.export.export(model, inputs, strict=False)
+        with torch.no_grad():  # as shape propagation: hooks that observe training steps skip it
+            return torch.export.export(model, inputs, strict=False)
     except Exception as e:  # export raises many types (UserError, RuntimeError, ...)
         raise TraceError(
             f"torch.export could not capture {type(model).__qualname__}: "

@@ -140,3 +140,30 @@ def test_tracing_leaves_the_model_untouched():
     netsurgeon.trace(model, inputs("bert", 2, 0), strict=False, frontend="export")
     assert model.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_monitor_optimizer_and_widening_work_on_an_exported_model():
+    """The NAGN monitor hooks the user's modules (export never replaces them); an export during
+    monitoring is not a training step; widening keeps every Parameter and grows AdamW's state."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, intermediate_size=MLP, max_position_embeddings=32,
+    )  # fmt: skip
+    model = transformers.BertForSequenceClassification(cfg).train()
+    ids, labels = torch.randint(0, 64, (4, 9)), torch.randint(0, 2, (4,))
+    graph = netsurgeon.trace(model, (ids,), strict=False, frontend="export")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with netsurgeon.NAGNMonitor(model, graph.layers, every=2) as monitor:
+        graph = netsurgeon.trace(model, (ids,), strict=False, frontend="export")
+        nn.functional.cross_entropy(model(ids).logits, labels).backward()
+        profile = monitor.profile()
+    assert set(profile) == set(graph.layers) and all(v > 0 for v in profile.values())
+    assert monitor.samples["classifier"] == 4  # the export was not counted as step 0
+    optimizer.step()
+    params = {n: id(p) for n, p in model.named_parameters()}
+    dense = model.bert.encoder.layer[0].intermediate.dense
+    netsurgeon.widen(model, {"bert.encoder.layer.0.intermediate.dense": 4}, optimizer=optimizer,
+                     graph=graph)  # fmt: skip
+    assert {n: id(p) for n, p in model.named_parameters()} == params
+    assert optimizer.state[dense.weight]["exp_avg"].shape == (MLP + 4, HIDDEN)
