@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from hf_models import HEADS, HIDDEN, LAYERS, MLP, MLP_FIRST, MODELS, inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -22,57 +23,6 @@ from widen_or_refuse import check_widen_or_refuse
 import netsurgeon
 
 transformers = pytest.importorskip("transformers")
-
-HIDDEN, LAYERS, HEADS, MLP = 32, 2, 4, 48
-MLP_FIRST = ("intermediate.dense", "mlp.c_fc", "mlp.gate_proj", "mlp.fc1")
-
-
-def _bert() -> nn.Module:
-    return transformers.BertModel(
-        transformers.BertConfig(
-            vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, intermediate_size=MLP, max_position_embeddings=32,
-        )
-    )  # fmt: skip
-
-
-def _gpt2() -> nn.Module:
-    return transformers.GPT2Model(
-        transformers.GPT2Config(
-            vocab_size=64, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=MLP,
-            n_positions=32, use_cache=False, bos_token_id=0, eos_token_id=0,
-        )
-    )  # fmt: skip
-
-
-def _llama() -> nn.Module:
-    return transformers.LlamaModel(
-        transformers.LlamaConfig(
-            vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, num_key_value_heads=2, intermediate_size=MLP,
-            max_position_embeddings=32, use_cache=False,
-        )
-    )  # fmt: skip
-
-
-def _vit() -> nn.Module:
-    return transformers.ViTModel(
-        transformers.ViTConfig(
-            image_size=16, patch_size=4, num_channels=3, hidden_size=HIDDEN,
-            num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=MLP,
-        )
-    )  # fmt: skip
-
-
-MODELS = {"bert": _bert, "gpt2": _gpt2, "llama": _llama, "vit": _vit}
-
-
-def inputs(name: str, batch: int, seed: int) -> tuple[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    if name == "vit":
-        return (torch.randn(batch, 3, 16, 16, generator=gen, dtype=torch.float64),)
-    return (torch.randint(0, 64, (batch, 7 + batch), generator=gen),)
-
 
 _TRACED: dict[str, tuple[nn.Module, netsurgeon.LayerGraph]] = {}
 
@@ -135,7 +85,7 @@ def test_gpt2_conv1d_grows_its_in_out_weight():
 
 def test_tracing_leaves_the_model_untouched():
     torch.manual_seed(0)
-    model = _bert().train()
+    model = MODELS["bert"]().train()
     state = copy.deepcopy(model.state_dict())
     netsurgeon.trace(model, inputs("bert", 2, 0), strict=False, frontend="export")
     assert model.training
