@@ -126,6 +126,7 @@ class _Call:
     nodes: list[fx.Node] = field(default_factory=list)
     inputs: list[fx.Node] = field(default_factory=list)  # tensors from outside, first use first
     outputs: list[fx.Node] = field(default_factory=list)  # nodes used outside the call
+    own: list[fx.Node] = field(default_factory=list)  # its own parameters' placeholders
 
 
 def export_program(model: nn.Module, inputs: tuple[Any, ...]) -> torch.export.ExportedProgram:
@@ -264,7 +265,9 @@ class _Rewrite:
                 self.env[node] = self._meta(self.graph.call_module(call.path, args), node)
             return
         if node in call.outputs or node is call.nodes[-1]:
-            reads = [self.value(i) for i in call.inputs if i in self.env or i.name in self.lifted]
+            # its own tensors are read too: the module is not left narrow unseen, it is read
+            known = [i for i in (*call.inputs, *call.own) if i in self.env or i.name in self.lifted]
+            reads = [self.value(i) for i in known]
             what = (
                 f"module '{call.path}' ({type(call.module).__qualname__}) as exported ATen ops: "
                 f"{reason}"
@@ -313,6 +316,7 @@ def _find_boundary(
             if call_of.get(arg) is call or arg in call.inputs:
                 continue
             if arg.name in lifted and _is_own(model, lifted[arg.name], own):
+                call.own.append(arg)
                 continue
             if isinstance(arg.meta.get("val"), torch.Tensor) or arg.name in lifted:
                 call.inputs.append(arg)

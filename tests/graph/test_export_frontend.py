@@ -260,6 +260,26 @@ def test_a_module_call_that_is_not_one_node_blocks_its_groups_naming_it():
     assert graph.group_of("other").widenable
 
 
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(3, 4)
+        self.bilinear = nn.Bilinear(4, 4, 5)  # a kept-whole module with two tensor inputs
+        self.side = nn.Linear(3, 6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bilinear(self.a(x), self.b(x)) + self.head(torch.relu(self.side(x)))
+
+
+def test_a_module_reading_two_tensors_blocks_what_it_reads_and_nothing_else():
+    graph = netsurgeon.trace(TwoInputs(), torch.randn(2, 3), strict=False, frontend="export")
+    for name in ("a", "b"):
+        reason = graph.group_of(name).blocked
+        assert "module 'bilinear' (Bilinear)" in reason and "reads 2 tensors" in reason
+    assert graph.group_of("side").widenable
+
+
 class Cummax(nn.Module):
     def __init__(self) -> None:
         super().__init__()
