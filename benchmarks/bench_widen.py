@@ -17,7 +17,13 @@ tracing included. "with AdamW" widens a copy on which one AdamW step was taken (
 the bytes a deepcopy writes), and the ratio over ``deepcopy((model, optimizer))`` is printed
 beside it.
 
+With ``--frontends``, the two front ends' trace times instead (``docs/frontends.md``): symbolic
+tracing with shape propagation and ``frontend="export"`` on the same example inputs, each over
+``deepcopy(model)`` in the same run, for resnet50 and a tiny Hugging Face BERT (2 layers, hidden
+128; transformers needed; symbolic tracing cannot read it).
+
     python benchmarks/bench_widen.py [--reps 5] [--threads 2] [--models vgg16_bn resnet50]
+    python benchmarks/bench_widen.py --frontends [--reps 5]
 """
 
 from __future__ import annotations
@@ -59,6 +65,21 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": torchvision.models.resnet50,
     "resnext50_32x4d": torchvision.models.resnext50_32x4d,
     "fastvit_t8": _fastvit_t8,
+}
+
+
+def _bert_tiny() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    import transformers  # optional: only this model needs it
+
+    cfg = transformers.BertConfig(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512
+    )
+    return transformers.BertModel(cfg), (torch.randint(0, cfg.vocab_size, (2, 16)),)
+
+
+FRONTEND_MODELS: dict[str, Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]] = {
+    "resnet50": lambda: (torchvision.models.resnet50(), (torch.randn(1, 3, 224, 224),)),
+    "bert_tiny": _bert_tiny,
 }
 
 
@@ -125,6 +146,36 @@ def measure(name: str, make: Callable[[], nn.Module], reps: int) -> dict[str, fl
     return ratios
 
 
+def measure_frontends(name: str, reps: int) -> None:
+    """Median seconds of symbolic and export tracing (both with inputs), over deepcopy's."""
+    base, inputs = FRONTEND_MODELS[name]()
+    base.eval()
+    times: dict[str, list[float]] = {"deepcopy": [], "symbolic": [], "export": []}
+    symbolic_error = None
+    for _ in range(reps):
+        times["deepcopy"].append(_time(lambda: copy.deepcopy(base)))
+        try:
+            times["symbolic"].append(_time(lambda: netsurgeon.trace(base, inputs, strict=False)))
+        except netsurgeon.TraceError as e:
+            symbolic_error = str(e).splitlines()[0][:80]
+        times["export"].append(
+            _time(lambda: netsurgeon.trace(base, inputs, strict=False, frontend="export"))
+        )
+    medians = {k: statistics.median(v) for k, v in times.items() if v}
+    copy_ms = medians["deepcopy"] * 1e3
+    symbolic = (
+        f"{medians['symbolic'] * 1e3:7.1f} ms ({medians['symbolic'] / medians['deepcopy']:5.2f}x)"
+        if "symbolic" in medians
+        else f"fails: {symbolic_error}"
+    )
+    export_ms = medians["export"] * 1e3
+    print(
+        f"{name:<10} deepcopy {copy_ms:7.1f} ms  symbolic {symbolic}  "
+        f"export {export_ms:7.1f} ms ({medians['export'] / medians['deepcopy']:5.2f}x)",
+        flush=True,
+    )
+
+
 # ---- report ------------------------------------------------------------------------------------
 def _verdict(name: str, ratios: dict[str, float]) -> list[str]:
     """The targets that apply to ``name`` and whether each was met."""
@@ -150,6 +201,9 @@ def main() -> None:
     parser.add_argument(
         "--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="which models"
     )
+    parser.add_argument(
+        "--frontends", action="store_true", help="trace time of both front ends instead"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,6 +214,10 @@ def main() -> None:
         "(ratios of medians over deepcopy, same run)",
         flush=True,
     )
+    if args.frontends:
+        for name in FRONTEND_MODELS:
+            measure_frontends(name, args.reps)
+        return
     results = {name: measure(name, MODELS[name], args.reps) for name in args.models}
     for name, ratios in results.items():
         print(f"{name}: " + ";  ".join(_verdict(name, ratios)))

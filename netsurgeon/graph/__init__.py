@@ -6,12 +6,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from netsurgeon.errors import TraceError
 from netsurgeon.graph import ops as _ops  # noqa: F401  (registers the handlers)
 from netsurgeon.graph.analysis import analyse
+from netsurgeon.graph.export import export_program, exported_graph_module
 from netsurgeon.graph.groups import (
     ChannelGroup,
     ConsumerRef,
@@ -26,7 +27,11 @@ from netsurgeon.graph.registry import REGISTRY, Registry
 from netsurgeon.graph.tracer import SurgeonTracer, as_tensors, symbolic_trace
 from netsurgeon.guards import check_plain_module
 
+#: The front ends of :func:`trace` (``docs/frontends.md``).
+FRONTENDS = ("symbolic", "export", "auto")
+
 __all__ = [
+    "FRONTENDS",
     "ChannelGroup",
     "ConsumerRef",
     "Edge",
@@ -49,6 +54,7 @@ def trace(
     autowrap_functions: Iterable[Callable[..., Any]] = (),
     concrete_args: dict[str, Any] | None = None,
     registry: Registry = REGISTRY,
+    frontend: str = "symbolic",
 ) -> LayerGraph:
     """Trace ``model`` with torch.fx and find every producer/consumer pair of layers.
 
@@ -64,12 +70,18 @@ def trace(
         autowrap_functions: free functions recorded as single nodes.
         concrete_args: forwarded to ``torch.fx.Tracer.trace``.
         registry: the handler registry.
+        frontend: how the model is captured (``docs/frontends.md``). ``"symbolic"``:
+            ``torch.fx`` symbolic tracing. ``"export"``: ``torch.export`` (needs
+            ``example_inputs``; reads models with control flow on shapes, Hugging Face
+            transformers) rewritten into the same graph (:mod:`netsurgeon.graph.export`;
+            ``autowrap_functions`` and ``concrete_args`` do not apply). ``"auto"``: symbolic, and
+            export when symbolic tracing fails and ``example_inputs`` are given.
 
     Returns:
         The :class:`LayerGraph`.
 
     Raises:
-        TraceError: torch.fx could not trace the model.
+        TraceError: torch.fx (or torch.export) could not capture the model.
         UnsupportedModelError: (strict) coupled widths, weight sharing, grouped convolutions or
             unknown ops; the message names the fx node and module path.
 
@@ -83,10 +95,44 @@ def trace(
     """
     check_plain_module(model, "trace")
     tracer = SurgeonTracer(leaf_modules, autowrap_functions, registry)
-    gm = symbolic_trace(model, tracer=tracer, concrete_args=concrete_args)
+    gm = capture(model, example_inputs, tracer, frontend, concrete_args)
+    return LayerGraph(model, gm, analyse(gm, registry, strict=strict, root=model), registry)
+
+
+def capture(
+    model: nn.Module,
+    example_inputs: Any,
+    tracer: SurgeonTracer,
+    frontend: str,
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """The ``GraphModule`` the analysis reads, from the chosen front end (see :func:`trace`)."""
+    if frontend not in FRONTENDS:
+        raise ValueError(f"frontend must be one of {FRONTENDS}, got {frontend!r}")
+    if frontend == "export":
+        return _export(model, example_inputs, tracer)
+    try:
+        gm = symbolic_trace(model, tracer=tracer, concrete_args=concrete_args)
+    except TraceError as failed:
+        if frontend == "symbolic" or example_inputs is None:
+            raise
+        try:
+            return _export(model, example_inputs, tracer)
+        except TraceError as e:
+            raise TraceError(f"{failed}\nThen {e}") from e
     if example_inputs is not None:
         _propagate_shapes(model, gm, as_tensors(example_inputs))
-    return LayerGraph(model, gm, analyse(gm, registry, strict=strict, root=model), registry)
+    return gm
+
+
+def _export(model: nn.Module, example_inputs: Any, tracer: SurgeonTracer) -> fx.GraphModule:
+    if example_inputs is None:
+        raise TraceError(
+            f"the export front end needs example_inputs to capture {type(model).__qualname__}"
+            "\nFix: pass example_inputs (a tensor or a tuple of forward arguments)."
+        )
+    program = export_program(model, as_tensors(example_inputs))
+    return exported_graph_module(model, program, tracer)
 
 
 def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> None:

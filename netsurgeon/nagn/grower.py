@@ -87,6 +87,9 @@ class Grower:
         group: the process group (default: the whole world).
         mirrors: copies of ``model`` grown with it at every growth (an EMA, a
             ``torch.optim.swa_utils.AveragedModel``); see ``widen(..., mirrors=)``.
+        frontend: how each growth traces the model (``trace(..., frontend=)``,
+            ``docs/frontends.md``): ``"export"`` or ``"auto"`` for models symbolic tracing
+            cannot read (Hugging Face transformers), with ``example_inputs``.
 
     Attributes:
         history: every :class:`GrowthEvent`, in order.
@@ -133,6 +136,7 @@ class Grower:
         distributed: bool = False,
         group: Any = None,
         mirrors: Sequence[nn.Module] = (),
+        frontend: str = "symbolic",
     ) -> None:
         check_model(model)
         _check_types(optimizer, config)
@@ -140,6 +144,7 @@ class Grower:
         self.optimizer = optimizer
         self.config = config or GrowthConfig()
         self.example_inputs = example_inputs
+        self.frontend = frontend
         self.distributed = bool(distributed)
         self.group = group
         self.mirrors = check_mirrors(model, mirrors)
@@ -155,9 +160,9 @@ class Grower:
     def _inspect_model(self) -> list[str]:
         """Trace the model once: check the caps, that every rank agrees, the optimizer; warn
         when nothing can grow. Returns the layers to monitor."""
-        model = self.model
+        model, frontend = self.model, self.frontend
         with training_mode(model):  # the forward that training runs (see _on_trigger)
-            graph = trace(model, self.example_inputs, strict=False)
+            graph = trace(model, self.example_inputs, strict=False, frontend=frontend)
             check_budget(self.config, model, self.example_inputs, graph)
         if self.distributed:  # first: a rank that differs would fail alone below, and hang the rest
             check_same_on_all_ranks(
@@ -291,7 +296,7 @@ class Grower:
         profile = self.monitor.profile(all_reduce=self.distributed, group=self.group)
         # The one trace of this growth: the plan, every cost and the widening read it (shapes
         # from the example inputs resolve what ranks alone cannot).
-        graph = trace(self.model, self.example_inputs, strict=False)
+        graph = trace(self.model, self.example_inputs, strict=False, frontend=self.frontend)
         plan = self.planner.plan_groups(profile, graph, monotone_groups=None)
         groups = {record.name: record for record in plan.groups}
         group_widths = {name: record.width for name, record in groups.items()}

@@ -23,6 +23,7 @@ from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
 from netsurgeon.surgery.norms import stage_layer_scale, stage_norm_reader
 from netsurgeon.surgery.optim import grown_state
+from netsurgeon.surgery.replay import check_replay, twin_generator
 from netsurgeon.surgery.staging import (
     AttrChange,
     Growth,
@@ -99,6 +100,7 @@ def widen(
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
     mirrored = _stage_mirrors(graph, plan, strategy, surgery, mirrors)
+    check_replay(model, graph, lambda twin, g: _replay(twin, g, plan, strategy))
     surgery.commit(optimizer)
     mirrored.commit()
     return model
@@ -135,6 +137,11 @@ def _stage_mirrors(
             "(e.g. AveragedModel(model))"
         )
     return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
+
+
+def _replay(twin: nn.Module, graph: LayerGraph, plan: dict[str, int], strategy: Any) -> None:
+    """The plan applied to a copy (:mod:`netsurgeon.surgery.replay`)."""
+    stage(graph, plan, strategy, generator=twin_generator(twin)).commit(None)
 
 
 def _check_optimizer_and_generator(optimizer: object, generator: object) -> None:

@@ -23,7 +23,8 @@ by qualified name (:mod:`.torchvision`), so neither package is imported here.
 - :mod:`.factories`: ``zeros_like`` and friends, ``new_zeros`` and friends;
 - :mod:`.containers`: ``NamedTuple`` outputs;
 - :mod:`.torchvision`: torchvision's wrapped functions (drop path, Swin's window attention and
-  patch merging).
+  patch merging);
+- :mod:`.hf`: Hugging Face transformers' ``Conv1D`` (GPT-2), by qualified name.
 
 Files import each other one way only (``torchvision`` and ``timm`` build on the families; a flow
 that two spellings share lives in its family's file), never lazily.
@@ -35,6 +36,7 @@ from netsurgeon.graph.ops import (  # noqa: F401  (each import registers its han
     containers,
     elementwise,
     factories,
+    hf,
     layer_norm,
     linear,
     norm,

@@ -1,0 +1,61 @@
+"""A ``Grower`` grows a Hugging Face model traced with the export front end, while it trains.
+
+Invariant: on a tiny BERT classifier (float64) trained with AdamW and a learning-rate scheduler,
+``Grower(..., frontend="export")`` grows widenable groups (MLP hidden units, the pooler) at a
+trigger, keeps every
+``Parameter`` object (the optimizer and scheduler keep stepping them), and the growth keeps the
+model's output (``<= 1e-9`` relative, eval mode).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hf_models import HEADS, HIDDEN, LAYERS, MLP
+from widen_or_refuse import max_relative_error
+
+from netsurgeon import Grower, GrowthConfig
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_grower_grows_an_exported_bert_with_adamw_and_a_scheduler():
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_labels=3,
+        num_attention_heads=HEADS, intermediate_size=MLP, max_position_embeddings=32,
+    )  # fmt: skip
+    model = transformers.BertForSequenceClassification(cfg).double()
+    ids, labels = torch.randint(0, 64, (8, 9)), torch.randint(0, 3, (8,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    config = GrowthConfig(w_acc=1, delta_acc=1.0, every=1)
+    grower = Grower(model, optimizer, config, example_inputs=(ids,), frontend="export")
+    params = {n: id(p) for n, p in model.named_parameters()}
+    for _epoch in range(2):
+        model.train()
+        optimizer.zero_grad()
+        F.cross_entropy(model(ids).logits, labels).backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            before = model.eval()(ids).logits
+        grower.step(0.5)
+        with torch.no_grad():
+            after = model.eval()(ids).logits
+        assert max_relative_error(after, before) <= 1e-9
+    assert grower.history, "the trigger fired: a growth was expected"
+    grown = {k: v for e in grower.history for k, v in e.increments.items() if v}
+    assert grown, "a growth added units"
+    for name, k in grown.items():  # a widenable group: an MLP or the pooler
+        assert (
+            model.get_submodule(name).out_features
+            == {"bert.pooler.dense": HIDDEN}.get(name, MLP) + k
+        )
+    assert {n: id(p) for n, p in model.named_parameters()} == params
+    model.train()
+    optimizer.zero_grad()
+    F.cross_entropy(model(ids).logits, labels).backward()
+    optimizer.step()  # AdamW's grown state steps the grown parameters
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
