@@ -78,6 +78,8 @@ class FlowContext:
     same_widths: list[tuple[fx.Node, Layout, Layout]] = field(default_factory=list)
     # parameters/buffers that became followers: target -> (join node, operand node, layout, dim)
     free_uses: dict[str, list[tuple[fx.Node, fx.Node, Layout, int]]] = field(default_factory=dict)
+    # grouped-query attention: (node, query segment, key/value segment, g), netsurgeon.graph.ratios
+    ratios: list[tuple[fx.Node, Any, Any, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
@@ -318,7 +320,7 @@ class FlowContext:
     def _compatible(self, a: Layout, b: Layout) -> bool:
         if a.normalized_dim() != b.normalized_dim() or (a.dim != b.dim and a.rank is None):
             return False
-        if len(a.segments) != len(b.segments) or a.factor != b.factor:
+        if len(a.segments) != len(b.segments) or a.factor != b.factor or a.heads != b.heads:
             return False
         return all(
             x.channels == y.channels
@@ -381,6 +383,8 @@ class FlowContext:
             problem = "it is a constant made while tracing, not a tensor of the model"
         elif base.flattened:
             problem = "the channels are flattened"
+        elif base.heads is not None:
+            problem = "the channels are cut into attention heads (a per-head table)"
         elif label in _DIVISION and node.args and node.args[0] is chain[-1]:
             problem = "it is divided by the channels (a new channel could be 0)"
         if problem is not None:

@@ -206,6 +206,8 @@ class ChannelGroup:
         granularity: a widening's ``k`` must be a multiple of it.
         reaches_output: the channels reach the model output (then never widened).
         blocked: why the group cannot be widened (``None`` when it can, apart from the output).
+        multiplicity: ``(producer, m)`` for producers whose rows hold ``m`` entries per channel
+            (grouped-query attention's query projection, ``m = H / H_kv``; others hold 1).
     """
 
     name: str
@@ -217,6 +219,11 @@ class ChannelGroup:
     granularity: int = 1
     reaches_output: bool = False
     blocked: str | None = None
+    multiplicity: tuple[tuple[str, int], ...] = ()
+
+    def rows_per_channel(self, producer: str) -> int:
+        """Rows of ``producer`` per channel of the group (:attr:`multiplicity`)."""
+        return dict(self.multiplicity).get(producer, 1)
 
     @property
     def blocks(self) -> int:

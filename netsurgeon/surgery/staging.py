@@ -109,7 +109,8 @@ def stage_layer(
     """
     module, handler = graph.module(name), graph.handler(name)
     old_out = handler.out_width(module)
-    own_map = IndexMap((Piece(own, 0, old_out),))
+    rows_each = graph.group_of(name).rows_per_channel(name)  # grouped-query attention's q
+    own_map = IndexMap((Piece(own, 0, old_out // rows_each, rows_each),))
     rows = own_map.insertions(growth.spec) if own in growth.spec else []
     cols = consumer.index_map.insertions(growth.spec) if consumer is not None else []
     old_in = handler.in_width(module) if handler.in_attr else 0

@@ -74,6 +74,8 @@ _JOIN_METHODS = ("add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "ma
 class PassModuleHandler(OpHandler):
     """Element-wise activations, dropout and ``Identity``: the channels pass unchanged."""
 
+    knows_heads = True  # per element: any layout passes, attention heads included
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = ctx.input(node)
         return None if layout is None else layout.with_path(type(ctx.module_of(node)).__name__)
@@ -83,6 +85,8 @@ class PassModuleHandler(OpHandler):
 @register_method(*_ELEMENTWISE_METHODS)
 class ElementwiseHandler(OpHandler):
     """Element-wise activations, dropout, ``contiguous`` and dtype casts."""
+
+    knows_heads = True  # per element: any layout passes, attention heads included
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
@@ -116,6 +120,8 @@ class JoinHandler(OpHandler):
     ``mul`` makes the gate's producer one too. Scalars pass; per-channel free parameters (layer
     scales, biases) become followers; size-1 channel dims broadcast.
     """
+
+    knows_heads = True  # operands cut into the same heads join (``FlowContext.join`` checks)
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         label = getattr(node.target, "__name__", str(node.target))
