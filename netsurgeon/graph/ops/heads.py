@@ -218,15 +218,14 @@ def flatten_heads(node, layout: Layout, start: int, end: int, label, ctx) -> Lay
 def moved(layout: Layout, where: dict[int, int], rank: int, pick: int | None = None) -> Layout:
     """``layout`` with its dims renumbered (``where``: old -> new); ``pick``: the fused split
     dim was indexed, keep that part's channels only."""
-    heads = layout.heads.moved(where)
-    segments = layout.segments
+    heads, segments = layout.heads, layout.segments
     if pick is not None:
-        n = layout.heads.splits
-        seg = segments[0]
-        size = seg.channels // n
-        j = pick % n
-        segments = (Segment(seg.group, seg.start + j * size, seg.start + (j + 1) * size, 1, seg.path),)
+        seg, n = segments[0], heads.splits
+        size, j = seg.channels // n, pick % n
+        start = seg.start + j * size
+        segments = (Segment(seg.group, start, start + size, seg.multiplicity, seg.path),)
         heads = Heads(heads.size, heads.inner)
+    heads = heads.moved(where)
     return layout.replace(dim=where[layout.normalized_dim()], rank=rank, heads=heads, segments=segments)
 
 
