@@ -75,6 +75,7 @@ def analyse(
             sharing, and layouts that cannot be followed; the message names the fx node.
     """
     ctx = FlowContext(gm, registry, strict)
+    ctx.root = root
     shared = _shared_modules(gm, ctx)
     for node in gm.graph.nodes:
         ctx.node = node

@@ -80,11 +80,21 @@ class FlowContext:
     free_uses: dict[str, list[tuple[fx.Node, fx.Node, Layout, int]]] = field(default_factory=dict)
     # grouped-query attention: (node, query segment, key/value segment, g), netsurgeon.graph.ratios
     ratios: list[tuple[fx.Node, Any, Any, int]] = field(default_factory=list)
+    # the traced model: modules fx traced through (absent from ``gm``) by their path
+    root: nn.Module | None = None
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
 
     # -- questions ------------------------------------------------------------------------------
+    def traced_module(self, path: str) -> nn.Module | None:
+        """A module of the traced model by path, including those fx traced through (``gm``
+        holds only the modules it calls, under plain containers)."""
+        try:
+            return None if self.root is None else self.root.get_submodule(path)
+        except AttributeError:
+            return None
+
     def module_of(self, node: fx.Node) -> nn.Module:
         return self.modules[str(node.target)]
 

@@ -373,7 +373,7 @@ def _owner(node: fx.Node, ctx: FlowContext, count, size, width) -> tuple[str, An
     stack = node.meta.get("nn_module_stack") or {}
     for value in reversed(list(stack.values())):
         path = value[0] if isinstance(value, tuple) else str(value)
-        module = ctx.modules.get(path)
+        module = ctx.traced_module(path)
         handler = ctx.registry.for_module(module) if module is not None else None
         if isinstance(handler, HeadOwnerHandler):
             return (path, handler) if handler.owns(module, count, size, width) else None
