@@ -225,8 +225,8 @@ def _blocked_output(node: fx.Node, handler: Any, ctx: FlowContext, reason: str) 
 
 
 def _collect(ctx: FlowContext) -> Analysis:
-    roots = {gid: ctx.find(gid) for gid in range(len(ctx.parent))}
     ties = resolve_ratios(ctx)  # grouped-query attention: a query class joins its key/value one
+    roots = {gid: ctx.find(gid) for gid in range(len(ctx.parent))}
     tied = {gid: ties[root][1] for gid, root in roots.items() if root in ties}
     roots = {gid: ties[root][0] if root in ties else root for gid, root in roots.items()}
     members: dict[int, list[int]] = defaultdict(list)

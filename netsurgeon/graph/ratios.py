@@ -57,8 +57,12 @@ def tie(node: fx.Node, q: Layout, kv: Layout, ctx: FlowContext) -> Layout | None
 
 
 def resolve_ratios(ctx: FlowContext) -> dict[int, tuple[int, int]]:
-    """``{query root: (key/value root, g)}`` for the ties that hold, once joins are final;
-    the others block both groups, naming the node."""
+    """``{query root: (key/value root, g)}`` for the ties that hold, once joins are final; the
+    others block both groups, naming the node. The key and value groups tied to one query group
+    join (head ``i`` of each serves the same query heads)."""
+    for _, q, kv, _ in ctx.ratios:
+        first = next(k for _, q2, k, _ in ctx.ratios if ctx.find(q2.group) == ctx.find(q.group))
+        ctx.union(first.group, kv.group)
     found: dict[int, tuple[int, int]] = {}
     for node, q, kv, g in ctx.ratios:
         rq, rk = ctx.find(q.group), ctx.find(kv.group)
@@ -68,7 +72,7 @@ def resolve_ratios(ctx: FlowContext) -> dict[int, tuple[int, int]]:
         elif q.start != 0 or q.stop != ctx.widths[rq] or kv.start != 0 or kv.stop != ctx.widths[rk]:
             problem = "the query or key/value heads are part of a larger group"
         elif found.get(rq, (rk, g)) != (rk, g) or rk in found:
-            problem = "the query group is tied to several key/value groups"
+            problem = "the query group is tied at two ratios, or tied both ways"
         elif _splits(ctx, rq) != 1 or _splits(ctx, rk) != 1:
             problem = "the query or key/value group is cut into splits (a fused projection)"
         if problem is None:

@@ -110,31 +110,35 @@ class HeadOwnerHandler(OpHandler):
 # -- cut and merge ---------------------------------------------------------------------------------
 def head_split(before: tuple[int, ...], after: tuple[int, ...], channel: int) -> tuple[int, ...] | None:
     """The sizes ``after`` cuts dim ``channel`` of ``before`` into, when nothing else changes and
-    the channels are not kept whole (``(B, C) -> (B, C, 1, 1)`` is no cut), else ``None``."""
+    the last part is more than one entry (``(B, C) -> (B, C, 1, 1)`` is no cut), else ``None``."""
     tail = len(before) - channel - 1
     if len(after) <= len(before) or tuple(after[:channel]) != tuple(before[:channel]):
         return None
     if tail and tuple(after[len(after) - tail :]) != tuple(before[channel + 1 :]):
         return None
     middle = tuple(after[channel : len(after) - tail])
-    if math.prod(middle) != before[channel] or before[channel] in middle or middle[-1] < 2:
+    if math.prod(middle) != before[channel] or middle[-1] < 2:
         return None
     return middle
 
 
-def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout | None:
-    """``(..., C, ...) -> (..., [s,] H, d, ...)``: the channels cut into heads of ``d``."""
+def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout | None | bool:
+    """``(..., C, ...) -> (..., [s,] H, d, ...)``: the channels cut into heads of ``d``
+    (``False``: the sizes asked for keep the channels whole, not a cut)."""
     channel = layout.normalized_dim()
     *splits, count, size = middle
     at = channel + len(middle) - 1
     size_arg, count_arg = spec[at], spec[at - 1]
     where = f"{label} to {tuple(spec)!r}"
     if not _fixed(size_arg, ctx):
+        if size_arg == -1 or _channel_read(size_arg, ctx) or _channel_read(count_arg, ctx):
+            return False  # the channels kept whole at the -1: no cut (``(B, 1, -1)``)
         return _block(
             node,
             layout,
-            f"{where}: the head size is computed from a width, so it would change with it; "
-            "use a fixed head size (a literal head_dim) and -1 for the head count",
+            f"{where} splits or interleaves the channels into parts whose size is computed "
+            "from a width (a channel shuffle, or attention heads whose size would change); for "
+            "attention use a fixed head size (a literal head_dim) and -1 for the head count",
             ctx,
         )
     bad = [s for s in spec[channel : at - 1] if not isinstance(s, int)]
@@ -304,11 +308,13 @@ def matmul_heads(node, a: fx.Node, b: fx.Node, ctx: FlowContext) -> Layout | Non
     joined = join_heads(node, [a, b], ctx)
     if joined is None:
         return None
-    if lb.heads.inner == r - 1 and all(s.multiplicity == 1 for s in lb.segments):
-        inner, segments = r - 1, lb.segments
+    if lb.heads.inner == r - 1:
+        inner = r - 1
     else:
         inner = r - 2 if la.heads.inner == r - 2 else None
-        segments = la.segments
+    # the output's heads are those of the side not repeated (grouped-query: the query heads)
+    plain = all(s.multiplicity == 1 for s in lb.segments)
+    segments = lb.segments if inner == r - 1 and plain else la.segments
     heads = Heads(la.heads.size, inner)
     return la.replace(segments=segments, heads=heads).with_path(ctx.op_name(node))
 
@@ -366,6 +372,11 @@ def _fixed(arg: Any, ctx: FlowContext) -> bool:
         return arg > 0
     value = ctx.layouts.get(arg) if isinstance(arg, fx.Node) else None
     return isinstance(value, SizeValue) and not value.depends
+
+
+def _channel_read(arg: Any, ctx: FlowContext) -> bool:
+    value = ctx.layouts.get(arg) if isinstance(arg, fx.Node) else None
+    return isinstance(value, SizeValue) and value.direct_channel_read is not None
 
 
 def _owner(node: fx.Node, ctx: FlowContext, count, size, width) -> tuple[str, Any] | None:
