@@ -21,6 +21,7 @@ from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, Laye
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
 from netsurgeon.surgery.index import grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy
+from netsurgeon.surgery.inner import inner_inserts, stage_inner
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
 __all__ = [
@@ -118,6 +119,8 @@ def stage_layer(
     inserts = _inserts(row_axes, rows, old_out, handler.conv_groups(module))
     for tensor, dims in _inserts(col_axes, cols, old_in, handler.conv_groups(module)).items():
         inserts.setdefault(tensor, {}).update(dims)
+    for tensor, dims in inner_inserts(handler, module, own, old_out, growth.spec).items():
+        inserts.setdefault(tensor, {}).update(dims)  # MultiheadAttention's heads (surgery.inner)
     main = row_axes[0]
     column = next((a for a in col_axes if a.tensor == main.tensor), None)
     new, pre, post = _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
@@ -130,6 +133,7 @@ def stage_layer(
             )
         elif any(dims.values()):
             staged[axis.tensor] = _stage_entries(module, axis, dims[axis.dim], own_map, growth)
+    staged.update(stage_inner(name, handler, module, inserts, staged, growth))
     handler.fill_new_units(module, staged, rows)
     surgery = Surgery()
     for tensor, value in staged.items():

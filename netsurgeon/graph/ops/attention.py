@@ -6,8 +6,8 @@ those groups block, unless both operands of a ``matmul`` are cut into the same a
 ``F.scaled_dot_product_attention(q, k, v)`` of tensors cut into heads ``(B, H, N, d)`` is per
 head: the head dim is a batch dim, so the ``q``, ``k`` and ``v`` groups join and the output
 carries ``v``'s channels; a mask must broadcast over the heads. Anything else blocks.
-``nn.MultiheadAttention`` splits its embedding dim into heads (blocked; its output is a new
-blocked group). ``nn.Transformer*`` modules stay leaves (torch.fx cannot trace their fast-path
+``nn.MultiheadAttention`` is a layer of its own (:mod:`.multihead`). ``nn.Transformer*`` modules
+stay leaves (torch.fx cannot trace their fast-path
 checks, see :mod:`netsurgeon.graph.opaque`): the groups they read block, their output is
 untracked.
 """
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from netsurgeon.graph.layout import Layout, Segment
+from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import node_arg
 from netsurgeon.graph.opaque import TRANSFORMER_TYPES
 from netsurgeon.graph.ops.heads import join_heads, matmul_heads, repeat_heads
@@ -40,7 +40,6 @@ __all__ = [
     "AttentionHandler",
     "MaskedFillHandler",
     "MixingHandler",
-    "MultiheadAttentionHandler",
     "TransformerHandler",
 ]
 
@@ -193,26 +192,6 @@ class MaskedFillHandler(OpHandler):
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         return ctx.join(node, [a for a in node.args[:2]], "masked_fill")
-
-
-@register_module(nn.MultiheadAttention)
-class MultiheadAttentionHandler(OpHandler):
-    """``nn.MultiheadAttention``: its embedding dim cannot grow; the result is a new blocked group."""
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> tuple[Layout | None, ...]:
-        module = ctx.module_of(node)
-        reason = (
-            f"the embedding dim of attention '{node.target}' (embed_dim={module.embed_dim}) is "
-            "split into heads and mixed by the attention weights; widening it is not supported"
-        )
-        ctx.block(node, ctx.tracked_inputs(node), reason)
-        group = ctx.new_group(str(node.target), module.embed_dim, producer=False)
-        ctx.blocked[group].append(reason)
-        query = ctx.input(node)
-        rank = query.rank if query is not None else ctx.rank_of(node.args[0])
-        segments = (Segment(group, 0, module.embed_dim),)
-        out = Layout(dim=-1 if rank is None else rank - 1, rank=rank, segments=segments)
-        return (out, None)
 
 
 @register_module(*TRANSFORMER_TYPES)
