@@ -310,7 +310,9 @@ def _group(
         granularity=splits * unit,
         reaches_output=any(gid in ctx.outputs for gid in ids),
         blocked="; ".join(reasons) if reasons else None,
-        multiplicity=tuple((p, tied[gid]) for gid in ids if gid in tied for p in ctx.producers[gid]),
+        multiplicity=tuple(
+            (p, tied[gid]) for gid in ids if gid in tied for p in ctx.producers[gid]
+        ),
     )
 
 

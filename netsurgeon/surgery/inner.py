@@ -62,7 +62,9 @@ def stage_inner(
                     "use init='paper'"
                 )
             other = next((d for d in dims if d != dim), None)
-            view = new.movedim(dim, 0) if other is None else torch.movedim(new, (dim, other), (0, 1))
+            view = (
+                new.movedim(dim, 0) if other is None else torch.movedim(new, (dim, other), (0, 1))
+            )
             growth.strategy.fill_rows(
                 view,
                 row_inserts=ins,

@@ -133,6 +133,19 @@ def test_every_widenable_group_at_once_keeps_the_output(case) -> None:
     torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-9 * before.abs().max().item())
 
 
+@given(attention_models())
+def test_float32_train_mode_widening_keeps_the_output(case) -> None:
+    model, heads, seed = case
+    torch.manual_seed(seed)
+    model.train()
+    x = torch.randn(2, 5, 5)
+    graph = netsurgeon.trace(model, x)
+    group = _head_group(model, graph)
+    before = model(x)
+    netsurgeon.widen(model, {group.name: heads * group.granularity}, graph=graph)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5 * before.abs().max().item())
+
+
 def test_grouped_query_heads_grow_with_their_key_value_heads() -> None:
     torch.manual_seed(0)
     model = Attention(4, heads=6, groups=3, qkv="separate", product="sdpa", causal=True, gqa=False)
@@ -200,7 +213,11 @@ class Spelled(nn.Module):
             split = (B, T, -1, C // self.heads)
         else:
             split = (B, T, -1, self.d)
-        q, k, v = q.view(*split).transpose(1, 2), k.view(*split).transpose(1, 2), v.view(*split).transpose(1, 2)
+        q, k, v = (
+            q.view(*split).transpose(1, 2),
+            k.view(*split).transpose(1, 2),
+            v.view(*split).transpose(1, 2),
+        )
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         merged = (B, T, C) if self.spelling == "merge to the stream width" else (B, T, -1)
         return x + self.out(y.reshape(*merged))

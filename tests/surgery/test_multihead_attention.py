@@ -48,15 +48,19 @@ class SelfAttention(nn.Module):
 @st.composite
 def models(draw):
     head_dim = draw(st.sampled_from([2, 3, 4]))
-    return SelfAttention(
+    return (
+        SelfAttention(
+            draw(st.integers(1, 3)),
+            head_dim,
+            batch_first=draw(st.booleans()),
+            bias=draw(st.booleans()),
+            bias_kv=draw(st.booleans()),
+            cross_kdim=draw(st.sampled_from([None, 5])),  # 5: never embed_dim here
+            causal=draw(st.booleans()),
+        ),
         draw(st.integers(1, 3)),
-        head_dim,
-        batch_first=draw(st.booleans()),
-        bias=draw(st.booleans()),
-        bias_kv=draw(st.booleans()),
-        cross_kdim=draw(st.sampled_from([None, 5])),  # 5: never embed_dim here
-        causal=draw(st.booleans()),
-    ), draw(st.integers(1, 3)), draw(st.integers(0, 2**16))
+        draw(st.integers(0, 2**16)),
+    )
 
 
 @given(models())

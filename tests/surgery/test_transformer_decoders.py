@@ -60,9 +60,13 @@ def test_llama_query_heads_grow_with_their_key_value_heads() -> None:
 def test_timm_vit_attention_grows_by_heads_and_updates_its_head_count(fused: bool) -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2
-    ).double().eval()
+    model = (
+        timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2
+        )
+        .double()
+        .eval()
+    )
     for block in model.blocks:
         block.attn.fused_attn = fused
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -74,3 +78,15 @@ def test_timm_vit_attention_grows_by_heads_and_updates_its_head_count(fused: boo
     attn = model.blocks[0].attn
     assert (attn.num_heads, attn.attn_dim, attn.proj.in_features) == (5, 320, 320)
     torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-9 * before.abs().max().item())
+
+
+@pytest.mark.parametrize("make", [Llama, GPT2], ids=["llama", "gpt2"])
+def test_a_grown_decoder_checkpoint_loads_into_a_fresh_one(make) -> None:
+    torch.manual_seed(0)
+    grown, x = make().double().eval(), torch.randint(0, 50, (2, 7))
+    graph = netsurgeon.trace(grown, x, strict=False)
+    netsurgeon.widen(
+        grown, {g.name: g.granularity for g in graph.groups if g.widenable}, graph=graph
+    )
+    fresh = netsurgeon.load_state_dict(make().double().eval(), grown.state_dict(), example_inputs=x)
+    torch.testing.assert_close(fresh(x), grown(x), rtol=0, atol=0)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import node_arg

@@ -108,7 +108,9 @@ class HeadOwnerHandler(OpHandler):
 
 
 # -- cut and merge ---------------------------------------------------------------------------------
-def head_split(before: tuple[int, ...], after: tuple[int, ...], channel: int) -> tuple[int, ...] | None:
+def head_split(
+    before: tuple[int, ...], after: tuple[int, ...], channel: int
+) -> tuple[int, ...] | None:
     """The sizes ``after`` cuts dim ``channel`` of ``before`` into, when nothing else changes and
     the last part is more than one entry (``(B, C) -> (B, C, 1, 1)`` is no cut), else ``None``."""
     tail = len(before) - channel - 1
@@ -122,7 +124,7 @@ def head_split(before: tuple[int, ...], after: tuple[int, ...], channel: int) ->
     return middle
 
 
-def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout | None | bool:
+def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout | bool | None:
     """``(..., C, ...) -> (..., [s,] H, d, ...)``: the channels cut into heads of ``d``
     (``False``: the sizes asked for keep the channels whole, not a cut)."""
     channel = layout.normalized_dim()
@@ -142,7 +144,8 @@ def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout |
             ctx,
         )
     bad = [s for s in spec[channel : at - 1] if not isinstance(s, int)]
-    if len(splits) > 1 or bad or not all(s.channels % size == 0 for s in layout.segments):
+    even = all(s.channels % size == 0 and s.multiplicity == 1 for s in layout.segments)
+    if len(splits) > 1 or bad or not even:
         return _block(node, layout, f"{where} cuts the channels into heads of {size} unevenly", ctx)
     n = splits[0] if splits else 1
     owner = None
@@ -210,7 +213,9 @@ def flatten_heads(node, layout: Layout, start: int, end: int, label, ctx) -> Lay
     ``(B, N, H, d)``, or a flatten of dims the heads do not touch."""
     heads, dim, rank = layout.heads, layout.normalized_dim(), layout.rank
     if (start, end) == (dim, dim + 1) and heads.inner == dim + 1 and heads.split is None:
-        return Layout(dim, rank - 1, layout.segments, layout.flattened, layout.factor).with_path(label)
+        return Layout(dim, rank - 1, layout.segments, layout.flattened, layout.factor).with_path(
+            label
+        )
     held = {dim, heads.inner, heads.split} - {None}
     if any(start <= d <= end for d in held):
         return _block(node, layout, f"{label} merges a dim of the heads with others", ctx)
@@ -230,7 +235,9 @@ def moved(layout: Layout, where: dict[int, int], rank: int, pick: int | None = N
         segments = (Segment(seg.group, start, start + size, seg.multiplicity, seg.path),)
         heads = Heads(heads.size, heads.inner)
     heads = heads.moved(where)
-    return layout.replace(dim=where[layout.normalized_dim()], rank=rank, heads=heads, segments=segments)
+    return layout.replace(
+        dim=where[layout.normalized_dim()], rank=rank, heads=heads, segments=segments
+    )
 
 
 def index_heads(node, layout: Layout, items: tuple[Any, ...], ctx: FlowContext) -> Layout | None:
@@ -308,10 +315,7 @@ def matmul_heads(node, a: fx.Node, b: fx.Node, ctx: FlowContext) -> Layout | Non
     joined = join_heads(node, [a, b], ctx)
     if joined is None:
         return None
-    if lb.heads.inner == r - 1:
-        inner = r - 1
-    else:
-        inner = r - 2 if la.heads.inner == r - 2 else None
+    inner = r - 1 if lb.heads.inner == r - 1 else r - 2 if la.heads.inner == r - 2 else None
     # the output's heads are those of the side not repeated (grouped-query: the query heads)
     plain = all(s.multiplicity == 1 for s in lb.segments)
     segments = lb.segments if inner == r - 1 and plain else la.segments
@@ -405,4 +409,3 @@ def _follow_owner(node, owner, layout: Layout, splits: int, ctx: FlowContext) ->
 def _block(node: fx.Node, layouts, reason: str, ctx: FlowContext) -> None:
     ctx.block(node, layouts, reason)
     return None
-

@@ -56,7 +56,10 @@ class MultiheadAttentionHandler(LayerHandler):
 
     def rows(self, module: nn.Module) -> tuple[Axis, ...]:
         bias = module.out_proj.bias is not None
-        return (Axis("out_proj.weight", 0, None), *([Axis("out_proj.bias", 0, 0.0)] if bias else []))
+        return (
+            Axis("out_proj.weight", 0, None),
+            *([Axis("out_proj.bias", 0, 0.0)] if bias else []),
+        )
 
     def columns(self, module: nn.Module) -> tuple[Axis, ...]:
         if module._qkv_same_embed_dim:
@@ -72,7 +75,9 @@ class MultiheadAttentionHandler(LayerHandler):
             found += [(Axis(f"{p}_proj_weight", 0, None), 1) for p in "qkv"]
         if module.in_proj_bias is not None:
             found.append((Axis("in_proj_bias", 0, 0.0), 3))
-        found += [(Axis(n, 2, 0.0), 1) for n in ("bias_k", "bias_v") if getattr(module, n) is not None]
+        found += [
+            (Axis(n, 2, 0.0), 1) for n in ("bias_k", "bias_v") if getattr(module, n) is not None
+        ]
         return tuple(found)
 
     def tensor_names(self, module: nn.Module) -> frozenset[str]:
@@ -81,7 +86,9 @@ class MultiheadAttentionHandler(LayerHandler):
 
     def size_attrs(self, module: nn.Module, *, out_width: int, in_width: int) -> dict[str, int]:
         found = {"embed_dim": out_width, "num_heads": out_width // module.head_dim}
-        return found | {a: out_width for a in ("kdim", "vdim") if getattr(module, a) == module.embed_dim}
+        return found | {
+            a: out_width for a in ("kdim", "vdim") if getattr(module, a) == module.embed_dim
+        }
 
     def out_width(self, module: nn.Module) -> int:
         return int(module.embed_dim)
@@ -112,7 +119,9 @@ class MultiheadAttentionHandler(LayerHandler):
         return out
 
 
-def _problem(node: fx.Node, module: nn.Module, query: Layout | None, ctx: FlowContext) -> str | None:
+def _problem(
+    node: fx.Node, module: nn.Module, query: Layout | None, ctx: FlowContext
+) -> str | None:
     """Why growing ``module`` by whole heads with its query would not be exact, or ``None``."""
     key, value = node_arg(node, 1, "key", None), node_arg(node, 2, "value", None)
     if query is None:
@@ -143,10 +152,14 @@ def _problem(node: fx.Node, module: nn.Module, query: Layout | None, ctx: FlowCo
 
 def _same(a: Layout, b: Layout, ctx: FlowContext) -> bool:
     def key(layout: Layout) -> tuple:
-        return tuple(
-            (None if s.group is None else ctx.find(s.group), s.start, s.stop, s.multiplicity)
-            for s in layout.segments
-        ) + (layout.normalized_dim(), layout.factor)
+        return (
+            *tuple(
+                (None if s.group is None else ctx.find(s.group), s.start, s.stop, s.multiplicity)
+                for s in layout.segments
+            ),
+            layout.normalized_dim(),
+            layout.factor,
+        )
 
     return key(a) == key(b)
 

@@ -60,7 +60,9 @@ class PermuteHandler(OpHandler):
             ctx.block(node, layout, f"{name} of flattened channels")
             return None
         if layout.heads is not None:
-            return heads.moved(layout, {d: order.index(d) for d in range(rank)}, rank).with_path(name)
+            return heads.moved(layout, {d: order.index(d) for d in range(rank)}, rank).with_path(
+                name
+            )
         return layout.replace(dim=order.index(channel)).with_path(name)
 
 
@@ -157,7 +159,7 @@ class ReshapeHandler(OpHandler):
             return self._with_shapes(node, layout, shape, before, after, label, ctx)
         return self._fixed(node, layout, shape, label, ctx)
 
-    def _heads(self, node, layout, spec, before, after, label, ctx) -> Layout | None | bool:
+    def _heads(self, node, layout, spec, before, after, label, ctx) -> Layout | bool | None:
         """The cut into heads or the merge back (:mod:`.heads`); ``False``: neither applies."""
         known = before is not None and after is not None and layout.normalized_dim() is not None
         if layout.heads is not None:
