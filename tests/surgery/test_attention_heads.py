@@ -254,3 +254,23 @@ def test_a_per_head_attention_mask_blocks() -> None:
     graph = netsurgeon.trace(Masked(), torch.randn(1, 5, 8), strict=False)
     group = graph.group_of("qkv")
     assert not group.widenable and "per-head mask" in group.reason
+
+
+class Unfollowed(Spelled):
+    """An op netsurgeon does not follow per head (a mean over each head's channels)."""
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, -1)
+        q, k, v = (t.view(B, T, -1, self.d).transpose(1, 2) for t in (q, k, v))
+        q = q - q.mean(dim=-1, keepdim=True)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def test_an_op_that_does_not_follow_heads_blocks_the_group_naming_it() -> None:
+    model = nn.Sequential(nn.Linear(3, 8), Unfollowed("ok"), nn.Linear(8, 2))
+    graph = netsurgeon.trace(model, torch.randn(1, 5, 3), strict=False)
+    reason = graph.unwidenable_reason("1.qkv")
+    assert "'.mean()' takes channels cut into attention heads" in reason
+    assert graph.group_of("0").widenable  # the stream is not touched
