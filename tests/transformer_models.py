@@ -4,7 +4,8 @@
   ``(B, T, 3, -1, d)`` reshape, causal ``F.scaled_dot_product_attention`` (or the explicit
   ``q @ k^T``, mask, softmax, ``@ v``), a 4x GELU MLP.
 * :class:`Llama`: ``nn.RMSNorm``, separate ``q/k/v`` projections, RoPE on ``q`` and ``k``
-  (rotate-half), grouped-query attention (``repeat_interleave`` or ``enable_gqa=True``), SwiGLU.
+  (rotate-half), grouped-query attention (``repeat_interleave``, ``enable_gqa=True`` or Hugging
+  Face's ``repeat_kv``), SwiGLU.
 
 Their head groups and MLP hidden groups are what netsurgeon widens exactly; the residual stream
 goes through the norms.
@@ -83,10 +84,25 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Hugging Face's: ``(B, H_kv, T, d) -> (B, H_kv * n_rep, T, d)``."""
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(
+        batch, num_key_value_heads, n_rep, slen, head_dim
+    )
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, kv_heads: int, head_dim: int, *, gqa_sdpa=False):
+    """``gqa``: ``"repeat_interleave"``, ``"enable_gqa"`` (SDPA's) or ``"repeat_kv"`` (HF's)."""
+
+    def __init__(
+        self, dim: int, heads: int, kv_heads: int, head_dim: int, *, gqa="repeat_interleave"
+    ):
         super().__init__()
-        self.head_dim, self.groups, self.gqa_sdpa = head_dim, heads // kv_heads, gqa_sdpa
+        self.head_dim, self.groups, self.gqa = head_dim, heads // kv_heads, gqa
         self.q_proj = nn.Linear(dim, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=False)
@@ -99,11 +115,14 @@ class LlamaAttention(nn.Module):
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if self.gqa_sdpa:
+        if self.gqa == "enable_gqa":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
-            k = k.repeat_interleave(self.groups, dim=1)
-            v = v.repeat_interleave(self.groups, dim=1)
+            if self.gqa == "repeat_kv":
+                k, v = repeat_kv(k, self.groups), repeat_kv(v, self.groups)
+            else:
+                k = k.repeat_interleave(self.groups, dim=1)
+                v = v.repeat_interleave(self.groups, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 

@@ -78,20 +78,24 @@ class Heads:
         inner: the dim holding each head's ``d`` channels; ``None`` when contracted away.
         split: the dim of a fused ``(3, H, d)`` cut (``q, k, v``), ``None`` once picked.
         splits: that dim's size (1 without one).
+        copies: a dim along which every head is the same (``k[:, :, None].expand(...)``, the
+            first half of grouped-query attention's ``repeat_kv``), ``None`` without one.
     """
 
     size: int
     inner: int | None
     split: int | None = None
     splits: int = 1
+    copies: int | None = None
 
     def moved(self, where: dict[int, int | None]) -> Heads | None:
-        """The dims renumbered by ``where`` (old dim -> new dim); ``None`` if one is dropped."""
-        inner = None if self.inner is None else where.get(self.inner)
-        split = None if self.split is None else where.get(self.split)
-        if (self.inner is not None and inner is None) or (self.split is not None and split is None):
+        """The dims renumbered by ``where`` (old dim -> new dim); ``None`` if ``inner`` or
+        ``split`` is dropped (dropping ``copies``, indexing one copy, leaves plain heads)."""
+        found = {name: None if (old := getattr(self, name)) is None else where.get(old)
+                 for name in ("inner", "split", "copies")}  # fmt: skip
+        if any(getattr(self, n) is not None and found[n] is None for n in ("inner", "split")):
             return None
-        return dataclasses.replace(self, inner=inner, split=split)
+        return dataclasses.replace(self, **found)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from transformer_models import repeat_kv
 
 import netsurgeon
 from netsurgeon.errors import WidenError
@@ -59,8 +60,10 @@ class Attention(nn.Module):
         x = torch.relu(self.stem(x))
         B, T, _ = x.shape
         q, k, v = self._heads(x)
-        self_gqa = self.gqa and self.product == "sdpa"
-        if self.groups > 1 and not self_gqa:
+        self_gqa = self.gqa == "enable_gqa" and self.product == "sdpa"
+        if self.groups > 1 and self.gqa == "repeat_kv":
+            k, v = repeat_kv(k, self.groups), repeat_kv(v, self.groups)
+        elif self.groups > 1 and not self_gqa:
             k = k.repeat_interleave(self.groups, dim=1)
             v = v.repeat_interleave(self.groups, dim=1)
         if self.product == "sdpa":
@@ -87,7 +90,7 @@ def attention_models(draw):
         qkv=qkv,
         product=draw(st.sampled_from(["sdpa", "matmul"])),
         causal=draw(st.booleans()),
-        gqa=draw(st.booleans()),
+        gqa=draw(st.sampled_from(["repeat_interleave", "enable_gqa", "repeat_kv"])),
     )
     return model, draw(st.integers(1, 3)), draw(st.integers(0, 2**16))
 
@@ -148,7 +151,9 @@ def test_float32_train_mode_widening_keeps_the_output(case) -> None:
 
 def test_grouped_query_heads_grow_with_their_key_value_heads() -> None:
     torch.manual_seed(0)
-    model = Attention(4, heads=6, groups=3, qkv="separate", product="sdpa", causal=True, gqa=False)
+    model = Attention(
+        4, heads=6, groups=3, qkv="separate", product="sdpa", causal=True, gqa="repeat_interleave"
+    )
     graph = netsurgeon.trace(model.double(), torch.randn(1, 3, 5, dtype=torch.float64))
     group = graph.group_of("q")
     assert group.name == "k" and set(group.producers) == {"q", "k", "v"}
@@ -161,7 +166,9 @@ def test_grouped_query_heads_grow_with_their_key_value_heads() -> None:
 @pytest.mark.parametrize("qkv", ["separate", "fused_view"])
 def test_a_growth_that_is_not_whole_heads_is_refused_and_changes_nothing(qkv: str) -> None:
     torch.manual_seed(0)
-    model = Attention(4, heads=2, groups=1, qkv=qkv, product="sdpa", causal=False, gqa=False)
+    model = Attention(
+        4, heads=2, groups=1, qkv=qkv, product="sdpa", causal=False, gqa="repeat_interleave"
+    )
     x = torch.randn(1, 3, 5)
     graph = netsurgeon.trace(model, x)
     group = _head_group(model, graph)
@@ -173,7 +180,9 @@ def test_a_growth_that_is_not_whole_heads_is_refused_and_changes_nothing(qkv: st
 
 def test_new_output_columns_get_gradient_at_the_first_step_and_qkv_rows_at_the_second() -> None:
     torch.manual_seed(0)
-    model = Attention(4, heads=2, groups=1, qkv="separate", product="sdpa", causal=True, gqa=False)
+    model = Attention(
+        4, heads=2, groups=1, qkv="separate", product="sdpa", causal=True, gqa="repeat_interleave"
+    )
     x, target = torch.randn(4, 6, 5), torch.randn(4, 6, 3)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -19,7 +19,9 @@ DECODERS = {
     "gpt2 fused view": lambda: GPT2(fused_view=True),
     "gpt2 explicit attention": lambda: GPT2(sdpa=False),
     "llama repeat_interleave": lambda: Llama(),
-    "llama enable_gqa": lambda: Llama(gqa_sdpa=True),
+    "llama enable_gqa": lambda: Llama(gqa="enable_gqa"),
+    "llama repeat_kv": lambda: Llama(gqa="repeat_kv"),
+    "llama repeat_kv, one kv head": lambda: Llama(heads=4, kv_heads=1, gqa="repeat_kv"),
     "llama 3 query heads per kv head": lambda: Llama(heads=6, kv_heads=2, head_dim=4),
 }
 

@@ -37,6 +37,8 @@ Example (GPT-2)::
 from __future__ import annotations
 
 import math
+import operator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HeadOwnerHandler",
+    "expand_heads",
     "flatten_heads",
     "head_split",
     "index_heads",
@@ -171,8 +174,11 @@ def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout |
 def reshape_heads(node, layout, spec, before, after, label, ctx: FlowContext) -> Layout | None:
     """A reshape of channels cut into heads: the merge ``(..., H, d, ...) -> (..., H*d, ...)``
     (its size ``-1``, a size the enclosing head owner holds, or a read of a same-width channel
-    dim), else blocked."""
+    dim), or the merge of the head dim with the copies right after it (``repeat_kv``), else
+    blocked."""
     heads, dim = layout.heads, layout.normalized_dim()
+    if heads.copies is not None:
+        return _merge_copies(node, layout, spec, before, after, label, ctx)
     merges = (
         heads.split is None
         and all(s.multiplicity == 1 for s in layout.segments)
@@ -208,6 +214,75 @@ def reshape_heads(node, layout, spec, before, after, label, ctx: FlowContext) ->
     return merged.with_path(label)
 
 
+def expand_heads(node, layout: Layout, before, after, ctx: FlowContext) -> Layout | None:
+    """``k[:, :, None].expand(B, H_kv, g, N, d)``: a size-1 dim right after the head dim made
+    ``g`` copies of every head (HF's ``repeat_kv``); other broadcasts (the batch) and new leading
+    dims pass. Expanding the head dim, the head's own dim or the split dim blocks. The head count
+    may be passed as a read of the head dim (``k.shape[1]``)."""
+    spec = _sizes(node)
+    shift = len(after) - len(before)
+    if len(spec) == len(after):
+        claim_channel_size(ctx, spec[layout.normalized_dim() + shift], layout)
+    where = {d: d + shift for d in range(len(before))}
+    grown = [d for d in range(len(before)) if before[d] != after[d + shift]]
+    dim, heads = layout.normalized_dim(), layout.heads
+    held = (dim, heads.inner, heads.split, heads.copies)
+    copies = dim + 1 in grown and heads.copies is None and heads.split is None
+    if not any(d in held for d in grown) and (copies or dim + 1 not in grown):
+        out = moved(layout, where, len(after))
+        if copies:  # every head the same along it: g copies in a row once merged
+            out = out.replace(heads=replace(out.heads, copies=dim + 1 + shift))
+        return out.with_path("expand")
+    return _block(
+        node,
+        layout,
+        f"expand of channels cut into heads from {before} to {after}: only copies of each "
+        "head right after the head dim (grouped-query attention) are followed",
+        ctx,
+    )
+
+
+def _merge_copies(node, layout, spec, before, after, label, ctx) -> Layout | None:
+    """``(B, H_kv, g, N, d) -> (B, H_kv * g, N, d)``: each head ``g`` times in a row, as
+    ``repeat_interleave(g, dim=1)`` (the segments' multiplicity counts the copies)."""
+    dim, copies = layout.normalized_dim(), layout.heads.copies
+    merges = (
+        copies == dim + 1
+        and len(after) == len(before) - 1
+        and len(spec) == len(after)
+        and tuple(after[:dim]) == tuple(before[:dim])
+        and after[dim] == before[dim] * before[dim + 1]
+        and tuple(after[dim + 1 :]) == tuple(before[dim + 2 :])
+        and (spec[dim] == -1 or _claim_copied_count(spec[dim], layout, before[dim + 1], ctx))
+    )
+    if not merges:
+        return _block(
+            node, layout, f"{label} of copied heads other than merging them with their head", ctx
+        )
+    where = {d: d - (d > dim) for d in range(len(before)) if d != copies}
+    out = moved(replace(layout, heads=replace(layout.heads, copies=None)), where, len(after))
+    return repeat_heads(node, out, before[dim + 1], dim, ctx)
+
+
+def _claim_copied_count(arg: Any, layout: Layout, n: int, ctx: FlowContext) -> bool:
+    """``k.shape[1] * n``: the head count read off a tensor of these heads, times the copies."""
+    if not (isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is operator.mul):
+        return False
+    read = [a for a in arg.args if a != n]
+    if len(read) != 1 or len(arg.args) != 2 or not _channel_read(read[0], ctx):
+        return False
+    value = ctx.layouts[read[0]].direct_channel_read
+    ctx.require_same_width(value.node, value.layout, layout)
+    ctx.size_claims.add(arg)
+    return True
+
+
+def _sizes(node: fx.Node) -> list[Any]:
+    """The sizes a ``view``/``reshape``/``expand`` method call asks for."""
+    sizes = list(node.args[1:])
+    return list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) else sizes
+
+
 def flatten_heads(node, layout: Layout, start: int, end: int, label, ctx) -> Layout | None:
     """``flatten(start, end)`` of channels cut into heads: the merge ``flatten(2)`` of
     ``(B, N, H, d)``, or a flatten of dims the heads do not touch."""
@@ -235,6 +310,8 @@ def moved(layout: Layout, where: dict[int, int], rank: int, pick: int | None = N
         segments = (Segment(seg.group, start, start + size, seg.multiplicity, seg.path),)
         heads = Heads(heads.size, heads.inner)
     heads = heads.moved(where)
+    if heads is None:  # callers keep the head's own dim and the split dim (or pick the split)
+        raise RuntimeError(f"internal: a dim of the heads was dropped ({layout}, {where})")
     return layout.replace(
         dim=where[layout.normalized_dim()], rank=rank, heads=heads, segments=segments
     )

@@ -324,8 +324,11 @@ class ExpandHandler(OpHandler):
 
     ``y.expand_as(x)`` of an untracked ``y`` takes ``x``'s shape: with size 1 along ``x``'s
     channels it is a broadcast (one value for every channel, old and new) and carries ``x``'s
-    layout; with more it ties a fixed tensor to ``x``'s width and blocks.
+    layout; with more it ties a fixed tensor to ``x``'s width and blocks. Channels cut into heads:
+    :func:`~netsurgeon.graph.ops.heads.expand_heads` (grouped-query ``repeat_kv``).
     """
+
+    knows_heads = True
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
@@ -333,6 +336,12 @@ class ExpandHandler(OpHandler):
         if layout is None:
             return self._untracked(node, name, ctx) if name == "expand_as" else None
         after = ctx.shape_of(node)
+        if layout.heads is not None:
+            before = ctx.shape_of(node.args[0])
+            if name != "expand" or after is None or before is None:
+                ctx.block(node, layout, f"'{name}' of channels cut into heads")
+                return None
+            return heads.expand_heads(node, layout, tuple(before), tuple(after), ctx)
         channel, rank = layout.normalized_dim(), layout.rank
         if after is None or channel is None or rank is None:
             if name in ("expand", "expand_as"):
