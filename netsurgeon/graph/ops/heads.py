@@ -206,8 +206,8 @@ def reshape_heads(node, layout, spec, before, after, label, ctx: FlowContext) ->
         return _block(
             node,
             layout,
-            f"{label} merges the heads into a literal {arg!r} channels, which a widening by whole "
-            "heads would leave stale; use -1 (reshape(B, N, -1))",
+            f"{label} merges the heads into {arg!r} channels, a size that does not follow a "
+            "widening by whole heads (a literal, or computed); use -1 (reshape(B, N, -1))",
             ctx,
         )
     _follow_owner(node, owner, merged, 1, ctx)
@@ -291,7 +291,7 @@ def flatten_heads(node, layout: Layout, start: int, end: int, label, ctx) -> Lay
         return Layout(dim, rank - 1, layout.segments, layout.flattened, layout.factor).with_path(
             label
         )
-    held = {dim, heads.inner, heads.split} - {None}
+    held = {dim, heads.inner, heads.split, heads.copies} - {None}
     if any(start <= d <= end for d in held):
         return _block(node, layout, f"{label} merges a dim of the heads with others", ctx)
     where = {d: d if d < start else d - (end - start) for d in range(rank) if not start < d <= end}
