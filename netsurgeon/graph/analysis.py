@@ -313,6 +313,7 @@ def _group(
         multiplicity=tuple(
             (p, tied[gid]) for gid in ids if gid in tied for p in ctx.producers[gid]
         ),
+        head_size=max((ctx.head_sizes.get(gid, 0) for gid in ids), default=0),
     )
 
 

@@ -80,6 +80,8 @@ class FlowContext:
     free_uses: dict[str, list[tuple[fx.Node, fx.Node, Layout, int]]] = field(default_factory=dict)
     # grouped-query attention: (node, query segment, key/value segment, g), netsurgeon.graph.ratios
     ratios: list[tuple[fx.Node, Any, Any, int]] = field(default_factory=list)
+    # raw group -> head size d, for groups cut into attention heads (netsurgeon.graph.ops.heads)
+    head_sizes: dict[int, int] = field(default_factory=dict)
     # the traced model: modules fx traced through (absent from ``gm``) by their path
     root: nn.Module | None = None
 

@@ -208,6 +208,9 @@ class ChannelGroup:
         blocked: why the group cannot be widened (``None`` when it can, apart from the output).
         multiplicity: ``(producer, m)`` for producers whose rows hold ``m`` entries per channel
             (grouped-query attention's query projection, ``m = H / H_kv``; others hold 1).
+        head_size: ``d`` when the group is cut into attention heads of ``d`` channels (0: not).
+            A fused ``qkv`` group's splits are one head's ``q``, ``k`` and ``v``: an init that
+            copies channels would have to copy the same old head in each split.
     """
 
     name: str
@@ -220,6 +223,7 @@ class ChannelGroup:
     reaches_output: bool = False
     blocked: str | None = None
     multiplicity: tuple[tuple[str, int], ...] = ()
+    head_size: int = 0
 
     def rows_per_channel(self, producer: str) -> int:
         """Rows of ``producer`` per channel of the group (:attr:`multiplicity`)."""

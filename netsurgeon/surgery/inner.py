@@ -4,8 +4,11 @@
 blocks of ``E`` (the ``q``, ``k``, ``v`` heads) and whose ``out_proj.weight`` columns hold one:
 its handler lists them as ``inner_axes(module)``: ``(Axis, copies)`` pairs
 (:mod:`netsurgeon.graph.ops.multihead`). Growing the layer by ``k`` inserts ``k`` entries at the
-end of each block. New entries of an axis with ``fill=None`` are new units' weights, drawn by
-the paper's init (their other grown dim, the new columns, stays 0); every other new entry is 0.
+end of each block. New entries of an axis with ``fill=None`` are new units' weights (new heads),
+drawn as the paper's init draws rows whatever the group's init (copies of old heads, read through
+zero columns, would stay copies: the same gradient forever); their other grown dim, the new
+columns, stays 0, and so does every other new entry. Zero columns are exact under every init:
+whatever the new stream channels hold, the old heads do not read them.
 
 Example, ``MultiheadAttention(8, 2)`` grown by 4: ``in_proj_weight`` ``(24, 8) -> (36, 12)``
 (rows 8:12, 20:24, 32:36 drawn; columns 8:12 zero), ``out_proj.weight`` columns 8:12 zero.
@@ -18,14 +21,17 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from netsurgeon.errors import WidenError
 from netsurgeon.graph import IndexMap, Insertion, Piece
 from netsurgeon.graph.axes import module_tensor
 from netsurgeon.surgery.index import grow
+from netsurgeon.surgery.init import PaperInit
 
 __all__ = ["inner_inserts", "stage_inner"]
 
 Inserts = dict[int, list[Insertion]]
+#: new heads are new, independent units whatever the group's init: drawn (Kaiming) so that they
+#: differ from each other; read through zero columns, they change nothing
+_HEADS = PaperInit()
 
 
 def inner_inserts(
@@ -55,17 +61,11 @@ def stage_inner(
         for dim, ins in dims.items():
             if (tensor, dim) not in drawn or not ins:
                 continue
-            if growth.strategy.name != "paper":
-                raise WidenError(
-                    f"'{name}' ({type(module).__name__}) grows by new heads, which only the "
-                    f"paper init draws; init={growth.strategy.name!r} cannot split them exactly; "
-                    "use init='paper'"
-                )
             other = next((d for d in dims if d != dim), None)
             view = (
                 new.movedim(dim, 0) if other is None else torch.movedim(new, (dim, other), (0, 1))
             )
-            growth.strategy.fill_rows(
+            _HEADS.fill_rows(
                 view,
                 row_inserts=ins,
                 col_inserts=[] if other is None else dims[other],

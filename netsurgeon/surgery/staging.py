@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from netsurgeon.errors import WidenError
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
 from netsurgeon.surgery.index import grow, grown_size, slots
-from netsurgeon.surgery.init import InitStrategy
+from netsurgeon.surgery.init import InitStrategy, PaperInit
 from netsurgeon.surgery.inner import inner_inserts, stage_inner
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
@@ -110,7 +111,10 @@ def stage_layer(
     """
     module, handler = graph.module(name), graph.handler(name)
     old_out = handler.out_width(module)
-    rows_each = graph.group_of(name).rows_per_channel(name)  # grouped-query attention's q
+    group = graph.group_of(name)
+    rows_each = group.rows_per_channel(name)  # grouped-query attention's q projection
+    if own in growth.spec and not isinstance(growth.strategy, PaperInit):
+        _check_copies_heads(name, group, rows_each, growth.strategy.name)
     own_map = IndexMap((Piece(own, 0, old_out // rows_each, rows_each),))
     rows = own_map.insertions(growth.spec) if own in growth.spec else []
     cols = consumer.index_map.insertions(growth.spec) if consumer is not None else []
@@ -148,6 +152,24 @@ def stage_layer(
     derived = handler.derived_attrs(module, staged).items()
     surgery.attrs.extend(AttrChange(module, attr, value) for attr, value in derived)
     return surgery
+
+
+def _check_copies_heads(name: str, group, rows_each: int, init: str) -> None:
+    """An init that copies channels copies them one by one: wrong for the rows of a grouped-query
+    ``q`` projection (``g`` rows per channel) and for a fused ``qkv`` cut into heads (its ``q``,
+    ``k`` and ``v`` splits would copy different old heads)."""
+    if rows_each > 1:
+        why = (
+            f"holds {rows_each} rows per channel of group '{group.name}' (grouped-query attention)"
+        )
+    elif group.head_size and group.splits > 1:
+        why = f"is a fused projection of {group.splits} parts cut into heads of {group.head_size}"
+    else:
+        return
+    raise WidenError(
+        f"'{name}' {why}; init={init!r} copies channels one by one, which does not copy whole "
+        "heads in every part; use init='paper'"
+    )
 
 
 def _inserts(

@@ -90,12 +90,15 @@ def _model(**changes) -> SelfAttention:
     return SelfAttention(2, 4, **(kwargs | changes))
 
 
-def test_net2net_cannot_split_heads_and_changes_nothing() -> None:
-    model, x = _model(), torch.randn(2, 5, 4)
-    before = {n: t.clone() for n, t in model.state_dict().items()}
-    with pytest.raises(WidenError, match="only the paper init draws"):
-        netsurgeon.widen(model, {"attn": 4}, init="net2net", example_inputs=x)
-    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+def test_net2net_grows_the_stream_and_draws_the_new_heads_exactly() -> None:
+    torch.manual_seed(0)
+    model, x = _model().double().eval(), torch.randn(2, 5, 4, dtype=torch.float64)
+    before = model(x)
+    netsurgeon.widen(model, {"attn": 4}, init="net2net", example_inputs=x)
+    torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-9 * before.abs().max().item())
+    new_q_rows = model.attn.in_proj_weight[8:12, :8]
+    assert new_q_rows.abs().min() > 0  # drawn, not copies of the old heads' rows
+    assert not torch.equal(new_q_rows, model.attn.in_proj_weight[:4, :8])
 
 
 def test_a_growth_that_is_not_whole_heads_is_refused() -> None:

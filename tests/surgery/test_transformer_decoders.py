@@ -13,6 +13,7 @@ import torch
 from transformer_models import GPT2, Llama
 
 import netsurgeon
+from netsurgeon.errors import WidenError
 
 DECODERS = {
     "gpt2 chunk+sdpa": lambda: GPT2(),
@@ -56,6 +57,14 @@ def test_llama_query_heads_grow_with_their_key_value_heads() -> None:
     attn = model.layers[0].self_attn
     assert (attn.q_proj.out_features, attn.k_proj.out_features) == (36, 12)
     assert attn.o_proj.in_features == 36
+
+
+def test_grouped_query_heads_refuse_net2net_and_change_nothing() -> None:
+    model, x = Llama(), torch.randint(0, 50, (2, 6))
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    with pytest.raises(WidenError, match="use init='paper'"):
+        netsurgeon.widen(model, {"layers.0.self_attn.k_proj": 8}, init="net2net", example_inputs=x)
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -165,6 +165,7 @@ def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout |
     if n > 1:
         ctx.require_splits(node, layout, n, what=f"{label} into {n} parts (fused q, k, v)")
     ctx.require_unit(layout, size)
+    ctx.head_sizes.update((gid, size) for gid in layout.groups)
     if owner is not None:
         _follow_owner(node, owner, layout, n, ctx)
     heads = Heads(size, inner=at, split=channel if splits else None, splits=n)

@@ -19,7 +19,7 @@ stream, and a norm's construction otherwise). Refused (the group blocks, naming 
 a key or value that carries other channels than the query (cross-attention over tracked
 channels), a query that carries none (its width could not grow), the averaged attention weights
 used (they change with the head count), a 3-d ``attn_mask`` (one per head), a query that is not
-one whole group on its last dim. Only the paper's init draws new heads (``surgery.inner``).
+one whole group on its last dim. New heads are drawn under every init (``surgery.inner``).
 """
 
 from __future__ import annotations
