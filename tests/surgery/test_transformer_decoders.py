@@ -101,3 +101,22 @@ def test_a_grown_decoder_checkpoint_loads_into_a_fresh_one(make) -> None:
     )
     fresh = netsurgeon.load_state_dict(make().double().eval(), grown.state_dict(), example_inputs=x)
     torch.testing.assert_close(fresh(x), grown(x), rtol=0, atol=0)
+
+
+def test_a_timm_attention_subclass_with_its_own_forward_is_not_vouched_for() -> None:
+    timm_attention = pytest.importorskip("timm.models.vision_transformer").Attention
+
+    class Own(timm_attention):
+        def forward(self, x):  # the parent's arithmetic, but netsurgeon cannot know it
+            B, N, _ = x.shape
+            qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.proj(y.transpose(1, 2).reshape(B, N, self.attn_dim))
+
+    for attention, widenable in ((timm_attention(16, 2), True), (Own(16, 2), False)):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), attention, torch.nn.Linear(16, 2))
+        graph = netsurgeon.trace(model, torch.randn(1, 5, 4), strict=False)
+        group = graph.group_of("1.qkv")
+        assert group.widenable == widenable
+        assert widenable or "fixes the head count at 2" in group.reason

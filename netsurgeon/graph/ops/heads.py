@@ -152,14 +152,14 @@ def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout |
         return _block(node, layout, f"{where} cuts the channels into heads of {size} unevenly", ctx)
     n = splits[0] if splits else 1
     owner = None
-    if count_arg != -1:
-        owner = _owner(node, ctx, count if isinstance(count_arg, int) else None, size, None)
+    if count_arg != -1:  # only a literal can be the owner's attribute, traced
+        owner = _owner(node, ctx, count, size, None) if isinstance(count_arg, int) else None
         if owner is None:
             return _block(
                 node,
                 layout,
-                f"{where} fixes the head count at {count_arg!r} ({count} heads of {size}), which "
-                "a widening by whole heads would leave stale; use -1 for the head count",
+                f"{where} fixes the head count at {_spell(count_arg)} ({count} heads of {size}), "
+                "which a widening by whole heads would leave stale; use -1 for the head count",
                 ctx,
             )
     if n > 1:
@@ -456,6 +456,10 @@ def _fixed(arg: Any, ctx: FlowContext) -> bool:
     return isinstance(value, SizeValue) and not value.depends
 
 
+def _spell(arg: Any) -> str:
+    return f"node '{arg.name}'" if isinstance(arg, fx.Node) else repr(arg)
+
+
 def _channel_read(arg: Any, ctx: FlowContext) -> bool:
     value = ctx.layouts.get(arg) if isinstance(arg, fx.Node) else None
     return isinstance(value, SizeValue) and value.direct_channel_read is not None
@@ -469,7 +473,9 @@ def _owner(node: fx.Node, ctx: FlowContext, count, size, width) -> tuple[str, An
         module = ctx.traced_module(path)
         handler = ctx.registry.for_module(module) if module is not None else None
         if isinstance(handler, HeadOwnerHandler):
-            return (path, handler) if handler.owns(module, count, size, width) else None
+            # a subclass with its own forward may read the attributes otherwise: not vouched for
+            own = type(module).forward is ctx.registry.registered_type(module).forward
+            return (path, handler) if own and handler.owns(module, count, size, width) else None
     return None
 
 
