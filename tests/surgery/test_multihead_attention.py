@@ -124,3 +124,20 @@ class Fixed(nn.Module):
 def test_a_fixed_key_of_embed_dim_features_blocks_with_the_reason() -> None:
     graph = netsurgeon.trace(Fixed(), torch.randn(2, 5, 4), strict=False)
     assert "its key is a fixed tensor of embed_dim features" in graph.unwidenable_reason("attn")
+
+
+def test_nagn_reads_multihead_attention_output_the_same_either_batch_layout() -> None:
+    from netsurgeon.nagn.monitor import NAGNMonitor
+
+    torch.manual_seed(0)
+    first = _model(batch_first=True).double()
+    second = _model(batch_first=False).double()
+    second.load_state_dict(first.state_dict())
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    profiles = []
+    for model in (first, second):
+        with NAGNMonitor(model, every=1) as monitor:
+            model(x).square().mean().backward()
+            profiles.append(monitor.profile())
+    assert profiles[0]["attn"] > 0
+    assert profiles[0]["attn"] == pytest.approx(profiles[1]["attn"], rel=1e-9)
