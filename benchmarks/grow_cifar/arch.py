@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.models import resnet, resnet_widths_of, vgg, widths_of
+from netsurgeon.models import resnet, resnet_widths_of, vgg, vit, vit_widths_of, widths_of
 
-__all__ = ["ARCHS", "Arch", "Family", "as_widths", "build_recorded", "family_of", "image_size_of"]
+__all__ = ["ARCHS", "Arch", "Family", "as_widths", "build_recorded", "family_of"]
 
 Widths = tuple[tuple[int, ...], ...]
 
@@ -26,7 +26,7 @@ class Arch:
     """How to build, read back and complete the width spec of one model family."""
 
     name: str  # the --arch value
-    build: Callable[..., nn.Module]  # (widths, classes, channels, size, *, hidden, device)
+    make: Callable[..., nn.Module]  # (widths, classes, channels, size, *, device[, hidden])
     widths_of: Callable[[nn.Module], Widths]  # a (grown) model's current widths as a spec
     expand: Callable[[Widths, int], Widths]  # a short spec completed with ``blocks``
     # channels_last on CPUs is faster for VGGs (bench_pipeline). Not for ResNets: with torch
@@ -34,6 +34,20 @@ class Arch:
     # the heap at narrow widths (Conv2d(4, 8, 1, 2)): oneDNN's 1x1 nhwc backward-weights writes
     # past its workspace when in-channels < its block (uxlfoundation/oneDNN#6035).
     cpu_channels_last: bool = True
+    hidden_layers: bool = False  # whether ``make`` takes hidden dense widths (a VGG's does)
+
+    def build(
+        self, widths: Widths, *shape: int, hidden: tuple[int, ...] = (), device: Any = None
+    ) -> nn.Module:
+        """The family at ``widths``; ``shape`` is (classes, channels, image size). Refuses hidden
+        dense layers where the classifier is one Linear after pooling."""
+        if hidden and not self.hidden_layers:
+            raise ValueError(
+                f"--arch {self.name} has no hidden dense layers (its classifier is one Linear "
+                f"after pooling); found hidden={hidden}. Drop --hidden."
+            )
+        extra = {"hidden": hidden} if self.hidden_layers else {}
+        return self.make(widths, *shape, device=device, **extra)
 
     def memory_format(self, device: torch.device) -> torch.memory_format:
         """The memory format of the model and its batches on ``device``."""
@@ -46,20 +60,9 @@ def _vgg_widths(model: nn.Module) -> Widths:
     return tuple(tuple(block) for block in widths_of(model))
 
 
-def _resnet_build(
-    widths: Widths,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    hidden: tuple[int, ...] = (),
-    device: torch.device | str | None = None,
+def _resnet(
+    widths: Widths, num_classes: int, in_channels: int, image_size: int, *, device: Any = None
 ) -> nn.Module:
-    if hidden:
-        raise ValueError(
-            f"--arch resnet has no hidden dense layers (its classifier is one Linear after a "
-            f"global pool); found hidden={hidden}. Drop --hidden."
-        )
     if any(len(row) < 2 for row in widths):
         raise ValueError(
             f"resnet width spec {widths} needs (stream, interior per block) per stage; expand "
@@ -84,33 +87,32 @@ def _resnet_expand(widths: Widths, blocks: int) -> Widths:
     return tuple(row * (blocks + 1) if len(row) == 1 else row for row in widths)
 
 
+def _vit_expand(widths: Widths, blocks: int) -> Widths:
+    return widths * blocks if len(widths) == 1 else widths
+
+
 def _same(widths: Widths, blocks: int) -> Widths:
     return widths
 
 
 ARCHS: dict[str, Arch] = {
-    "vgg": Arch("vgg", vgg, _vgg_widths, _same),
-    "resnet": Arch(
-        "resnet", _resnet_build, _resnet_widths, _resnet_expand, cpu_channels_last=False
-    ),
+    "vgg": Arch("vgg", vgg, _vgg_widths, _same, hidden_layers=True),
+    "resnet": Arch("resnet", _resnet, _resnet_widths, _resnet_expand, cpu_channels_last=False),
+    "vit": Arch("vit", vit, vit_widths_of, _vit_expand, cpu_channels_last=False),
 }
-
-
-def image_size_of(config: Mapping[str, Any]) -> int:
-    """Pixels per side of a run's images, from its recorded config (a VGG's classifier needs it)."""
-    dataset = config.get("dataset", "cifar10")
-    return {"synthetic": config.get("synthetic_image_size", 32), "digits": 16}.get(dataset, 32)
 
 
 Family = tuple[str, int, int, tuple[int, ...]]  # (arch, in_channels, image_size, hidden)
 
 
 def family_of(run: Mapping[str, Any]) -> Family:
-    """What besides the widths fixes a run's model, read from its record (``config``, ``data``)."""
+    """What besides the widths fixes a run's model, read from its record (``config``, ``data``);
+    the image size (a VGG's classifier needs it) is 32 but for the synthetic and digits data."""
     config = run["config"]
     in_channels = len(run.get("data", {}).get("mean", (0, 0, 0)))
-    hidden = tuple(config.get("hidden", ()))
-    return config.get("arch", "vgg"), in_channels, image_size_of(config), hidden
+    sizes = {"synthetic": config.get("synthetic_image_size", 32), "digits": 16}
+    image_size = sizes.get(config.get("dataset", "cifar10"), 32)
+    return config.get("arch", "vgg"), in_channels, image_size, tuple(config.get("hidden", ()))
 
 
 def build_recorded(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ from .records import SweepError, check_config, run_record
 
 __all__ = [
     "FORMAT",
+    "Training",
     "capture",
     "checkpoint_record",
     "load_checkpoint",
+    "progress_record",
     "restore_training",
     "save_checkpoint",
 ]
@@ -25,46 +29,43 @@ __all__ = [
 FORMAT = 1  # bump when the layout below changes; older files are then refused
 
 
-def capture(
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    loader: TensorLoader,
-    grower: Grower | None,
-    run: dict[str, Any],
-) -> dict[str, Any]:
+@dataclass
+class Training:
+    """What trains one run and goes into its checkpoint together."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loader: TensorLoader
+    grower: Grower | None  # None for a static run
+
+
+def capture(training: Training, run: dict[str, Any]) -> dict[str, Any]:
     """The training state at an epoch boundary; ``run`` holds the driver's own bookkeeping
-    (``config``, ``data``, ``epochs``, ``events``, ``train_time_s``, ``train_cpu_s``,
-    ``segment_starts``)."""
+    (``run_id``, ``config``, ``data``, ``epochs``, ``events``, ``segment_starts``)."""
+    grower = training.grower
     return {
         "format": FORMAT,
         **run,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
+        "model": training.model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "schedule": training.schedule.state_dict(),
         "grower": grower.state_dict() if grower is not None else None,
-        "loader_rng": loader.generator.get_state(),
+        "loader_rng": training.loader.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
 
 
-def restore_training(
-    state: dict[str, Any],
-    *,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    loader: TensorLoader,
-    grower: Grower | None,
-) -> None:
-    """Load the optimizer, schedule, Grower and RNG states of ``state``."""
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    if (grower is None) != (state["grower"] is None):
+def restore_training(state: dict[str, Any], training: Training) -> None:
+    """Load the optimizer, schedule, Grower and RNG states of ``state`` (the model is loaded
+    before ``training.grower`` is made, which hooks its layers)."""
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.schedule.load_state_dict(state["schedule"])
+    if (training.grower is None) != (state["grower"] is None):
         raise SweepError("a checkpoint of a grown run was offered to a static one (or back)")
-    if grower is not None:
-        grower.load_state_dict(state["grower"])
-    loader.generator.set_state(state["loader_rng"])
+    if training.grower is not None:
+        training.grower.load_state_dict(state["grower"])
+    training.loader.generator.set_state(state["loader_rng"])
     torch.set_rng_state(state["torch_rng"])
 
 
@@ -76,18 +77,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(
-    path: Path,
-    config: dict[str, Any],
-    defaults: dict[str, Any],
-    data: dict[str, Any],
-) -> dict[str, Any] | None:
+def load_checkpoint(path: Path, cfg: Any, data: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint at ``path``, or None when there is none.
 
     Args:
         path: ``OUT/checkpoints/<run_id>.pt``.
-        config: the sweep's resolved config (``records.config_dict``).
-        defaults: ``records.config_defaults`` of the config class.
+        cfg: the sweep's config dataclass (``BenchConfig``).
         data: ``records.data_record`` of the data this process loaded.
 
     Raises:
@@ -102,7 +97,7 @@ def load_checkpoint(
             f"{path} has checkpoint format {state.get('format')!r}, this driver writes {FORMAT}; "
             "delete the file to restart that run from epoch 1, or use the driver that wrote it."
         )
-    check_config(path, state["config"], config, defaults)
+    check_config(path, state["config"], cfg)
     if state["data"] != data:
         differ = sorted(
             k for k in data.keys() | state["data"].keys() if state["data"].get(k) != data.get(k)
@@ -121,3 +116,11 @@ def checkpoint_record(path: Path) -> dict[str, Any]:
     stop_reason = (state.get("grower") or {}).get("stop_reason")
     record = run_record(state["run_id"], **saved, stop_reason=stop_reason, environment=None)
     return {**record, "partial": True}
+
+
+def progress_record(out: Path, run_id: str) -> dict[str, Any] | None:
+    """A run still training under ``out``: its progress snapshot, else its checkpoint's record."""
+    snapshot, checkpoint = out / "progress" / f"{run_id}.json", out / "checkpoints" / f"{run_id}.pt"
+    if snapshot.is_file():
+        return json.loads(snapshot.read_text())
+    return checkpoint_record(checkpoint) if checkpoint.is_file() else None

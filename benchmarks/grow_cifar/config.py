@@ -43,7 +43,7 @@ class BenchConfig:
     seeds: tuple[int, ...]  # one grown run (per criterion) + its static baseline per seed
     epochs: int  # epochs per run (paper: 200)
     where: tuple[str, ...] = ("nagn",)  # growth criteria run side by side, matched budget
-    arch: str = "vgg"  # model family (arch.py): "vgg", or "resnet" (rows per stage)
+    arch: str = "vgg"  # model family (arch.py): "vgg", "resnet" (row per stage), "vit" (per block)
     blocks: int = 3  # resnet: basic blocks per stage for a row that gives one width (3: ResNet-20)
     dataset: str = "cifar10"  # one of data.DATASETS
     data_dir: str | None = None  # cifar10: holds cifar-10-batches-py/; imagefolder: train/, test/
@@ -97,27 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, help="ray/submitit: GPUs per run (e.g. 0.25)")
     p.add_argument("--slurm-partition", help="submitit: SLURM partition")
     p.add_argument("--slurm-minutes", type=int, help="submitit: time limit per job (minutes)")
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        dest="time_limit_s",
-        metavar="SECONDS",
-        help="checkpoint every run and stop cleanly after SECONDS; the next call resumes",
-    )
+    limit = "checkpoint every run and stop cleanly after SECONDS; the next call resumes"
+    p.add_argument("--time-limit", type=float, dest="time_limit_s", metavar="SECONDS", help=limit)
     p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument(
-        "--growth",
-        nargs="+",
-        action="extend",
-        metavar="NAME=VALUE",
-        help="override GrowthConfig fields, e.g. end_rule=adjacent score=damped (docs/nagn.md)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="N",
-        help="write each run's checkpoint every N epochs (default 1; 0: none)",
-    )
+    overrides = "override GrowthConfig fields, e.g. end_rule=adjacent score=damped (docs/nagn.md)"
+    p.add_argument("--growth", nargs="+", action="extend", metavar="NAME=VALUE", help=overrides)
+    every = "write each run's checkpoint every N epochs (default 1; 0: none)"
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help=every)
     return p
 
 
@@ -175,8 +161,8 @@ def _check(cfg: BenchConfig) -> None:
     for option, (value, low) in minimum.items():
         if value is not None and value < low:
             problems.append(f"{option} must be >= {low}, got {value}")
-    if cfg.arch == "resnet" and cfg.hidden:
-        problems.append(f"--arch resnet has no hidden dense layers; drop hidden={cfg.hidden}")
+    if cfg.arch != "vgg" and cfg.hidden:
+        problems.append(f"--arch {cfg.arch} has no hidden dense layers; drop hidden={cfg.hidden}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         problems.append(f"--seeds: need distinct seeds, got {list(cfg.seeds)}")
     if cfg.epochs < 1:

@@ -28,12 +28,9 @@ def _cpu_name() -> str:
 
 def _git(*args: str) -> str | None:
     try:
+        here = Path(__file__).resolve().parent
         result = subprocess.run(
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
+            ["git", *args], capture_output=True, text=True, timeout=10, cwd=here
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

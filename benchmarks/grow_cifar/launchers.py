@@ -29,12 +29,6 @@ class _Pool:
         self.cfg, self.out, self.deadline = cfg, out, deadline
         self.pending = 0
 
-    def __enter__(self) -> _Pool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         """Release what the pool started."""
 
@@ -83,19 +77,12 @@ class RayPool(_Pool):
 
         self.ray = ray
         self.owned = not ray.is_initialized()
+        runtime_env = {"env_vars": {"PYTHONPATH": _python_path()}}
         if self.owned:
-            ray.init(address=cfg.ray_address, runtime_env=self._runtime_env())
-        self.task = ray.remote(run_task).options(
-            num_cpus=cfg.threads or 1,
-            num_gpus=cfg.gpus_per_run,
-            runtime_env=self._runtime_env(),
-            max_retries=0,
-        )
+            ray.init(address=cfg.ray_address, runtime_env=runtime_env)
+        options = {"num_cpus": cfg.threads or 1, "num_gpus": cfg.gpus_per_run, "max_retries": 0}
+        self.task = ray.remote(run_task).options(**options, runtime_env=runtime_env)
         self.refs: list[Any] = []
-
-    @staticmethod
-    def _runtime_env() -> dict[str, Any]:
-        return {"env_vars": {"PYTHONPATH": _python_path()}}
 
     def submit(self, specs: list[RunSpec]) -> None:
         out = str(self.out.resolve())

@@ -204,38 +204,27 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
-def load_record(
-    path: Path, config: dict[str, Any], defaults: dict[str, Any] | None = None
-) -> dict | None:
-    """The finished run at ``path``, or None; refuses a run made with other settings.
-
-    Args:
-        path: the run's JSON.
-        config: the sweep's resolved config (:func:`config_dict`).
-        defaults: :func:`config_defaults` of the config class; keys missing from an older
-            record are read as these defaults before comparing.
-
-    Raises:
-        SweepError: the record differs in a setting that shapes results; the message names it.
-    """
+def load_record(path: Path, cfg: Any) -> dict | None:
+    """The finished run at ``path``, or None; refuses a run made with other settings than the
+    config dataclass ``cfg`` (:func:`check_config`)."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    check_config(path, RunRecord.from_dict(record, path).config, config, defaults)
+    check_config(path, RunRecord.from_dict(record, path).config, cfg)
     return record
 
 
-def check_config(
-    path: Path, saved: dict[str, Any], config: dict[str, Any], defaults: dict[str, Any] | None
-) -> None:
+def check_config(path: Path, saved: dict[str, Any], cfg: Any) -> None:
     """Refuse what ``path`` holds (a run record, a checkpoint) if made with other settings.
 
+    Keys ``saved`` lacks (it predates a setting) are read as the defaults of ``cfg``'s class.
+
     Raises:
-        SweepError: ``saved`` differs from ``config`` in a setting that shapes results (after
-            filling keys ``saved`` lacks from ``defaults``); the message names each difference.
+        SweepError: ``saved`` differs from the config dataclass ``cfg`` in a setting that
+            shapes results; the message names each difference.
     """
-    old = _comparable(_fill_missing(saved, defaults or {}))
-    wanted = _comparable(config)
+    old = _comparable(_fill_missing(saved, config_defaults(type(cfg))))
+    wanted = _comparable(config_dict(cfg))
     if old != wanted:
         shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in _differences(old, wanted))
         raise SweepError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -68,35 +69,28 @@ def run_sweep(cfg: BenchConfig, out: Path) -> list[dict]:
     ran: list[str] = []
     todo = plan.ready()
     if todo:
-        with make_pool(cfg, out, deadline) as pool:
+        with closing(make_pool(cfg, out, deadline)) as pool:
             while todo or pool.pending:
                 pool.submit(todo)
                 ran += [s.run_id for s in todo]
                 for record in pool.wait():
                     if record is not None:
-                        _progress(record, plan)
+                        acc = record["final"]["test_acc"]
+                        line = f"[{len(plan.records) + 1}] {record['run_id']}: test {acc:.4f}"
+                        print(line, flush=True)
                         plan.finished(record)
                 todo = plan.ready()
     if ran:  # keep the record of the invocation that ran something
-        write_json(
-            out / "sweep.json",
-            {
-                "config": config_dict(cfg),
-                "wall_s": time.perf_counter() - start,
-                "jobs": cfg.jobs,
-                "launcher": cfg.launcher,
-                "ran": sorted(ran),
-                "environment": environment(torch.device(cfg.device)),
-            },
-        )
+        invocation = {
+            "config": config_dict(cfg),
+            "wall_s": time.perf_counter() - start,
+            "jobs": cfg.jobs,
+            "launcher": cfg.launcher,
+            "ran": sorted(ran),
+            "environment": environment(torch.device(cfg.device)),
+        }
+        write_json(out / "sweep.json", invocation)
     return list(plan.records.values())
-
-
-def _progress(record: dict, plan: SweepPlan) -> None:
-    print(
-        f"[{len(plan.records) + 1}] {record['run_id']}: test {record['final']['test_acc']:.4f}",
-        flush=True,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -19,19 +18,11 @@ from netsurgeon.models import vgg
 
 from . import checkpoints as _checkpoints
 from .arch import ARCHS
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import Training, load_checkpoint, save_checkpoint
 from .config import BenchConfig, Widths, as_widths, default_data_dir
 from .data import DatasetSplits, TensorLoader, evaluate, load_dataset
 from .environment import environment
-from .records import (
-    config_defaults,
-    config_dict,
-    data_record,
-    load_record,
-    make_run_id,
-    run_record,
-    write_json,
-)
+from .records import config_dict, data_record, load_record, make_run_id, run_record, write_json
 
 __all__ = [
     "RunSpec",
@@ -115,18 +106,7 @@ def _clock(device: torch.device) -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-@dataclass
-class _Parts:
-    """What trains one run and goes into its checkpoint together."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    loader: TensorLoader
-    grower: Grower | None
-
-
-def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | None) -> _Parts:
+def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | None) -> Training:
     """The run's model, optimizer, schedule, batches and Grower; restored from ``state`` if any."""
     device = torch.device(cfg.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -142,14 +122,13 @@ def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | N
     grower = None
     if spec.where is not None:  # after the restore: its monitor hooks the grown layers
         grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
+    parts = Training(model, optimizer, schedule, loader, grower)
     if state is not None:
-        _checkpoints.restore_training(
-            state, optimizer=optimizer, schedule=schedule, loader=loader, grower=grower
-        )
-    return _Parts(model, optimizer, schedule, loader, grower)
+        _checkpoints.restore_training(state, parts)
+    return parts
 
 
-def _train_epoch(parts: _Parts, cfg: BenchConfig) -> torch.Tensor:
+def _train_epoch(parts: Training, cfg: BenchConfig) -> torch.Tensor:
     """One pass over the training batches; the summed loss, on the device."""
     parts.model.train()
     loss_sum = torch.zeros((), device=cfg.device)
@@ -166,24 +145,19 @@ def _train_epoch(parts: _Parts, cfg: BenchConfig) -> torch.Tensor:
 
 def _accuracies(model: torch.nn.Module, data: DatasetSplits, cfg: BenchConfig) -> dict[str, float]:
     """Validation and test accuracy, in [0, 1]."""
-    fmt = ARCHS[cfg.arch].memory_format(torch.device(cfg.device))
-    amp = torch.bfloat16 if cfg.amp else None
+    options = {
+        "batch_size": cfg.eval_batch_size,
+        "autocast_dtype": torch.bfloat16 if cfg.amp else None,
+        "memory_format": ARCHS[cfg.arch].memory_format(torch.device(cfg.device)),
+    }
     return {
-        name: evaluate(
-            model,
-            part,
-            mean=data.mean,
-            std=data.std,
-            batch_size=cfg.eval_batch_size,
-            autocast_dtype=amp,
-            memory_format=fmt,
-        ).accuracy
+        name: evaluate(model, part, mean=data.mean, std=data.std, **options).accuracy
         for name, part in (("val", data.val), ("test", data.test))
     }
 
 
 def _epoch(
-    parts: _Parts, cfg: BenchConfig, data: DatasetSplits, epoch: int, before: dict
+    parts: Training, cfg: BenchConfig, data: DatasetSplits, epoch: int, before: dict
 ) -> tuple[dict, Any, float]:
     """Train, evaluate, maybe grow: the epoch's record, its growth event or None, its seconds.
 
@@ -214,14 +188,7 @@ def _epoch(
     return record, event, time.perf_counter() - t0[0]
 
 
-def train_run(
-    spec: RunSpec,
-    cfg: BenchConfig,
-    out: Path,
-    *,
-    progress: bool = True,
-    deadline: float | None = None,
-) -> dict:
+def train_run(spec: RunSpec, cfg: BenchConfig, out: Path, *, deadline: float | None = None) -> dict:
     """Train one run under the protocol, write ``out/runs/<run_id>.json``, return its record.
 
     Args:
@@ -233,8 +200,6 @@ def train_run(
     """
     if deadline is not None and time.time() >= deadline:
         raise RunStopped(spec.run_id)
-    from tqdm.auto import tqdm
-
     data = load_data(cfg)
     device = torch.device(cfg.device)
     shared = {
@@ -243,27 +208,18 @@ def train_run(
         "environment": environment(device),
     }
     checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
-    state = load_checkpoint(
-        checkpoint, shared["config"], config_defaults(BenchConfig), shared["data"]
-    )
+    state = load_checkpoint(checkpoint, cfg, shared["data"])
     parts = _build(spec, cfg, data, state)
     grower = parts.grower
     epochs, events, starts = [], [], [1]
     if state is not None:
         epochs, events = state["epochs"], state["events"]
         starts = [*state["segment_starts"], len(epochs) + 1]
-    first = len(epochs) + 1
-    bar = tqdm(range(first, cfg.epochs + 1), desc=spec.run_id, leave=False, disable=not progress)
     try:
-        for epoch in bar:
+        for epoch in range(len(epochs) + 1, cfg.epochs + 1):
             before = epochs[-1] if epochs else {"train_time_s": 0.0, "train_cpu_s": 0.0}
             record, event, seconds = _epoch(parts, cfg, data, epoch, before)
             epochs.append(record)
-            bar.set_postfix(
-                loss=f"{record['train_loss']:.3f}",
-                val=f"{record['val_acc']:.3f}",
-                test=f"{record['test_acc']:.3f}",
-            )
             if event is not None:
                 events.append(event.to_dict())
                 _log_event(spec, event, record["widths"], verbose=cfg.verbose)
@@ -286,17 +242,14 @@ def train_run(
     return record
 
 
-def _write_progress(out: Path, parts: _Parts, partial: dict, *, checkpoint: bool) -> None:
+def _write_progress(out: Path, parts: Training, partial: dict, *, checkpoint: bool) -> None:
     """What a running sweep has so far (report, replay) and, if ``checkpoint``, the checkpoint."""
     run_id = partial["run_id"]
     write_json(out / "progress" / f"{run_id}.json", {**partial, "partial": True})
     if checkpoint:
         keys = ("run_id", "config", "data", "epochs", "events", "segment_starts")
         run = {k: partial[k] for k in keys}
-        run |= {k: partial["epochs"][-1][k] for k in ("train_time_s", "train_cpu_s")}
-        save_checkpoint(
-            out / "checkpoints" / f"{run_id}.pt", _checkpoints.capture(**vars(parts), run=run)
-        )
+        save_checkpoint(out / "checkpoints" / f"{run_id}.pt", _checkpoints.capture(parts, run))
 
 
 def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> dict[str, Any]:
@@ -306,18 +259,17 @@ def _so_far(grower: Grower | None, epochs: list, events: list, starts: list) -> 
 
 
 def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: bool) -> None:
-    from tqdm.auto import tqdm
-
     added = ", ".join(f"{k}+{v}" for k, v in event.increments.items())
-    tqdm.write(
+    print(
         f"[{spec.run_id}] epoch {event.epoch}: grew ({event.where}) {added} -> {widths} "
-        f"({event.params_before} -> {event.params_after} params)"
+        f"({event.params_before} -> {event.params_after} params)",
+        flush=True,
     )
     if verbose:
         peak = max(event.profile.values())
         for name, value in event.profile.items():
             bar = "#" * max(1, round(30 * value / peak)) if peak > 0 else ""
-            tqdm.write(f"    NAGN {name:22s} {value:10.3e} {bar}")
+            print(f"    NAGN {name:22s} {value:10.3e} {bar}", flush=True)
 
 
 # ================================================================================================
@@ -326,23 +278,15 @@ def _log_event(spec: RunSpec, event: Any, widths: list[list[int]], *, verbose: b
 
 
 def load_done(spec: RunSpec, cfg: BenchConfig, out: Path) -> dict | None:
-    return load_record(
-        out / "runs" / f"{spec.run_id}.json", config_dict(cfg), config_defaults(BenchConfig)
-    )
+    return load_record(out / "runs" / f"{spec.run_id}.json", cfg)
 
 
 def stopped_widths(spec: RunSpec, out: Path) -> Widths | None:
     """The final widths of a grown run still training whose growth has stopped, else None."""
-    progress = out / "progress" / f"{spec.run_id}.json"
-    if progress.is_file():
-        snapshot = json.loads(progress.read_text())
-        return as_widths(snapshot["widths_final"]) if snapshot.get("stop_reason") else None
-    checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if (state.get("grower") or {}).get("stopped"):
-            return as_widths(state["epochs"][-1]["widths"])
-    return None
+    snapshot = _checkpoints.progress_record(out, spec.run_id)
+    if snapshot is None or not snapshot["stop_reason"]:
+        return None
+    return as_widths(snapshot["widths_final"])
 
 
 def prepare(cfg: BenchConfig) -> None:
@@ -368,6 +312,6 @@ def run_task(spec: RunSpec, cfg: BenchConfig, out: Path, deadline: float | None)
     """One task of a sweep: ``spec``'s record, or None when it stopped at ``deadline``."""
     prepare(cfg)
     try:
-        return train_run(spec, cfg, out, progress=False, deadline=deadline)
+        return train_run(spec, cfg, out, deadline=deadline)
     except RunStopped:
         return None

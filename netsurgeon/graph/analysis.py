@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from netsurgeon.errors import UnsupportedModelError
 from netsurgeon.graph import sizes
+from netsurgeon.graph.constructions import choose, record_tags
 from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
 from netsurgeon.graph.layout import Layout
@@ -99,6 +100,7 @@ def analyse(
             _check_module(node, handler, shared, ctx)
             _check_heads(node, handler, inputs, ctx)
             layout = handler.flow(node, ctx)
+            record_tags(node, handler, is_layer, ctx)
         except Refusal as refusal:
             ctx.block(node, inputs, str(refusal))
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
@@ -267,7 +269,8 @@ def _refs(
     consumers: dict[str, list[ConsumerRef]] = defaultdict(list)
     for c in ctx.consumers:
         index_map, paths = piece_map(c.layout, c.factor)
-        ref = ConsumerRef(c.layer, index_map, paths, c.layout.flattened, c.groups)
+        zero = ctx.zero_inputs.get(c.layer, frozenset())
+        ref = ConsumerRef(c.layer, index_map, paths, c.layout.flattened, c.groups, zero)
         for group in index_map.groups:
             consumers[group].append(ref)
     followers: dict[str, list[FollowerRef]] = defaultdict(list)
@@ -293,6 +296,10 @@ def _group(
     splits = math.lcm(*(ctx.splits[gid] for gid in ids))
     unit = math.lcm(*(ctx.units[gid] for gid in ids))
     width = ctx.widths[root]
+    needs = [r for gid in ids for r in ctx.requirements[gid]]
+    construction, allowed, none = choose(needs, width, splits, unit)
+    if none is not None:
+        reasons.append(none)
     if width % splits:
         reasons.append(f"its width {width} does not cut into {splits} equal splits")
     elif (width // splits) % unit:
@@ -307,13 +314,19 @@ def _group(
         followers=tuple(followers),
         width=width,
         splits=splits,
-        granularity=splits * unit,
+        granularity=width if construction == "tile" else splits * unit,
         reaches_output=any(gid in ctx.outputs for gid in ids),
         blocked="; ".join(reasons) if reasons else None,
         multiplicity=tuple(
             (p, tied[gid]) for gid in ids if gid in tied for p in ctx.producers[gid]
         ),
         head_size=max((ctx.head_sizes.get(gid, 0) for gid in ids), default=0),
+        construction=construction or "append",
+        constructions=allowed,
+        requirements=tuple(dict.fromkeys(m for _, m in needs)),
+        row_scales=tuple(
+            pair for gid in ids for pair in ctx.row_scales if pair[0] in ctx.producers[gid]
+        ),
     )
 
 

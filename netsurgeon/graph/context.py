@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from netsurgeon.errors import UnsupportedModelError
+from netsurgeon.graph.constructions import join_tags
 from netsurgeon.graph.free_tensors import follower_dim, free_tensor_chain, stray_use
 from netsurgeon.graph.layout import Layout
 
@@ -84,6 +85,12 @@ class FlowContext:
     head_sizes: dict[int, int] = field(default_factory=dict)
     # the traced model: modules fx traced through (absent from ``gm``) by their path
     root: nn.Module | None = None
+    # constructions (netsurgeon.graph.constructions): per raw group, (allowed, why) pairs; per
+    # node, the tags of its new channels; per consumer layer, where its new inputs are zero
+    requirements: list[list[tuple[frozenset[str], str]]] = field(default_factory=list)
+    states: dict[fx.Node, frozenset[str]] = field(default_factory=dict)
+    zero_inputs: dict[str, frozenset[str]] = field(default_factory=dict)
+    row_scales: list[tuple[str, str]] = field(default_factory=list)  # (producer, layer scale)
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
@@ -152,6 +159,7 @@ class FlowContext:
         self.blocked.append([])
         self.splits.append(1)
         self.units.append(1)
+        self.requirements.append([])
         return gid
 
     def find(self, gid: int) -> int:
@@ -229,6 +237,15 @@ class FlowContext:
         for gid in layout.groups:
             root = self.find(gid)
             self.units[root] = math.lcm(self.units[root], unit)
+
+    def require_construction(
+        self, node: fx.Node, layout: Layout, allowed: Iterable[str], reason: str
+    ) -> None:
+        """Only the constructions in ``allowed`` keep what ``node`` computes exact on these groups
+        (:mod:`netsurgeon.graph.constructions`); ``reason`` says what ``node`` needs."""
+        message = f"{reason} (at {node.format_node()})"
+        for gid in layout.groups:
+            self.requirements[gid].append((frozenset(allowed), message))
 
     def block(self, node: fx.Node, layout: Layout | Iterable[Layout] | None, reason: str) -> None:
         """Mark every group in ``layout`` unwidenable, naming ``node`` (not an error)."""
@@ -327,6 +344,8 @@ class FlowContext:
             if not isinstance(arg, fx.Node) or self.layouts.get(arg) is not None:
                 continue
             self._join_untracked(node, arg, base, label)
+        tags = join_tags(self, node, list(operands), label)  # a second join of one node narrows
+        self.states[node] = tags & self.states.get(node, tags)
         return base.replace(segments=tuple(s.with_path(label) for s in base.segments))
 
     def _compatible(self, a: Layout, b: Layout) -> bool:

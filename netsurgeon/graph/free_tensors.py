@@ -45,6 +45,8 @@ def _is_indexing(node: fx.Node) -> bool:
     if not indexing or not node.args or not isinstance(node.args[0], fx.Node):
         return False
     rest = [*node.args[1:], *node.kwargs.values()]
+    if node.target == "expand":  # sizes read off the input (``x.shape[0]``): kept when replayed
+        return True
     return node.target == "expand_as" or not any(_has_node(a) for a in rest)
 
 
@@ -122,11 +124,18 @@ def _replay(chain: list[fx.Node], tensor: torch.Tensor) -> torch.Tensor:
         args = node.args[1:]
         if node.target == "expand_as":
             continue  # broadcasting against the operand does the same
+        if node.target == "expand":  # a size read (a batch size) keeps the replayed dim
+            args = tuple(-1 if isinstance(a, fx.Node) else a for a in _sizes(args))
         if node.op == "call_method":
             tensor = getattr(tensor, str(node.target))(*args, **node.kwargs)
         else:
             tensor = node.target(tensor, *args, **node.kwargs)  # type: ignore[operator]
     return tensor
+
+
+def _sizes(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``expand``'s sizes, given as ``(a, b)`` or ``((a, b),)``."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
 
 
 def _has_node(value: Any) -> bool:

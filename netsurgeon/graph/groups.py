@@ -158,6 +158,8 @@ class ConsumerRef:
 
     ``groups`` is the layer's ``groups`` (grouped conv): its weight's input dim holds
     ``size / groups`` columns, and each conv group reads one equal block of the map.
+    ``zero_input``: the constructions under which the new entries it reads are 0 (a LayerNorm's
+    output over a mean-padded stream), so its new columns may take any value.
     """
 
     layer: str
@@ -165,6 +167,7 @@ class ConsumerRef:
     paths: tuple[tuple[str, ...], ...] = ()
     flattened: bool = False
     groups: int = 1
+    zero_input: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,13 @@ class ChannelGroup:
         head_size: ``d`` when the group is cut into attention heads of ``d`` channels (0: not).
             A fused ``qkv`` group's splits are one head's ``q``, ``k`` and ``v``: an init that
             copies channels would have to copy the same old head in each split.
+        construction: how new channels are made exact (:mod:`netsurgeon.graph.constructions`):
+            ``"append"`` (independent units), ``"mean_pad"``, ``"zero_pad"`` or ``"tile"``
+            (``granularity`` is then the width).
+        constructions: every construction exact for the group, preferred first.
+        requirements: what the readers that restrict the constructions need, and where.
+        row_scales: ``(producer, parameter)`` pairs: a layer scale multiplies that producer's
+            output alone (mean-padding weights the producer's new rows by it).
     """
 
     name: str
@@ -228,6 +238,11 @@ class ChannelGroup:
     def rows_per_channel(self, producer: str) -> int:
         """Rows of ``producer`` per channel of the group (:attr:`multiplicity`)."""
         return dict(self.multiplicity).get(producer, 1)
+
+    construction: str = "append"
+    constructions: tuple[str, ...] = ("append", "mean_pad", "zero_pad", "tile")
+    requirements: tuple[str, ...] = ()
+    row_scales: tuple[tuple[str, str], ...] = ()
 
     @property
     def blocks(self) -> int:

@@ -198,8 +198,10 @@ class LayerGraph:
 
     # -- display --------------------------------------------------------------------------------
     def summary(self) -> str:
-        """A table of the groups: producers, width, granularity, consumers, followers, status."""
-        rows = [("group", "producers", "width", "gran", "consumers", "followers", "widen")]
+        """A table of the groups: producers, width, granularity, construction (how new channels
+        stay exact: ``append``, ``mean_pad``, ``zero_pad``, ``tile``), consumers, followers,
+        status."""
+        rows = [("group", "producers", "width", "gran", "build", "consumers", "followers", "widen")]
         for group in self._groups.values():
             consumers = []
             for c in group.consumers:
@@ -221,6 +223,7 @@ class LayerGraph:
                     ", ".join(group.producers) or "-",
                     str(group.width),
                     str(group.granularity),
+                    group.construction if group.constructions else "-",
                     ", ".join(consumers) or "-",
                     ", ".join(f.name for f in group.followers) or "-",
                     status,

@@ -68,6 +68,15 @@ class OpHandler:
         """The layout of ``node``'s output, given its inputs' layouts in ``ctx``."""
         raise NotImplementedError
 
+    #: What the op does to the values of the channels, for the constructions
+    #: (:mod:`netsurgeon.graph.constructions`): ``"same"`` (each output entry is an input entry:
+    #: dropout, identity, a permute, a reshape) or ``"opaque"`` (anything else).
+    stream_effect: str = "opaque"
+
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        """:attr:`stream_effect` for this node (a handler of several ops may decide per op)."""
+        return self.stream_effect
+
     def tensor_names(self, module: nn.Module) -> frozenset[str]:
         """Names of the module's own parameters and buffers that this handler accounts for.
 

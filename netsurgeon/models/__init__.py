@@ -12,6 +12,7 @@ from netsurgeon.models.vggnet import (
     vgg_num_parameters,
     widths_of,
 )
+from netsurgeon.models.vision_transformer import ViT, vit, vit_widths_of
 
 __all__ = [
     "FIG1_WIDTHS",
@@ -20,9 +21,12 @@ __all__ = [
     "BasicBlock",
     "ConvBNReLU",
     "ResNet",
+    "ViT",
     "resnet",
     "resnet_widths_of",
     "vgg",
     "vgg_num_parameters",
+    "vit",
+    "vit_widths_of",
     "widths_of",
 ]

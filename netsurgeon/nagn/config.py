@@ -82,7 +82,7 @@ class GrowthConfig:
         2
         >>> GrowthConfig(init="kaiming")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        netsurgeon.errors.ConfigError: GrowthConfig.init='kaiming': expected one of ['net2net', 'paper']...
+        netsurgeon.errors.ConfigError: GrowthConfig.init='kaiming': expected one of [...'paper'...]...
     """
 
     delta_acc: float = 3e-3

@@ -24,7 +24,10 @@ __all__ = ["load_state_dict", "plan_from_state_dict"]
 
 
 class _Placeholder(PaperInit):
-    """Zero rows: the checkpoint's values overwrite them, and no random number is drawn."""
+    """Zero rows: the checkpoint's values overwrite them, and no random number is drawn. It fills
+    every group, whatever its construction (a padded norm's ``eps`` is still rescaled)."""
+
+    placeholder = True
 
     def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         for at, ins in slots(row_inserts):

@@ -8,7 +8,8 @@ end of each block. New entries of an axis with ``fill=None`` are new units' weig
 drawn as the paper's init draws rows whatever the group's init (copies of old heads, read through
 zero columns, would stay copies: the same gradient forever); their other grown dim, the new
 columns, stays 0, and so does every other new entry. Zero columns are exact under every init:
-whatever the new stream channels hold, the old heads do not read them.
+whatever the new stream channels hold, the old heads do not read them. The checkpoint loader's
+placeholder strategy fills them instead (zeros, overwritten by the checkpoint: nothing drawn).
 
 Example, ``MultiheadAttention(8, 2)`` grown by 4: ``in_proj_weight`` ``(24, 8) -> (36, 12)``
 (rows 8:12, 20:24, 32:36 drawn; columns 8:12 zero), ``out_proj.weight`` columns 8:12 zero.
@@ -65,7 +66,8 @@ def stage_inner(
             view = (
                 new.movedim(dim, 0) if other is None else torch.movedim(new, (dim, other), (0, 1))
             )
-            _HEADS.fill_rows(
+            drawn_by = growth.strategy if getattr(growth.strategy, "placeholder", False) else _HEADS
+            drawn_by.fill_rows(
                 view,
                 row_inserts=ins,
                 col_inserts=[] if other is None else dims[other],

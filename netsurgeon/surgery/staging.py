@@ -20,6 +20,7 @@ from torch import nn
 from netsurgeon.errors import WidenError
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
+from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy, PaperInit
 from netsurgeon.surgery.inner import inner_inserts, stage_inner
@@ -45,6 +46,9 @@ class TensorChange:
     tensor: torch.Tensor
     new: torch.Tensor
     inserts: Mapping[int, Sequence[Insertion]]
+    #: the factor the old entries' gradient takes (a padded norm's rescaled weight): ``.grad``
+    #: and the optimizer's moments are rescaled with it
+    grad_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,17 @@ class Surgery:
     def commit(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Apply the staged changes. Nothing here validates or allocates beyond ``.grad``."""
         for c in self.tensors:
-            replace_tensor_(c.tensor, c.new, lambda g, c=c: grow(g, c.inserts))
+            replace_tensor_(c.tensor, c.new, lambda g, c=c: _scaled(grow(g, c.inserts), c))
         for a in self.attrs:
             setattr(a.module, a.attr, a.value)
         if optimizer is not None:
             for param, state in self.optimizer_state:
                 optimizer.state[param].update(state)
+
+
+def _scaled(grad: torch.Tensor, change: TensorChange) -> torch.Tensor:
+    """A grown ``.grad`` (new entries 0) with its old entries times ``change.grad_scale``."""
+    return grad if change.grad_scale == 1.0 else grad.mul_(change.grad_scale)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,10 @@ class Growth:
         widths: ``{group: old width}``.
         strategy: the init strategy.
         generator: random source for new entries.
+        constructions: ``{group: construction}`` of the planned groups (consumers reading a
+            padded group's zero entries get random columns).
+        row_scales: ``{producer: layer scale tensor}`` for mean-padded producers whose output a
+            layer scale multiplies (their new rows are weighted by it).
     """
 
     spec: Mapping[str, tuple[int, int, int]]
@@ -98,6 +111,8 @@ class Growth:
     widths: Mapping[str, int]
     strategy: InitStrategy
     generator: torch.Generator | None
+    constructions: Mapping[str, str] = field(default_factory=dict)
+    row_scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 def stage_layer(
@@ -113,8 +128,9 @@ def stage_layer(
     old_out = handler.out_width(module)
     group = graph.group_of(name)
     rows_each = group.rows_per_channel(name)  # grouped-query attention's q projection
-    if own in growth.spec and not isinstance(growth.strategy, PaperInit):
-        _check_copies_heads(name, group, rows_each, growth.strategy.name)
+    mine = getattr(growth.strategy, "by_group", {}).get(own, growth.strategy)  # PerGroupInit
+    if own in growth.spec and not isinstance(mine, PaperInit):
+        _check_copies_heads(name, group, rows_each, mine.name)
     own_map = IndexMap((Piece(own, 0, old_out // rows_each, rows_each),))
     rows = own_map.insertions(growth.spec) if own in growth.spec else []
     cols = consumer.index_map.insertions(growth.spec) if consumer is not None else []
@@ -138,6 +154,8 @@ def stage_layer(
         elif any(dims.values()):
             staged[axis.tensor] = _stage_entries(module, axis, dims[axis.dim], own_map, growth)
     staged.update(stage_inner(name, handler, module, inserts, staged, growth))
+    if rows and name in growth.row_scales:
+        weight_rows_by_scale(staged, row_axes, rows, old_out, growth.row_scales[name], name)
     handler.fill_new_units(module, staged, rows)
     surgery = Surgery()
     for tensor, value in staged.items():
@@ -218,6 +236,8 @@ def _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
             widths=growth.widths,
             generator=growth.generator,
         )
+        if consumer.zero_input:
+            fill_free_columns(view, col_ins, consumer, growth.constructions, growth.generator)
     return new, pre, view
 
 

@@ -18,8 +18,10 @@ from torch import nn
 from netsurgeon.errors import NetsurgeonTypeError, UnknownLayerError, WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
+from netsurgeon.surgery.constructions import PerGroupInit, resolve_constructions, scaled_state
 from netsurgeon.surgery.init import InitStrategy, get_init
 from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
+from netsurgeon.surgery.norms import stage_layer_scale, stage_norm_reader
 from netsurgeon.surgery.optim import grown_state
 from netsurgeon.surgery.staging import (
     AttrChange,
@@ -65,7 +67,9 @@ def widen(
             group's ``granularity``.
         optimizer: its state is grown; it must hold every grown parameter that requires grad.
         generator: the random source for new weights (on the model's device).
-        init: ``"paper"`` (default), ``"net2net"``, or an ``InitStrategy`` instance.
+        init: ``"paper"`` (default: independent units, and a normalised stream its own
+            ``ChannelGroup.construction``), ``"net2net"`` (streams tiled), ``"mean_pad"``,
+            ``"zero_pad"``, ``"tile"``, or an ``InitStrategy``; an inexact choice raises.
         example_inputs: forwarded to :func:`netsurgeon.trace` for shape propagation.
         graph: a graph just traced from ``model`` (saves a trace); it must match its widths.
         mirrors: copies of the model (EMA, ``AveragedModel``) grown with it (own old entries).
@@ -91,16 +95,46 @@ def widen(
     strategy = get_init(init)
     plan = validate_plan(plan)
     _check_optimizer_and_generator(optimizer, generator)
-    if graph is None:
-        graph = trace(model, example_inputs, strict=False)
-    else:
-        check_graph(model, graph)
+    graph = _graph_of(model, graph, example_inputs)
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
-    mirrored = stage_mirrors(model, surgery, mirrors, strategy.name)
+    mirrored = _stage_mirrors(graph, plan, strategy, surgery, mirrors)
     surgery.commit(optimizer)
     mirrored.commit()
     return model
+
+
+def _graph_of(model: nn.Module, graph: LayerGraph | None, example_inputs: Any) -> LayerGraph:
+    """The graph ``widen`` reads: ``graph`` checked against ``model``, or a new trace."""
+    if graph is None:
+        return trace(model, example_inputs, strict=False)
+    check_graph(model, graph)
+    return graph
+
+
+def _stage_mirrors(
+    graph: LayerGraph,
+    plan: Mapping[str, int],
+    strategy: InitStrategy,
+    surgery: Surgery,
+    mirrors: Sequence[Any],
+) -> Any:
+    """:func:`stage_mirrors`, refusing a padded or tiled group first: a mirror's new channels
+    would have to be the mean (or copies) of its own channels, not the model's new entries."""
+    if not mirrors:
+        return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
+    groups = {g.name: g for g in graph.groups}
+    chosen, _ = resolve_constructions(groups, resolve_plan(graph, plan), strategy)
+    built = {g: c for g, c in chosen.items() if c != "append"}
+    if built:
+        name, construction = next(iter(built.items()))
+        raise WidenError(
+            f"mirrors= cannot follow group '{name}' ({construction}): its new channels are built "
+            "from the model's own channels (and its norms rescaled), which a mirror's values "
+            "do not match; widen without mirrors= and rebuild the mirror from the widened model "
+            "(e.g. AveragedModel(model))"
+        )
+    return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
 
 
 def _check_optimizer_and_generator(optimizer: object, generator: object) -> None:
@@ -188,11 +222,15 @@ def resolve_plan(graph: LayerGraph, plan: Mapping[str, int]) -> dict[str, int]:
         if k % group.granularity:
             low = k - k % group.granularity
             options = ", ".join(str(v) for v in (low, low + group.granularity) if v > 0)
+            why = (
+                f"it is tiled, every channel copied: {'; '.join(group.requirements)}"
+                if group.construction == "tile"
+                else f"its channels are cut into {group.splits} equal splits"
+                + (" and normalisation groups" if group.granularity != group.splits else "")
+            )
             raise WidenError(
                 f"plan[{key!r}] = {k}: group '{group.name}' grows in multiples of "
-                f"{group.granularity} (its channels are cut into {group.splits} equal splits"
-                f"{' and normalisation groups' if group.granularity != group.splits else ''}); "
-                f"use {options}"
+                f"{group.granularity} ({why}); use {options}"
             )
         if group.name in growth and growth[group.name] != k:
             raise WidenError(
@@ -220,8 +258,48 @@ def stage(
     """
     growth = resolve_plan(graph, plan)
     groups = {g.name: g for g in graph.groups}
+    common, scaled, constructions = _growth(graph, groups, growth, strategy, generator)
+    spec = common.spec
+    consumers = {c.layer: c for name in growth for c in groups[name].consumers}
+    followers = {f.name: f for name in growth for f in groups[name].followers}
+    parts: list[Surgery] = []
+    with torch.no_grad():
+        for layer in graph.layers:
+            own = graph.group_of(layer).name
+            consumer = consumers.get(layer)
+            if own in growth or consumer is not None:
+                parts.append(stage_layer(graph, layer, own, consumer, common))
+        for f in followers.values():
+            if _padded_norm(graph, f, constructions):
+                parts.append(stage_norm_reader(graph, f, spec))
+            elif f.kind == "parameter" and f.name in scaled.values():
+                parts.append(stage_layer_scale(graph, f, spec))
+            else:
+                parts.append(stage_follower(graph, f, common))
+    surgery = Surgery(
+        tensors=[t for part in parts for t in part.tensors],
+        attrs=[a for part in parts for a in part.attrs],
+    )
+    if optimizer is not None:
+        _stage_optimizer(surgery, optimizer)
+    return surgery
+
+
+def _growth(
+    graph: LayerGraph,
+    groups: Mapping[str, Any],
+    growth: Mapping[str, int],
+    strategy: InitStrategy,
+    generator: torch.Generator | None,
+) -> tuple[Growth, dict[str, str], dict[str, str]]:
+    """The plan as the staging reads it (each group's strategy and sources), ``{producer: layer
+    scale}`` of the mean-padded producers a layer scale multiplies, and each group's
+    construction. A ``placeholder`` strategy (the checkpoint loader's) fills every group."""
+    constructions, strategies = resolve_constructions(groups, growth, strategy)
+    if any(s is not strategy for s in strategies.values()):
+        strategy = PerGroupInit(strategies)
     sources = {
-        name: strategy.sources(
+        name: strategies[name].sources(
             groups[name].width,
             k,
             groups[name].splits,
@@ -232,25 +310,37 @@ def stage(
     }
     spec = {name: (groups[name].width, k, groups[name].splits) for name, k in growth.items()}
     widths = {g.name: g.width for g in graph.groups}
-    common = Growth(spec, sources, widths, strategy, generator)
-    consumers = {c.layer: c for name in growth for c in groups[name].consumers}
-    followers = {f.name: f for name in growth for f in groups[name].followers}
-    parts: list[Surgery] = []
-    with torch.no_grad():
-        for layer in graph.layers:
-            own = graph.group_of(layer).name
-            consumer = consumers.get(layer)
-            if own in growth or consumer is not None:
-                parts.append(stage_layer(graph, layer, own, consumer, common))
-        parts.extend(stage_follower(graph, f, common) for f in followers.values())
-    surgery = Surgery(
-        tensors=[t for part in parts for t in part.tensors],
-        attrs=[a for part in parts for a in part.attrs],
-    )
-    if optimizer is not None:
-        for change in surgery.tensors:
-            if isinstance(change.tensor, nn.Parameter):
-                state = grown_state(optimizer, change.tensor, change.inserts, change.name)
-                if state:
-                    surgery.optimizer_state.append((change.tensor, state))
-    return surgery
+    scaled = {
+        producer: param
+        for name, c in constructions.items()
+        if c == "mean_pad"
+        for producer, param in groups[name].row_scales
+    }
+    row_scales = {producer: _tensor(graph.model, param) for producer, param in scaled.items()}
+    if getattr(strategy, "placeholder", False):  # values overwritten later: draw nothing
+        return Growth(spec, sources, widths, strategy, generator), scaled, constructions
+    common = Growth(spec, sources, widths, strategy, generator, constructions, row_scales)
+    return common, scaled, constructions
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, attr)
+
+
+def _padded_norm(graph: LayerGraph, follower: Any, constructions: Mapping[str, str]) -> bool:
+    """A LayerNorm/RMSNorm module over a mean- or zero-padded group (rescaled, not appended)."""
+    if follower.kind != "module" or not getattr(graph.handler(follower.name), "norm_reader", False):
+        return False
+    return any(constructions.get(g) in ("mean_pad", "zero_pad") for g in follower.index_map.groups)
+
+
+def _stage_optimizer(surgery: Surgery, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer state of every grown parameter: grown, and rescaled with a rescaled one."""
+    for change in surgery.tensors:
+        if isinstance(change.tensor, nn.Parameter):
+            state = grown_state(optimizer, change.tensor, change.inserts, change.name)
+            if state and change.grad_scale != 1.0:
+                state = scaled_state(state, change.grad_scale, optimizer, change.name)
+            if state:
+                surgery.optimizer_state.append((change.tensor, state))

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.bench
         ("vgg", ((4,), (4, 2), (8,)), 3, ((4,), (4, 2), (8,))),
         ("resnet", ((4,), (8,), (16,)), 3, ((4, 4, 4, 4), (8, 8, 8, 8), (16, 16, 16, 16))),
         ("resnet", ((4, 2), (8, 3, 5)), 3, ((4, 2), (8, 3, 5))),
+        ("vit", ((16, 16, 32),), 2, ((16, 16, 32), (16, 16, 32))),
+        ("vit", ((16, 16, 32), (16, 32, 8)), 2, ((16, 16, 32), (16, 32, 8))),
     ],
 )
 def test_a_spec_expands_builds_and_reads_back(arch, spec, blocks, full) -> None:
@@ -42,6 +44,11 @@ def test_resnet_refuses_hidden_layers_and_short_rows() -> None:
         ARCHS["resnet"].build(((4, 4),), 10, 3, 16, hidden=(8,))
     with pytest.raises(ValueError, match="expand short rows"):
         ARCHS["resnet"].build(((4,),), 10, 3, 16)
+
+
+def test_vit_refuses_hidden_layers() -> None:
+    with pytest.raises(ValueError, match="no hidden dense layers"):
+        ARCHS["vit"].build(((16, 16, 32),), 10, 3, 16, hidden=(8,))
 
 
 def test_resnets_train_in_contiguous_format_on_cpu_and_vggs_in_channels_last() -> None:

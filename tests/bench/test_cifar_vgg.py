@@ -384,20 +384,19 @@ def _strip(config: dict, *keys: str) -> dict:
 def test_a_record_that_predates_a_setting_resumes_when_the_setting_is_at_its_default(
     smoke_out: Path, tmp_path: Path
 ) -> None:
-    from benchmarks.grow_cifar.records import config_defaults, config_dict, load_record
+    from benchmarks.grow_cifar.records import load_record
 
     cfg, _ = driver.resolve_config(["--preset", "smoke"])
     record = json.loads(next((smoke_out / "runs").glob("static_*.json")).read_text())
     record["config"] = _strip(record["config"], "hidden", "growth.neighbourhood")
     path = tmp_path / "old.json"
     path.write_text(json.dumps(record))
-    defaults = config_defaults(driver.BenchConfig)
-    assert load_record(path, config_dict(cfg), defaults)["run_id"] == record["run_id"]
+    assert load_record(path, cfg)["run_id"] == record["run_id"]
     changed = replace(cfg, growth=replace(cfg.growth, neighbourhood="geometric"))
     with pytest.raises(driver.SweepError, match=r"growth\.neighbourhood: saved 'arithmetic'"):
-        load_record(path, config_dict(changed), defaults)
+        load_record(path, changed)
     with pytest.raises(driver.SweepError, match="hidden"):
-        load_record(path, config_dict(cfg))  # without defaults a missing key is a difference
+        load_record(path, replace(cfg, hidden=(8,)))  # a missing key reads as its default
 
 
 def test_config_defaults_expand_nested_configs_and_skip_required_fields() -> None:
@@ -426,7 +425,7 @@ def test_a_run_leaves_a_snapshot_every_epoch_and_removes_it_when_done(
 
     monkeypatch.setattr(train_module, "write_json", spy)
     spec = driver.RunSpec(cfg.configs[0], 0, "nagn")
-    driver.train_run(spec, cfg, tmp_path, progress=False)
+    driver.train_run(spec, cfg, tmp_path)
     assert written == [("progress", 1), ("progress", 2), ("runs", 3)]
     assert not list((tmp_path / "progress").glob("*.json"))
 
@@ -475,7 +474,7 @@ def _train_interrupted(
     with monkeypatch.context() as m:
         m.setattr(train_module, "save_checkpoint", save_then_die)
         with pytest.raises(_Killed):
-            driver.train_run(spec, cfg, out, progress=False)
+            driver.train_run(spec, cfg, out)
 
 
 @pytest.mark.parametrize(
@@ -489,14 +488,14 @@ def test_a_run_resumed_from_a_checkpoint_equals_the_uninterrupted_run(
     """Smoke preset, growth forced at epoch 2, 5 epochs: stop after ``after_epoch``, resume."""
     cfg, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5"])
     spec = driver.RunSpec(cfg.configs[0], 0, where)
-    whole = driver.train_run(spec, cfg, tmp_path / "whole", progress=False)
+    whole = driver.train_run(spec, cfg, tmp_path / "whole")
 
     out = tmp_path / "resumed"
     _train_interrupted(spec, cfg, out, after_epoch, monkeypatch)
     checkpoint = out / "checkpoints" / f"{spec.run_id}.pt"
     assert checkpoint.is_file() and not (out / "runs").exists()
     torch.manual_seed(12345)  # a new process: another global RNG state (restored from the file)
-    resumed = driver.train_run(spec, cfg, out, progress=False)
+    resumed = driver.train_run(spec, cfg, out)
 
     keys = ("epoch", "train_loss", "val_acc", "test_acc", "lr", "widths", "params")
     assert [{k: e[k] for k in keys} for e in resumed["epochs"]] == [
@@ -521,9 +520,9 @@ def test_a_checkpoint_made_with_other_settings_is_refused(
     _train_interrupted(spec, cfg, tmp_path, 2, monkeypatch)
     other, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "6"])
     with pytest.raises(driver.SweepError, match=r"epochs: saved 5, now 6.*fresh --out"):
-        driver.train_run(spec, other, tmp_path, progress=False)
+        driver.train_run(spec, other, tmp_path)
     scheduling, _ = driver.resolve_config(["--preset", "smoke", "--epochs", "5", "--jobs", "3"])
-    record = driver.train_run(spec, scheduling, tmp_path, progress=False)  # jobs shape nothing
+    record = driver.train_run(spec, scheduling, tmp_path)  # jobs shape nothing
     assert record["segments"] == 2
 
 
@@ -585,7 +584,7 @@ def test_the_report_says_which_runs_were_trained_in_several_segments(
 def _fake_train(calls: list[str], final: dict[str, list[list[int]]]):
     """A stand-in for ``train_run`` that records its calls and returns minimal records."""
 
-    def train(spec, cfg, out, *, progress=True, deadline=None):
+    def train(spec, cfg, out, *, deadline=None):
         calls.append(spec.run_id)
         widths = final.get(spec.run_id, [list(block) for block in spec.widths])
         kind = "grown" if spec.where else "static"
@@ -605,9 +604,17 @@ def test_stopped_widths_reads_progress_snapshots_then_checkpoints(tmp_path: Path
     assert driver.stopped_widths(spec, tmp_path) is None  # nothing there yet
     checkpoint = tmp_path / "checkpoints" / f"{spec.run_id}.pt"
     checkpoint.parent.mkdir()
-    torch.save({"grower": {"stopped": False}, "epochs": [{"widths": [[2], [2], [4]]}]}, checkpoint)
+
+    def save_checkpoint(widths: list[list[int]], stop_reason: str | None) -> None:
+        times = {"train_time_s": 1.0, "train_cpu_s": 1.0}
+        epoch = {"widths": widths, "params": 1, "test_acc": 0.1, "val_acc": 0.1, **times}
+        state = {"run_id": spec.run_id, "epochs": [epoch], "events": [], "segment_starts": [1]}
+        grower = {"stopped": stop_reason is not None, "stop_reason": stop_reason}
+        torch.save({**state, "config": {}, "data": {"train": 8}, "grower": grower}, checkpoint)
+
+    save_checkpoint([[2], [2], [4]], None)
     assert driver.stopped_widths(spec, tmp_path) is None  # still growing
-    torch.save({"grower": {"stopped": True}, "epochs": [{"widths": [[3], [2], [4]]}]}, checkpoint)
+    save_checkpoint([[3], [2], [4]], "epoch 7")
     assert driver.stopped_widths(spec, tmp_path) == ((3,), (2,), (4,))
     progress = tmp_path / "progress" / f"{spec.run_id}.json"
     progress.parent.mkdir()

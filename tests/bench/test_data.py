@@ -33,8 +33,6 @@ from benchmarks.grow_cifar.data import (
 from benchmarks.grow_cifar.data.augment import (
     channel_stats,
     draw_augment,
-    draw_crop_offsets,
-    draw_flips,
     gather_crops,
     normalize,
     pad_and_mirror,
@@ -84,7 +82,8 @@ def random_crop_flip(
 
 @given(n=st.integers(1, 300), padding=st.integers(0, 6), seed=st.integers(0, 2**16))
 def test_crop_offsets_lie_in_zero_to_twice_the_padding(n: int, padding: int, seed: int) -> None:
-    offsets = draw_crop_offsets(n, padding, torch.Generator().manual_seed(seed))
+    augment = Augment(crop_padding=padding, flip=False)
+    offsets, _ = draw_augment(n, augment, torch.Generator().manual_seed(seed))
     assert offsets.shape == (n, 2)
     assert offsets.dtype == torch.int64
     assert int(offsets.min()) >= 0
@@ -92,7 +91,7 @@ def test_crop_offsets_lie_in_zero_to_twice_the_padding(n: int, padding: int, see
 
 
 def test_crop_offsets_reach_both_ends_of_the_range() -> None:
-    offsets = draw_crop_offsets(2000, 4, torch.Generator().manual_seed(0))
+    offsets, _ = draw_augment(2000, Augment(crop_padding=4), torch.Generator().manual_seed(0))
     assert set(offsets.unique().tolist()) == set(range(9))
 
 
@@ -139,7 +138,9 @@ def test_flip_probability_is_one_half_within_six_sigma() -> None:
     flipped = (out[:, 0, 0, 0] == 255).double().mean().item()
     sigma = (0.25 / n) ** 0.5
     assert abs(flipped - 0.5) < 6 * sigma
-    assert abs(draw_flips(n, 0.2, torch.Generator().manual_seed(1)).double().mean() - 0.2) < 0.04
+    rare = Augment(crop_padding=0, flip_probability=0.2)
+    _, flips = draw_augment(n, rare, torch.Generator().manual_seed(1))
+    assert abs(flips.double().mean() - 0.2) < 0.04
 
 
 def test_augmentation_keeps_shape_dtype_and_is_channels_last() -> None:
@@ -191,7 +192,7 @@ def test_normalize_computes_per_channel_standard_scores(channels_last: bool) -> 
     ).view(1, 3, 1, 1)
     out = normalize(images, mean, std)
     assert out.dtype == torch.float32
-    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert out.is_contiguous(memory_format=torch.channels_last)  # whatever the input's layout
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -293,8 +294,7 @@ def test_shuffled_loader_matches_draws_from_the_same_seed() -> None:
     ((x, y),) = list(loader)
     g = torch.Generator().manual_seed(5)
     order = torch.randperm(23, generator=g)
-    offsets = draw_crop_offsets(23, 2, g)
-    flips = draw_flips(23, 0.5, g)
+    offsets, flips = draw_augment(23, augment, g)
     expected = _reference_crop_flip(data.images[order], offsets, flips, 2)
     torch.testing.assert_close(y, order)
     torch.testing.assert_close(x, normalize(expected, (0.5,) * 3, (0.2,) * 3))
@@ -356,7 +356,7 @@ def _write_image_folder(root: Path, classes: dict[str, int], size: int = 4) -> d
 
 def test_image_folder_loads_exact_pixels_with_sorted_class_labels(tmp_path: Path) -> None:
     written = _write_image_folder(tmp_path / "data", {"dog": 2, "cat": 3})
-    train, test, classes = load_image_folder(tmp_path / "data", cache_dir=tmp_path / "cache")
+    train, test, classes = load_image_folder(tmp_path / "data")
     assert classes == ("cat", "dog")
     assert train.images.shape == (5, 3, 4, 4)
     assert len(test) == 5
@@ -365,40 +365,16 @@ def test_image_folder_loads_exact_pixels_with_sorted_class_labels(tmp_path: Path
         assert train.labels[k].item() == label
 
 
-def test_image_folder_second_load_comes_from_the_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from benchmarks.grow_cifar.data import sources
-
-    _write_image_folder(tmp_path / "data", {"a": 2, "b": 1})
-    first = load_image_folder(tmp_path / "data", cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
-
-    def no_decoding(*args: object) -> None:
-        raise AssertionError("decoded again instead of using the cache")
-
-    monkeypatch.setattr(sources, "_decode_files", no_decoding)
-    second = load_image_folder(tmp_path / "data", cache_dir=tmp_path / "cache")
-    torch.testing.assert_close(second[0].images, first[0].images)
-    torch.testing.assert_close(second[1].labels, first[1].labels)
-
-
-def test_image_folder_without_cache_writes_nothing(tmp_path: Path) -> None:
-    _write_image_folder(tmp_path / "data", {"a": 1})
-    load_image_folder(tmp_path / "data", cache_dir=tmp_path / "cache", cache=False)
-    assert not (tmp_path / "cache").exists()
-
-
 def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match="train"):
-        load_image_folder(tmp_path / "missing", cache=False)
+        load_image_folder(tmp_path / "missing")
     _write_image_folder(tmp_path / "data", {"a": 1})
     (tmp_path / "data" / "test" / "extra").mkdir()
     (tmp_path / "data" / "test" / "a" / "000.png").rename(
         tmp_path / "data" / "test" / "extra" / "x.png"
     )
     with pytest.raises(ValueError, match="same class folders"):
-        load_image_folder(tmp_path / "data", cache=False)
+        load_image_folder(tmp_path / "data")
 
 
 def _write_cifar(root: Path, per_batch: int = 2) -> tuple[np.ndarray, list[int]]:
@@ -523,8 +499,7 @@ def test_each_dataset_uses_its_documented_augmentation(
         data_dir = tmp_path
     if name == "digits":
         pytest.importorskip("sklearn")
-    kwargs = {"cache_dir": tmp_path / "cache"} if name == "imagefolder" else {}
-    splits = load_dataset(name, data_dir, synthetic_size=(20, 10), **kwargs)
+    splits = load_dataset(name, data_dir, synthetic_size=(20, 10))
     assert splits.augment == expected
 
 

@@ -35,10 +35,11 @@ def _call(out: Path, limit: int) -> subprocess.CompletedProcess[str]:
 def test_the_dry_run_finishes_over_calls_with_records_and_figures_in_one_folder(
     tmp_path: Path,
 ) -> None:
-    for _ in range(4):
+    for _ in range(6):  # until both runs (grown, then its static baseline) have their records
         done = _call(tmp_path, 60)
         assert done.returncode == 0, done.stdout + done.stderr
-        if not list((tmp_path / "checkpoints").glob("*.pt")) and (tmp_path / "runs").is_dir():
+        finished = list((tmp_path / "runs").glob("*.json"))
+        if len(finished) == 2 and not list((tmp_path / "checkpoints").glob("*.pt")):
             break
     runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
     assert sorted(runs) == [

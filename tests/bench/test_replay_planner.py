@@ -184,7 +184,7 @@ def test_a_run_known_only_by_its_checkpoint_is_replayed_as_its_snapshot(
     threads = torch.get_num_threads()
     try:
         with pytest.raises(_Killed):
-            driver.train_run(spec, cfg, tmp_path, progress=False)
+            driver.train_run(spec, cfg, tmp_path)
     finally:
         torch.set_num_threads(threads)
     (snapshot,) = (tmp_path / "progress").glob("*.json")

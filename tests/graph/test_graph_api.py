@@ -102,11 +102,12 @@ def test_summary_lists_each_layer_with_type_width_consumers_and_status(graph: La
     assert str(graph) == text
     rows = {line.split()[0]: line.split() for line in text.splitlines()[2:]}
     assert list(rows) == [g.name for g in graph.groups] == graph.layers
-    # group, producers, width, granularity, consumers (x multiplicity), followers, status
-    assert rows["conv1"][:5] == ["conv1", "conv1", "6", "1", "conv2"]
-    assert rows["conv2"][:6] == ["conv2", "conv2", "5", "1", "fc1", "x4"]
-    assert rows["fc1"][:5] == ["fc1", "fc1", "7", "1", "fc2"]
-    assert rows["fc2"][:5] == ["fc2", "fc2", "3", "1", "-"]
+    # group, producers, width, granularity, construction, consumers (x multiplicity), followers,
+    # status
+    assert rows["conv1"][:6] == ["conv1", "conv1", "6", "1", "append", "conv2"]
+    assert rows["conv2"][:7] == ["conv2", "conv2", "5", "1", "append", "fc1", "x4"]
+    assert rows["fc1"][:6] == ["fc1", "fc1", "7", "1", "append", "fc2"]
+    assert rows["fc2"][:6] == ["fc2", "fc2", "3", "1", "append", "-"]
     assert rows["fc2"][-1] == "output" and rows["fc1"][-1] == "yes"
     assert "bn_fc" in rows["fc1"]
 

@@ -177,7 +177,7 @@ BLOCKED = {
     "LayerNorm over the channels": (
         lambda: conv_stack(nn.LayerNorm([8, 6, 6])),
         "0",
-        r"LayerNorm normalises across these channels",
+        r"LayerNorm '\d+' normalises across channels merged with other dims",
     ),
 }
 

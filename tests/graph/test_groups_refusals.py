@@ -29,19 +29,22 @@ from netsurgeon import UnsupportedModelError, WidenError
 
 
 class SequenceLayerNorm(nn.Module):
-    """``conv -> tokens -> fc1 -> LayerNorm(fc1 width) -> fc2 -> mean -> out``."""
+    """``conv -> tokens -> cat(fc1, fc1b) -> LayerNorm(8) -> fc2 -> mean -> out``: a LayerNorm
+    across two groups' channels (one group's alone can be padded or tiled)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.fc1 = nn.Linear(6, 8)
+        self.fc1 = nn.Linear(6, 5)
+        self.fc1b = nn.Linear(6, 3)
         self.norm = nn.LayerNorm(8)
         self.fc2 = nn.Linear(8, 5)
         self.out = nn.Linear(5, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = F.gelu(self.conv(x)).flatten(2).transpose(1, 2)
-        return self.out(F.gelu(self.fc2(self.norm(self.fc1(tokens)))).mean(1))
+        joined = torch.cat([self.fc1(tokens), self.fc1b(tokens)], -1)
+        return self.out(F.gelu(self.fc2(self.norm(joined))).mean(1))
 
 
 class ConvNorm(nn.Module):
@@ -142,7 +145,7 @@ UNWIDENABLE = {
         SequenceLayerNorm,
         (2, 3, 4, 4),
         "fc1",
-        r"LayerNorm normalises across these channels",
+        r"LayerNorm 'norm' normalises across a concatenation of several groups",
         ["conv", "fc2"],
     ),
     "GroupNorm over a concatenation": (

@@ -44,6 +44,14 @@ def _init(rank: int, store: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
 
 
+def _finish_collectives() -> None:
+    """On the success path, every rank is done with its collectives (a barrier) before any rank
+    destroys the process group: a rank that finishes first could otherwise close its gloo
+    connections while the other still reads from them, and the other aborts ("terminate called
+    without an active exception")."""
+    dist.barrier()
+
+
 def _ones_model() -> nn.Sequential:
     model = nn.Sequential(nn.Linear(1, 2, bias=False), nn.Linear(2, 1, bias=False)).double()
     with torch.no_grad():
@@ -75,6 +83,7 @@ def _profile_worker(rank: int, store: str, out: str) -> None:
             local = own()  # this rank's own samples
             grower.step(0.5)
         torch.save({"local": local, "read": read}, out)
+        _finish_collectives()
     finally:
         dist.destroy_process_group()
 
@@ -135,11 +144,12 @@ def _rewrap_worker(rank: int, store: str, out: str) -> None:
         ddp(x).sum().backward()
         before = hook.calls
         netsurgeon.widen(model, {"0": 2}, generator=torch.Generator().manual_seed(0))
-        ddp = rewrap(ddp)
+        new = rewrap(ddp)
         model.zero_grad()
-        ddp(x).sum().backward()
+        new(x).sum().backward()
         grads = [p.grad.clone() for p in model.parameters()]
         torch.save({"before": before, "after": hook.calls, "grads": grads}, out)
+        _finish_collectives()
     finally:
         dist.destroy_process_group()
 

@@ -72,6 +72,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         record["accuracies"] = grower.accuracies
         record["widths"] = netsurgeon.trace(model).widths()
         torch.save(record, f"{out}/rank{rank}.pt")
+        dist.barrier()  # no rank closes its gloo connections while another still uses them
     finally:
         dist.destroy_process_group()
 

@@ -27,19 +27,15 @@ def _load(folder: Path) -> dict[str, dict]:
     return {run["run_id"]: run for run in runs}
 
 
-def _steps_per_epoch(run: dict) -> int:
-    cfg, data = run["config"], run["data"]
-    return -(-data["train"] // cfg["batch_size"])  # ceil: the loader keeps the last batch
-
-
 def run_summary(run: dict, runs: dict[str, dict]) -> dict:
     """First trigger, growths, final widths and ratios of one grown run (None when unknown)."""
     first = run["events"][0] if run["events"] else None
     peak = run["config"]["lr"]
     base = runs.get(run.get("baseline_run_id"))
+    steps = -(-run["data"]["train"] // run["config"]["batch_size"])  # the last batch is kept
     out = {
         "first_epoch": first["epoch"] if first else None,
-        "first_step": first["epoch"] * _steps_per_epoch(run) if first else None,
+        "first_step": first["epoch"] * steps if first else None,
         "first_lr": run["epochs"][first["epoch"] - 1]["lr"] / peak if first else None,
         "growths": len(run["events"]),
         "final": width_tag(run["widths_final"]),
@@ -80,12 +76,8 @@ def compare(a: Path, b: Path) -> str:
     }
     keys = sorted(index["a"].keys() & index["b"].keys())
     cells = (
-        "first trigger: epoch / step / LR",
-        "growths",
-        "final widths",
-        "acc ratio",
-        "CPU ratio",
-        "FLOP ratio",
+        *("first trigger: epoch / step / LR", "growths", "final widths"),
+        *("acc ratio", "CPU ratio", "FLOP ratio"),
     )
     head = ["config", "where", "seed", *[f"{c} ({n})" for c in cells for n in ("A", "B")]]
     rows = []

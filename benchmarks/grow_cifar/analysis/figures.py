@@ -23,19 +23,19 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, folder: Path, name: str, written: list[str]) -> None:
+def _save(fig: Any, folder: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(folder / name, dpi=120)
     _plt().close(fig)
-    written.append(name)
+    return name
 
 
-def _profile_figure(config: str, mine: Sequence[dict], folder: Path, written: list[str]) -> None:
+def _profile_figure(config: str, mine: Sequence[dict], folder: Path) -> str | None:
     import numpy as np
 
     profiles = [r["events"][0]["profile"] for r in mine if r["where"] == "nagn" and r["events"]]
     if not profiles:
-        return
+        return None
     names = list(profiles[0])
     values = np.array([[p.get(n, np.nan) for n in names] for p in profiles], dtype=float)
     fig, ax = _plt().subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.2))
@@ -44,7 +44,7 @@ def _profile_figure(config: str, mine: Sequence[dict], folder: Path, written: li
     ax.set_xticks(x, [n.replace(".conv", "") for n in names], rotation=45, ha="right")
     ax.set_ylabel("NAGN")
     ax.set_title(f"NAGN at the first trigger — {config} ({len(profiles)} seeds)")
-    _save(fig, folder, f"fig1a_nagn_profile_{config}.png", written)
+    return _save(fig, folder, f"fig1a_nagn_profile_{config}.png")
 
 
 def _band(ax: Any, series: Sequence[Sequence[float]], label: str, style: str) -> None:
@@ -61,16 +61,14 @@ def _band(ax: Any, series: Sequence[Sequence[float]], label: str, style: str) ->
     ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
 
 
-def _time_axis(run: dict) -> tuple[list[float], str]:
-    """Cumulative training time per epoch: process CPU time when recorded, else wall time."""
-    if all("train_cpu_s" in e for e in run["epochs"]):
-        return [e["train_cpu_s"] / 60 for e in run["epochs"]], "training CPU time (min)"
-    return [e["train_time_s"] / 60 for e in run["epochs"]], "training wall time (min)"
+def _cpu_minutes(run: dict) -> list[float]:
+    """Cumulative training process CPU time per epoch, in minutes."""
+    return [e["train_cpu_s"] / 60 for e in run["epochs"]]
 
 
 def _accuracy_figure(
-    config: str, mine: Sequence[dict], by_id: dict[str, dict], folder: Path, written: list[str]
-) -> None:
+    config: str, mine: Sequence[dict], by_id: dict[str, dict], folder: Path
+) -> str:
     """Fig. 2a: grown vs static test accuracy over epochs (mean ± std) and over training time."""
     wheres = sorted({r["where"] for r in mine}, key=lambda w: (w != "nagn", w))
     fig, (left, right) = _plt().subplots(1, 2, figsize=(11, 3.8))
@@ -93,24 +91,20 @@ def _accuracy_figure(
     left.set_ylabel("test accuracy")
     left.set_title(f"{config}: mean ± std over seeds; red: growth ({wheres[0]})", fontsize=9)
     left.legend(fontsize=8, loc="lower right")
-    label = "training time"
     for r in sorted(mine, key=lambda r: (r["where"], r["seed"])):
         if r["where"] != wheres[0]:
             continue
-        times, label = _time_axis(r)
-        (line,) = right.plot(times, [e["test_acc"] for e in r["epochs"]], lw=1)
+        (line,) = right.plot(_cpu_minutes(r), [e["test_acc"] for e in r["epochs"]], lw=1)
         base = by_id.get(r.get("baseline_run_id"))
         if base is not None:
-            times_b, _ = _time_axis(base)
-            right.plot(
-                times_b, [e["test_acc"] for e in base["epochs"]], ":", color=line.get_color()
-            )
+            accs = [e["test_acc"] for e in base["epochs"]]
+            right.plot(_cpu_minutes(base), accs, ":", color=line.get_color())
         line.set_label(f"seed {r['seed']}: grown (—) vs static (⋯)" + _running(r, base))
-    right.set_xlabel(label)
+    right.set_xlabel("training CPU time (min)")
     right.set_ylabel("test accuracy")
     right.set_title(f"per seed, grown ({wheres[0]}) vs its static baseline", fontsize=9)
     right.legend(fontsize=7, loc="lower right")
-    _save(fig, folder, f"fig2a_accuracy_{config}.png", written)
+    return _save(fig, folder, f"fig2a_accuracy_{config}.png")
 
 
 def _running(*runs: dict | None) -> str:
@@ -133,13 +127,8 @@ def _log_axis(ax: Any, values: set[int], base: int = 10) -> None:
 
 
 def _widths_figure(
-    config: str,
-    where: str,
-    grown: Sequence[dict],
-    by_id: dict[str, dict],
-    folder: Path,
-    written: list[str],
-) -> None:
+    config: str, where: str, grown: Sequence[dict], by_id: dict[str, dict], folder: Path
+) -> str:
     """The growth trajectory: every layer's width and the parameter count over epochs, per seed."""
     grown = sorted(grown, key=lambda r: r["seed"])
     plt = _plt()
@@ -155,15 +144,10 @@ def _widths_figure(
             for b, block in enumerate(run["epochs"][0]["widths"])
             for c in range(len(block))
         ]
-        # Later layers drawn thinner, on top: overlaps stay visible.
         for k, name in enumerate(names):
-            top.plot(
-                epochs,
-                [row[k] for row in flat],
-                drawstyle="steps-post",
-                lw=3.2 - 2.4 * k / max(1, len(names) - 1),
-                label=name,
-            )
+            line_width = 3.2 - 2.4 * k / max(1, len(names) - 1)  # later layers thinner, on top
+            widths = [row[k] for row in flat]
+            top.plot(epochs, widths, drawstyle="steps-post", lw=line_width, label=name)
         bottom.plot(epochs, [e["params"] for e in run["epochs"]], drawstyle="steps-post", lw=1.5)
         base = by_id.get(run.get("baseline_run_id"))
         if base is not None:
@@ -188,7 +172,7 @@ def _widths_figure(
             if bottom.get_legend_handles_labels()[0]:  # a baseline line to name
                 bottom.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"growth trajectory of {config} ({where})", fontsize=10)
-    _save(fig, folder, f"fig2a_widths_{config}_{where}.png", written)
+    return _save(fig, folder, f"fig2a_widths_{config}_{where}.png")
 
 
 def _errorbar(ax: Any, xs: Sequence[tuple], ys: Sequence[tuple], **style: Any) -> None:
@@ -197,9 +181,7 @@ def _errorbar(ax: Any, xs: Sequence[tuple], ys: Sequence[tuple], **style: Any) -
     ax.errorbar(means, [y[0] for y in ys], xerr=stds, yerr=[y[1] for y in ys], **style)
 
 
-def _ratio_figure(
-    rows: Sequence[Any], totals: dict, paper: tuple, folder: Path, written: list[str]
-) -> None:
+def _ratio_figure(rows: Sequence[Any], totals: dict, paper: tuple, folder: Path) -> str:
     (paper_acc, paper_time) = paper
     fig, ax = _plt().subplots(figsize=(5, 4))
     for where in sorted({r.where for r in rows}):
@@ -215,7 +197,7 @@ def _ratio_figure(
     ax.set_xlabel("training time ratio (grown / static)")
     ax.set_ylabel("test accuracy ratio (grown / static)")
     ax.legend(fontsize=7)
-    _save(fig, folder, "fig2b_ratios.png", written)
+    return _save(fig, folder, "fig2b_ratios.png")
 
 
 def write_figures(
@@ -240,7 +222,7 @@ def write_figures(
     """
     folder = Path(out) / "figures"
     folder.mkdir(exist_ok=True)
-    written: list[str] = []
+    written: list[str | None] = []
     everything = [*runs, *running]
     by_id = {r["run_id"]: r for r in everything}
     grown = [r for r in everything if r["kind"] == "grown"]
@@ -248,12 +230,11 @@ def write_figures(
     for run in grown:
         configs[width_tag(run["widths_initial"])].append(run)
     for config, mine in sorted(configs.items()):
-        _profile_figure(config, mine, folder, written)
-        _accuracy_figure(config, mine, by_id, folder, written)
+        written.append(_profile_figure(config, mine, folder))
+        written.append(_accuracy_figure(config, mine, by_id, folder))
         for where in sorted({r["where"] for r in mine}):
-            _widths_figure(
-                config, where, [r for r in mine if r["where"] == where], by_id, folder, written
-            )
+            grown_here = [r for r in mine if r["where"] == where]
+            written.append(_widths_figure(config, where, grown_here, by_id, folder))
     if rows:
-        _ratio_figure(rows, totals, paper, folder, written)
-    return written
+        written.append(_ratio_figure(rows, totals, paper, folder))
+    return [name for name in written if name is not None]

@@ -76,12 +76,6 @@ def is_group_plan(event: dict) -> bool:
     return event["plan"].get("combine") is not None
 
 
-def _spec_before(run: dict, event: dict) -> list[list[int]]:
-    """The run's width spec going into the growth at ``event`` (recorded after each epoch)."""
-    epoch = event["epoch"]
-    return run["epochs"][epoch - 2]["widths"] if epoch >= 2 else run["widths_initial"]
-
-
 def model_at(run: dict, event: dict) -> torch.nn.Module:
     """The run's model family built at the widths it had at ``event`` (random weights).
 
@@ -93,7 +87,8 @@ def model_at(run: dict, event: dict) -> torch.nn.Module:
     before = event["widths_before"]
     outputs = [row["name"] for row in event["plan"]["rows"] if row["is_output"]]
     num_classes = before[outputs[-1]] if outputs else 10
-    spec = as_widths(_spec_before(run, event))
+    epoch = event["epoch"]  # the widths going into its growth were recorded after epoch - 1
+    spec = as_widths(run["epochs"][epoch - 2]["widths"] if epoch >= 2 else run["widths_initial"])
     model = build_recorded(run, spec, num_classes)
     widths = trace(model).widths()
     wrong = {n: (w, widths.get(n)) for n, w in before.items() if widths.get(n) != w}

@@ -12,18 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import checkpoint_record
-from ..environment import environment
+from ..checkpoints import progress_record
 from ..records import width_tag
 from .figures import write_figures
 from .flops import flop_ratio
-from .tables import growth_targets, markdown_table, pairs_so_far, trajectories
+from .tables import growth_targets, markdown_table, pairs, pairs_so_far, trajectories
 
 __all__ = [
     "DATA_KEYS",
     "Row",
     "data_identity",
-    "environment",
     "load_progress",
     "load_runs",
     "segments",
@@ -55,13 +53,8 @@ def load_runs(out: Path) -> list[dict]:
 def load_progress(out: Path) -> list[dict]:
     """Runs still training (``"partial": True``): their progress snapshot, else checkpoint."""
     done = {p.stem for p in (out / "runs").glob("*.json")}
-    found = {p.stem: p for p in sorted((out / "checkpoints").glob("*.pt"))}
-    found.update((p.stem, p) for p in sorted((out / "progress").glob("*.json")))
-    return [
-        json.loads(path.read_text()) if path.suffix == ".json" else checkpoint_record(path)
-        for run_id, path in sorted(found.items())
-        if run_id not in done
-    ]
+    found = [*(out / "checkpoints").glob("*.pt"), *(out / "progress").glob("*.json")]
+    return [progress_record(out, run_id) for run_id in sorted({p.stem for p in found} - done)]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -89,53 +82,41 @@ class Row:
     growths: float  # mean number of growth events
 
 
-def _pairs(runs: Sequence[dict]) -> list[tuple[dict, dict]]:
-    """``(grown run, its static baseline)`` for every grown run whose baseline is in ``runs``."""
-    by_id = {r["run_id"]: r for r in runs}
-    return [
-        (r, by_id[r["baseline_run_id"]])
-        for r in runs
-        if r["kind"] == "grown" and r.get("baseline_run_id") in by_id
-    ]
-
-
-def _ratios(pairs: Sequence[tuple[dict, dict]]) -> dict[str, tuple[float, float]]:
-    """Grown / static accuracy, wall time, CPU time and FLOPs: mean and std over ``pairs``."""
-    final = [(g["final"], s["final"]) for g, s in pairs]
+def _ratios(matched: Sequence[tuple[dict, dict]]) -> dict[str, tuple[float, float]]:
+    """Grown / static accuracy, wall time, CPU time and FLOPs: mean and std over ``matched``."""
+    final = [(g["final"], s["final"]) for g, s in matched]
     return {
         "acc_ratio": _mean_std([g["test_acc"] / s["test_acc"] for g, s in final]),
         "time_ratio": _mean_std([g["train_time_s"] / s["train_time_s"] for g, s in final]),
-        "cpu_ratio": _mean_std(
-            [g["train_cpu_s"] / s["train_cpu_s"] for g, s in final if "train_cpu_s" in g.keys() & s]
-        ),
-        "flop_ratio": _mean_std([flop_ratio(g, s) for g, s in pairs]),
+        "cpu_ratio": _mean_std([g["train_cpu_s"] / s["train_cpu_s"] for g, s in final]),
+        "flop_ratio": _mean_std([flop_ratio(g, s) for g, s in matched]),
     }
 
 
 def summarize(runs: Sequence[dict]) -> list[Row]:
     """Pair grown runs with their baselines and aggregate per (config, criterion)."""
     groups: dict[tuple[str, str], list[tuple[dict, dict]]] = defaultdict(list)
-    for grown, static in _pairs(runs):
+    for grown, static in pairs(runs):
         groups[width_tag(grown["widths_initial"]), grown["where"]].append((grown, static))
     rows = []
-    for (config, where), pairs in sorted(groups.items()):
-        pairs.sort(key=lambda pair: pair[0]["seed"])
-        first = pairs[0][0]
-        widths = Counter(width_tag(g["widths_final"]) for g, _ in pairs).most_common(1)[0]
+    for (config, where), mine in sorted(groups.items()):
+        mine.sort(key=lambda pair: pair[0]["seed"])
+        first = mine[0][0]
+        widths = Counter(width_tag(g["widths_final"]) for g, _ in mine).most_common(1)[0]
         rows.append(
             Row(
                 config=config,
                 where=where,
-                seeds=tuple(g["seed"] for g, _ in pairs),
-                grown_acc=_mean_std([g["final"]["test_acc"] for g, _ in pairs]),
-                static_acc=_mean_std([s["final"]["test_acc"] for _, s in pairs]),
-                **_ratios(pairs),
-                final_widths=f"{widths[0]} ({widths[1]}/{len(pairs)})",
+                seeds=tuple(g["seed"] for g, _ in mine),
+                grown_acc=_mean_std([g["final"]["test_acc"] for g, _ in mine]),
+                static_acc=_mean_std([s["final"]["test_acc"] for _, s in mine]),
+                **_ratios(mine),
+                final_widths=f"{widths[0]} ({widths[1]}/{len(mine)})",
                 params_initial=first["epochs"][0]["params"]
                 if not first["events"] or first["events"][0]["epoch"] > 1
                 else first["events"][0]["params_before"],
-                params_final=statistics.fmean(g["params_final"] for g, _ in pairs),
-                growths=statistics.fmean(len(g["events"]) for g, _ in pairs),
+                params_final=statistics.fmean(g["params_final"] for g, _ in mine),
+                growths=statistics.fmean(len(g["events"]) for g, _ in mine),
             )
         )
     return rows
@@ -145,13 +126,13 @@ def overall(rows: Sequence[Row], runs: Sequence[dict]) -> dict[str, dict[str, An
     """Per criterion: ratios' mean +- std over all pairs and over the per-config means."""
     out: dict[str, dict[str, Any]] = {}
     for where in sorted({row.where for row in rows}):
-        pairs = [(g, s) for g, s in _pairs(runs) if g["where"] == where]
+        found = [(g, s) for g, s in pairs(runs) if g["where"] == where]
         mine = [row for row in rows if row.where == where]
         out[where] = {
-            **{f"{name}_runs": value for name, value in _ratios(pairs).items()},
+            **{f"{name}_runs": value for name, value in _ratios(found).items()},
             "acc_ratio_configs": _mean_std([row.acc_ratio[0] for row in mine]),
             "time_ratio_configs": _mean_std([row.time_ratio[0] for row in mine]),
-            "pairs": len(pairs),
+            "pairs": len(found),
         }
     return out
 
@@ -195,18 +176,8 @@ def _pm(value: tuple[float, float], digits: int = 3) -> str:
 
 def _table(rows: Sequence[Row]) -> list[str]:
     head = (
-        "config",
-        "where",
-        "seeds",
-        "grown acc",
-        "static acc",
-        "acc ratio",
-        "time ratio",
-        "CPU-time ratio",
-        "FLOP ratio",
-        "final widths",
-        "params init→final",
-        "growths",
+        *("config", "where", "seeds", "grown acc", "static acc", "acc ratio", "time ratio"),
+        *("CPU-time ratio", "FLOP ratio", "final widths", "params init→final", "growths"),
     )
     cells = []
     for r in rows:

@@ -8,13 +8,23 @@ from collections.abc import Sequence
 
 from ..records import width_tag
 
-__all__ = ["growth_targets", "markdown_table", "pairs_so_far", "trajectories"]
+__all__ = ["growth_targets", "markdown_table", "pairs", "pairs_so_far", "trajectories"]
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """A Markdown table's lines: the header, the rule, one line per row."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def pairs(runs: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """``(grown run, its static baseline)`` for every grown run whose baseline is in ``runs``."""
+    by_id = {r["run_id"]: r for r in runs}
+    return [
+        (r, by_id[r["baseline_run_id"]])
+        for r in runs
+        if r["kind"] == "grown" and r.get("baseline_run_id") in by_id
+    ]
 
 
 def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
@@ -54,34 +64,23 @@ def trajectories(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str
 
 def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5) -> list[str]:
     """Grown vs static test accuracy over the epochs both have trained, where either still trains."""
-    by_id = {r["run_id"]: r for r in [*runs, *running]}
-    pairs = [
-        (grown, by_id[grown["baseline_run_id"]])
-        for grown in sorted(by_id.values(), key=lambda r: r["run_id"])
-        if grown["kind"] == "grown" and grown.get("baseline_run_id") in by_id
-        if grown.get("partial") or by_id[grown["baseline_run_id"]].get("partial")
-    ]
-    if not pairs:
+    everything = sorted([*runs, *running], key=lambda r: r["run_id"])
+    training = [(g, s) for g, s in pairs(everything) if g.get("partial") or s.get("partial")]
+    if not training:
         return []
     head = ("grown run", "static run", "epochs compared", "grown test acc", "static", "difference")
     rows = []
-    for grown, static in pairs:
+    for grown, static in training:
         both = min(len(grown["epochs"]), len(static["epochs"]))
         first = max(1, both - window + 1)
         mean = {
             name: statistics.fmean(e["test_acc"] for e in run["epochs"][first - 1 : both])
             for name, run in (("grown", grown), ("static", static))
         }
-        rows.append(
-            (
-                grown["run_id"],
-                static["run_id"],
-                f"{first}-{both} of {grown['config']['epochs']}",
-                f"{mean['grown']:.4f}",
-                f"{mean['static']:.4f}",
-                f"{100 * (mean['grown'] - mean['static']):+.2f} points",
-            )
-        )
+        compared = f"{first}-{both} of {grown['config']['epochs']}"
+        accuracies = [f"{mean['grown']:.4f}", f"{mean['static']:.4f}"]
+        difference = f"{100 * (mean['grown'] - mean['static']):+.2f} points"
+        rows.append((grown["run_id"], static["run_id"], compared, *accuracies, difference))
     intro = (
         f"Pairs still training: mean test accuracy over the last {window} epochs both runs have "
         "trained (not a final ratio):"
@@ -110,27 +109,16 @@ def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[s
             for name, k in event["increments"].items():
                 units[kinds[name]] += k
             top = max((r for r in plan["rows"] if r["name"] in kinds), key=lambda r: r["contrast"])
-            rows.append(
-                (
-                    run["run_id"] + (" (running)" if run.get("partial") else ""),
-                    str(event["epoch"]),
-                    f"{nagn['stream']:.4f}",
-                    f"{nagn['interior']:.4f}",
-                    f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})",
-                    str(units["stream"]),
-                    str(units["interior"]),
-                )
-            )
+            name = run["run_id"] + (" (running)" if run.get("partial") else "")
+            means = [f"{nagn[kind]:.4f}" for kind in ("stream", "interior")]
+            largest = f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})"
+            added = [str(units[kind]) for kind in ("stream", "interior")]
+            rows.append((name, str(event["epoch"]), *means, largest, *added))
     if not rows:
         return []
     head = (
-        "run",
-        "trigger",
-        "mean NAGN, streams",
-        "mean NAGN, interiors",
-        "largest contrast",
-        "units to streams",
-        "units to interiors",
+        *("run", "trigger", "mean NAGN, streams", "mean NAGN, interiors", "largest contrast"),
+        *("units to streams", "units to interiors"),
     )
     intro = (
         "Where growth went (channel groups; a stream has several producers, an interior one; "

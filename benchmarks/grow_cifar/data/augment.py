@@ -12,8 +12,6 @@ __all__ = [
     "Augment",
     "channel_stats",
     "draw_augment",
-    "draw_crop_offsets",
-    "draw_flips",
     "gather_crops",
     "normalize",
     "pad_and_mirror",
@@ -37,21 +35,6 @@ class Augment:
             raise ValueError(
                 f"Augment.flip_probability must lie in [0, 1]; found {self.flip_probability}."
             )
-
-
-def draw_crop_offsets(n: int, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniform crop offsets for ``n`` images.
-
-    Returns:
-        ``(n, 2)`` int64 tensor of ``(dy, dx)``, each in ``[0, 2 * padding]``, on the
-        generator's device.
-    """
-    return torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=generator.device)
-
-
-def draw_flips(n: int, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """``(n,)`` bool tensor, each entry True with the given probability."""
-    return torch.rand(n, generator=generator, device=generator.device) < probability
 
 
 def pad_and_mirror(images: torch.Tensor, padding: int, mirror: bool) -> torch.Tensor:
@@ -116,13 +99,20 @@ def gather_crops(
 def draw_augment(
     n: int, augment: Augment | None, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop offsets ``(n, 2)``, then flips ``(n,)``; zeros where ``augment`` asks for none."""
+    """Crop offsets, then flips, for ``n`` images; zeros where ``augment`` asks for none.
+
+    Returns:
+        ``(offsets, flips)``: ``(n, 2)`` int64 ``(dy, dx)``, each uniform in ``[0, 2 * padding]``,
+        and ``(n,)`` bool, each True with ``augment.flip_probability``.
+    """
     offsets = torch.zeros(n, 2, dtype=torch.long)
     flips = torch.zeros(n, dtype=torch.bool)
     if augment is not None and augment.crop_padding:
-        offsets = draw_crop_offsets(n, augment.crop_padding, generator)
+        high = 2 * augment.crop_padding + 1
+        offsets = torch.randint(0, high, (n, 2), generator=generator, device=generator.device)
     if augment is not None and augment.flip and augment.flip_probability > 0:
-        flips = draw_flips(n, augment.flip_probability, generator)
+        coins = torch.rand(n, generator=generator, device=generator.device)
+        flips = coins < augment.flip_probability
     return offsets, flips
 
 
@@ -132,7 +122,8 @@ def normalize(
     std: Sequence[float],
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` in [0, 255] -> float ``(x / 255 - mean) / std`` per channel."""
+    """uint8 ``(N, C, H, W)`` in [0, 255] -> float ``(x / 255 - mean) / std`` per channel, in
+    channels_last memory format (one copy of the input first when it is not)."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(
             f"normalize: expected uint8 (N, C, H, W) images; found {images.dtype} of shape "
@@ -148,14 +139,10 @@ def normalize(
     scale = (1.0 / (255.0 * std_t)).to(dtype)
     shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).to(dtype)
     device = images.device
-    if c > 1 and images.is_contiguous(memory_format=torch.channels_last):
-        rows = images.permute(0, 2, 3, 1).reshape(n * h, w * c)
-        # One pass, uint8 in, float out: shift + x * scale with the (C,) pattern tiled W times.
-        out = torch.addcmul(shift.repeat(w).to(device), rows, scale.repeat(w).to(device))
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)
-    planes = images.reshape(n, c, h * w)
-    out = torch.addcmul(shift.view(1, c, 1).to(device), planes, scale.view(1, c, 1).to(device))
-    return out.view(n, c, h, w)
+    rows = images.permute(0, 2, 3, 1).reshape(n * h, w * c)
+    # One pass, uint8 in, float out: shift + x * scale with the (C,) pattern tiled W times.
+    out = torch.addcmul(shift.repeat(w).to(device), rows, scale.repeat(w).to(device))
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def channel_stats(

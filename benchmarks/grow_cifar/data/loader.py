@@ -137,6 +137,4 @@ def evaluate(
     finally:
         model.train(was_training)
     n = len(data)
-    return EvalResult(
-        accuracy=correct.item() / max(n, 1), loss=loss_sum.item() / max(n, 1), count=n
-    )
+    return EvalResult(correct.item() / max(n, 1), loss_sum.item() / max(n, 1), n)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -33,7 +32,6 @@ class DatasetNotFoundError(NetsurgeonError, FileNotFoundError):
 DATASETS: tuple[str, ...] = ("cifar10", "imagefolder", "digits", "synthetic")
 
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_CACHE_VERSION = 2  # 2: the key is a hash of the file list
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -79,17 +77,6 @@ def load_cifar10(
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def _list_image_folder(split_root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]], str]:
-    """Class names (sorted folders), ``(file, label)`` pairs in ImageFolder's order, a listing key."""
-    from torchvision.datasets.folder import make_dataset
-
-    classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
-    labels = {name: label for label, name in enumerate(classes)}
-    files = make_dataset(split_root, labels, extensions=tuple(_IMAGE_SUFFIXES), allow_empty=True)
-    listing = f"v{_CACHE_VERSION}:{split_root.resolve()}:{files}"
-    return classes, files, hashlib.sha1(listing.encode()).hexdigest()
-
-
 def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
@@ -114,12 +101,10 @@ def _decode_files(files: list[tuple[str, int]], where: Path) -> ImageTensors:
     return ImageTensors(torch.stack(images), labels)
 
 
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "netsurgeon"
+def _load_split(split_root: Path) -> tuple[ImageTensors, tuple[str, ...]]:
+    """A split's images, labelled as ImageFolder does (class folders sorted), and class names."""
+    from torchvision.datasets.folder import make_dataset
 
-
-def _load_split(split_root: Path, cache_dir: Path | None) -> tuple[ImageTensors, tuple[str, ...]]:
     if not split_root.is_dir():
         raise DatasetNotFoundError(
             f"ImageFolder: {split_root} is not a folder. Expected DIR/train/<class>/<image> and "
@@ -127,41 +112,23 @@ def _load_split(split_root: Path, cache_dir: Path | None) -> tuple[ImageTensors,
             "`unzip -q ../shared/datasets/cifar10-jpeg.zip -d /tmp/cifar10-jpeg` and pass "
             "--data-dir /tmp/cifar10-jpeg."
         )
-    classes, files, key = _list_image_folder(split_root)
+    classes = tuple(sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir()))
+    labels = {name: label for label, name in enumerate(classes)}
+    files = make_dataset(split_root, labels, extensions=tuple(_IMAGE_SUFFIXES), allow_empty=True)
     if not files:
         raise DatasetNotFoundError(
             f"ImageFolder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in class folders "
             f"under {split_root}."
         )
-    root_tag = hashlib.sha1(str(split_root.resolve()).encode()).hexdigest()[:8]
-    prefix = f"imagefolder-{root_tag}-{split_root.name}-"
-    cache_file = cache_dir / f"{prefix}{key[:16]}.pt" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if cached.get("key") == key:
-            return ImageTensors(cached["images"], cached["labels"]), tuple(cached["classes"])
-    data = _decode_files(files, split_root)
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        torch.save(
-            {"key": key, "images": data.images, "labels": data.labels, "classes": list(classes)},
-            tmp,
-        )
-        os.replace(tmp, cache_file)  # atomic: parallel jobs never read a half-written cache
-        for stale in cache_file.parent.glob(f"{prefix}*.pt"):
-            if stale != cache_file:  # an older listing of the same folder
-                stale.unlink(missing_ok=True)
-    return data, classes
+    return _decode_files(files, split_root), classes
 
 
 def load_image_folder(
     root: str | os.PathLike[str],
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    cache: bool = True,
 ) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
-    """An ImageFolder tree ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded once.
+    """An ImageFolder tree ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded.
+
+    Decoding is not cached: CIFAR-10's 60,000 JPEGs take about 10 s on one core, once per process.
 
     Returns:
         ``(train, test, classes)`` on the CPU.
@@ -170,11 +137,8 @@ def load_image_folder(
         >>> train, test, classes = load_image_folder("/tmp/cifar10-jpeg")  # doctest: +SKIP
     """
     root = Path(root)
-    directory = (
-        (Path(cache_dir) if cache_dir is not None else _default_cache_dir()) if cache else None
-    )
-    train, classes = _load_split(root / "train", directory)
-    test, test_classes = _load_split(root / "test", directory)
+    train, classes = _load_split(root / "train")
+    test, test_classes = _load_split(root / "test")
     if test_classes != classes:
         raise ValueError(
             f"ImageFolder {root}: train/ and test/ must hold the same class folders; found "
@@ -186,16 +150,13 @@ def load_image_folder(
 # --------------------------------------------------------------------------- digits
 
 
-def load_digits(
-    *, upsample: int = 1, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
+def load_digits(*, upsample: int = 1) -> tuple[ImageTensors, ImageTensors, tuple[str, ...]]:
     """scikit-learn's bundled 8x8 digits (offline): 1 channel, values 0..16 rescaled to 0..255.
+    There is no official test set: a seeded 20 % is held out as test.
 
     Args:
         upsample: integer factor of nearest-neighbour upsampling (2 gives 16x16 images, so a
             three-block VGG still sees 2x2 maps after its last pool).
-        test_fraction: there is no official test set, so a seeded share is held out as test.
-        seed: seed of that hold-out.
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
@@ -206,7 +167,7 @@ def load_digits(
         images = images.repeat_interleave(upsample, 2).repeat_interleave(upsample, 3)
     labels = torch.from_numpy(bunch.target).to(torch.int64)
     every = ImageTensors(images, labels)
-    train_idx, test_idx = train_val_split(len(every), test_fraction, seed=seed)
+    train_idx, test_idx = train_val_split(len(every), 0.2, seed=0)
     return every.subset(train_idx), every.subset(test_idx), tuple(str(d) for d in range(10))
 
 
@@ -247,23 +208,18 @@ def load_dataset(
     *,
     val_fraction: float = 0.2,
     split_seed: int = 0,
-    device: torch.device | str | None = None,
-    download: bool = True,
-    cache_dir: str | os.PathLike[str] | None = None,
     synthetic_size: tuple[int, int] = (2000, 500),
     synthetic_image_size: int = 32,
 ) -> DatasetSplits:
-    """Load a dataset by name into train / val / test tensors on ``device``.
+    """Load a dataset by name into train / val / test tensors on the CPU.
 
     Args:
         name: one of :data:`DATASETS`.
-        data_dir: folder of the data (cifar10: holds ``cifar-10-batches-py/``; imagefolder:
-            holds ``train/`` and ``test/``); unused for digits and synthetic.
+        data_dir: folder of the data (cifar10: holds ``cifar-10-batches-py/``, or receives it
+            from torchvision's download; imagefolder: holds ``train/`` and ``test/``); unused
+            for digits and synthetic.
         val_fraction: share of the training images held out for validation (seeded).
         split_seed: seed of that hold-out.
-        device: where the uint8 tensors live (the training device).
-        download: let torchvision download CIFAR-10 into ``data_dir`` when missing.
-        cache_dir: decoded-ImageFolder cache (see :func:`load_image_folder`).
         synthetic_size: ``(n_train, n_test)`` of the synthetic task.
         synthetic_image_size: height = width of the synthetic images.
 
@@ -274,14 +230,14 @@ def load_dataset(
     """
     augment = Augment(crop_padding=4, flip=True)
     if name == "cifar10":
-        train, test, classes = load_cifar10(data_dir or "data", download=download)
+        train, test, classes = load_cifar10(data_dir or "data", download=True)
     elif name == "imagefolder":
         if data_dir is None:
             raise ValueError(
                 "load_dataset('imagefolder'): data_dir is required; pass the folder that holds "
                 "train/ and test/ (e.g. --data-dir /tmp/cifar10-jpeg)."
             )
-        train, test, classes = load_image_folder(data_dir, cache_dir=cache_dir)
+        train, test, classes = load_image_folder(data_dir)
     elif name == "digits":
         train, test, classes = load_digits(upsample=2)  # 16x16, see the module docstring
         augment = Augment(crop_padding=2, flip=False)  # a mirrored digit is another glyph
@@ -289,7 +245,7 @@ def load_dataset(
         train, test, classes = make_synthetic(*synthetic_size, image_size=synthetic_image_size)
     else:
         raise ValueError(f"load_dataset: unknown dataset {name!r}; expected one of {DATASETS}.")
-    splits = DatasetSplits.from_train_test(
+    return DatasetSplits.from_train_test(
         name,
         train,
         test,
@@ -298,4 +254,3 @@ def load_dataset(
         split_seed=split_seed,
         augment=augment,
     )
-    return splits.to(device)

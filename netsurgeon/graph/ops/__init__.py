@@ -7,7 +7,9 @@ by qualified name (:mod:`.torchvision`), so neither package is imported here.
 
 - :mod:`.linear`: ``Conv``, ``ConvTranspose``, ``Linear``, ``Embedding`` (layers);
 - :mod:`.norm`: BatchNorm, SyncBatchNorm, FrozenBatchNorm2d, InstanceNorm, GroupNorm
-  (followers), ``LayerNorm`` and the functional norms;
+  (followers), the functional norms that block;
+- :mod:`.layer_norm`: ``LayerNorm``/``RMSNorm`` and their functions, across the channels (the
+  constructions of :mod:`netsurgeon.graph.constructions`);
 - :mod:`.elementwise`: activations, dropout, casts, ``PReLU``; joins (``add``, ``mul``,
   ``where``, ``addcmul``);
 - :mod:`.spatial`: pooling, interpolation, padding, pixel (un)shuffle, flip, roll;
@@ -35,6 +37,7 @@ from netsurgeon.graph.ops import (  # noqa: F401  (each import registers its han
     containers,
     elementwise,
     factories,
+    layer_norm,
     linear,
     multihead,
     norm,

@@ -168,6 +168,7 @@ class GetitemHandler(OpHandler):
     """
 
     knows_heads = True
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         source, index = node.args[0], node.args[1]

@@ -60,6 +60,17 @@ _ELEMENTWISE_METHODS = (
 )  # fmt: skip
 
 
+# ops that keep each entry's value (dropout scales kept entries alike; a cast rounds)
+_SAME_MODULES = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)  # fmt: skip
+_SAME_OPS = frozenset(
+    {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, "contiguous", "clone", "float", "double",
+     "half", "bfloat16", "to", "type_as", "detach"}
+)  # fmt: skip
+
+
 _JOIN_FUNCTIONS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
     operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
@@ -76,6 +87,9 @@ class PassModuleHandler(OpHandler):
 
     knows_heads = True  # per element: any layout passes, attention heads included
 
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        return "same" if isinstance(ctx.module_of(node), _SAME_MODULES) else "opaque"
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = ctx.input(node)
         return None if layout is None else layout.with_path(type(ctx.module_of(node)).__name__)
@@ -87,6 +101,9 @@ class ElementwiseHandler(OpHandler):
     """Element-wise activations, dropout, ``contiguous`` and dtype casts."""
 
     knows_heads = True  # per element: any layout passes, attention heads included
+
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        return "same" if node.target in _SAME_OPS else "opaque"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)

@@ -5,10 +5,9 @@ Followers (one entry per channel, grown with the groups they read): ``BatchNormN
 and ``GroupNorm`` (with several channels per group it grows by whole groups). In training the
 statistics are per channel, so new channels leave the old ones unchanged.
 
-``nn.LayerNorm`` and ``F.layer_norm`` share :func:`layer_norm_flow`: across the channels they
-block the groups (adding channels changes the mean and variance); over other dims they are per
-channel. ``F.batch_norm``/``F.group_norm``/``F.instance_norm`` take per-channel tensors passed in,
-which netsurgeon cannot grow: they block.
+``LayerNorm``/``RMSNorm`` (normalising across the channels) are in :mod:`.layer_norm`.
+``F.batch_norm``/``F.group_norm``/``F.instance_norm`` take per-channel tensors passed in, which
+netsurgeon cannot grow: they block.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from torch import fx, nn
 
 from netsurgeon.graph.axes import Axis
 from netsurgeon.graph.layout import Layout
-from netsurgeon.graph.nodes import first_layout, node_arg
+from netsurgeon.graph.nodes import first_layout
 from netsurgeon.graph.ops.base import FollowerHandler, present
 from netsurgeon.graph.registry import OpHandler, register_function, register_module
 
@@ -32,8 +31,6 @@ __all__ = [
     "FrozenBatchNormHandler",
     "GroupNormHandler",
     "InstanceNormHandler",
-    "LayerNormHandler",
-    "layer_norm_flow",
 ]
 
 
@@ -113,50 +110,6 @@ class GroupNormHandler(FollowerHandler):
             else:
                 ctx.require_unit(layout, per_group)
         return layout
-
-
-@register_module(nn.LayerNorm)
-class LayerNormHandler(OpHandler):
-    """``LayerNorm`` over the last dims: across the channels it blocks their groups.
-
-    The mean and variance over the channels change with every channel added, so no new unit can
-    leave the output unchanged; over other dims it is per channel and passes.
-    """
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        layout = ctx.input(node)
-        if layout is None:
-            return None
-        normalized = len(ctx.module_of(node).normalized_shape)
-        return layer_norm_flow(node, layout, normalized, ctx)
-
-
-@register_function(F.layer_norm)
-class LayerNormFunctionHandler(OpHandler):
-    """``F.layer_norm(x, normalized_shape, ...)``: across the channels it blocks."""
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
-        shape = node_arg(node, 1, "normalized_shape", ())
-        return layer_norm_flow(node, first_layout(node, ctx), len(shape), ctx)
-
-
-def layer_norm_flow(node: fx.Node, layout: Layout, normalized: int, ctx: FlowContext) -> Layout:
-    """Shared by ``nn.LayerNorm`` and ``F.layer_norm``: normalising the last ``normalized`` dims."""
-    label = ctx.op_name(node)
-    channel = layout.normalized_dim()
-    over_channels = layout.dim < 0 and -layout.dim <= normalized
-    if channel is not None and layout.rank is not None:
-        over_channels = channel >= layout.rank - normalized
-    elif layout.dim >= 0 and layout.rank is None:
-        over_channels = True  # cannot tell: be safe
-    if over_channels:
-        ctx.block(
-            node,
-            layout,
-            f"{label} normalises across these channels; adding channels changes its mean and "
-            "variance, so the widening cannot be exact",
-        )
-    return layout.with_path(label)
 
 
 @register_function(F.group_norm, F.batch_norm, F.instance_norm)

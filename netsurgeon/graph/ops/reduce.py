@@ -31,6 +31,12 @@ __all__ = ["along_dim_flow", "softmax_flow"]
 class ReductionHandler(OpHandler):
     """``x.mean((2, 3))``: reducing other dims keeps the channels; reducing them blocks."""
 
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        """A mean or sum over other dims is linear and alike on every channel: a channel that
+        is the mean of the others (or 0) stays so."""
+        name = getattr(node.target, "__name__", node.target)
+        return "same" if name in ("mean", "sum") else "opaque"
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
         dims = node_arg(node, 1, "dim", None)

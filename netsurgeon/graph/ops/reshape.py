@@ -34,6 +34,7 @@ class PermuteHandler(OpHandler):
     """``permute``/``transpose``/``movedim``: the channel dim moves; nothing else changes."""
 
     knows_heads = True
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
@@ -75,6 +76,7 @@ class FlattenModuleHandler(OpHandler):
     """``nn.Flatten(start_dim, end_dim)``."""
 
     knows_heads = True
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         module = ctx.module_of(node)
@@ -87,6 +89,7 @@ class FlattenHandler(OpHandler):
     """``torch.flatten(x, start, end)``."""
 
     knows_heads = True
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         start = node_arg(node, 1, "start_dim", 0)
@@ -141,6 +144,7 @@ class ReshapeHandler(OpHandler):
     """
 
     knows_heads = True
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
@@ -281,6 +285,8 @@ class SqueezeHandler(OpHandler):
 
     ``squeeze()`` without a dim is refused: it would also drop the batch dim of a batch of one.
     """
+
+    stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)

@@ -7,6 +7,10 @@ scripting it computes ``F.linear(x, weight, bias)``, so the ``Linear`` handler d
 pads the two spatial dims by amounts computed from the kernel, stride and dilation (never from the
 channels), then runs ``F.conv2d`` with the module's own tensors, so the conv handler describes it.
 
+``timm.layers.LayerNorm`` and ``LayerNorm2d`` override ``nn.LayerNorm.forward`` with
+``F.layer_norm`` of the module's own tensors (``LayerNorm2d`` over dim 1, between two permutes):
+the LayerNorm handlers of :mod:`.layer_norm` describe them.
+
 ``timm.layers.BatchNormAct2d`` subclasses ``nn.BatchNorm2d`` and overrides ``forward`` with
 ``act(drop(batch_norm(x)))``; ``GroupNormAct`` does the same over ``nn.GroupNorm``. By the
 soundness rule (:mod:`netsurgeon.graph.soundness`) the parent's handler does not describe them;
@@ -33,6 +37,7 @@ from torch import fx, nn
 
 from netsurgeon.graph.ops.elementwise import PassModuleHandler
 from netsurgeon.graph.ops.heads import HeadOwnerHandler
+from netsurgeon.graph.ops.layer_norm import LayerNorm2dHandler, LayerNormHandler
 from netsurgeon.graph.ops.linear import ConvHandler, LinearHandler
 from netsurgeon.graph.ops.norm import BatchNormHandler, GroupNormHandler
 from netsurgeon.graph.registry import OpHandler, Registry, register_function
@@ -125,6 +130,10 @@ def register_timm_layers(registry: Registry) -> None:
         ("timm.layers.norm_act", "BatchNormAct2d", BatchNormActHandler),
         ("timm.layers.norm_act", "GroupNormAct", GroupNormActHandler),
         ("timm.layers.linear", "Linear", LinearHandler),
+        # ``F.layer_norm`` (or timm's fused kernel of the same function) with the module's own
+        # tensors; ``LayerNorm2d`` permutes the channels last around it
+        ("timm.layers.norm", "LayerNorm", LayerNormHandler),
+        ("timm.layers.norm", "LayerNorm2d", LayerNorm2dHandler),
         # ``pad_same`` pads the spatial dims only, then runs the parent's convolution
         ("timm.layers.conv2d_same", "Conv2dSame", ConvHandler),
         ("timm.layers.attention", "Attention", TimmAttentionHandler),

@@ -40,6 +40,11 @@ _SWIN = "torchvision.models.swin_transformer"
 class StochasticDepthHandler(ElementwiseHandler):
     """``torchvision.ops.stochastic_depth``: scales whole samples, element-wise on the channels."""
 
+    stream_effect = "same"  # one factor per sample: a mean over the channels scales alike
+
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        return self.stream_effect
+
 
 @register_function(f"{_SWIN}.shifted_window_attention", f"{_SWIN}.shifted_window_attention_3d")
 class WindowAttentionHandler(MixingHandler):
