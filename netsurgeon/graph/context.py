@@ -318,8 +318,10 @@ class FlowContext:
         tracked = [(a, lay) for a in operands if (lay := self.layout(a)) is not None]
         if not tracked:
             return None
-        base = tracked[0][1]
-        others = [lay for _, lay in tracked[1:]]
+        # the output has the largest rank (broadcasting a position embedding (T, C) over a batch)
+        first = max(range(len(tracked)), key=lambda i: tracked[i][1].rank or 0)
+        base = tracked[first][1]
+        others = [lay for i, (_, lay) in enumerate(tracked) if i != first]
         for other in others:
             if not self._compatible(base, other):
                 if self._broadcasts(other, base):
@@ -349,7 +351,7 @@ class FlowContext:
         return base.replace(segments=tuple(s.with_path(label) for s in base.segments))
 
     def _compatible(self, a: Layout, b: Layout) -> bool:
-        if a.normalized_dim() != b.normalized_dim() or (a.dim != b.dim and a.rank is None):
+        if not _same_dim(a, b):
             return False
         if len(a.segments) != len(b.segments) or a.factor != b.factor or a.heads != b.heads:
             return False
@@ -459,6 +461,14 @@ class FlowContext:
                 "the rest of the model"
             )
         raise Refusal(f"cannot analyse the channels at {where}: {what} (fix: {fix})")
+
+
+def _same_dim(a: Layout, b: Layout) -> bool:
+    """Channels on one dim; of two known ranks, counted from the end, as broadcasting aligns."""
+    if a.rank is not None and b.rank is not None and a.rank != b.rank:
+        ends = (a.rank - a.normalized_dim(), b.rank - b.normalized_dim())
+        return a.heads is None and b.heads is None and ends[0] == ends[1]
+    return a.normalized_dim() == b.normalized_dim() and (a.dim == b.dim or a.rank is not None)
 
 
 _DIVISION = frozenset({"truediv", "div", "itruediv", ".div()"})

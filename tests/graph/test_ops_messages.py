@@ -285,11 +285,12 @@ class HandWritten(nn.Module):
 def test_a_hand_written_encoder_block_traces_and_its_feed_forward_width_widens_exactly():
     seq = torch.randn(2, 5, 4)
     graph = netsurgeon.trace(HandWritten(), seq, strict=True)
-    assert graph.widenable_layers == ["blocks.0.linear1", "blocks.1.linear1"]
     assert not graph.opaque_modules()  # MultiheadAttention is a layer (it grows by heads)
-    assert "LayerNorm" in graph.unwidenable_reason("blocks.0.attn")
+    stream = graph.group_of("blocks.0.attn")  # post-norm: the stream tiles, the attention with it
+    assert stream.construction == "tile" and graph.group_of("inp") is stream
+    assert graph.widenable_layers == [n for n in graph.layers if n != "head"]
     widened, _ = widen_all_and_compare(HandWritten, seq)
-    assert widened == ["blocks.0.linear1", "blocks.1.linear1"]
+    assert widened == ["blocks.0.linear1", "blocks.1.linear1", "inp"]
 
 
 def test_an_initial_state_computed_from_channels_blocks_naming_hidden_size():

@@ -141,3 +141,36 @@ def test_nagn_reads_multihead_attention_output_the_same_either_batch_layout() ->
             profiles.append(monitor.profile())
     assert profiles[0]["attn"] > 0
     assert profiles[0]["attn"] == pytest.approx(profiles[1]["attn"], rel=1e-9)
+
+
+class PreNorm(nn.Module):
+    """A pre-norm encoder: ``x + attn(norm(x))``, ``x + mlp(norm(x))``, a final norm."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, norm=nn.LayerNorm):
+        super().__init__()
+        self.inp = nn.Linear(4, dim)
+        self.norm1, self.norm2, self.norm = norm(dim), norm(dim), norm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.fc2(torch.relu(self.fc1(self.norm2(x))))
+        return self.head(self.norm(x))
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm], ids=["layernorm", "rmsnorm"])
+def test_multihead_attention_in_a_normalised_stream_grows_with_it_exactly(norm) -> None:
+    torch.manual_seed(0)
+    model, x = PreNorm(norm=norm).double().eval(), torch.randn(2, 5, 4, dtype=torch.float64)
+    graph = netsurgeon.trace(model, x)
+    stream = graph.group_of("attn")
+    assert stream.widenable and stream.name == "inp" and stream.granularity == 4  # head_dim
+    assert stream.construction == ("mean_pad" if norm is nn.LayerNorm else "zero_pad")
+    before, k = model(x), stream.granularity
+    netsurgeon.widen(model, {"inp": k}, graph=graph)
+    assert (model.attn.embed_dim, model.attn.num_heads) == (8 + k, (8 + k) // 4)
+    torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-9 * before.abs().max().item())

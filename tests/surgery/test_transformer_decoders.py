@@ -32,6 +32,15 @@ def _attention_and_mlp_layers(model) -> list[str]:
     return [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in names]
 
 
+@pytest.mark.parametrize("make", [GPT2, Llama], ids=["gpt2", "llama"])
+def test_every_non_output_layer_of_the_decoders_is_widenable(make) -> None:
+    graph = netsurgeon.trace(make(), torch.randint(0, 50, (1, 6)), strict=False)
+    inner = [n for n in graph.layers if n not in graph.output_layers]
+    assert graph.widenable_layers == inner  # streams (LayerNorm, RMSNorm), heads and MLPs
+    if make is GPT2:  # its position embedding (T, C) broadcasts into the (B, T, C) stream
+        assert graph.group_of("wpe") is graph.group_of("wte")
+
+
 @pytest.mark.parametrize("name", list(DECODERS))
 def test_decoder_heads_and_mlps_are_widenable_and_widen_exactly_at_once(name: str) -> None:
     torch.manual_seed(0)
