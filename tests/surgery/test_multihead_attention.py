@@ -174,3 +174,15 @@ def test_multihead_attention_in_a_normalised_stream_grows_with_it_exactly(norm) 
     netsurgeon.widen(model, {"inp": k}, graph=graph)
     assert (model.attn.embed_dim, model.attn.num_heads) == (8 + k, (8 + k) // 4)
     torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-9 * before.abs().max().item())
+
+
+def test_a_grown_attention_checkpoint_loads_into_a_fresh_model_drawing_nothing() -> None:
+    torch.manual_seed(0)
+    grown, x = PreNorm().double().eval(), torch.randn(2, 5, 4, dtype=torch.float64)
+    netsurgeon.widen(grown, {"inp": 4, "fc1": 2}, example_inputs=x)
+    fresh = PreNorm().double().eval()
+    state = torch.random.get_rng_state()
+    netsurgeon.load_state_dict(fresh, grown.state_dict(), example_inputs=x)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert (fresh.attn.embed_dim, fresh.attn.num_heads) == (12, 3)
+    torch.testing.assert_close(fresh(x), grown(x), rtol=0, atol=0)
