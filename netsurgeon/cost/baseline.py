@@ -107,7 +107,11 @@ class Baseline:
         )
         self._spare = None  # widened: the "before" copy is spent
         growth = resolve_plan(self.graph, validate_plan(plan))
-        grown = {name: growth.get(self.graph.group_of(name).name, 0) for name in self.widths}
+        grown = {  # a grouped-query q projection holds g rows per channel of its group
+            name: growth.get((group := self.graph.group_of(name)).name, 0)
+            * group.rows_per_channel(name)
+            for name in self.widths
+        }
         counted = flops and self.inputs is not None
         after = count_flops(twin, self.inputs, self.widths) if counted else None
         before = self.flops if counted else None

@@ -36,6 +36,7 @@ from netsurgeon.graph.constructions import choose, record_tags
 from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
 from netsurgeon.graph.layout import Layout
+from netsurgeon.graph.ratios import resolve_ratios
 from netsurgeon.graph.registry import Registry
 from netsurgeon.graph.soundness import module_reason
 
@@ -75,6 +76,7 @@ def analyse(
             sharing, and layouts that cannot be followed; the message names the fx node.
     """
     ctx = FlowContext(gm, registry, strict)
+    ctx.root = root
     shared = _shared_modules(gm, ctx)
     for node in gm.graph.nodes:
         ctx.node = node
@@ -96,6 +98,7 @@ def analyse(
         ctx.size_claims = set()
         try:
             _check_module(node, handler, shared, ctx)
+            _check_heads(node, handler, inputs, ctx)
             layout = handler.flow(node, ctx)
             record_tags(node, handler, is_layer, ctx)
         except Refusal as refusal:
@@ -186,6 +189,20 @@ def _check_module(node: fx.Node, handler: Any, shared: dict[str, str], ctx: Flow
         ctx.refuse(node, f"module '{name}' ({type(module).__qualname__}): {what}", fix=fix)
 
 
+def _check_heads(node: fx.Node, handler: Any, inputs: list[Layout], ctx: FlowContext) -> None:
+    """Channels cut into attention heads (``Layout.heads``) reach only handlers that follow
+    heads (``knows_heads``): any other op could move or mix the head dims unnoticed."""
+    if getattr(handler, "knows_heads", False) or all(lay.heads is None for lay in inputs):
+        return
+    ctx.refuse(
+        node,
+        f"'{ctx.op_name(node)}' takes channels cut into attention heads, and netsurgeon does "
+        "not follow heads through it",
+        fix="merge the heads back (reshape(B, N, -1)) before it, or register a handler that "
+        "follows heads (knows_heads = True)",
+    )
+
+
 def _split_fix(reason: str) -> tuple[str, str]:
     """``"what (fix: how)"`` as ``(what, how)``."""
     at = reason.rfind(" (fix: ")
@@ -210,15 +227,18 @@ def _blocked_output(node: fx.Node, handler: Any, ctx: FlowContext, reason: str) 
 
 
 def _collect(ctx: FlowContext) -> Analysis:
+    ties = resolve_ratios(ctx)  # grouped-query attention: a query class joins its key/value one
     roots = {gid: ctx.find(gid) for gid in range(len(ctx.parent))}
+    tied = {gid: ties[root][1] for gid, root in roots.items() if root in ties}
+    roots = {gid: ties[root][0] if root in ties else root for gid, root in roots.items()}
     members: dict[int, list[int]] = defaultdict(list)
     for gid, root in roots.items():
         members[root].append(gid)
     # every raw group's name: its class's root, the first-created member
     name = {gid: ctx.names[root] for gid, root in roots.items()}
-    consumers, followers = _refs(ctx, name)
+    consumers, followers = _refs(ctx, name, tied)
     groups = [
-        _group(ctx, root, sorted(members[root]), consumers[name[root]], followers[name[root]])
+        _group(ctx, root, sorted(members[root]), consumers[name[root]], followers[name[root]], tied)
         for root in sorted(members)
     ]
     group_of = {producer: group.name for group in groups for producer in group.producers}
@@ -229,17 +249,18 @@ def _collect(ctx: FlowContext) -> Analysis:
 
 
 def _refs(
-    ctx: FlowContext, name: dict[int, str]
+    ctx: FlowContext, name: dict[int, str], tied: dict[int, int]
 ) -> tuple[dict[str, list[ConsumerRef]], dict[str, list[FollowerRef]]]:
-    """Each group's consumers and followers, their layouts turned into index maps over names."""
+    """Each group's consumers and followers, their layouts turned into index maps over names
+    (a tied query group's channels as ``g`` entries per key/value channel)."""
 
     def piece_map(layout: Layout, factor: int) -> tuple[IndexMap, tuple[tuple[str, ...], ...]]:
         pieces = tuple(
             Piece(
                 None if s.group is None else name[s.group],
-                s.start,
-                s.stop,
-                s.multiplicity * factor,
+                s.start // tied.get(s.group, 1),
+                s.stop // tied.get(s.group, 1),
+                s.multiplicity * factor * tied.get(s.group, 1),
             )
             for s in layout.segments
         )
@@ -268,6 +289,7 @@ def _group(
     ids: list[int],
     consumers: list[ConsumerRef],
     followers: list[FollowerRef],
+    tied: dict[int, int],
 ) -> ChannelGroup:
     """The :class:`ChannelGroup` of one union-find class (``ids``, its root first-created)."""
     reasons = list(dict.fromkeys(r for gid in ids for r in ctx.blocked[gid]))
@@ -295,6 +317,10 @@ def _group(
         granularity=width if construction == "tile" else splits * unit,
         reaches_output=any(gid in ctx.outputs for gid in ids),
         blocked="; ".join(reasons) if reasons else None,
+        multiplicity=tuple(
+            (p, tied[gid]) for gid in ids if gid in tied for p in ctx.producers[gid]
+        ),
+        head_size=max((ctx.head_sizes.get(gid, 0) for gid in ids), default=0),
         construction=construction or "append",
         constructions=allowed,
         requirements=tuple(dict.fromkeys(m for _, m in needs)),

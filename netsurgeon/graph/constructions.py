@@ -152,7 +152,8 @@ def choose(
 def record_tags(node: fx.Node, handler: Any, is_layer: bool, ctx: FlowContext) -> None:
     """The tags of ``node``'s output, unless its handler set them (a join, a norm); a layer's
     input tags also say where its new input columns may take any value."""
-    inputs = [n for n in node.all_input_nodes if ctx.layout(n) is not None]
+    # a tuple-valued input counts too (``MultiheadAttention``'s ``(out, weights)``, read by getitem)
+    inputs = [n for n in node.all_input_nodes if ctx.layouts.get(n) is not None]
     first = ctx.states.get(inputs[0], frozenset()) if inputs else frozenset()
     if is_layer:
         ctx.zero_inputs[str(node.target)] = zero_under(first)

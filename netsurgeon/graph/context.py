@@ -79,6 +79,12 @@ class FlowContext:
     same_widths: list[tuple[fx.Node, Layout, Layout]] = field(default_factory=list)
     # parameters/buffers that became followers: target -> (join node, operand node, layout, dim)
     free_uses: dict[str, list[tuple[fx.Node, fx.Node, Layout, int]]] = field(default_factory=dict)
+    # grouped-query attention: (node, query segment, key/value segment, g), netsurgeon.graph.ratios
+    ratios: list[tuple[fx.Node, Any, Any, int]] = field(default_factory=list)
+    # raw group -> head size d, for groups cut into attention heads (netsurgeon.graph.ops.heads)
+    head_sizes: dict[int, int] = field(default_factory=dict)
+    # the traced model: modules fx traced through (absent from ``gm``) by their path
+    root: nn.Module | None = None
     # constructions (netsurgeon.graph.constructions): per raw group, (allowed, why) pairs; per
     # node, the tags of its new channels; per consumer layer, where its new inputs are zero
     requirements: list[list[tuple[frozenset[str], str]]] = field(default_factory=list)
@@ -90,6 +96,14 @@ class FlowContext:
         self.modules = dict(self.gm.named_modules())
 
     # -- questions ------------------------------------------------------------------------------
+    def traced_module(self, path: str) -> nn.Module | None:
+        """A module of the traced model by path, including those fx traced through (``gm``
+        holds only the modules it calls, under plain containers)."""
+        try:
+            return None if self.root is None else self.root.get_submodule(path)
+        except AttributeError:
+            return None
+
     def module_of(self, node: fx.Node) -> nn.Module:
         return self.modules[str(node.target)]
 
@@ -304,8 +318,10 @@ class FlowContext:
         tracked = [(a, lay) for a in operands if (lay := self.layout(a)) is not None]
         if not tracked:
             return None
-        base = tracked[0][1]
-        others = [lay for _, lay in tracked[1:]]
+        # the output has the largest rank (broadcasting a position embedding (T, C) over a batch)
+        first = max(range(len(tracked)), key=lambda i: tracked[i][1].rank or 0)
+        base = tracked[first][1]
+        others = [lay for i, (_, lay) in enumerate(tracked) if i != first]
         for other in others:
             if not self._compatible(base, other):
                 if self._broadcasts(other, base):
@@ -335,9 +351,9 @@ class FlowContext:
         return base.replace(segments=tuple(s.with_path(label) for s in base.segments))
 
     def _compatible(self, a: Layout, b: Layout) -> bool:
-        if a.normalized_dim() != b.normalized_dim() or (a.dim != b.dim and a.rank is None):
+        if not _same_dim(a, b):
             return False
-        if len(a.segments) != len(b.segments) or a.factor != b.factor:
+        if len(a.segments) != len(b.segments) or a.factor != b.factor or a.heads != b.heads:
             return False
         return all(
             x.channels == y.channels
@@ -400,6 +416,8 @@ class FlowContext:
             problem = "it is a constant made while tracing, not a tensor of the model"
         elif base.flattened:
             problem = "the channels are flattened"
+        elif base.heads is not None:
+            problem = "the channels are cut into attention heads (a per-head table)"
         elif label in _DIVISION and node.args and node.args[0] is chain[-1]:
             problem = "it is divided by the channels (a new channel could be 0)"
         if problem is not None:
@@ -443,6 +461,14 @@ class FlowContext:
                 "the rest of the model"
             )
         raise Refusal(f"cannot analyse the channels at {where}: {what} (fix: {fix})")
+
+
+def _same_dim(a: Layout, b: Layout) -> bool:
+    """Channels on one dim; of two known ranks, counted from the end, as broadcasting aligns."""
+    if a.rank is not None and b.rank is not None and a.rank != b.rank:
+        ends = (a.rank - a.normalized_dim(), b.rank - b.normalized_dim())
+        return a.heads is None and b.heads is None and ends[0] == ends[1]
+    return a.normalized_dim() == b.normalized_dim() and (a.dim == b.dim or a.rank is not None)
 
 
 _DIVISION = frozenset({"truediv", "div", "itruediv", ".div()"})

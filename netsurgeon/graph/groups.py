@@ -209,6 +209,11 @@ class ChannelGroup:
         granularity: a widening's ``k`` must be a multiple of it.
         reaches_output: the channels reach the model output (then never widened).
         blocked: why the group cannot be widened (``None`` when it can, apart from the output).
+        multiplicity: ``(producer, m)`` for producers whose rows hold ``m`` entries per channel
+            (grouped-query attention's query projection, ``m = H / H_kv``; others hold 1).
+        head_size: ``d`` when the group is cut into attention heads of ``d`` channels (0: not).
+            A fused ``qkv`` group's splits are one head's ``q``, ``k`` and ``v``: an init that
+            copies channels would have to copy the same old head in each split.
         construction: how new channels are made exact (:mod:`netsurgeon.graph.constructions`):
             ``"append"`` (independent units), ``"mean_pad"``, ``"zero_pad"`` or ``"tile"``
             (``granularity`` is then the width).
@@ -227,6 +232,13 @@ class ChannelGroup:
     granularity: int = 1
     reaches_output: bool = False
     blocked: str | None = None
+    multiplicity: tuple[tuple[str, int], ...] = ()
+    head_size: int = 0
+
+    def rows_per_channel(self, producer: str) -> int:
+        """Rows of ``producer`` per channel of the group (:attr:`multiplicity`)."""
+        return dict(self.multiplicity).get(producer, 1)
+
     construction: str = "append"
     constructions: tuple[str, ...] = ("append", "mean_pad", "zero_pad", "tile")
     requirements: tuple[str, ...] = ()

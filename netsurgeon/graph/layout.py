@@ -21,6 +21,20 @@ Example: ``cat([conv_a(x), conv_b(x)], 1)`` with widths 4 and 6, then ``flatten`
 
 Channel 2 of ``b`` owns the entries ``[4*4 + 2*4, 4*4 + 3*4)`` of that dim. Growing ``a`` by 1
 inserts 4 entries at position 16 and moves all of ``b``'s entries 4 to the right.
+
+**Attention heads.** A reshape ``(B, N, H*d) -> (B, N, -1, d)`` with ``d`` fixed cuts the channels
+into heads (see :mod:`netsurgeon.graph.ops.heads`). The layout then carries :class:`Heads`: ``dim``
+is the *head dim*, each of its entries is ``d`` channels of the segments (a segment of ``c``
+channels spans ``c / d`` entries), and ``heads.inner`` is the dim holding each head's ``d``
+channels (fixed entries that belong to the head; ``None`` once a ``q @ k^T`` contracted it, as in
+the attention scores ``(B, H, N, N)``). A fused ``(B, N, 3, -1, d)`` keeps the split dim in
+``heads.split`` until ``unbind``/indexing picks one of its ``heads.splits`` parts. The segments stay
+in channels, so the merge ``(B, N, H, d) -> (B, N, -1)`` gives back the same segments; a group cut
+into heads grows by whole heads (``require_unit(d)``). Ops that do not know heads refuse such a
+layout (the walker checks ``knows_heads`` on the handler). Example, GPT-2's ``q`` after
+``view(B, T, -1, 64).transpose(1, 2)`` of a ``Linear(768, 768)`` ``g``::
+
+    Layout(dim=1, rank=4, segments=(Segment(g, 0, 768),), heads=Heads(size=64, inner=3))
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["Layout", "Segment"]
+__all__ = ["Heads", "Layout", "Segment"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,35 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Heads:
+    """The channels cut into attention heads of ``size`` channels (module docstring).
+
+    Attributes:
+        size: ``d``, channels per head (fixed: a group cut into heads grows by whole heads).
+        inner: the dim holding each head's ``d`` channels; ``None`` when contracted away.
+        split: the dim of a fused ``(3, H, d)`` cut (``q, k, v``), ``None`` once picked.
+        splits: that dim's size (1 without one).
+        copies: a dim along which every head is the same (``k[:, :, None].expand(...)``, the
+            first half of grouped-query attention's ``repeat_kv``), ``None`` without one.
+    """
+
+    size: int
+    inner: int | None
+    split: int | None = None
+    splits: int = 1
+    copies: int | None = None
+
+    def moved(self, where: dict[int, int | None]) -> Heads | None:
+        """The dims renumbered by ``where`` (old dim -> new dim); ``None`` if ``inner`` or
+        ``split`` is dropped (dropping ``copies``, indexing one copy, leaves plain heads)."""
+        found = {name: None if (old := getattr(self, name)) is None else where.get(old)
+                 for name in ("inner", "split", "copies")}  # fmt: skip
+        if any(getattr(self, n) is not None and found[n] is None for n in ("inner", "split")):
+            return None
+        return dataclasses.replace(self, **found)
+
+
+@dataclass(frozen=True)
 class Layout:
     """The channel layout of one tensor (see the module docstring).
 
@@ -66,6 +109,7 @@ class Layout:
         segments: the groups' channel ranges along ``dim``, in order.
         flattened: a flatten merged the channels with trailing dims.
         factor: entries per unit of ``multiplicity``; ``None`` after a flatten of unknown size.
+        heads: the channels are cut into attention heads (:class:`Heads`), ``None`` otherwise.
     """
 
     dim: int
@@ -73,6 +117,7 @@ class Layout:
     segments: tuple[Segment, ...]
     flattened: bool = False
     factor: int | None = 1
+    heads: Heads | None = None
 
     def normalized_dim(self) -> int | None:
         """The channel dimension as a non-negative index, or ``None`` when it cannot be known."""

@@ -324,6 +324,7 @@ class NAGNMonitor:
     def _on_layer(self, state: _LayerState, module: nn.Module, args: Any, z: Any) -> None:
         if not self._active:
             return
+        z, batch_dim = _layer_output(module, z)
         if not isinstance(z, torch.Tensor):
             raise NetsurgeonTypeError(
                 f"NAGNMonitor: layer {state.name!r} ({type(module).__name__}) returned "
@@ -331,7 +332,7 @@ class NAGNMonitor:
             )
         if not z.requires_grad:  # called under no_grad, or nothing upstream needs a gradient
             return
-        batch = z.shape[0] if z.dim() > 0 else 1
+        batch = z.shape[batch_dim] if z.dim() > batch_dim else 1
         per_sample = z.numel() // max(batch, 1)
         if batch == 0 or per_sample == 0:
             return
@@ -399,3 +400,11 @@ def _all_reduce_sums(
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     sums = sums.cpu()
     return sums[0].tolist(), [round(n) for n in sums[1].tolist()], dist.get_world_size(group)
+
+
+def _layer_output(module: nn.Module, output: Any) -> tuple[Any, int]:
+    """``z`` of a layer and its batch dim. ``nn.MultiheadAttention`` returns ``(out, weights)``:
+    ``z`` is ``out`` (its ``out_proj``'s output), whose batch dim is 1 without ``batch_first``."""
+    if isinstance(module, nn.MultiheadAttention) and isinstance(output, tuple) and output:
+        return output[0], 0 if module.batch_first else 1
+    return output, 0

@@ -73,8 +73,8 @@ def _plan(graph: LayerGraph, state_dict: Mapping[str, Any]) -> dict[str, int]:
                 f"{axis.dim} of '{name}.{axis.tensor}'); netsurgeon only widens. Load into a "
                 "model built with the checkpoint's widths."
             )
-        if diff:
-            plan[name] = diff
+        if diff:  # a grouped-query q projection holds g rows per channel of its group
+            plan[name] = diff // graph.group_of(name).rows_per_channel(name)
     return plan
 
 

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from netsurgeon.errors import WidenError
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
 from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import grow, grown_size, slots
-from netsurgeon.surgery.init import InitStrategy
+from netsurgeon.surgery.init import InitStrategy, PaperInit
+from netsurgeon.surgery.inner import inner_inserts, stage_inner
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
 __all__ = [
@@ -124,7 +126,12 @@ def stage_layer(
     """
     module, handler = graph.module(name), graph.handler(name)
     old_out = handler.out_width(module)
-    own_map = IndexMap((Piece(own, 0, old_out),))
+    group = graph.group_of(name)
+    rows_each = group.rows_per_channel(name)  # grouped-query attention's q projection
+    mine = getattr(growth.strategy, "by_group", {}).get(own, growth.strategy)  # PerGroupInit
+    if own in growth.spec and not isinstance(mine, PaperInit):
+        _check_copies_heads(name, group, rows_each, mine.name)
+    own_map = IndexMap((Piece(own, 0, old_out // rows_each, rows_each),))
     rows = own_map.insertions(growth.spec) if own in growth.spec else []
     cols = consumer.index_map.insertions(growth.spec) if consumer is not None else []
     old_in = handler.in_width(module) if handler.in_attr else 0
@@ -132,6 +139,8 @@ def stage_layer(
     inserts = _inserts(row_axes, rows, old_out, handler.conv_groups(module))
     for tensor, dims in _inserts(col_axes, cols, old_in, handler.conv_groups(module)).items():
         inserts.setdefault(tensor, {}).update(dims)
+    for tensor, dims in inner_inserts(handler, module, own, old_out, growth.spec).items():
+        inserts.setdefault(tensor, {}).update(dims)  # MultiheadAttention's heads (surgery.inner)
     main = row_axes[0]
     column = next((a for a in col_axes if a.tensor == main.tensor), None)
     new, pre, post = _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
@@ -144,6 +153,7 @@ def stage_layer(
             )
         elif any(dims.values()):
             staged[axis.tensor] = _stage_entries(module, axis, dims[axis.dim], own_map, growth)
+    staged.update(stage_inner(name, handler, module, inserts, staged, growth))
     if rows and name in growth.row_scales:
         weight_rows_by_scale(staged, row_axes, rows, old_out, growth.row_scales[name], name)
     handler.fill_new_units(module, staged, rows)
@@ -160,6 +170,24 @@ def stage_layer(
     derived = handler.derived_attrs(module, staged).items()
     surgery.attrs.extend(AttrChange(module, attr, value) for attr, value in derived)
     return surgery
+
+
+def _check_copies_heads(name: str, group, rows_each: int, init: str) -> None:
+    """An init that copies channels copies them one by one: wrong for the rows of a grouped-query
+    ``q`` projection (``g`` rows per channel) and for a fused ``qkv`` cut into heads (its ``q``,
+    ``k`` and ``v`` splits would copy different old heads)."""
+    if rows_each > 1:
+        why = (
+            f"holds {rows_each} rows per channel of group '{group.name}' (grouped-query attention)"
+        )
+    elif group.head_size and group.splits > 1:
+        why = f"is a fused projection of {group.splits} parts cut into heads of {group.head_size}"
+    else:
+        return
+    raise WidenError(
+        f"'{name}' {why}; init={init!r} copies channels one by one, which does not copy whole "
+        "heads in every part; use init='paper'"
+    )
 
 
 def _inserts(

@@ -79,7 +79,7 @@ class ConcatGroupNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """``conv -> tokens -> proj -> self-attention -> mean -> fc``."""
+    """``conv -> tokens -> proj -> self-attention -> mean -> fc``, reading the attention weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,8 +90,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(F.relu(self.conv(x)).flatten(2).transpose(1, 2))
-        attended = self.attn(tokens, tokens, tokens, need_weights=False)[0]
-        return self.fc(attended.mean(1))
+        attended, weights = self.attn(tokens, tokens, tokens)  # weights: averaged over heads
+        return self.fc(attended.mean(1) + weights.mean((1, 2))[:, None])
 
 
 class Shuffle(nn.Module):
@@ -159,7 +159,8 @@ UNWIDENABLE = {
         Attention,
         (2, 3, 4, 4),
         "proj",
-        r"embedding dim of attention 'attn' \(embed_dim=8\)",
+        r"embedding dim of attention 'attn' \(embed_dim=8\) is split into heads and the attention "
+        r"weights it returns, averaged over the heads, are used",
         ["conv"],
     ),
     "channel shuffle": (

@@ -223,7 +223,7 @@ def test_a_transformer_encoder_is_reported_as_opaque_with_the_reason(embed):
     opaque = graph.opaque_modules()
     assert list(opaque) == ["enc"]
     assert re.search(r"'enc' \(TransformerEncoder\) is read as one opaque op because torch\.fx "
-                     r"cannot trace its forward .*src\.is_nested.* the 6 layers inside it", opaque["enc"])  # fmt: skip
+                     r"cannot trace its forward .*src\.is_nested.* the 8 layers inside it", opaque["enc"])  # fmt: skip
     summary = graph.summary()
     assert re.search(
         r"opaque modules .*\n  'enc' \(TransformerEncoder\): read as one opaque op because "
@@ -285,15 +285,12 @@ class HandWritten(nn.Module):
 def test_a_hand_written_encoder_block_traces_and_its_feed_forward_width_widens_exactly():
     seq = torch.randn(2, 5, 4)
     graph = netsurgeon.trace(HandWritten(), seq, strict=True)
-    assert graph.widenable_layers == ["blocks.0.linear1", "blocks.1.linear1"]
-    assert list(graph.opaque_modules()) == ["blocks.0.attn", "blocks.1.attn"]
-    assert (
-        "  'blocks.0.attn', 'blocks.1.attn' (MultiheadAttention): read as one opaque op because "
-        "netsurgeon handles MultiheadAttention as a whole; the 1 layer inside it is not widened "
-        "on its own; fix: widen the layers around it"
-    ) in graph.summary().splitlines()
+    assert not graph.opaque_modules()  # MultiheadAttention is a layer (it grows by heads)
+    stream = graph.group_of("blocks.0.attn")  # post-norm: the stream tiles, the attention with it
+    assert stream.construction == "tile" and graph.group_of("inp") is stream
+    assert graph.widenable_layers == [n for n in graph.layers if n != "head"]
     widened, _ = widen_all_and_compare(HandWritten, seq)
-    assert widened == ["blocks.0.linear1", "blocks.1.linear1"]
+    assert widened == ["blocks.0.linear1", "blocks.1.linear1", "inp"]
 
 
 def test_an_initial_state_computed_from_channels_blocks_naming_hidden_size():

@@ -18,7 +18,9 @@ by qualified name (:mod:`.torchvision`), so neither package is imported here.
 - :mod:`.concat`: ``cat``, ``stack``, ``chunk``/``split``, ``getitem``;
 - :mod:`.reduce`: reductions, cumulative ops, sorting, ``index_select``, softmax;
 - :mod:`.queries`: ``size``, ``shape``, ``numel``, ``dim``, ``.T``;
-- :mod:`.attention`: matmul-like mixing, ``MultiheadAttention``, ``nn.Transformer*``;
+- :mod:`.attention`: matmul-like mixing, per-head attention, ``nn.Transformer*``;
+- :mod:`.heads`: channels cut into attention heads (the cut, the merge, per-head products);
+- :mod:`.multihead`: ``nn.MultiheadAttention`` (a layer growing by whole heads);
 - :mod:`.recurrent`: ``RNN``/``LSTM``/``GRU`` and their cells;
 - :mod:`.factories`: ``zeros_like`` and friends, ``new_zeros`` and friends;
 - :mod:`.containers`: ``NamedTuple`` outputs;
@@ -39,6 +41,7 @@ from netsurgeon.graph.ops import (  # noqa: F401  (each import registers its han
     hf,
     layer_norm,
     linear,
+    multihead,
     norm,
     queries,
     recurrent,

@@ -16,6 +16,7 @@ from torch import fx
 
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.nodes import Pieces, first_layout, node_arg, normalize_dim
+from netsurgeon.graph.ops.heads import index_heads, unbind_heads
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
 
 if TYPE_CHECKING:
@@ -26,7 +27,13 @@ __all__ = ["CatHandler", "GetitemHandler", "SplitHandler", "StackHandler"]
 
 @register_function(torch.cat, torch.concat, torch.concatenate)
 class CatHandler(OpHandler):
-    """``torch.cat``: along the channels the segments concatenate; along another dim they join."""
+    """``torch.cat``: along the channels the segments concatenate; along another dim they join.
+
+    Channels cut into attention heads join along another dim (RoPE's rotate-half on the head's
+    own dim); along the head dim they are refused.
+    """
+
+    knows_heads = True
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         tensors = list(node_arg(node, 0, "tensors", ()))
@@ -38,6 +45,9 @@ class CatHandler(OpHandler):
             ctx.unknown(node, f"cat along dim {dim} of tensors whose rank is unknown")
         if not same:
             return ctx.join(node, tensors, "cat")
+        if any(lay.heads is not None for lay in tracked):
+            ctx.block(node, tracked, "cat along the head dim of channels cut into heads")
+            return None
         segments: list[Segment] = []
         for t in tensors:
             layout = ctx.layout(t)
@@ -89,7 +99,10 @@ class StackHandler(OpHandler):
 class SplitHandler(OpHandler):
     """``chunk(n, dim)`` along the channels cuts each group into ``n`` equal splits; ``split``
     with literal sizes fixes the widths and blocks. Along other dims every piece keeps the layout.
+    Channels cut into attention heads: :func:`~netsurgeon.graph.ops.heads.unbind_heads`.
     """
+
+    knows_heads = True
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Pieces:
         layout = first_layout(node, ctx)
@@ -97,6 +110,8 @@ class SplitHandler(OpHandler):
         dim = node_arg(node, 1 if name == "unbind" else 2, "dim", 0)
         if layout is None:
             return Pieces()
+        if layout.heads is not None and isinstance(dim, int):
+            return unbind_heads(node, layout, name, dim, node_arg(node, 1, "chunks", None), ctx)
         same = layout.same_dim(dim)
         if same is None:
             ctx.unknown(node, f"{name} along dim {dim} of a tensor of unknown rank")
@@ -148,9 +163,11 @@ class GetitemHandler(OpHandler):
     """One output of a multi-output op, or ``x[:, 0]``-style indexing of a tensor.
 
     Integer indices and full slices of non-channel dims move the channel dim; slicing or indexing
-    the channels themselves fixes their count and blocks.
+    the channels themselves fixes their count and blocks. Channels cut into attention heads:
+    :func:`~netsurgeon.graph.ops.heads.index_heads`.
     """
 
+    knows_heads = True
     stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
@@ -167,6 +184,8 @@ class GetitemHandler(OpHandler):
         if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
             ctx.block(node, layout, "indexing with a tensor selects channels by value")
             return None
+        if layout.heads is not None:
+            return index_heads(node, layout, items, ctx)
         channel, rank = layout.normalized_dim(), layout.rank
         if channel is None or rank is None:
             ctx.unknown(node, f"indexing {index!r} a tensor of unknown rank")

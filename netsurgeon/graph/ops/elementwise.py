@@ -85,6 +85,8 @@ _JOIN_METHODS = ("add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "ma
 class PassModuleHandler(OpHandler):
     """Element-wise activations, dropout and ``Identity``: the channels pass unchanged."""
 
+    knows_heads = True  # per element: any layout passes, attention heads included
+
     def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
         return "same" if isinstance(ctx.module_of(node), _SAME_MODULES) else "opaque"
 
@@ -97,6 +99,8 @@ class PassModuleHandler(OpHandler):
 @register_method(*_ELEMENTWISE_METHODS)
 class ElementwiseHandler(OpHandler):
     """Element-wise activations, dropout, ``contiguous`` and dtype casts."""
+
+    knows_heads = True  # per element: any layout passes, attention heads included
 
     def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
         return "same" if node.target in _SAME_OPS else "opaque"
@@ -133,6 +137,8 @@ class JoinHandler(OpHandler):
     ``mul`` makes the gate's producer one too. Scalars pass; per-channel free parameters (layer
     scales, biases) become followers; size-1 channel dims broadcast.
     """
+
+    knows_heads = True  # operands cut into the same heads join (``FlowContext.join`` checks)
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         label = getattr(node.target, "__name__", str(node.target))

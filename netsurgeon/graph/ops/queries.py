@@ -12,6 +12,7 @@ from torch import fx
 
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
+from netsurgeon.graph.ops.heads import moved
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
 from netsurgeon.graph.sizes import SizeValue, read_size
 
@@ -26,6 +27,8 @@ class QueryHandler(OpHandler):
     """``x.size(d)``, ``x.numel()``, ``x.dim()``: no channel data flows on, but a size read of a
     channel dim depends on the width (:mod:`netsurgeon.graph.sizes` follows it to its uses)."""
 
+    knows_heads = True  # a read of a head's own dim is a fixed number
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> SizeValue:
         layout = first_layout(node, ctx)
         name = str(node.target)
@@ -38,6 +41,8 @@ class QueryHandler(OpHandler):
 @register_function(getattr)
 class GetattrHandler(OpHandler):
     """``x.shape`` (a size read, see :class:`QueryHandler`), ``x.dtype``, ``x.T``."""
+
+    knows_heads = True
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | SizeValue | None:
         if len(node.args) > 1 and node.args[1] in ("shape", "ndim"):
@@ -56,5 +61,8 @@ class GetattrHandler(OpHandler):
                 order.reverse()
             else:
                 order[-1], order[-2] = order[-2], order[-1]
+            if layout.heads is not None:
+                where = {d: order.index(d) for d in range(rank)}
+                return moved(layout, where, rank).with_path(str(node.args[1]))
             return layout.replace(dim=order.index(channel)).with_path(str(node.args[1]))
         ctx.refuse(node, f"attribute access {node.args[1:]!r} on a tensor", fix="remove it")

@@ -148,6 +148,8 @@ class IndexSelectHandler(OpHandler):
 class SoftmaxModuleHandler(OpHandler):
     """``nn.Softmax(dim)``: over the channels it blocks their groups."""
 
+    knows_heads = True  # over the keys or a head's own dim: per head
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         return softmax_flow(node, ctx.input(node), ctx.module_of(node).dim, ctx)
 
@@ -156,6 +158,8 @@ class SoftmaxModuleHandler(OpHandler):
 @register_method("softmax", "log_softmax")
 class SoftmaxHandler(OpHandler):
     """Softmax (or ``F.normalize``) over other dims is per channel; over the channels it blocks."""
+
+    knows_heads = True  # over the keys or a head's own dim: per head
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         default = 1 if node.target is F.normalize else None

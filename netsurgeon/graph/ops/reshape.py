@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
+from netsurgeon.graph.ops import heads
 from netsurgeon.graph.registry import OpHandler, register_function, register_method, register_module
 from netsurgeon.graph.sizes import SizeValue, claim_channel_size
 
@@ -32,6 +33,7 @@ __all__ = ["flatten_flow"]
 class PermuteHandler(OpHandler):
     """``permute``/``transpose``/``movedim``: the channel dim moves; nothing else changes."""
 
+    knows_heads = True
     stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
@@ -58,6 +60,10 @@ class PermuteHandler(OpHandler):
         if layout.flattened and order.index(channel) != channel:
             ctx.block(node, layout, f"{name} of flattened channels")
             return None
+        if layout.heads is not None:
+            return heads.moved(layout, {d: order.index(d) for d in range(rank)}, rank).with_path(
+                name
+            )
         return layout.replace(dim=order.index(channel)).with_path(name)
 
 
@@ -69,6 +75,7 @@ def _arg_list(dims: Any, fallback: Any) -> list[int]:
 class FlattenModuleHandler(OpHandler):
     """``nn.Flatten(start_dim, end_dim)``."""
 
+    knows_heads = True
     stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
@@ -81,6 +88,7 @@ class FlattenModuleHandler(OpHandler):
 class FlattenHandler(OpHandler):
     """``torch.flatten(x, start, end)``."""
 
+    knows_heads = True
     stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
@@ -101,6 +109,8 @@ def flatten_flow(
     s, e = start % rank, end % rank
     if e <= s:
         return layout.with_path(label)
+    if layout.heads is not None:
+        return heads.flatten_heads(node, layout, s, e, label, ctx)
     if channel < s:
         return layout.replace(rank=rank - (e - s)).with_path(label)
     if channel > e:
@@ -127,10 +137,13 @@ class ReshapeHandler(OpHandler):
 
     With shapes known, the channel dim may merge with the dims after it (channel-major) or be
     split from them again; its own size must come from the tensor (``-1`` or ``x.size(...)``),
-    not a literal, or the forward would break after a widening. Anything that splits the channels
-    (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them with earlier dims blocks.
+    not a literal, or the forward would break after a widening. A cut into attention heads of a
+    fixed size (``(B, N, -1, d)``) and its merge back are :mod:`.heads`'. Anything else that splits
+    the channels (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them with earlier
+    dims blocks.
     """
 
+    knows_heads = True
     stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
@@ -140,12 +153,29 @@ class ReshapeHandler(OpHandler):
             shape = list(shape[0])
         shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
         label = ctx.op_name(node)
+        before, after = ctx.shape_of(node.args[0]), ctx.shape_of(node)
+        cut = self._heads(node, layout, shape, before, after, label, ctx)
+        if cut is not False:
+            return cut
         if len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0]):
             return flatten_flow(node, layout, 1, -1, f"{label}(batch, -1)", ctx)
-        before, after = ctx.shape_of(node.args[0]), ctx.shape_of(node)
         if before is not None and after is not None and layout.normalized_dim() is not None:
             return self._with_shapes(node, layout, shape, before, after, label, ctx)
         return self._fixed(node, layout, shape, label, ctx)
+
+    def _heads(self, node, layout, spec, before, after, label, ctx) -> Layout | bool | None:
+        """The cut into heads or the merge back (:mod:`.heads`); ``False``: neither applies."""
+        known = before is not None and after is not None and layout.normalized_dim() is not None
+        if layout.heads is not None:
+            if not known:
+                ctx.unknown(node, f"{label} of channels cut into heads")
+            return heads.reshape_heads(node, layout, spec, before, after, label, ctx)
+        if not known or layout.flattened or layout.factor != 1 or len(spec) != len(after):
+            return False
+        middle = heads.head_split(tuple(before), tuple(after), layout.normalized_dim())
+        if middle is None:
+            return False
+        return heads.split_heads(node, layout, spec, middle, label, ctx)
 
     def _with_shapes(self, node, layout, spec, before, after, label, ctx) -> Layout | None:
         channel = layout.normalized_dim()
@@ -300,8 +330,11 @@ class ExpandHandler(OpHandler):
 
     ``y.expand_as(x)`` of an untracked ``y`` takes ``x``'s shape: with size 1 along ``x``'s
     channels it is a broadcast (one value for every channel, old and new) and carries ``x``'s
-    layout; with more it ties a fixed tensor to ``x``'s width and blocks.
+    layout; with more it ties a fixed tensor to ``x``'s width and blocks. Channels cut into heads:
+    :func:`~netsurgeon.graph.ops.heads.expand_heads` (grouped-query ``repeat_kv``).
     """
+
+    knows_heads = True
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
@@ -309,6 +342,12 @@ class ExpandHandler(OpHandler):
         if layout is None:
             return self._untracked(node, name, ctx) if name == "expand_as" else None
         after = ctx.shape_of(node)
+        if layout.heads is not None:
+            before = ctx.shape_of(node.args[0])
+            if name != "expand" or after is None or before is None:
+                ctx.block(node, layout, f"'{name}' of channels cut into heads")
+                return None
+            return heads.expand_heads(node, layout, tuple(before), tuple(after), ctx)
         channel, rank = layout.normalized_dim(), layout.rank
         if after is None or channel is None or rank is None:
             if name in ("expand", "expand_as"):

@@ -18,6 +18,14 @@ these handlers do: the parent's flow, once the ``drop`` and ``act`` submodules a
 element-wise modules the registry knows (and that the soundness rule accepts). They register
 themselves when timm is in use (:func:`register_timm_layers`, called by the tracer), so importing
 netsurgeon never imports timm.
+
+``timm.layers.attention.Attention`` (ViT's) is traced through: its forward cuts ``qkv`` with
+``reshape(B, N, 3, self.num_heads, self.head_dim)`` and merges with
+``reshape(B, N, self.attn_dim)``, literals that :class:`TimmAttentionHandler` vouches for and
+updates (``num_heads``, ``attn_dim``) when the heads grow, with ``fused_attn`` either way. Its
+explicit path calls ``resolve_self_attn_mask(N, attn, attn_mask, is_causal)`` (a causal
+``(N, N)`` bias, or the caller's mask) and ``maybe_add_mask(attn, bias)``: the bias must
+broadcast over the heads, or be ``None`` as traced.
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 from torch import fx, nn
 
 from netsurgeon.graph.ops.elementwise import PassModuleHandler
+from netsurgeon.graph.ops.heads import HeadOwnerHandler
 from netsurgeon.graph.ops.layer_norm import LayerNorm2dHandler, LayerNormHandler
 from netsurgeon.graph.ops.linear import ConvHandler, LinearHandler
 from netsurgeon.graph.ops.norm import BatchNormHandler, GroupNormHandler
-from netsurgeon.graph.registry import Registry
+from netsurgeon.graph.registry import OpHandler, Registry, register_function
 from netsurgeon.graph.soundness import module_reason
 
 if TYPE_CHECKING:
@@ -65,6 +74,47 @@ class GroupNormActHandler(_NormActMixin, GroupNormHandler):
     """timm's ``GroupNormAct``: a GroupNorm follower followed by element-wise modules."""
 
 
+class TimmAttentionHandler(HeadOwnerHandler):
+    """timm's ``Attention``: ``num_heads`` heads of ``head_dim``, merged to ``attn_dim``."""
+
+    count_attr = "num_heads"
+    size_attr = "head_dim"
+    width_attrs = ("attn_dim",)
+
+
+_ATTENTION = "timm.layers.attention"
+
+
+@register_function(f"{_ATTENTION}.resolve_self_attn_mask")
+class TimmResolveMaskHandler(OpHandler):
+    """``resolve_self_attn_mask(N, attn, mask, causal)``: reads ``attn`` for its dtype and device
+    only; the bias it returns carries no channels (checked where it is added)."""
+
+    knows_heads = True
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> None:
+        return None
+
+
+@register_function(f"{_ATTENTION}.maybe_add_mask")
+class TimmAddMaskHandler(OpHandler):
+    """``maybe_add_mask(scores, bias)``: ``scores + bias``; a bias that was ``None`` as traced
+    (no tensor when the shapes were propagated) leaves the scores as they are."""
+
+    knows_heads = True
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        scores, bias = node.args[0], node.args[1] if len(node.args) > 1 else None
+        was_none = (
+            isinstance(bias, fx.Node)
+            and "tensor_meta" not in bias.meta
+            and ctx.shape_of(scores) is not None
+        )
+        if bias is None or was_none:
+            return ctx.layout(scores)
+        return ctx.join(node, [scores, bias], "maybe_add_mask")
+
+
 def _elementwise_reason(module: Any, registry: Registry) -> str | None:
     if module is None:
         return "is missing"
@@ -86,6 +136,7 @@ def register_timm_layers(registry: Registry) -> None:
         ("timm.layers.norm", "LayerNorm2d", LayerNorm2dHandler),
         # ``pad_same`` pads the spatial dims only, then runs the parent's convolution
         ("timm.layers.conv2d_same", "Conv2dSame", ConvHandler),
+        ("timm.layers.attention", "Attention", TimmAttentionHandler),
     )
     for module_name, name, handler_type in layers:
         layer = getattr(sys.modules.get(module_name), name, None)
