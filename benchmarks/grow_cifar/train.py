@@ -113,15 +113,17 @@ def _build(spec: RunSpec, cfg: BenchConfig, data: DatasetSplits, state: dict | N
         torch.manual_seed(spec.seed)  # parameter init only; the global RNG is restored after
         shape = (data.num_classes, data.in_channels, data.image_size)
         model = ARCHS[cfg.arch].build(spec.widths, *shape, hidden=cfg.hidden, device=device)
+    example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=device)
     if state is not None:  # the initial model, widened to the checkpoint's widths
-        netsurgeon.load_state_dict(model, state["model"])
+        netsurgeon.load_state_dict(model, state["model"], example_inputs=example)
     model = model.to(memory_format=ARCHS[cfg.arch].memory_format(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = train_loader(data, cfg, spec.seed)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
     grower = None
     if spec.where is not None:  # after the restore: its monitor hooks the grown layers
-        grower = Grower(model, optimizer, replace(cfg.growth, where=spec.where, seed=spec.seed))
+        growth = replace(cfg.growth, where=spec.where, seed=spec.seed)
+        grower = Grower(model, optimizer, growth, example_inputs=example)
     parts = Training(model, optimizer, schedule, loader, grower)
     if state is not None:
         _checkpoints.restore_training(state, parts)
