@@ -114,18 +114,19 @@ class IndexMap:
                 continue
             width, k, splits = growth[p.group]
             size, per_split = width // splits, k // splits
-            for j in range(splits):
-                end = (j + 1) * size
-                if p.start < end <= p.stop:
-                    found.append(
-                        Insertion(
-                            position=offset + (end - p.start) * p.multiplicity,
-                            count=per_split * p.multiplicity,
-                            group=p.group,
-                            new_channels=range(j * per_split, (j + 1) * per_split),
-                            multiplicity=p.multiplicity,
-                        )
+            if size == 0:
+                continue
+            # the splits ending inside the piece: p.start < (j + 1) * size <= p.stop
+            for j in range(p.start // size, min(p.stop // size, splits)):
+                found.append(
+                    Insertion(
+                        position=offset + ((j + 1) * size - p.start) * p.multiplicity,
+                        count=per_split * p.multiplicity,
+                        group=p.group,
+                        new_channels=range(j * per_split, (j + 1) * per_split),
+                        multiplicity=p.multiplicity,
                     )
+                )
         return sorted(found, key=lambda i: i.position)
 
 

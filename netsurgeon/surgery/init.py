@@ -150,10 +150,7 @@ class PaperInit(InitStrategy):
         std = math.sqrt(2.0 / fan_in)
         old_in = weight.shape[1] - sum(i.count for i in col_inserts)
         draw = weight.new_empty((sum(i.count for i in row_inserts), old_in, *weight.shape[2:]))
-        done = 0
-        for ins in row_inserts:  # one draw per insertion, in order, whatever the layout
-            normal_(draw.narrow(0, done, ins.count), std, generator)
-            done += ins.count
+        normal_(draw, std, generator)  # one draw for every new row, in order, whatever the layout
         place_new(draw, weight, 0, row_inserts, {1: col_inserts})
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):

@@ -96,6 +96,15 @@ class Growth:
     widths: Mapping[str, int]
     strategy: InitStrategy
     generator: torch.Generator | None
+    _found: dict[IndexMap, list[Insertion]] = field(default_factory=dict, repr=False, compare=False)
+
+    def insertions(self, index_map: IndexMap) -> list[Insertion]:
+        """``index_map.insertions(spec)``, computed once per distinct map (a group's followers
+        and consumers mostly read it through equal maps: one per depthwise conv of a stream)."""
+        found = self._found.get(index_map)
+        if found is None:
+            found = self._found[index_map] = index_map.insertions(self.spec)
+        return found
 
 
 def stage_layer(
@@ -110,8 +119,8 @@ def stage_layer(
     module, handler = graph.module(name), graph.handler(name)
     old_out = handler.out_width(module)
     own_map = IndexMap((Piece(own, 0, old_out),))
-    rows = own_map.insertions(growth.spec) if own in growth.spec else []
-    cols = consumer.index_map.insertions(growth.spec) if consumer is not None else []
+    rows = growth.insertions(own_map) if own in growth.spec else []
+    cols = growth.insertions(consumer.index_map) if consumer is not None else []
     old_in = handler.in_width(module) if handler.in_attr else 0
     row_axes, col_axes = handler.rows(module), handler.columns(module)
     inserts = _inserts(row_axes, rows, old_out, handler.conv_groups(module))
@@ -231,7 +240,7 @@ def _changed(module: nn.Module, sizes: Mapping[str, int]) -> list[AttrChange]:
 def stage_follower(graph: LayerGraph, follower: FollowerRef, growth: Growth) -> Surgery:
     """Every tensor and size attribute of a follower module or parameter under the plan."""
     surgery = Surgery()
-    ins = follower.index_map.insertions(growth.spec)
+    ins = growth.insertions(follower.index_map)
     if not ins:
         return surgery
     if follower.kind == "parameter":
