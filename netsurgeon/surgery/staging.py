@@ -19,7 +19,7 @@ from torch import nn
 
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
-from netsurgeon.surgery.index import grow, grown_size, slots
+from netsurgeon.surgery.index import added, grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
@@ -256,6 +256,6 @@ def stage_follower(graph: LayerGraph, follower: FollowerRef, growth: Growth) -> 
         name = f"{prefix}.{axis.tensor}" if prefix else axis.tensor
         surgery.tensors.append(TensorChange(name, old, like_format(new, old), {axis.dim: ins}))
     if follower.kind == "module":
-        added = sum(i.count for i in ins)
-        surgery.attrs.extend(_changed(module, handler.follower_attrs(module, added)))
+        attrs = handler.follower_attrs(module, added(ins))
+        surgery.attrs.extend(_changed(module, attrs))
     return surgery

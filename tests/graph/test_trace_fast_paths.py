@@ -112,3 +112,22 @@ def _maps(draw: st.DrawFn) -> tuple[IndexMap, dict[str, tuple[int, int, int]]]:
 def test_insertions_are_those_of_every_split_that_ends_inside_a_piece(case) -> None:
     index_map, growth = case
     assert index_map.insertions(growth) == _every_split(index_map, growth)
+
+
+def _is_regular(size: int, found: list[Insertion], pattern: tuple[int, int, int]) -> bool:
+    b, s, c = pattern
+    return size == b * s and [(i.position, i.count) for i in found] == [
+        ((j + 1) * s, c) for j in range(b)
+    ]
+
+
+@given(case=_maps())
+def test_insertions_know_their_total_and_whether_they_are_regular(case) -> None:
+    index_map, growth = case
+    found, size = index_map.insertions(growth), index_map.size
+    assert found.added == sum(i.count for i in found)
+    if found.pattern is not None:
+        assert _is_regular(size, found, found.pattern)
+    elif found:  # no (b, s, c) fits: b is the number of insertions, c the first count
+        b = len(found)
+        assert size % b or not _is_regular(size, found, (b, size // b, found[0].count))
