@@ -4,17 +4,21 @@
   identity in a table built once per trace, where ``torch.fx.Tracer.getattr`` searches
   ``named_parameters()`` then ``named_buffers()`` at every read. Invariant: both record the same
   graph (the same ``get_attr`` targets, shared and tied tensors under their first name).
+* Free tensors are judged once per distinct replay (ops, arguments, shape, position): two scales
+  that differ only in a literal size are judged apart.
 * ``IndexMap.insertions`` visits only the splits that end inside each piece. Invariant: the same
   insertions as checking every split of every piece.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import fx, nn
 
+import netsurgeon
 from netsurgeon.graph import IndexMap, Insertion, Piece
 from netsurgeon.graph.tracer import SurgeonTracer
 
@@ -131,3 +135,31 @@ def test_insertions_know_their_total_and_whether_they_are_regular(case) -> None:
     elif found:  # no (b, s, c) fits: b is the number of insertions, c the first count
         b = len(found)
         assert size % b or not _is_regular(size, found, (b, size // b, found[0].count))
+
+
+class _TwoScales(nn.Module):
+    """Two free scales of one shape on one group: the same replay, then one with a literal size."""
+
+    def __init__(self, literal: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.a = nn.Parameter(torch.ones(4))
+        self.b = nn.Parameter(torch.ones(4))
+        self.literal = literal
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) * self.a.view(1, -1, 1, 1)
+        y = y * (self.b.view(1, 4, 1, 1) if self.literal else self.b.view(1, -1, 1, 1))
+        return self.head(y)
+
+
+@pytest.mark.parametrize("literal", [False, True], ids=["same replay", "literal size"])
+def test_free_tensors_with_equal_shapes_are_judged_by_their_own_replay(literal: bool) -> None:
+    graph = netsurgeon.trace(_TwoScales(literal), strict=False)
+    group = graph.group_of("conv")
+    if literal:
+        assert not group.widenable and "'b'" in group.reason
+    else:
+        assert group.widenable
+        assert {f.name for f in group.followers} == {"a", "b"}
