@@ -19,7 +19,8 @@ tracing included. "with AdamW" widens a copy on which one AdamW step was taken (
 the bytes a deepcopy writes), and the ratio over ``deepcopy((model, optimizer))`` is printed
 beside it. ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a
 machine shared with other jobs, wall times mostly measure waiting for a core (and a second
-thread's wake-ups), while CPU time still counts the work, page faults included.
+thread's wake-ups), while CPU time still counts the work, page faults included. Use it with one
+thread (``OMP_NUM_THREADS=1``): a second OpenMP thread's spin-waiting counts as CPU time too.
 
 The checkout's ``netsurgeon`` is measured (its root goes first on ``sys.path``), not whichever one
 the environment has installed.
@@ -193,7 +194,7 @@ def main() -> None:
         "--clock",
         choices=sorted(CLOCKS),
         default="wall",
-        help="wall clock, or the process's CPU time (a machine shared with other jobs)",
+        help="wall clock, or the process's CPU time (shared machines; with one thread)",
     )
     args = parser.parse_args()
     if args.threads:
