@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from netsurgeon.errors import UnsupportedModelError
 from netsurgeon.graph.constructions import join_tags
-from netsurgeon.graph.free_tensors import follower_dim, free_tensor_chain, stray_use
+from netsurgeon.graph.free_tensors import follower_dim, free_tensor_chain, replay_key, stray_use
 from netsurgeon.graph.layout import Layout
 
 __all__ = ["FlowContext", "Refusal"]
@@ -94,6 +94,8 @@ class FlowContext:
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
+        # follower_dim's answers by (replay_key, shape, channel, rank): equal layer scales repeat
+        self._follower_dims: dict[tuple[str, tuple[int, ...], int, int], Any] = {}
 
     # -- questions ------------------------------------------------------------------------------
     def traced_module(self, path: str) -> nn.Module | None:
@@ -405,7 +407,7 @@ class FlowContext:
         channel, rank = base.normalized_dim(), base.rank
         if channel is None or rank is None:  # counted from the end, as broadcasting aligns
             channel, rank = base.dim, 0
-        found = follower_dim(chain, tuple(tensor.shape), channel, rank)
+        found = self._follower_dim(chain, tuple(tensor.shape), channel, rank)
         if found == "broadcast":
             return
         target = str(source.target)
@@ -432,6 +434,16 @@ class FlowContext:
         size = tensor.shape[found]
         self.follow(node, target, base, size, kind="parameter", dim=found, fill=fill)
         self.free_uses.setdefault(target, []).append((node, chain[-1], base, found))
+
+    def _follower_dim(self, chain: list[fx.Node], shape: tuple[int, ...], channel: int, rank: int):
+        """:func:`follower_dim`, replayed once per distinct chain, shape and position."""
+        ops = replay_key(chain)
+        if ops is None:
+            return follower_dim(chain, shape, channel, rank)
+        key = (ops, shape, channel, rank)
+        if key not in self._follower_dims:
+            self._follower_dims[key] = follower_dim(chain, shape, channel, rank)
+        return self._follower_dims[key]
 
     # -- failures -------------------------------------------------------------------------------
     def describe(self, layout: Layout) -> str:

@@ -92,6 +92,16 @@ def follower_dim(chain: list[fx.Node], shape: tuple[int, ...], channel: int, ran
     return f"none of its dims maps one-to-one onto the {out.shape[where]} channels"
 
 
+def replay_key(chain: list[fx.Node]) -> str | None:
+    """What :func:`follower_dim` reads of ``chain`` besides the shape (each replayed op and its
+    arguments), as a key to reuse its answer for equal chains (a model's layer scales), or
+    ``None`` when an argument is a tensor (its ``repr`` may elide entries)."""
+    ops = [(node.op, node.target, node.args[1:], node.kwargs) for node in chain[1:]]
+    if any(isinstance(a, torch.Tensor) for op in ops for a in (*op[2], *op[3].values())):
+        return None
+    return repr(ops)
+
+
 def _maps_onto(chain: list[fx.Node], shape: tuple[int, ...], dim: int, grow: int, where: int):
     """Whether, with ``dim`` grown by ``grow``, the replayed entries along ``where`` are ``dim``'s
     indices in order and no other dim varies along ``where``."""

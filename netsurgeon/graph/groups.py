@@ -20,10 +20,21 @@ columns at position 4, growing ``b`` inserts them at 10 (12 if ``a`` grows too).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
-__all__ = ["ChannelGroup", "ConsumerRef", "Edge", "FollowerRef", "IndexMap", "Insertion", "Piece"]
+__all__ = [
+    "ChannelGroup",
+    "ConsumerRef",
+    "Edge",
+    "FollowerRef",
+    "IndexMap",
+    "Insertion",
+    "Insertions",
+    "Piece",
+    "regular_pattern",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,42 @@ class Insertion:
         return self.multiplicity
 
 
+_count = attrgetter("count")
+_position = attrgetter("position")
+
+
+def regular_pattern(size: int, inserts: Sequence[Insertion]) -> tuple[int, int, int] | None:
+    """``(b, s, c)`` when ``inserts`` put ``c`` new entries after each of ``b`` equal blocks of
+    ``s`` old entries (``size == b * s``), else ``None``."""
+    if not inserts:
+        return None
+    b, c = len(inserts), inserts[0].count
+    if size % b:
+        return None
+    s = size // b
+    if list(map(_count, inserts)) != [c] * b:
+        return None
+    if list(map(_position, inserts)) != (list(range(s, size + 1, s)) if s else [0] * b):
+        return None
+    return b, s, c
+
+
+class Insertions(list):
+    """The insertions along one dim of ``size`` old entries, sorted by position.
+
+    A ``list`` (equal to a list of the same insertions) that knows, computed once, the entries it
+    adds (``added``) and its regular pattern (``pattern``, see :func:`regular_pattern`). Every
+    tensor that an index map grows reads them: a depthwise stream's map holds one insertion per
+    channel and grows dozens of tensors. Do not mutate one.
+    """
+
+    def __init__(self, found: Iterable[Insertion] = (), size: int = 0) -> None:
+        super().__init__(found)
+        self.size = size
+        self.added = sum(map(_count, self))
+        self.pattern = regular_pattern(size, self)
+
+
 @dataclass(frozen=True)
 class IndexMap:
     """How the entries of one dim are made of group channels: pieces in order."""
@@ -98,7 +145,7 @@ class IndexMap:
                 found.extend(range(first, first + p.multiplicity))
         return found
 
-    def insertions(self, growth: Mapping[str, tuple[int, int, int]]) -> list[Insertion]:
+    def insertions(self, growth: Mapping[str, tuple[int, int, int]]) -> Insertions:
         """Where new entries go when groups grow.
 
         Args:
@@ -106,7 +153,7 @@ class IndexMap:
                 gains new channels ``[j*k/s, (j+1)*k/s)`` at its end.
 
         Returns:
-            Insertions sorted by position (ties keep piece order).
+            Insertions sorted by position (ties keep piece order), with their total and pattern.
         """
         found: list[Insertion] = []
         for offset, p in self.offsets():
@@ -114,19 +161,20 @@ class IndexMap:
                 continue
             width, k, splits = growth[p.group]
             size, per_split = width // splits, k // splits
-            for j in range(splits):
-                end = (j + 1) * size
-                if p.start < end <= p.stop:
-                    found.append(
-                        Insertion(
-                            position=offset + (end - p.start) * p.multiplicity,
-                            count=per_split * p.multiplicity,
-                            group=p.group,
-                            new_channels=range(j * per_split, (j + 1) * per_split),
-                            multiplicity=p.multiplicity,
-                        )
+            if size == 0:
+                continue
+            # the splits ending inside the piece: p.start < (j + 1) * size <= p.stop
+            for j in range(p.start // size, min(p.stop // size, splits)):
+                found.append(
+                    Insertion(
+                        position=offset + ((j + 1) * size - p.start) * p.multiplicity,
+                        count=per_split * p.multiplicity,
+                        group=p.group,
+                        new_channels=range(j * per_split, (j + 1) * per_split),
+                        multiplicity=p.multiplicity,
                     )
-        return sorted(found, key=lambda i: i.position)
+                )
+        return Insertions(sorted(found, key=_position), self.size)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ from torch import fx, nn
 from netsurgeon.errors import TraceError
 from netsurgeon.graph.registry import REGISTRY, Registry
 
+try:  # generates the forward's code on its first call, not when built (the analysis never calls it)
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover - older torch
+    _GraphModule = fx.GraphModule
+
 __all__ = ["SurgeonTracer", "symbolic_trace"]
 
 
@@ -38,6 +43,7 @@ class SurgeonTracer(fx.Tracer):
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.proxy_buffer_attributes = True
         self._leaf_types = tuple(leaf_modules)
+        self._tensor_names: dict[int, tuple[bool, str]] | None = None
         self._registry = registry
         if registry is REGISTRY:
             from netsurgeon.graph.ops.timm import register_timm_layers
@@ -51,6 +57,33 @@ class SurgeonTracer(fx.Tracer):
         if handler is not None and handler.role in ("layer", "follower"):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        self._tensor_names = None  # the model may have changed since the last trace
+        return super().trace(root, concrete_args)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        """``fx.Tracer.getattr`` with the tensor found by identity in a table built once per
+        trace (fx searches ``root.named_parameters()``/``named_buffers()`` at every read, which
+        costs a walk of the whole module tree per parameter read in a traced-through forward)."""
+        if not isinstance(attr_val, torch.Tensor):
+            return attr_val
+        if self._tensor_names is None:
+            self._tensor_names = self._names_by_id()
+        found = self._tensor_names.get(id(attr_val))
+        if found is None or (not found[0] and not self.proxy_buffer_attributes):
+            return attr_val
+        name = found[1]
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def _names_by_id(self) -> dict[int, tuple[bool, str]]:
+        """``{id(tensor): (is a parameter, first qualified name)}``; a parameter's name wins, as
+        fx searches the parameters first."""
+        names = {id(b): (False, name) for name, b in self.root.named_buffers()}
+        names.update((id(p), (True, name)) for name, p in self.root.named_parameters())
+        return names
 
 
 def symbolic_trace(
@@ -81,7 +114,7 @@ def symbolic_trace(
             "(autowrap_functions=[my_fn]), or fix arguments with concrete_args={...}."
         ) from e
     name = type(model).__qualname__
-    return fx.GraphModule(tracer.root, graph, name)
+    return _GraphModule(tracer.root, graph, name)
 
 
 def as_tensors(example_inputs: Any) -> tuple[Any, ...]:

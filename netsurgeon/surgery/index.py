@@ -27,6 +27,7 @@ from operator import attrgetter
 import torch
 
 from netsurgeon.graph import Insertion
+from netsurgeon.graph.groups import Insertions, regular_pattern
 from netsurgeon.surgery.tensors import memory_format_of
 
 __all__ = [
@@ -47,11 +48,12 @@ Inserts = Sequence[Insertion]
 
 
 _count = attrgetter("count")
-_position = attrgetter("position")
 
 
 def added(inserts: Inserts) -> int:
     """How many entries ``inserts`` add."""
+    if isinstance(inserts, Insertions):
+        return inserts.added
     return sum(map(_count, inserts))
 
 
@@ -89,18 +91,11 @@ def kept_index(size: int, inserts: Inserts, device: torch.device | None = None) 
 
 def regular(size: int, inserts: Inserts) -> tuple[int, int, int] | None:
     """``(b, s, c)`` when ``inserts`` put ``c`` new entries after each of ``b`` equal blocks of
-    ``s`` old entries (``size == b * s``), else ``None``."""
-    if not inserts:
-        return None
-    b, c = len(inserts), inserts[0].count
-    if size % b:
-        return None
-    s = size // b
-    if list(map(_count, inserts)) != [c] * b:
-        return None
-    if list(map(_position, inserts)) != (list(range(s, size + 1, s)) if s else [0] * b):
-        return None
-    return b, s, c
+    ``s`` old entries (``size == b * s``), else ``None`` (read off an index map's
+    :class:`~netsurgeon.graph.groups.Insertions`, computed once)."""
+    if isinstance(inserts, Insertions) and inserts.size == size:
+        return inserts.pattern
+    return regular_pattern(size, inserts)
 
 
 def _split(

@@ -31,7 +31,7 @@ import torch
 
 from netsurgeon.errors import WidenError
 from netsurgeon.graph import IndexMap, Insertion
-from netsurgeon.surgery.index import fill_new_, kept_index, place_new, slots
+from netsurgeon.surgery.index import added, fill_new_, kept_index, place_new, slots
 
 __all__ = [
     "INIT_STRATEGIES",
@@ -148,12 +148,9 @@ class PaperInit(InitStrategy):
 
     def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         std = math.sqrt(2.0 / fan_in)
-        old_in = weight.shape[1] - sum(i.count for i in col_inserts)
-        draw = weight.new_empty((sum(i.count for i in row_inserts), old_in, *weight.shape[2:]))
-        done = 0
-        for ins in row_inserts:  # one draw per insertion, in order, whatever the layout
-            normal_(draw.narrow(0, done, ins.count), std, generator)
-            done += ins.count
+        old_in = weight.shape[1] - added(col_inserts)
+        draw = weight.new_empty((added(row_inserts), old_in, *weight.shape[2:]))
+        normal_(draw, std, generator)  # one draw for every new row, in order, whatever the layout
         place_new(draw, weight, 0, row_inserts, {1: col_inserts})
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
@@ -161,7 +158,7 @@ class PaperInit(InitStrategy):
             fill_new_(tensor, dim, inserts, fill)
             return
         shape = list(tensor.shape)
-        shape[dim] = sum(i.count for i in inserts)
+        shape[dim] = added(inserts)
         if fill is None:  # Kaiming over the rest of each entry: one draw, new entries in order
             values = tensor.new_empty(shape)
             normal_(values, math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :])), generator)

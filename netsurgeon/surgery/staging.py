@@ -21,7 +21,7 @@ from netsurgeon.errors import WidenError
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
 from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
-from netsurgeon.surgery.index import grow, grown_size, slots
+from netsurgeon.surgery.index import added, grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy, PaperInit
 from netsurgeon.surgery.inner import inner_inserts, stage_inner
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
@@ -113,6 +113,15 @@ class Growth:
     generator: torch.Generator | None
     constructions: Mapping[str, str] = field(default_factory=dict)
     row_scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    _found: dict[IndexMap, list[Insertion]] = field(default_factory=dict, repr=False, compare=False)
+
+    def insertions(self, index_map: IndexMap) -> list[Insertion]:
+        """``index_map.insertions(spec)``, computed once per distinct map (a group's followers
+        and consumers mostly read it through equal maps: one per depthwise conv of a stream)."""
+        found = self._found.get(index_map)
+        if found is None:
+            found = self._found[index_map] = index_map.insertions(self.spec)
+        return found
 
 
 def stage_layer(
@@ -132,8 +141,8 @@ def stage_layer(
     if own in growth.spec and not isinstance(mine, PaperInit):
         _check_copies_heads(name, group, rows_each, mine.name)
     own_map = IndexMap((Piece(own, 0, old_out // rows_each, rows_each),))
-    rows = own_map.insertions(growth.spec) if own in growth.spec else []
-    cols = consumer.index_map.insertions(growth.spec) if consumer is not None else []
+    rows = growth.insertions(own_map) if own in growth.spec else []
+    cols = growth.insertions(consumer.index_map) if consumer is not None else []
     old_in = handler.in_width(module) if handler.in_attr else 0
     row_axes, col_axes = handler.rows(module), handler.columns(module)
     inserts = _inserts(row_axes, rows, old_out, handler.conv_groups(module))
@@ -278,7 +287,7 @@ def _changed(module: nn.Module, sizes: Mapping[str, int]) -> list[AttrChange]:
 def stage_follower(graph: LayerGraph, follower: FollowerRef, growth: Growth) -> Surgery:
     """Every tensor and size attribute of a follower module or parameter under the plan."""
     surgery = Surgery()
-    ins = follower.index_map.insertions(growth.spec)
+    ins = growth.insertions(follower.index_map)
     if not ins:
         return surgery
     if follower.kind == "parameter":
@@ -294,6 +303,6 @@ def stage_follower(graph: LayerGraph, follower: FollowerRef, growth: Growth) -> 
         name = f"{prefix}.{axis.tensor}" if prefix else axis.tensor
         surgery.tensors.append(TensorChange(name, old, like_format(new, old), {axis.dim: ins}))
     if follower.kind == "module":
-        added = sum(i.count for i in ins)
-        surgery.attrs.extend(_changed(module, handler.follower_attrs(module, added)))
+        attrs = handler.follower_attrs(module, added(ins))
+        surgery.attrs.extend(_changed(module, attrs))
     return surgery

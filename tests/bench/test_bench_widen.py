@@ -3,6 +3,7 @@ and a model whose AdamW state exists (so the "with AdamW" timing grows state, no
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -34,3 +35,16 @@ def test_the_adamw_copy_holds_state_of_every_parameter_and_no_gradients() -> Non
         assert state["exp_avg"].shape == q.shape
         assert bool((state["exp_avg_sq"] > 0).all())
         torch.testing.assert_close(q, p, rtol=1e-2, atol=1e-2)  # one small step away
+
+
+def test_the_floor_allocates_each_grown_tensor_with_its_old_entries_in_place() -> None:
+    model = bench_widen.MODELS["vgg_small"]().eval()
+    grown = netsurgeon.widen(copy.deepcopy(model), bench_widen._plan(model, 0.25))
+    tensors = bench_widen._grown_shapes(model, grown)
+    before = dict(model.named_parameters())
+    changed = {n for n, p in grown.named_parameters() if p.shape != before[n].shape}
+    found = {id(old) for old, _ in tensors}
+    assert changed and {id(before[n]) for n in changed} <= found
+    for (old, shape), new in zip(tensors, bench_widen._floor(tensors), strict=True):
+        assert new.shape == shape != old.shape
+        assert torch.equal(new[tuple(slice(0, n) for n in old.shape)], old)

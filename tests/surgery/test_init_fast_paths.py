@@ -2,8 +2,8 @@
 
 Invariant: ``"paper"`` and ``"net2net"`` are functions of the old tensors and the generator's
 stream. Batching their writes (one draw buffer for the new rows, one gather and one scatter per
-group for net2net's column split) changes neither the draws nor their order (a depthwise filter's
-new entries are one draw, in order, in both), so a widening with
+group for net2net's column split) changes neither the draws nor their order (a layer's new rows
+and a depthwise filter's new entries are one draw each, in order, in both), so a widening with
 the strategies below (the per-slot, per-channel loops the batched code replaced, written on
 :func:`_reference_place`) and one with the built-in strategies give identical tensors: weights,
 buffers, ``.grad`` and AdamW state, on models with concatenations (uneven insertions), grouped and
@@ -31,11 +31,14 @@ class _LoopPaper(PaperInit):
     def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         std = math.sqrt(2.0 / fan_in)
         old_in = weight.shape[1] - sum(i.count for i in col_inserts)
+        new_rows = sum(i.count for i in row_inserts)
+        draw = weight.new_empty((new_rows, old_in, *weight.shape[2:]))
+        normal_(draw, std, generator)  # one draw for every new row, in order
+        done = 0
         for at, ins in slots(row_inserts):
             rows = weight.narrow(0, at, ins.count)
-            draw = rows.new_empty((ins.count, old_in, *weight.shape[2:]))
-            normal_(draw, std, generator)
-            _reference_place(draw, rows, {1: col_inserts})
+            _reference_place(draw.narrow(0, done, ins.count), rows, {1: col_inserts})
+            done += ins.count
 
     def fill_entries(self, tensor, *, dim, index_map, inserts, fill, sources, generator):
         if fill is None:  # one draw for every new entry, in order

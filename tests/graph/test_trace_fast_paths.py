@@ -1,0 +1,165 @@
+"""The tracer's and the index maps' fast paths compute what the plain definitions compute.
+
+* ``SurgeonTracer.getattr`` finds a parameter or buffer read in a traced-through ``forward`` by
+  identity in a table built once per trace, where ``torch.fx.Tracer.getattr`` searches
+  ``named_parameters()`` then ``named_buffers()`` at every read. Invariant: both record the same
+  graph (the same ``get_attr`` targets, shared and tied tensors under their first name).
+* Free tensors are judged once per distinct replay (ops, arguments, shape, position): two scales
+  that differ only in a literal size are judged apart.
+* ``IndexMap.insertions`` visits only the splits that end inside each piece. Invariant: the same
+  insertions as checking every split of every piece.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import fx, nn
+
+import netsurgeon
+from netsurgeon.graph import IndexMap, Insertion, Piece
+from netsurgeon.graph.tracer import SurgeonTracer
+
+
+class _PlainLookup(SurgeonTracer):
+    """The same tracer with fx's own search for attribute reads."""
+
+    getattr = fx.Tracer.getattr
+
+
+class _Reads(nn.Module):
+    """Parameters and buffers read in ``forward``: tied, nested, a plain tensor attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.scale = nn.Parameter(torch.ones(1, 4, 1, 1))
+        self.alias = self.scale  # the same parameter under a second name
+        self.register_buffer("shift", torch.zeros(1, 4, 1, 1))
+        self.register_buffer("shift_again", self.shift)  # one buffer, two names
+        self.inner = nn.Module()
+        self.inner.gain = nn.Parameter(torch.ones(4, 1, 1))
+        self.constant = torch.full((1, 4, 1, 1), 2.0)  # neither a parameter nor a buffer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) * self.scale + self.shift
+        y = y * self.alias - self.shift_again
+        return y * self.inner.gain * self.constant + self.conv.weight.sum()
+
+
+def _record(tracer: fx.Tracer, model: nn.Module) -> list[tuple[str, str]]:
+    graph = tracer.trace(model)
+    return [(node.op, str(node.target)) for node in graph.nodes]
+
+
+def test_attribute_reads_are_recorded_as_fx_records_them() -> None:
+    model = _Reads()
+    found, expected = _record(SurgeonTracer(), model), _record(_PlainLookup(), model)
+    assert found == expected
+    targets = {target for op, target in found if op == "get_attr"}
+    assert {"scale", "shift", "inner.gain", "conv.weight"} <= targets
+    assert not {"alias", "shift_again"} & targets  # a shared tensor keeps its first name
+
+
+def test_a_tracer_traced_again_sees_tensors_added_in_between() -> None:
+    model, tracer = _Reads(), SurgeonTracer()
+    _record(tracer, model)
+    model.scale = nn.Parameter(torch.ones(1, 4, 1, 1))  # a new object under the same name
+    model.alias = model.scale
+    assert _record(tracer, model) == _record(_PlainLookup(), model)
+
+
+def _every_split(index_map: IndexMap, growth: dict[str, tuple[int, int, int]]) -> list[Insertion]:
+    """The definition: every split of every piece's group, kept when it ends inside the piece."""
+    found = []
+    for offset, p in index_map.offsets():
+        if p.group is None or p.group not in growth:
+            continue
+        width, k, splits = growth[p.group]
+        size, per_split = width // splits, k // splits
+        for j in range(splits):
+            end = (j + 1) * size
+            if p.start < end <= p.stop:
+                found.append(
+                    Insertion(
+                        offset + (end - p.start) * p.multiplicity,
+                        per_split * p.multiplicity,
+                        p.group,
+                        range(j * per_split, (j + 1) * per_split),
+                        p.multiplicity,
+                    )
+                )
+    return sorted(found, key=lambda i: i.position)
+
+
+@st.composite
+def _maps(draw: st.DrawFn) -> tuple[IndexMap, dict[str, tuple[int, int, int]]]:
+    growth = {}
+    for name in ("a", "b", "c"):
+        splits = draw(st.integers(1, 6), label=f"{name} splits")
+        width = splits * draw(st.integers(1, 4), label=f"{name} split size")
+        growth[name] = (width, splits * draw(st.integers(1, 3)), splits)
+    pieces = []
+    for _ in range(draw(st.integers(0, 5), label="pieces")):
+        group = draw(st.sampled_from(["a", "b", "c", "fixed", None]))
+        width = growth[group][0] if group in growth else draw(st.integers(1, 5))
+        start = draw(st.integers(0, width - 1))
+        stop = draw(st.integers(start + 1, width))
+        pieces.append(Piece(group, start, stop, draw(st.integers(1, 3))))
+    grown = draw(st.sets(st.sampled_from(sorted(growth))), label="grown groups")
+    return IndexMap(tuple(pieces)), {g: growth[g] for g in grown}
+
+
+@given(case=_maps())
+def test_insertions_are_those_of_every_split_that_ends_inside_a_piece(case) -> None:
+    index_map, growth = case
+    assert index_map.insertions(growth) == _every_split(index_map, growth)
+
+
+def _is_regular(size: int, found: list[Insertion], pattern: tuple[int, int, int]) -> bool:
+    b, s, c = pattern
+    return size == b * s and [(i.position, i.count) for i in found] == [
+        ((j + 1) * s, c) for j in range(b)
+    ]
+
+
+@given(case=_maps())
+def test_insertions_know_their_total_and_whether_they_are_regular(case) -> None:
+    index_map, growth = case
+    found, size = index_map.insertions(growth), index_map.size
+    assert found.added == sum(i.count for i in found)
+    if found.pattern is not None:
+        assert _is_regular(size, found, found.pattern)
+    elif found:  # no (b, s, c) fits: b is the number of insertions, c the first count
+        b = len(found)
+        assert size % b or not _is_regular(size, found, (b, size // b, found[0].count))
+
+
+class _TwoScales(nn.Module):
+    """Two free scales of one shape on one group: the same replay, then one with a literal size."""
+
+    def __init__(self, literal: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.a = nn.Parameter(torch.ones(4))
+        self.b = nn.Parameter(torch.ones(4))
+        self.literal = literal
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) * self.a.view(1, -1, 1, 1)
+        y = y * (self.b.view(1, 4, 1, 1) if self.literal else self.b.view(1, -1, 1, 1))
+        return self.head(y)
+
+
+@pytest.mark.parametrize("literal", [False, True], ids=["same replay", "literal size"])
+def test_free_tensors_with_equal_shapes_are_judged_by_their_own_replay(literal: bool) -> None:
+    graph = netsurgeon.trace(_TwoScales(literal), strict=False)
+    group = graph.group_of("conv")
+    if literal:
+        assert not group.widenable and "'b'" in group.reason
+    else:
+        assert group.widenable
+        assert {f.name for f in group.followers} == {"a", "b"}
