@@ -1,8 +1,8 @@
 """A ``Grower`` grows a Hugging Face model traced with the export front end, while it trains.
 
 Invariant: on a tiny BERT classifier (float64) trained with AdamW and a learning-rate scheduler,
-``Grower(..., frontend="export")`` grows widenable groups (MLP hidden units, the pooler) at a
-trigger, keeps every
+``Grower(..., frontend="export")`` grows widenable groups (the residual stream, heads, MLP
+hidden units, the pooler) at a trigger, keeps every
 ``Parameter`` object (the optimizer and scheduler keep stepping them), and the growth keeps the
 model's output (``<= 1e-9`` relative, eval mode).
 """
@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hf_models import HEADS, HIDDEN, LAYERS, MLP
+from torch import nn
 from widen_or_refuse import max_relative_error
 
 from netsurgeon import Grower, GrowthConfig
@@ -33,6 +34,7 @@ def test_grower_grows_an_exported_bert_with_adamw_and_a_scheduler():
     config = GrowthConfig(w_acc=1, delta_acc=1.0, every=1)
     grower = Grower(model, optimizer, config, example_inputs=(ids,), frontend="export")
     params = {n: id(p) for n, p in model.named_parameters()}
+    widths = {n: _width(m) for n, m in model.named_modules() if isinstance(m, _LAYERS)}
     for _epoch in range(2):
         model.train()
         optimizer.zero_grad()
@@ -46,16 +48,24 @@ def test_grower_grows_an_exported_bert_with_adamw_and_a_scheduler():
             after = model.eval()(ids).logits
         assert max_relative_error(after, before) <= 1e-9
     assert grower.history, "the trigger fired: a growth was expected"
-    grown = {k: v for e in grower.history for k, v in e.increments.items() if v}
+    grown: dict[str, int] = {}
+    for event in grower.history:
+        for name, k in event.increments.items():
+            grown[name] = grown.get(name, 0) + k
     assert grown, "a growth added units"
-    for name, k in grown.items():  # a widenable group: an MLP or the pooler
-        assert (
-            model.get_submodule(name).out_features
-            == {"bert.pooler.dense": HIDDEN}.get(name, MLP) + k
-        )
+    for name, k in grown.items():  # a group is named after its first producer
+        assert _width(model.get_submodule(name)) == widths[name] + k, name
     assert {n: id(p) for n, p in model.named_parameters()} == params
     model.train()
     optimizer.zero_grad()
     F.cross_entropy(model(ids).logits, labels).backward()
     optimizer.step()  # AdamW's grown state steps the grown parameters
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
+
+
+_LAYERS = (nn.Linear, nn.Embedding)
+
+
+def _width(module: nn.Module) -> int:
+    """A producer's units: a Linear's outputs, an Embedding's (the stream's first producer)."""
+    return module.embedding_dim if isinstance(module, nn.Embedding) else module.out_features
