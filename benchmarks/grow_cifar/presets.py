@@ -84,7 +84,7 @@ PRESETS["resnet-cpu"] = {
 }
 # Seconds: a ResNet-8 on synthetic images, a trigger forced at epoch 2.
 PRESETS["resnet-smoke"] = {**PRESETS["smoke"], "arch": "resnet", "blocks": 1}
-# A 4-block ViT (stream 32, 2 heads of 16, MLP 64) under the "cpu" protocol (results/vit-cpu).
-PRESETS["vit-cpu"] = dict(PRESETS["cpu"], arch="vit", configs=(((32, 32, 64),),), blocks=4)
+# A 4-block ViT (stream 16, one head of 16, MLP 32) under the "cpu" protocol (results/vit-cpu).
+PRESETS["vit-cpu"] = dict(PRESETS["cpu"], arch="vit", configs=(((16, 16, 32),),), blocks=4)
 PRESETS["vit-cpu"].update(seeds=(0, 1), epochs=30, eval_batch_size=250)
-PRESETS["vit-smoke"] = dict(PRESETS["smoke"], arch="vit", configs=(((16, 16, 32),),), blocks=2)
+PRESETS["vit-cpu"]["growth"] = GrowthConfig(delta_acc=0.04, budget_match="params")

@@ -44,6 +44,10 @@ class GrowthConfig:
         max_step: most units one layer gains per growth (paper: unset; see docs/nagn.md); an
             int >= 1 or ``None``.
         where: ``"nagn"`` (paper), ``"uniform"`` or ``"random"``, at matched budget.
+        budget_match: what ``"uniform"`` and ``"random"`` hold equal to the NAGN plan:
+            ``"units"`` (the paper's: its number of new units, each spread rounded up to the
+            group's granularity) or ``"params"`` (its added parameters: the criterion's spread
+            scaled down to fit; for groups of unequal granularity or cost, docs/nagn.md).
         monotone: enforce the non-decreasing width constraint along the backbone chain of
             channel groups (a VGG's conv layers, a ResNet's stage streams;
             ``netsurgeon.nagn.groups.backbone_chain``).
@@ -92,6 +96,7 @@ class GrowthConfig:
     stop_mode: Literal["absolute", "relative"] = "absolute"
     max_step: int | None = DEFAULT_MAX_STEP
     where: str = "nagn"
+    budget_match: Literal["units", "params"] = "units"
     monotone: bool = True
     fallback: str = "fraction"
     fallback_fraction: float = 0.125
@@ -130,6 +135,7 @@ class GrowthConfig:
                 _integer(self, name, minimum=1, none_ok=True)
         _choice(self, "stop_mode", ("absolute", "relative"))
         _choice(self, "where", tuple(sorted(WHERE_CRITERIA)))
+        _choice(self, "budget_match", ("params", "units"))
         _choice(self, "reduction", ("mean", "sum"))
         _choice(
             self,

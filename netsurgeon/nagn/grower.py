@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsurgeon.cost import Baseline, FittedPlan, fit
+from netsurgeon.cost import Baseline, Budget, FittedPlan, fit
 from netsurgeon.distributed import agree_on_accuracy, check_same_on_all_ranks
 from netsurgeon.errors import NetsurgeonTypeError, NetsurgeonWarning
 from netsurgeon.graph import LayerGraph, trace
@@ -313,6 +313,10 @@ class Grower:
                 logger.info("epoch %d: the plan adds no units (rule=%s)", self.epoch, plan.rule)
             return None
         basis = Baseline(self.model, self.example_inputs, graph=graph, init=cfg.init)
+        if cfg.where != "nagn" and cfg.budget_match == "params":
+            requested = self._match_params(
+                basis, plan.increments, group_widths, growable, granularity
+            )
         fitted = self._fit(basis, requested, granularity)
         if fitted.increments == plan.increments:  # what is applied is the plan: its cost
             plan = plan.with_cost(fitted.cost)
@@ -363,6 +367,28 @@ class Grower:
         self.history.append(event)
         logger.info("epoch %d: %s", event.epoch, event.summary())
         return event
+
+    def _match_params(
+        self,
+        basis: Baseline,
+        nagn: dict[str, int],
+        widths: dict[str, int],
+        growable: list[str],
+        granularity: dict[str, int],
+    ) -> dict[str, int]:
+        """``budget_match="params"``: the criterion's spread of half the growable groups' total
+        width (a random spread must not fill every group to doubling, where it would equal the
+        uniform one), scaled down until it adds no more parameters than the NAGN plan ``nagn``
+        would (``fit`` under a ``max_params`` cap; each increment rounded down to its group's
+        granularity, so the spread stays the criterion's)."""
+        if not nagn:
+            return {}
+        target = basis.cost(nagn).params_after
+        half = sum(widths[name] for name in growable) // 2
+        widest = WHERE_CRITERIA[self.config.where](
+            nagn, widths, growable, self._where_rng, granularity=granularity, total=half
+        )
+        return fit(basis, widest, Budget(max_params=target), granularity=granularity).increments
 
     def _fit(
         self, basis: Baseline, requested: dict[str, int], granularity: dict[str, int]

@@ -12,6 +12,12 @@ plan, so a comparison between criteria is at matched growth budget and asks only
 * ``"random"``: units go one at a time to a uniformly drawn growable layer, seeded.
 
 Each layer keeps the paper's cap (at most doubled per step).
+
+"The same total number of units" is the paper's budget (``GrowthConfig.budget_match="units"``),
+fair where every unit costs about the same. Where granularities and costs differ (a
+transformer's stream unit touches every block, a head is ``3 d`` rows), the Grower can match the
+added parameters instead (``budget_match="params"``): the criterion spreads half the growable
+width, and :func:`netsurgeon.cost.fit` scales it down to the NAGN plan's parameter count.
 """
 
 from __future__ import annotations
@@ -61,18 +67,20 @@ def _nagn(increments, widths, layers, generator, granularity=None):
     return dict(increments)  # rounded by the planner
 
 
-def _uniform(increments, widths, layers, generator, granularity=None):
-    spread = spread_uniform(sum(increments.values()), widths, layers)
-    return round_to_granularity(spread, widths, granularity or {})
+def _uniform(increments, widths, layers, generator, granularity=None, total=None):
+    total = sum(increments.values()) if total is None else total
+    return round_to_granularity(spread_uniform(total, widths, layers), widths, granularity or {})
 
 
-def _random(increments, widths, layers, generator, granularity=None):
-    spread = spread_random(sum(increments.values()), widths, layers, generator)
+def _random(increments, widths, layers, generator, granularity=None, total=None):
+    total = sum(increments.values()) if total is None else total
+    spread = spread_random(total, widths, layers, generator)
     return round_to_granularity(spread, widths, granularity or {})
 
 
 Criterion = Callable[..., dict[str, int]]
 
-#: ``name -> criterion(nagn increments, widths, growable layers, generator, granularity=None)
-#: -> increments``, each a multiple of its layer's granularity (``{layer: g}``; default 1).
+#: ``name -> criterion(nagn increments, widths, growable layers, generator, granularity=None,
+#: total=None) -> increments``, each a multiple of its layer's granularity (``{layer: g}``;
+#: default 1); ``total`` spreads that many units instead of the plan's total.
 WHERE_CRITERIA: dict[str, Criterion] = {"nagn": _nagn, "uniform": _uniform, "random": _random}

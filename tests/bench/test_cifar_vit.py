@@ -1,4 +1,4 @@
-"""The driver with ``--arch vit`` end to end on ``--preset vit-smoke`` (seconds).
+"""The driver with ``--arch vit`` end to end on the ``smoke`` preset (seconds).
 
 A 2-block ViT on synthetic 16x16 images, a trigger forced at epoch 2. The driver passes one
 example batch to the Grower, so the analysis follows the sizes the attention reads and the
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.bench
 
 @pytest.fixture(scope="module")
 def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_preset("vit-smoke", tmp_path_factory.mktemp("vit-smoke"))
+    vit = ("--arch", "vit", "--configs", "[[16,16,32]]", "--blocks", "2")
+    return run_preset("smoke", tmp_path_factory.mktemp("vit-smoke"), *vit)
 
 
 def test_vit_smoke_grows_and_builds_matching_baselines(smoke_out: Path) -> None:
