@@ -24,7 +24,7 @@ from netsurgeon.graph.groups import (
 )
 from netsurgeon.graph.layer_graph import LayerGraph
 from netsurgeon.graph.registry import REGISTRY, Registry
-from netsurgeon.graph.tracer import SurgeonTracer, as_tensors, symbolic_trace
+from netsurgeon.graph.tracer import SurgeonTracer, as_tensors, left_as_it_was, symbolic_trace
 from netsurgeon.guards import check_plain_module
 
 #: The front ends of :func:`trace` (``docs/frontends.md``).
@@ -137,11 +137,9 @@ def _export(model: nn.Module, example_inputs: Any, tracer: SurgeonTracer) -> fx.
 
 def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> None:
     """Record ``tensor_meta`` on each node without touching BatchNorm statistics or RNG state."""
-    modes = {m: m.training for m in model.modules()}
-    rng = torch.random.get_rng_state()
     try:
-        model.eval()
-        with torch.no_grad():
+        with left_as_it_was(model), torch.no_grad():
+            model.eval()
             ShapeProp(gm).propagate(*inputs)
     except Exception as e:  # a shape mismatch, a wrong number of inputs, a wrong device ...
         cause = e.__cause__ or e  # ShapeProp wraps the op's own error
@@ -151,7 +149,3 @@ def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> Non
             f"{type(cause).__name__}: {cause}{context}\nFix: pass example_inputs that the model accepts "
             "(the same shapes, dtype and device as a real batch), or omit them."
         ) from e
-    finally:
-        for module, training in modes.items():
-            module.training = training
-        torch.random.set_rng_state(rng)

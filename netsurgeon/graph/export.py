@@ -41,7 +41,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from netsurgeon.errors import TraceError
 from netsurgeon.graph.aten import DROPPED, spelling_of
-from netsurgeon.graph.tracer import SurgeonTracer
+from netsurgeon.graph.tracer import SurgeonTracer, left_as_it_was
 
 __all__ = [
     "EXPORT_META",
@@ -138,10 +138,8 @@ def export_program(model: nn.Module, inputs: tuple[Any, ...]) -> torch.export.Ex
     Raises:
         TraceError: export failed; the message carries export's reason.
     """
-    modes = {m: m.training for m in model.modules()}
-    rng = torch.random.get_rng_state()
-    try:
-        with torch.no_grad():  # as shape propagation: hooks that observe training steps skip it
+    try:  # without gradients, as shape propagation: hooks observing training steps skip it
+        with left_as_it_was(model), torch.no_grad():
             return torch.export.export(model, inputs, strict=False)
     except Exception as e:  # export raises many types (UserError, RuntimeError, ...)
         raise TraceError(
@@ -151,10 +149,6 @@ def export_program(model: nn.Module, inputs: tuple[Any, ...]) -> torch.export.Ex
             "arguments), turn caches off (use_cache=False for Hugging Face models), or trace "
             "with frontend='symbolic'."
         ) from e
-    finally:
-        for module, training in modes.items():
-            module.training = training
-        torch.random.set_rng_state(rng)
 
 
 def exported_graph_module(

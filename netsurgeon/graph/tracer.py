@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -127,3 +128,17 @@ def as_tensors(example_inputs: Any) -> tuple[Any, ...]:
         f"example_inputs must be a tensor or a tuple of forward arguments, got "
         f"{type(example_inputs).__name__}"
     )
+
+
+@contextlib.contextmanager
+def left_as_it_was(model: nn.Module) -> Iterator[None]:
+    """Run a capture of ``model`` (shape propagation, ``torch.export``), then restore every
+    module's training flag and torch's CPU random state, whatever the capture did or raised."""
+    modes = {m: m.training for m in model.modules()}
+    rng = torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        torch.random.set_rng_state(rng)
