@@ -1,0 +1,36 @@
+"""``benchmarks/transformer_coverage.py`` reports what it claims: the decoders of the tests are
+fully widenable and exact; a model with an opaque ``nn.TransformerEncoderLayer`` is not."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import transformer_coverage
+
+pytestmark = pytest.mark.bench
+
+
+def _parse(line: str) -> tuple[int, int, float]:
+    found = re.search(r": (\d+)/(\d+) widenable, relative error (\S+),", line)
+    assert found, line
+    return int(found[1]), int(found[2]), float(found[3])
+
+
+@pytest.mark.parametrize("name", ["GPT2", "Llama"])
+def test_the_reference_decoders_are_fully_widenable_and_exact(name: str) -> None:
+    widenable, layers, error = _parse(transformer_coverage.coverage(name))
+    assert widenable == layers > 0
+    assert error <= 1e-9
+
+
+def test_an_opaque_encoder_layer_is_reported_blocked_with_its_reason() -> None:
+    line = transformer_coverage.coverage("encoder_postnorm")
+    widenable, layers, _ = _parse(line)
+    assert widenable < layers
+    assert "first block:" in line
