@@ -44,6 +44,8 @@ __all__ = [
     "TILE",
     "ZERO_PAD",
     "choose",
+    "construction_under",
+    "granularity_under",
     "join_tags",
     "layer_tags",
     "zero_under",
@@ -147,6 +149,40 @@ def choose(
         return ordered[0], ordered, None
     messages = "; ".join(dict.fromkeys(m for _, m in requirements))
     return None, (), f"no construction keeps it exact: {messages}"
+
+
+def construction_under(group: Any, init: str) -> str:
+    """The construction a widening with ``init`` (a registered name) gives ``group``.
+
+    A construction's own name applies to every group; ``"net2net"`` tiles a group that is not
+    ``append`` (copies at random would change a norm's statistics); any other init keeps the
+    group's own construction. Whether the result is exact for the group is
+    ``result in group.constructions``.
+
+    Example:
+        >>> from netsurgeon.graph.groups import ChannelGroup
+        >>> stream = ChannelGroup("embed", ("embed",), width=16, construction="mean_pad")
+        >>> construction_under(stream, "paper"), construction_under(stream, "net2net")
+        ('mean_pad', 'tile')
+    """
+    if init in (MEAN_PAD, ZERO_PAD, TILE):
+        return init
+    if init == "net2net" and group.construction != APPEND:
+        return TILE
+    return group.construction
+
+
+def granularity_under(group: Any, init: str) -> int:
+    """The multiple a widening of ``group`` with ``init`` must grow by: its width where the
+    channels are tiled, else ``group.granularity``.
+
+    Example:
+        >>> from netsurgeon.graph.groups import ChannelGroup
+        >>> stream = ChannelGroup("embed", ("embed",), width=16, construction="mean_pad")
+        >>> granularity_under(stream, "paper"), granularity_under(stream, "net2net")
+        (1, 16)
+    """
+    return group.width if construction_under(group, init) == TILE else group.granularity
 
 
 def record_tags(node: fx.Node, handler: Any, is_layer: bool, ctx: FlowContext) -> None:

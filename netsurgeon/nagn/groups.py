@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
 from netsurgeon.errors import PlanError
+from netsurgeon.graph.constructions import granularity_under
+from netsurgeon.surgery.constructions import exact_under
+from netsurgeon.surgery.init import get_init
 
 if TYPE_CHECKING:
     from netsurgeon.graph import LayerGraph
@@ -55,6 +58,7 @@ __all__ = [
     "group_profile",
     "has_spatial_kernel",
     "round_to_granularity",
+    "under_init",
 ]
 
 Combine = Literal["rms", "max", "mean"]
@@ -280,3 +284,26 @@ def round_to_granularity(
         if up > 0:
             out[name] = up
     return out
+
+
+def under_init(
+    graph: LayerGraph, groups: Iterable[str], init: str
+) -> tuple[dict[str, int], list[str], dict[str, str]]:
+    """``({group: granularity}, growable, {group: why not})`` under ``init`` (a registered name).
+
+    The granularity is the one the init widens by (a stream tiled under ``"net2net"`` grows by
+    multiples of its width); a widenable group the init cannot widen exactly (``"net2net"`` on
+    the heads of a fused ``qkv``) is not growable, with the reason.
+    """
+    strategy = get_init(init)
+    granularity, growable, refused = {}, [], {}
+    for name in groups:
+        group = graph.resolve(name)
+        granularity[name] = granularity_under(group, strategy.name)
+        if group.widenable:
+            why = exact_under(group, strategy)
+            if why is None:
+                growable.append(name)
+            else:
+                refused[name] = why
+    return granularity, growable, refused

@@ -62,6 +62,7 @@ from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
 from netsurgeon.nagn.plan import GrowthPlan
 from netsurgeon.nagn.planner import GrowthPlanner
 from netsurgeon.nagn.trigger import StopCause, TriggerPolicy, window_gain
+from netsurgeon.nagn.groups import round_to_granularity, under_init
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import widen
 
@@ -300,10 +301,14 @@ class Grower:
         plan = self.planner.plan_groups(profile, graph, monotone_groups=None)
         groups = {record.name: record for record in plan.groups}
         group_widths = {name: record.width for name, record in groups.items()}
-        granularity = {name: record.granularity for name, record in groups.items()}
-        growable = [name for name, record in groups.items() if record.widenable]
+        granularity, growable, refused = under_init(graph, groups, cfg.init)
+        for name, why in refused.items():
+            logger.info("epoch %d: group '%s' does not grow: %s", self.epoch, name, why)
+        increments = {g: k for g, k in plan.increments.items() if g in growable}
+        if any(granularity[g] != groups[g].granularity for g in increments):  # e.g. a tiled stream
+            increments = round_to_granularity(increments, group_widths, granularity)
         requested = WHERE_CRITERIA[cfg.where](
-            plan.increments, group_widths, growable, self._where_rng, granularity=granularity
+            increments, group_widths, growable, self._where_rng, granularity=granularity
         )
         if not requested:
             idle = nothing_to_grow(graph)

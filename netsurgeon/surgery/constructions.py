@@ -31,7 +31,14 @@ import torch
 
 from netsurgeon.errors import WidenError
 from netsurgeon.graph import ConsumerRef, IndexMap
-from netsurgeon.graph.constructions import APPEND, MEAN_PAD, TILE, ZERO_PAD
+from netsurgeon.graph.constructions import (
+    APPEND,
+    MEAN_PAD,
+    TILE,
+    ZERO_PAD,
+    construction_under,
+    granularity_under,
+)
 from netsurgeon.surgery.index import kept_index, slots
 from netsurgeon.surgery.init import (
     InitStrategy,
@@ -50,6 +57,8 @@ __all__ = [
     "fill_free_columns",
     "layer_scale_fill",
     "norm_scale",
+    "copies_heads",
+    "exact_under",
     "resolve_constructions",
     "scaled_state",
     "weight_rows_by_scale",
@@ -171,11 +180,7 @@ def resolve_constructions(
     chosen: dict[str, str] = {}
     for group_name, k in growth.items():
         group = groups[group_name]
-        want = group.construction
-        if name in (MEAN_PAD, ZERO_PAD, TILE):
-            want = name
-        elif name == "net2net" and want != APPEND:
-            want = TILE  # copies at random would change the norm's statistics
+        want = construction_under(group, name)
         if want not in group.constructions:
             raise WidenError(_not_exact(group, init, want))
         if want == TILE and k % group.width:
@@ -186,12 +191,46 @@ def resolve_constructions(
                 + f"; use k = {group.width * max(1, round(k / group.width))}"
                 + ("" if MEAN_PAD not in group.constructions else " or init='paper' (mean_pad)")
             )
+        if want == APPEND and not isinstance(base, PaperInit):
+            why = copies_heads(group)
+            if why is not None:
+                raise WidenError(
+                    f"cannot widen group '{group.name}' with init={init!r}: {why}; the init "
+                    "copies channels one by one, which does not copy whole heads in every part; "
+                    "use init='paper'"
+                )
         chosen[group_name] = want
     placeholder = getattr(base, "placeholder", False)  # fills every group (a checkpoint's)
     strategies = {
         g: (base if c == APPEND or placeholder else get_init(c)) for g, c in chosen.items()
     }
     return chosen, strategies
+
+
+def copies_heads(group) -> str | None:
+    """Why an init other than the paper's (one that copies or fills channels one by one) cannot
+    grow ``group`` by whole heads, or ``None``: a grouped-query ``q`` projection holds ``g`` rows
+    per channel, and a fused ``qkv`` cut into heads would take its ``q``, ``k`` and ``v`` parts
+    from different old heads."""
+    many = [p for p in group.producers if group.rows_per_channel(p) > 1]
+    if many:
+        return (
+            f"'{many[0]}' holds {group.rows_per_channel(many[0])} rows per channel of it "
+            "(grouped-query attention)"
+        )
+    if group.head_size and group.splits > 1:
+        return f"it is a fused projection of {group.splits} parts cut into heads of {group.head_size}"
+    return None
+
+
+def exact_under(group, strategy: InitStrategy) -> str | None:
+    """Why ``strategy`` cannot widen ``group`` exactly by its granularity under it, or ``None``
+    (:func:`resolve_constructions` refuses exactly these)."""
+    try:
+        resolve_constructions({group.name: group}, {group.name: granularity_under(group, strategy.name)}, strategy)
+    except WidenError as error:
+        return str(error)
+    return None
 
 
 def _not_exact(group, init, want: str) -> str:

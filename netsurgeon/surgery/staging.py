@@ -22,7 +22,7 @@ from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, Laye
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
 from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import added, grow, grown_size, slots
-from netsurgeon.surgery.init import InitStrategy, PaperInit
+from netsurgeon.surgery.init import InitStrategy
 from netsurgeon.surgery.inner import inner_inserts, stage_inner
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
@@ -137,9 +137,6 @@ def stage_layer(
     old_out = handler.out_width(module)
     group = graph.group_of(name)
     rows_each = group.rows_per_channel(name)  # grouped-query attention's q projection
-    mine = getattr(growth.strategy, "by_group", {}).get(own, growth.strategy)  # PerGroupInit
-    if own in growth.spec and not isinstance(mine, PaperInit):
-        _check_copies_heads(name, group, rows_each, mine.name)
     own_map = IndexMap((Piece(own, 0, old_out // rows_each, rows_each),))
     rows = growth.insertions(own_map) if own in growth.spec else []
     cols = growth.insertions(consumer.index_map) if consumer is not None else []
@@ -179,24 +176,6 @@ def stage_layer(
     derived = handler.derived_attrs(module, staged).items()
     surgery.attrs.extend(AttrChange(module, attr, value) for attr, value in derived)
     return surgery
-
-
-def _check_copies_heads(name: str, group, rows_each: int, init: str) -> None:
-    """An init that copies channels copies them one by one: wrong for the rows of a grouped-query
-    ``q`` projection (``g`` rows per channel) and for a fused ``qkv`` cut into heads (its ``q``,
-    ``k`` and ``v`` splits would copy different old heads)."""
-    if rows_each > 1:
-        why = (
-            f"holds {rows_each} rows per channel of group '{group.name}' (grouped-query attention)"
-        )
-    elif group.head_size and group.splits > 1:
-        why = f"is a fused projection of {group.splits} parts cut into heads of {group.head_size}"
-    else:
-        return
-    raise WidenError(
-        f"'{name}' {why}; init={init!r} copies channels one by one, which does not copy whole "
-        "heads in every part; use init='paper'"
-    )
 
 
 def _inserts(
