@@ -46,6 +46,7 @@ from netsurgeon.errors import NetsurgeonTypeError, NetsurgeonWarning
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.nagn.config import GrowthConfig
 from netsurgeon.nagn.events import GrowthEvent
+from netsurgeon.nagn.groups import round_to_granularity, under_init
 from netsurgeon.nagn.grower_state import GrowerState
 from netsurgeon.nagn.inputs import (
     as_accuracy,
@@ -62,7 +63,6 @@ from netsurgeon.nagn.optimizers import optimizer_is_known, warn_about_optimizer
 from netsurgeon.nagn.plan import GrowthPlan
 from netsurgeon.nagn.planner import GrowthPlanner
 from netsurgeon.nagn.trigger import StopCause, TriggerPolicy, window_gain
-from netsurgeon.nagn.groups import round_to_granularity, under_init
 from netsurgeon.nagn.where import WHERE_CRITERIA
 from netsurgeon.surgery import widen
 

@@ -54,11 +54,11 @@ __all__ = [
     "PerGroupInit",
     "TileInit",
     "ZeroPadInit",
+    "copies_heads",
+    "exact_under",
     "fill_free_columns",
     "layer_scale_fill",
     "norm_scale",
-    "copies_heads",
-    "exact_under",
     "resolve_constructions",
     "scaled_state",
     "weight_rows_by_scale",
@@ -219,7 +219,9 @@ def copies_heads(group) -> str | None:
             "(grouped-query attention)"
         )
     if group.head_size and group.splits > 1:
-        return f"it is a fused projection of {group.splits} parts cut into heads of {group.head_size}"
+        return (
+            f"it is a fused projection of {group.splits} parts cut into heads of {group.head_size}"
+        )
     return None
 
 
@@ -227,7 +229,9 @@ def exact_under(group, strategy: InitStrategy) -> str | None:
     """Why ``strategy`` cannot widen ``group`` exactly by its granularity under it, or ``None``
     (:func:`resolve_constructions` refuses exactly these)."""
     try:
-        resolve_constructions({group.name: group}, {group.name: granularity_under(group, strategy.name)}, strategy)
+        resolve_constructions(
+            {group.name: group}, {group.name: granularity_under(group, strategy.name)}, strategy
+        )
     except WidenError as error:
         return str(error)
     return None

@@ -49,3 +49,42 @@ def test_every_vit_group_but_the_output_is_widenable_with_example_inputs() -> No
     assert reasons.keys() == {"head"}, reasons
     assert graph.resolve("embed.proj").construction == "mean_pad"
     assert graph.resolve("blocks.0.attn.qkv").granularity == 3 * 16  # a head in q, k and v
+
+
+def test_where_growth_went_tells_heads_from_channel_interiors() -> None:
+    from benchmarks.grow_cifar.analysis.tables import growth_targets
+
+    def group(name, producers, granularity, nagn):
+        return {"name": name, "producers": producers, "granularity": granularity, "nagn": nagn}
+
+    groups = [
+        group("embed", ["embed", "b0.proj", "b0.fc2"], 1, 0.04),
+        group("b0.qkv", ["b0.qkv"], 48, 0.01),
+        group("b0.fc1", ["b0.fc1"], 1, 0.02),
+        group("head", ["head"], 1, 0.3),
+    ]
+    rows = [
+        {"name": g["name"], "is_output": g["name"] == "head", "contrast": c}
+        for g, c in zip(groups, (0.8, -0.5, -0.2, 9.0), strict=True)
+    ]
+    event = {"epoch": 7, "plan": {"rows": rows, "groups": groups}}
+    event["increments"] = {"embed": 5, "b0.qkv": 48, "b0.fc1": 3}
+    run = {"run_id": "g", "kind": "grown", "events": [event]}
+    table = growth_targets([run])
+    assert table[2].split(" | ")[2:5] == [
+        "mean NAGN, streams",
+        "mean NAGN, interiors",
+        "mean NAGN, whole-unit interiors",
+    ]
+    cells = table[4].strip("| ").split(" | ")
+    assert cells == [
+        "g",
+        "7",
+        "0.0400",
+        "0.0200",
+        "0.0100",
+        "embed (stream, r = 0.80)",
+        "5",
+        "3",
+        "48",
+    ]

@@ -66,7 +66,10 @@ def test_old_coordinates_step_like_a_never_widened_twins(
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     batches = [
-        (torch.randint(0, VOCAB, (3, T), generator=gen), torch.randint(0, VOCAB, (3, T), generator=gen))
+        (
+            torch.randint(0, VOCAB, (3, T), generator=gen),
+            torch.randint(0, VOCAB, (3, T), generator=gen),
+        )
         for _ in range(3)
     ]
     for ids, targets in batches[:2]:

@@ -88,40 +88,40 @@ def pairs_so_far(runs: Sequence[dict], running: Sequence[dict], window: int = 5)
     return [intro, "", *markdown_table(head, rows), ""]
 
 
+KINDS = ("stream", "interior", "whole-unit interior")
+
+
+def _kind(group: dict) -> str:  # whole units: granularity > 1 (a ViT's heads, conv groups)
+    return KINDS[0] if len(group["producers"]) > 1 else KINDS[1 + (group.get("granularity", 1) > 1)]
+
+
 def growth_targets(runs: Sequence[dict], running: Sequence[dict] = ()) -> list[str]:
-    """Where growth went in models with joined channel groups (a ResNet's): streams or interiors."""
+    """Where growth went in models with joined channel groups (a ResNet's, a ViT's)."""
     rows = []
     for run in sorted([*runs, *running], key=lambda r: r["run_id"]):
-        if run["kind"] != "grown":
-            continue
-        for event in run["events"]:
+        for event in run["events"] if run["kind"] == "grown" else ():
             plan = event["plan"]
             outputs = {row["name"] for row in plan["rows"] if row["is_output"]}
             groups = [g for g in plan.get("groups", ()) if g["name"] not in outputs]
-            kinds = {g["name"]: "stream" if len(g["producers"]) > 1 else "interior" for g in groups}
-            if "stream" not in kinds.values() or "interior" not in kinds.values():
+            kinds = {g["name"]: _kind(g) for g in groups}
+            if len(set(kinds.values())) < 2:
                 continue
-            nagn = {
-                kind: statistics.fmean(g["nagn"] for g in groups if kinds[g["name"]] == kind)
-                for kind in ("stream", "interior")
-            }
-            units = {"stream": 0, "interior": 0}
+            nagn = [[g["nagn"] for g in groups if kinds[g["name"]] == kind] for kind in KINDS]
+            units = {kind: 0 for kind in KINDS}
             for name, k in event["increments"].items():
                 units[kinds[name]] += k
             top = max((r for r in plan["rows"] if r["name"] in kinds), key=lambda r: r["contrast"])
             name = run["run_id"] + (" (running)" if run.get("partial") else "")
-            means = [f"{nagn[kind]:.4f}" for kind in ("stream", "interior")]
+            means = [f"{statistics.fmean(v):.4f}" if v else "-" for v in nagn]
             largest = f"{top['name']} ({kinds[top['name']]}, r = {top['contrast']:.2f})"
-            added = [str(units[kind]) for kind in ("stream", "interior")]
+            added = [str(units[kind]) if nagn[i] else "-" for i, kind in enumerate(KINDS)]
             rows.append((name, str(event["epoch"]), *means, largest, *added))
     if not rows:
         return []
     head = (
-        *("run", "trigger", "mean NAGN, streams", "mean NAGN, interiors", "largest contrast"),
-        *("units to streams", "units to interiors"),
+        *("run", "trigger", *(f"mean NAGN, {kind}s" for kind in KINDS), "largest contrast"),
+        *(f"units to {kind}s" for kind in KINDS),
     )
-    intro = (
-        "Where growth went (channel groups; a stream has several producers, an interior one; "
-        "the output group is left out):"
-    )
+    intro = "Where growth went (channel groups; a stream has several producers, an interior one, "
+    intro += "grown by whole units where granularity > 1; the output group is left out):"
     return [intro, "", *markdown_table(head, rows), ""]
