@@ -18,16 +18,26 @@ mirror with the model's staged insertions:
 * every size attribute (``out_channels``, ``num_features``, ...) takes the model's new value.
 
 With the ``"paper"`` init the new consumer columns are zero, so each mirror computes exactly
-what it computed before the widening, and a mirror equal to the model stays equal to it. An init
-that rewrites old entries (``"net2net"`` splits the source column among the copies) has no
-faithful mirror update (a mirror's own old column is not split in the same proportion), so it is
-refused with mirrors. Mirrors are staged after the model and before anything is committed: a
-mirror of another architecture or other widths raises and nothing changes.
+what it computed before the widening, and a mirror equal to the model stays equal to it.
+
+**Built groups and copying inits.** A normalised stream (``mean_pad``, ``zero_pad``, ``tile``)
+builds its new channels from the old ones and rescales its norms' weights, and ``"net2net"``
+copies units and splits their columns. Each of these is a *linear* function of the old entries
+(means, copies, splits, scalings), plus fresh draws that do not depend on them. So the mirror is
+widened by the same plan applied to its own entries, with the model's draws replayed
+(:class:`DrawReplay`): by linearity the result is the average of what the widening would have made
+of every averaged model, and the mirror computes exactly what it computed before. Such a mirror
+must live on the model's device (the draws are replayed on it). One draw is scaled by the
+mirror's own values: the new columns of a layer reading a padded norm (whose output there is
+exactly 0) take the std of that layer's old columns, the mirror's in the mirror. Mirrors are
+staged after the model and before anything is committed: a mirror of another architecture or
+other widths raises and nothing changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +48,15 @@ from netsurgeon.errors import NetsurgeonTypeError, WidenError
 from netsurgeon.surgery.index import grow, kept_part, place
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
-__all__ = ["MirrorSurgery", "check_optimizer_holds", "mirror_module", "stage_mirrors"]
+__all__ = [
+    "DrawReplay",
+    "MirrorSurgery",
+    "check_mirror",
+    "check_optimizer_holds",
+    "mirror_memo",
+    "mirror_module",
+    "stage_mirrors",
+]
 
 
 def check_optimizer_holds(
@@ -101,6 +119,7 @@ class MirrorSurgery:
 
     tensors: list[tuple[torch.Tensor, torch.Tensor, Any]] = field(default_factory=list)
     attrs: list[tuple[nn.Module, str, int]] = field(default_factory=list)
+    restaged: list[Any] = field(default_factory=list)  # each mirror's own staged ``Surgery``
 
     def commit(self) -> None:
         """Apply the staged changes (cannot fail: in-place swaps only)."""
@@ -108,6 +127,47 @@ class MirrorSurgery:
             replace_tensor_(tensor, new, lambda g, i=inserts: grow(g, i))
         for module, attr, value in self.attrs:
             setattr(module, attr, value)
+        for surgery in self.restaged:
+            surgery.commit(None)
+
+
+@dataclass
+class DrawReplay:
+    """The random state the model's staging starts from, to replay its draws for a mirror.
+
+    With ``generator=None`` the draws come from the default generator of the model's device,
+    which the replay forks (the global state afterwards is the model's staging's).
+    """
+
+    generator: torch.Generator | None
+    state: torch.Tensor
+    device: torch.device
+
+    @classmethod
+    def capture(cls, generator: torch.Generator | None, model: nn.Module) -> DrawReplay:
+        """The state before the model's staging draws anything."""
+        if generator is not None:
+            return cls(generator, generator.get_state(), generator.device)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if device.type == "cuda":
+            return cls(None, torch.cuda.get_rng_state(device), device)
+        return cls(None, torch.get_rng_state(), torch.device("cpu"))
+
+    @contextmanager
+    def replay(self) -> Iterator[torch.Generator | None]:
+        """A generator in the captured state (or the default one, forked and reset to it)."""
+        if self.generator is not None:
+            twin = torch.Generator(device=self.device)
+            twin.set_state(self.state)
+            yield twin
+            return
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if cuda:
+                torch.cuda.set_rng_state(self.state, self.device)
+            else:
+                torch.set_rng_state(self.state)
+            yield None
 
 
 def stage_mirrors(
@@ -133,25 +193,11 @@ def stage_mirrors(
     modules = [mirror_module(m) for m in mirrors]
     _check_keeps_old_entries(surgery.tensors, init_name)
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
-    changed = {id(c.tensor) for c in surgery.tensors}
     for index, mirror in enumerate(modules):
         where = f"mirrors[{index}] ({type(mirror).__name__})"
-        if mirror is model:
-            raise WidenError(f"{where} is the model itself; pass only its copies as mirrors")
-        for change in surgery.tensors:
-            theirs = _find(mirror, change.name, where)
-            if id(theirs) in changed:
-                raise WidenError(
-                    f"{where} shares tensor '{change.name}' with the model, so it would grow "
-                    "twice; pass a copy (copy.deepcopy(model)) or leave it out of mirrors"
-                )
-            if theirs.shape != change.tensor.shape:
-                raise WidenError(
-                    f"{where}: tensor '{change.name}' has shape {tuple(theirs.shape)}, the "
-                    f"model's has {tuple(change.tensor.shape)}; a mirror must have the model's "
-                    "architecture and widths (widen it to match first, or rebuild it from the "
-                    "model)"
-                )
+        for change, theirs in zip(
+            surgery.tensors, check_mirror(model, mirror, surgery, where), strict=True
+        ):
             new = change.new.detach().to(device=theirs.device, dtype=theirs.dtype, copy=True)
             place(theirs.detach(), new, change.inserts)
             staged.tensors.append((theirs, like_format(new, theirs), change.inserts))
@@ -166,6 +212,60 @@ def stage_mirrors(
                 )
             staged.attrs.append((target, attr.attr, attr.value))
     return staged
+
+
+def check_mirror(model: nn.Module, mirror: nn.Module, surgery: Any, where: str) -> list:
+    """The mirror's tensor for each of ``surgery.tensors``, checked: not the model's own, and of
+    the model's shape.
+
+    Raises:
+        WidenError: the mirror is the model, shares a tensor with it, lacks one or has another
+            shape.
+    """
+    if mirror is model:
+        raise WidenError(f"{where} is the model itself; pass only its copies as mirrors")
+    changed = {id(c.tensor) for c in surgery.tensors}
+    found = []
+    for change in surgery.tensors:
+        theirs = _find(mirror, change.name, where)
+        if id(theirs) in changed:
+            raise WidenError(
+                f"{where} shares tensor '{change.name}' with the model, so it would grow "
+                "twice; pass a copy (copy.deepcopy(model)) or leave it out of mirrors"
+            )
+        if theirs.shape != change.tensor.shape:
+            raise WidenError(
+                f"{where}: tensor '{change.name}' has shape {tuple(theirs.shape)}, the "
+                f"model's has {tuple(change.tensor.shape)}; a mirror must have the model's "
+                "architecture and widths (widen it to match first, or rebuild it from the "
+                "model)"
+            )
+        found.append(theirs)
+    return found
+
+
+def mirror_memo(model: nn.Module, mirror: nn.Module, where: str) -> dict[int, Any]:
+    """``copy.deepcopy`` memo mapping the model, its modules, parameters and buffers to the
+    mirror's, so that a deep copy of the model's graph reads the mirror.
+
+    Raises:
+        WidenError: the mirror lacks a module or tensor, or holds one on another device.
+    """
+    memo: dict[int, Any] = {id(model): mirror}
+    for name, module in model.named_modules(remove_duplicate=False):
+        memo[id(module)] = _find_module(mirror, name, where)
+    tensors = (*model.named_parameters(remove_duplicate=False), *model.named_buffers())
+    for name, tensor in tensors:
+        theirs = _find(mirror, name, where)
+        if theirs.device != tensor.device:
+            raise WidenError(
+                f"{where}: '{name}' is on {theirs.device}, the model's on {tensor.device}; a "
+                "mirror follows this plan's built groups or copying init by replaying the "
+                "model's random draws, on the model's device: move the mirror there, or widen "
+                "with init='paper' on groups that only append"
+            )
+        memo[id(tensor)] = theirs
+    return memo
 
 
 def _check_keeps_old_entries(changes: Iterable[Any], init_name: str) -> None:

@@ -8,6 +8,7 @@ staging that fails, leaves the model and the optimizer bit-identical.
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,8 +20,16 @@ from netsurgeon.errors import NetsurgeonTypeError, UnknownLayerError, WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.constructions import PerGroupInit, resolve_constructions, scaled_state
-from netsurgeon.surgery.init import InitStrategy, get_init
-from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
+from netsurgeon.surgery.init import InitStrategy, PaperInit, get_init
+from netsurgeon.surgery.mirror import (
+    DrawReplay,
+    MirrorSurgery,
+    check_mirror,
+    check_optimizer_holds,
+    mirror_memo,
+    mirror_module,
+    stage_mirrors,
+)
 from netsurgeon.surgery.norms import stage_layer_scale, stage_norm_reader
 from netsurgeon.surgery.optim import grown_state
 from netsurgeon.surgery.replay import check_replay, twin_generator
@@ -97,9 +106,10 @@ def widen(
     plan = validate_plan(plan)
     _check_optimizer_and_generator(optimizer, generator)
     graph = _graph_of(model, graph, example_inputs)
+    draws = DrawReplay.capture(generator, model) if mirrors else None
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
-    mirrored = _stage_mirrors(graph, plan, strategy, surgery, mirrors)
+    mirrored = _stage_mirrors(graph, plan, strategy, surgery, mirrors, draws)
     check_replay(model, graph, lambda twin, g: _replay(twin, g, plan, strategy))
     surgery.commit(optimizer)
     mirrored.commit()
@@ -120,23 +130,27 @@ def _stage_mirrors(
     strategy: InitStrategy,
     surgery: Surgery,
     mirrors: Sequence[Any],
-) -> Any:
-    """:func:`stage_mirrors`, refusing a padded or tiled group first: a mirror's new channels
-    would have to be the mean (or copies) of its own channels, not the model's new entries."""
+    draws: DrawReplay | None,
+) -> MirrorSurgery:
+    """Every mirror's widening (:mod:`netsurgeon.surgery.mirror`): the model's new entries copied
+    where every planned group appends fresh units; else the plan staged on the mirror's own
+    entries with the model's draws replayed."""
     if not mirrors:
-        return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
+        return MirrorSurgery()
     groups = {g.name: g for g in graph.groups}
     chosen, _ = resolve_constructions(groups, resolve_plan(graph, plan), strategy)
-    built = {g: c for g, c in chosen.items() if c != "append"}
-    if built:
-        name, construction = next(iter(built.items()))
-        raise WidenError(
-            f"mirrors= cannot follow group '{name}' ({construction}): its new channels are built "
-            "from the model's own channels (and its norms rescaled), which a mirror's values "
-            "do not match; widen without mirrors= and rebuild the mirror from the widened model "
-            "(e.g. AveragedModel(model))"
-        )
-    return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
+    if isinstance(strategy, PaperInit) and set(chosen.values()) <= {"append"}:
+        return stage_mirrors(graph.model, surgery, mirrors, strategy.name)
+    staged = MirrorSurgery()
+    for index, mirror in enumerate(mirror_module(m) for m in mirrors):
+        where = f"mirrors[{index}] ({type(mirror).__name__})"
+        check_mirror(graph.model, mirror, surgery, where)
+        memo = mirror_memo(graph.model, mirror, where)
+        memo[id(graph.registry)] = graph.registry
+        own = copy.deepcopy(graph, memo)
+        with draws.replay() as generator:
+            staged.restaged.append(stage(own, plan, strategy, generator=generator))
+    return staged
 
 
 def _replay(twin: nn.Module, graph: LayerGraph, plan: dict[str, int], strategy: Any) -> None:

@@ -9,8 +9,10 @@ mismatch. Invariants (``"paper"`` init, whose new consumer columns are zero):
 * so a mirror computes exactly what it computed before the widening (float64, eval and train
   mode), and a mirror equal to the model stays equal to it;
 * the average keeps averaging after a growth;
-* a mirror of another architecture or widths, or an init that rewrites old entries, raises
-  before anything changes (model, optimizer and every mirror bit-identical).
+* an init that copies units (``"net2net"``) widens each mirror by copying its own units with
+  the model's sources (the same draws, replayed): the mirror keeps its function;
+* a mirror of another architecture or widths raises before anything changes (model, optimizer
+  and every mirror bit-identical).
 """
 
 from __future__ import annotations
@@ -184,12 +186,37 @@ def test_a_mirror_of_another_architecture_or_type_is_refused():
     assert model[0].out_channels == 8
 
 
-def test_mirrors_with_an_init_that_rewrites_old_entries_are_refused():
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_net2net_widens_each_mirror_by_copying_its_own_units(train):
+    """net2net copies units and splits their columns: linear in the old entries, so the mirror
+    copies *its own* units with the model's sources, and keeps its function."""
     model, optimizer, ema = _trained_pair()
-    state = _state(model)
-    with pytest.raises(WidenError, match="init='net2net' rewrites old entries"):
-        netsurgeon.widen(model, PLAN, optimizer=optimizer, mirrors=[ema], init="net2net")
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    reference = copy.deepcopy(ema.module).train(train)
+    twin = copy.deepcopy(ema.module)  # the mirror widened on its own with the same draws
+    g = torch.Generator().manual_seed(5)
+    netsurgeon.widen(model, PLAN, optimizer=optimizer, mirrors=[ema], init="net2net", generator=g)
+    netsurgeon.widen(twin, PLAN, init="net2net", generator=torch.Generator().manual_seed(5))
+    for key, value in twin.state_dict().items():
+        assert torch.equal(ema.module.state_dict()[key], value), key
+    torch.testing.assert_close(ema.module.train(train)(_x()), reference(_x()), **TOL)
+
+
+def test_net2net_with_the_global_rng_replays_the_models_draws_and_leaves_the_rng_as_one_widening():
+    model, optimizer, ema = _trained_pair()
+    twin_model, twin_ema = copy.deepcopy((model, ema.module))
+    torch.manual_seed(11)
+    netsurgeon.widen(model, PLAN, mirrors=[ema], init="net2net")
+    after_with_mirror = torch.rand(3)
+    torch.manual_seed(11)
+    netsurgeon.widen(twin_model, PLAN, init="net2net")
+    after_without = torch.rand(3)
+    torch.manual_seed(11)
+    netsurgeon.widen(twin_ema, PLAN, init="net2net")
+    assert torch.equal(after_with_mirror, after_without)  # the mirror drew nothing new
+    for key, value in twin_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    for key, value in twin_ema.state_dict().items():
+        assert torch.equal(ema.module.state_dict()[key], value), key
 
 
 def test_a_grower_grows_its_mirrors_with_the_model():

@@ -264,14 +264,42 @@ def test_rmsnorm_without_eps_gets_an_explicit_scaled_eps() -> None:
     assert model.norm.eps == pytest.approx(torch.finfo(torch.float64).eps * 8 / 10, rel=1e-12)
 
 
-def test_mirrors_are_refused_for_a_padded_stream_and_nothing_changes() -> None:
-    model = Stack(8, 1).double()
+@settings(max_examples=15, deadline=None)
+@given(kind=st.sampled_from(sorted(STACKS)), draw=st.integers(1, 8), seed=st.integers(0, 99))
+def test_a_drifted_mirror_follows_a_padded_or_tiled_stream_exactly(kind, draw, seed) -> None:
+    """The mirror (an EMA that has drifted from the model) gets the stream's construction applied
+    to its own entries: its new channels are the mean of *its* channels, its norms rescaled."""
+    torch.manual_seed(seed)
+    model = Stack(8, 2, **STACKS[kind]).double()
     ema = copy.deepcopy(model)
-    snapshot = [t.clone() for t in (*model.state_dict().values(), *ema.state_dict().values())]
-    with pytest.raises(WidenError, match=r"mirrors= cannot follow group 'embed' \(mean_pad\)"):
+    with torch.no_grad():
+        for tensor in ema.parameters():
+            tensor.add_(0.1 * torch.randn_like(tensor))
+    x = inputs(seed=seed)
+    graph = netsurgeon.trace(model, (x,))
+    plan = _plan(graph, _stream_k(_stream(graph), draw), 1 + draw % 3)
+    reference = copy.deepcopy(ema).eval()
+    twin = copy.deepcopy(ema)  # the mirror widened on its own, with the same draws
+    netsurgeon.widen(
+        model, plan, mirrors=[ema], graph=graph, generator=torch.Generator().manual_seed(1)
+    )
+    netsurgeon.widen(twin, plan, example_inputs=(x,), generator=torch.Generator().manual_seed(1))
+    ema.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ema(x), reference(x), rtol=1e-9, atol=1e-12)
+    for key, value in twin.state_dict().items():
+        assert torch.equal(ema.state_dict()[key], value), key
+
+
+def test_a_mirror_on_another_device_is_refused_for_a_padded_stream_and_nothing_changes() -> None:
+    model = Stack(8, 1).double()
+    ema = copy.deepcopy(model).to("meta")
+    snapshot = [t.clone() for t in model.state_dict().values()]
+    with pytest.raises(WidenError, match=r"mirrors\[0\].*is on meta, the model's on cpu"):
         netsurgeon.widen(model, {"embed": 2}, mirrors=[ema], example_inputs=inputs())
-    after = [*model.state_dict().values(), *ema.state_dict().values()]
+    after = list(model.state_dict().values())
     assert all(torch.equal(a, b) for a, b in zip(snapshot, after, strict=True))
+    assert ema.embed.out_features == 8
 
 
 class _WeightNormed(nn.Module):
