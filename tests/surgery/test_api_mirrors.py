@@ -202,7 +202,7 @@ def test_net2net_widens_each_mirror_by_copying_its_own_units(train):
 
 
 def test_net2net_with_the_global_rng_replays_the_models_draws_and_leaves_the_rng_as_one_widening():
-    model, optimizer, ema = _trained_pair()
+    model, _, ema = _trained_pair()
     twin_model, twin_ema = copy.deepcopy((model, ema.module))
     torch.manual_seed(11)
     netsurgeon.widen(model, PLAN, mirrors=[ema], init="net2net")
