@@ -102,11 +102,10 @@ def widen(
         (12, True)
     """
     check_plain_module(model, "widen")
-    strategy = get_init(init)
-    plan = validate_plan(plan)
+    strategy, plan = get_init(init), validate_plan(plan)
     _check_optimizer_and_generator(optimizer, generator)
     graph = _graph_of(model, graph, example_inputs)
-    draws = DrawReplay.capture(generator, model) if mirrors else None
+    draws = DrawReplay.capture(generator, model) if mirrors else None  # before any draw
     surgery = stage(graph, plan, strategy, generator=generator, optimizer=optimizer)
     check_optimizer_holds(optimizer, surgery.tensors, model)
     mirrored = _stage_mirrors(graph, plan, strategy, surgery, mirrors, draws)
