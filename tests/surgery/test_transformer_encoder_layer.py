@@ -146,9 +146,17 @@ def test_a_float32_encoder_layer_widens_in_train_mode_and_its_new_units_learn() 
         assert moved[n][new].all(), n
 
 
-def test_a_key_padding_mask_passes_to_the_attention() -> None:
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("nested", [False, True], ids=["padded", "nested-tensor fast path"])
+def test_a_key_padding_mask_passes_to_the_attention(monkeypatch, nested) -> None:
+    packed = []
+    pack = torch._nested_tensor_from_mask
+    monkeypatch.setattr(
+        torch, "_nested_tensor_from_mask", lambda *a, **k: packed.append(1) or pack(*a, **k)
+    )
     torch.manual_seed(0)
-    model = Encoder(_layer(norm_first=True), stack=2).double().eval()
+    model = Encoder(_layer(norm_first=False), stack=2).double().eval()
+    model.body.enable_nested_tensor = model.body.use_nested_tensor = nested
     x = torch.randn(2, 6, 5, dtype=torch.float64)
     mask = torch.zeros(2, 6, dtype=torch.bool)
     mask[0, 4:] = True
@@ -158,6 +166,7 @@ def test_a_key_padding_mask_passes_to_the_attention() -> None:
     netsurgeon.widen(model, _plan(graph), graph=graph)
     with torch.no_grad():
         assert _relative(model(x, mask), before) <= 1e-9
+    assert len(packed) == (2 if nested else 0)  # the nested path ran before and after
 
 
 class OwnBlock(nn.TransformerEncoderLayer):
