@@ -51,6 +51,7 @@ __all__ = [
     "META_KEY",
     "WidthLiteral",
     "WidthOwnerHandler",
+    "follow_head_count",
     "marked_widths",
     "record_width_literals",
     "vouch",
@@ -81,16 +82,23 @@ class WidthOwnerHandler(OpHandler):
     ``width_attrs``: the ``int`` attributes that store one channel group's width. The module is a
     follower of that group without tensors: :meth:`follower_attrs` adds the new channels.
     ``relies_on``: the methods that read them (a subclass overriding one is not vouched for).
+    ``head_counts``: ``(attribute, child)`` pairs, an attribute recording the head count of a
+    child ``nn.MultiheadAttention`` (torchvision's ``EncoderBlock.num_heads``): it follows the
+    child's group (:mod:`netsurgeon.graph.ops.multihead`) and grows by its heads.
     """
 
     role = "op"  # traced through, never a leaf
     width_attrs: tuple[str, ...] = ()
+    head_counts: tuple[tuple[str, str], ...] = ()
 
     def entries(self, module: nn.Module) -> tuple[()]:
         return ()
 
     def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
-        return {a: int(getattr(module, a)) + added for a in self.width_attrs}
+        found = {a: int(getattr(module, a)) + added for a in self.width_attrs}
+        for attr, child in self.head_counts:
+            found[attr] = int(getattr(module, attr)) + added // getattr(module, child).head_dim
+        return found
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> None:
         ctx.refuse(
@@ -138,6 +146,18 @@ def _plain(value: Any, path: tuple[int | str, ...], found: dict) -> Any:
         items = [_plain(v, (*path, i), found) for i, v in enumerate(value)]
         return type(value)(items) if isinstance(value, list) else tuple(items)
     return value
+
+
+def follow_head_count(node: fx.Node, layout: Layout, ctx: FlowContext) -> None:
+    """``node`` calls an ``nn.MultiheadAttention`` whose parent records its head count
+    (``head_counts``): the parent follows the attention's group."""
+    parent, _, child = str(node.target).rpartition(".")
+    module = ctx.traced_module(parent)
+    handler = ctx.registry.for_module(module) if module is not None else None
+    if not isinstance(handler, WidthOwnerHandler):
+        return
+    if any(c == child and getattr(module, a, None) is not None for a, c in handler.head_counts):
+        ctx.follow(node, parent, layout, layout.units())
 
 
 def width_literal(node: fx.Node, path: tuple[int | str, ...]) -> tuple[str, str] | None:

@@ -78,7 +78,7 @@ def test_widening_every_group_of_a_vit_at_once_keeps_the_output_in_float64(
     assert model.hidden_dim == model.conv_proj.out_channels == grown
     assert model.encoder.pos_embedding.shape[-1] == model.class_token.shape[-1] == grown
     for block in model.encoder.layers:
-        assert block.self_attention.num_heads == heads + scale
+        assert block.self_attention.num_heads == block.num_heads == heads + scale
         assert block.self_attention.head_dim == head_dim
     with torch.no_grad():
         assert _relative(model(x), before) <= 1e-9

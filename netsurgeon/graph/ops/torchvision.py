@@ -11,7 +11,8 @@ nor ``torchvision.models`` is imported by ``import netsurgeon``:
 
 And one module, by qualified name too: ``VisionTransformer`` (traced through) reshapes its patch
 embedding with ``x.reshape(n, self.hidden_dim, n_h * n_w)``; its handler vouches for that literal
-(:mod:`netsurgeon.graph.width_attrs`) and grows ``hidden_dim`` with the stream.
+(:mod:`netsurgeon.graph.width_attrs`) and grows ``hidden_dim`` with the stream; its
+``EncoderBlock`` records its attention's head count, which grows with the heads.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
 __all__ = [
+    "EncoderBlockHandler",
     "PatchMerging3dHandler",
     "PatchMergingHandler",
     "StochasticDepthHandler",
@@ -50,6 +52,14 @@ class VisionTransformerHandler(WidthOwnerHandler):
 
     width_attrs = ("hidden_dim",)
     relies_on = ("forward", "_process_input")
+
+
+@register_module("torchvision.models.vision_transformer.EncoderBlock")
+class EncoderBlockHandler(WidthOwnerHandler):
+    """torchvision ViT's block: ``num_heads`` records ``self_attention``'s head count (its forward
+    never reads it); it grows with the heads, so the block describes itself truly."""
+
+    head_counts = (("num_heads", "self_attention"),)
 
 
 @register_function("torchvision.ops.stochastic_depth.stochastic_depth")
