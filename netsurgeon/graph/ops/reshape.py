@@ -141,9 +141,9 @@ class ReshapeHandler(OpHandler):
     not a literal, or the forward would break after a widening. A cut into attention heads of a
     fixed size (``(B, N, -1, d)``) and its merge back are :mod:`.heads`'. A literal channel size
     that is a width attribute of a module vouching for it (torchvision ViT's ``self.hidden_dim``,
-    :mod:`netsurgeon.graph.width_attrs`) passes, the module following the group. Anything else that splits
-    the channels (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them with earlier
-    dims blocks.
+    :mod:`netsurgeon.graph.width_attrs`) passes, the module following the group. Anything else
+    that splits the channels (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them
+    with earlier dims blocks.
     """
 
     knows_heads = True
