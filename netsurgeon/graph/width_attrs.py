@@ -21,7 +21,9 @@ A handler that meets a literal channel size asks :func:`vouch`: it accepts when 
 still describes the module (no override of its ``relies_on`` methods, no hook: the soundness
 rule), the attribute equals the width of the group it sizes, and that group is read whole. The
 owner then follows the group: a widening by ``k`` sets the attribute to ``width + k`` with the rest
-of the surgery (a second use of one attribute joins the two groups: one number sizes both).
+of the surgery (a second use of one attribute joins the two groups: one number sizes both). A
+use nothing vouched for (another size, a factory's shape) blocks the group it grows with
+(:func:`check_width_literals`, after the walk).
 
 Example (torchvision's ViT; its handler is in :mod:`netsurgeon.graph.ops.torchvision`):
 
@@ -49,8 +51,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "META_KEY",
+    "VOUCHED_KEY",
     "WidthLiteral",
     "WidthOwnerHandler",
+    "check_width_literals",
     "follow_head_count",
     "marked_widths",
     "record_width_literals",
@@ -59,6 +63,7 @@ __all__ = [
 ]
 
 META_KEY = "netsurgeon.width_literals"
+VOUCHED_KEY = "netsurgeon.width_vouched"  # the places of META_KEY a handler vouched for
 
 
 class WidthLiteral(int):
@@ -184,4 +189,23 @@ def vouch(node: fx.Node, path: tuple[int | str, ...], layout: Layout, ctx: FlowC
         if earlier.name == owner and earlier.kind == "module" and earlier.layout.segments:
             ctx.union(earlier.layout.segments[0].group, seg.group)
     ctx.follow(node, owner, layout, width)
+    node.meta.setdefault(VOUCHED_KEY, set()).add(path)
     return True
+
+
+def check_width_literals(ctx: FlowContext) -> None:
+    """Block each group an owner's attribute grows with when the attribute is also used where
+    nothing vouched for it (another size in the graph would keep or take the new width)."""
+    grown = {(f.name, f.layout.segments[0].group) for f in ctx.followers if f.layout.segments}
+    for node in ctx.gm.graph.nodes:
+        vouched = node.meta.get(VOUCHED_KEY, set())
+        for path, (owner, attr) in node.meta.get(META_KEY, {}).items():
+            if path in vouched:
+                continue
+            what = f"'{owner}.{attr}'" if owner else f"the model's '{attr}'"
+            for gid in {g for name, g in grown if name == owner and g is not None}:
+                ctx.blocked[gid].append(
+                    f"{what} (the width of these channels, which grows with them) is "
+                    f"also used at node '{node.name}' ({ctx.op_name(node)}, argument {path}), "
+                    "where netsurgeon cannot tell that it sizes these channels"
+                )

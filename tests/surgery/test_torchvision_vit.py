@@ -160,6 +160,8 @@ class Patches(nn.Module):
             y = y.reshape(n, self.dim * 1, -1)
         elif self.spelling == "int":
             y = y.reshape(n, int(self.dim), -1)
+        elif self.spelling == "stray":  # vouched here, and used again where nothing vouches
+            y = y.reshape(n, self.dim, -1) + x.new_zeros(self.dim).sum()
         else:  # the same number, written down
             y = y.reshape(n, 6, -1)
         return self.head(torch.relu(y).mean(-1))
@@ -194,6 +196,16 @@ def test_a_size_computed_from_a_width_attribute_or_written_down_still_blocks(
     graph = netsurgeon.trace(model, x, strict=False)
     assert "fixes a size that depends on these channels' width" in graph.unwidenable_reason("embed")
     assert model.dim == 6 and type(model.dim) is int  # the attribute is the very object again
+
+
+def test_a_width_attribute_also_used_where_nothing_vouches_blocks_its_group(registered) -> None:
+    model, x = Patches("stray"), torch.randn(2, 3, 8, 8)
+    graph = netsurgeon.trace(model, x, strict=False)
+    reason = graph.unwidenable_reason("embed")
+    assert (
+        "the model's 'dim' (the width of these channels, which grows with them) is also used"
+        in (reason)
+    )
 
 
 @pytest.mark.slow
