@@ -42,10 +42,12 @@ class Encoder(nn.Module):
         return self.head(h if self.batch_first else h.transpose(0, 1))
 
 
-def _layer(heads=2, head_dim=4, hidden=12, norm_first=False, batch_first=True, act="relu"):
+def _layer(
+    heads=2, head_dim=4, hidden=12, norm_first=False, batch_first=True, act="relu", bias=True
+):
     return nn.TransformerEncoderLayer(
         heads * head_dim, heads, hidden, dropout=0.0, activation=act,
-        batch_first=batch_first, norm_first=norm_first,
+        batch_first=batch_first, norm_first=norm_first, bias=bias,
     )  # fmt: skip
 
 
@@ -67,7 +69,8 @@ def encoders(draw):
         draw(st.integers(3, 16)),
         norm_first=draw(st.booleans()),
         batch_first=batch_first,
-        act=draw(st.sampled_from(["relu", "gelu", F.silu])),
+        act=draw(st.sampled_from(["relu", "gelu", F.silu, nn.GELU()])),
+        bias=draw(st.booleans()),
     )
     model = Encoder(layer, batch_first=batch_first, stack=draw(st.sampled_from([0, 2])))
     return model, draw(st.integers(1, 2)), draw(st.integers(0, 2**16))
