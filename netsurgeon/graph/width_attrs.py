@@ -23,7 +23,10 @@ rule), the attribute equals the width of the group it sizes, and that group is r
 owner then follows the group: a widening by ``k`` sets the attribute to ``width + k`` with the rest
 of the surgery (a second use of one attribute joins the two groups: one number sizes both). A
 use nothing vouched for (another size, a factory's shape) blocks the group it grows with
-(:func:`check_width_literals`, after the walk).
+(:func:`check_width_literals`, after the walk). Identity cannot see what Python does with the
+number before it reaches the graph (``if self.hidden_dim > 512:``, or ``min(self.hidden_dim,
+512)``, which returns the object itself): that is why ``relies_on`` pins the methods that read the
+attributes to the registered class's own, whose uses are known.
 
 Example (torchvision's ViT; its handler is in :mod:`netsurgeon.graph.ops.torchvision`):
 
