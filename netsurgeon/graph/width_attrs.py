@@ -124,7 +124,7 @@ def marked_widths(root: Any, registry: Registry) -> Iterator[None]:
     try:
         for path, module in root.named_modules() if isinstance(root, nn.Module) else ():
             handler = registry.for_module(module)
-            for attr in getattr(handler, "width_attrs", ()) if handler is not None else ():
+            for attr in handler.width_attrs if isinstance(handler, WidthOwnerHandler) else ():
                 value = module.__dict__.get(attr)
                 if type(value) is int:
                     saved.append((module, attr, value))
