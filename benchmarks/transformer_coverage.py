@@ -3,9 +3,9 @@
 For each model: the share of its non-output Linear/Conv layers whose channel group is widenable,
 the construction of each widenable group (``append``, ``mean_pad``, ``zero_pad``, ``tile``),
 and the largest relative output change after widening every widenable group at once by one
-granularity (float64, eval mode, random weights; ``nan`` where the output is identically 0 at
-initialisation, a zero-initialised head). The first blocked reason is printed for each model that
-is not fully widenable.
+granularity (float64, eval mode, random weights; a zero-initialised layer, torchvision ViT's
+head, is drawn at random first, as after training, so the output is not identically 0). The
+first blocked reason is printed for each model that is not fully widenable.
 
     python benchmarks/transformer_coverage.py [--models timm.vit_tiny_patch16_224 tv.swin_t ...]
 
@@ -65,11 +65,20 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     return getattr(transformer_models, name)(), torch.randint(0, 50, (2, 12))
 
 
+def _draw_zero_layers(model: nn.Module) -> None:
+    """Give each layer whose weight is all zero (a zero-initialised head) random weights."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LAYERS) and not module.weight.any():
+                module.weight.normal_(std=module.weight.shape[1] ** -0.5)
+
+
 def coverage(name: str) -> str:
     """One line: widenable share, the error of widening everything, constructions, a reason."""
     torch.manual_seed(0)
     model, x = build(name)
     model = model.double().eval()
+    _draw_zero_layers(model)
     x = x.double() if x.is_floating_point() else x
     graph = netsurgeon.trace(model, example_inputs=(x,), strict=False)
     layers = [

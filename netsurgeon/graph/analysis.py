@@ -39,6 +39,7 @@ from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.ratios import resolve_ratios
 from netsurgeon.graph.registry import Registry
 from netsurgeon.graph.soundness import module_reason
+from netsurgeon.graph.width_attrs import check_width_literals
 
 __all__ = ["Analysis", "analyse"]
 
@@ -108,6 +109,7 @@ def analyse(
         ctx.layouts[node] = layout
     ctx.check_same_widths()
     ctx.check_free_tensors()
+    check_width_literals(ctx)
     if root is not None:
         _block_for_unreached(gm, root, ctx)
     return _collect(ctx)

@@ -225,7 +225,7 @@ class LayerGraph:
                     str(group.granularity),
                     group.construction if group.constructions else "-",
                     ", ".join(consumers) or "-",
-                    ", ".join(f.name for f in group.followers) or "-",
+                    ", ".join(f.name or "(the model)" for f in group.followers) or "-",
                     status,
                 )
             )

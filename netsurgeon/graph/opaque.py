@@ -3,9 +3,10 @@
 torch.fx keeps every ``torch.nn`` module (and every type in ``leaf_modules``) as a single
 ``call_module`` node. When such a module holds ``Linear``/``Conv`` layers of its own, those
 layers are not in the graph: ``trace`` cannot list them and ``widen`` cannot grow them. The
-common case is ``nn.TransformerEncoder(Layer)``: its ``forward`` inspects the input
-(``src.dim()``, ``src.is_nested``) to choose PyTorch's fused fast path, which symbolic tracing
-cannot follow (a traced value cannot decide an ``if``), so it must stay a leaf.
+``nn.Transformer*`` modules are traced through the slow path of their ``forward``
+(:mod:`netsurgeon.graph.ops.transformer`) unless a subclass overrides a method it reads, a hook
+is registered, or the module is ``nn.Transformer`` itself (its ``forward`` branches on input
+sizes): then they stay leaves, with that reason.
 
 :func:`find_opaque` lists them with the reason and the fix, for ``LayerGraph.summary()``, the
 "not a layer" error of ``widen`` and the Grower's warning when it has nothing to grow.
@@ -14,6 +15,7 @@ cannot follow (a traced value cannot decide an ``if``), so it must stay a leaf.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import fx, nn
 
@@ -62,7 +64,7 @@ def find_opaque(gm: fx.GraphModule, registry: Registry) -> dict[str, OpaqueModul
             if sub_name and _is_layer(sub, registry)
         )
         if layers:
-            found[name] = _describe(name, module, handler is not None, layers)
+            found[name] = _describe(name, module, handler, registry, layers)
     return found
 
 
@@ -84,20 +86,23 @@ def _is_layer(module: nn.Module, registry: Registry) -> bool:
     return handler is not None and handler.role_of(module) == "layer"
 
 
-def _describe(name: str, module: nn.Module, handled: bool, layers: tuple[str, ...]) -> OpaqueModule:
+def _describe(
+    name: str, module: nn.Module, handler: Any, registry: Registry, layers: tuple[str, ...]
+) -> OpaqueModule:
     kind = type(module).__name__
     one = len(layers) == 1
     inner = f"the {len(layers)} layer{'' if one else 's'} inside it {'is' if one else 'are'}"
-    if isinstance(module, TRANSFORMER_TYPES):
+    handled = handler is not None
+    if isinstance(module, TRANSFORMER_TYPES) and hasattr(handler, "why_leaf"):
+        why = handler.why_leaf(module, registry.registered_type(module))
         reason = (
-            "torch.fx cannot trace its forward (it inspects the input, src.dim() and "
-            "src.is_nested, to choose PyTorch's fused fast path), so it stays a leaf and "
-            f"{inner} not analysed"
+            "netsurgeon traces it through the slow path of its forward only as torch defines "
+            f"it, and {why}, so it stays a leaf and {inner} not analysed"
         )
         fix = (
-            "write the block as your own nn.Module from nn.Linear, nn.LayerNorm and "
-            "nn.MultiheadAttention (it then traces, and its feed-forward width is widenable), "
-            "or widen the layers outside it"
+            "use the torch class as it is (no override, no hook), write the block as your own "
+            "nn.Module from nn.Linear, nn.LayerNorm and nn.MultiheadAttention, or widen the "
+            "layers outside it"
         )
     elif handled:
         reason = f"netsurgeon handles {kind} as a whole; {inner} not widened on its own"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import fx, nn
 
 from netsurgeon.errors import TraceError
 from netsurgeon.graph.registry import REGISTRY, Registry
+from netsurgeon.graph.width_attrs import marked_widths, record_width_literals
 
 try:  # generates the forward's code on its first call, not when built (the analysis never calls it)
     from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
@@ -22,6 +24,10 @@ __all__ = ["SurgeonTracer", "symbolic_trace"]
 
 class SurgeonTracer(fx.Tracer):
     """An ``fx.Tracer`` that keeps every registered layer/follower type a leaf.
+
+    A module whose handler gives a ``traced_forward`` is traced through that function instead
+    (``nn.TransformerEncoderLayer``: the slow path its fused kernel computes). Width attributes
+    that handlers own are found by identity (:mod:`netsurgeon.graph.width_attrs`).
 
     A user's ``class MyConv(nn.Conv2d)`` defined outside ``torch.nn`` would otherwise be traced
     through, and its weight would show up as anonymous ``get_attr`` nodes. Buffers read in
@@ -57,11 +63,31 @@ class SurgeonTracer(fx.Tracer):
         handler = self._registry.for_module(m)
         if handler is not None and handler.role in ("layer", "follower"):
             return True
+        if hasattr(handler, "traced_forward"):  # traced through its function, or a leaf
+            return self._traced_forward(m) is None
         return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
+    ) -> Any:
+        """fx's ``call_module``, tracing the function a handler gives for ``m``'s ``forward``
+        (``nn.TransformerEncoderLayer``'s slow path, :mod:`netsurgeon.graph.ops.transformer`)."""
+        traced = None if isinstance(m, self._leaf_types) else self._traced_forward(m)
+        if traced is not None:
+            forward = functools.partial(traced, m)
+        return super().call_module(m, forward, args, kwargs)
+
+    def _traced_forward(self, m: nn.Module) -> Callable[..., Any] | None:
+        handler = self._registry.for_module(m)
+        find = getattr(handler, "traced_forward", None)
+        return None if find is None else find(m, self._registry.registered_type(m))
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         self._tensor_names = None  # the model may have changed since the last trace
-        return super().trace(root, concrete_args)
+        with marked_widths(root, self._registry):  # width attributes found by identity
+            graph = super().trace(root, concrete_args)
+        record_width_literals(graph)
+        return graph
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         """``fx.Tracer.getattr`` with the tensor found by identity in a table built once per

@@ -5,8 +5,9 @@
 * A join of channels on a known dim with channels counted from the end of a tensor of unknown
   rank said ``channels on dim None``; it now says what is unknown and to pass ``example_inputs``.
 * Recurrent modules block the groups they read, naming the module and what it reads.
-* ``nn.TransformerEncoder`` is read as one op: ``summary()``, ``opaque_modules()`` and the error
-  for a layer inside it say why, and a hand-written encoder block traces and widens.
+* ``nn.TransformerEncoder`` is traced through its slow path; a layer it does not describe (a
+  subclass overriding ``_sa_block``) is read as one op: ``summary()``, ``opaque_modules()`` and
+  the error for a layer inside it say why, and a hand-written encoder block traces and widens.
 """
 
 from __future__ import annotations
@@ -205,11 +206,18 @@ def test_an_lstm_cell_blocks_the_features_it_reads():
 # -- TransformerEncoder -------------------------------------------------------------------------
 
 
+class SquaredAttention(nn.TransformerEncoderLayer):
+    """A layer whose own ``_sa_block`` the slow path netsurgeon traces does not describe."""
+
+    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal=False):
+        return super()._sa_block(x, attn_mask, key_padding_mask, is_causal) ** 2
+
+
 class Encoder(nn.Module):
-    def __init__(self, embed: bool) -> None:
+    def __init__(self, embed: bool, layer_type: type = SquaredAttention) -> None:
         super().__init__()
         self.inp = nn.Embedding(10, 16) if embed else nn.Linear(4, 16)
-        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        layer = layer_type(16, 2, 32, dropout=0.0, batch_first=True)
         self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.head = nn.Linear(16, 3)
 
@@ -217,33 +225,42 @@ class Encoder(nn.Module):
         return self.head(self.enc(self.inp(x)))
 
 
+def test_a_transformer_encoder_traces_through_and_every_inner_layer_is_widenable():
+    graph = netsurgeon.trace(
+        Encoder(True, nn.TransformerEncoderLayer), torch.randint(0, 10, (2, 5))
+    )
+    assert not graph.opaque_modules()
+    assert graph.widenable_layers == [n for n in graph.layers if n != "head"]
+    assert "enc.layers.1.linear1" in graph.widenable_layers
+
+
 @pytest.mark.parametrize("embed", [True, False], ids=["embedding-input", "linear-input"])
-def test_a_transformer_encoder_is_reported_as_opaque_with_the_reason(embed):
+def test_a_transformer_layer_it_does_not_describe_is_reported_as_opaque_with_the_reason(embed):
     graph = netsurgeon.trace(Encoder(embed), strict=True)
     opaque = graph.opaque_modules()
-    assert list(opaque) == ["enc"]
-    assert re.search(r"'enc' \(TransformerEncoder\) is read as one opaque op because torch\.fx "
-                     r"cannot trace its forward .*src\.is_nested.* the 8 layers inside it", opaque["enc"])  # fmt: skip
+    assert list(opaque) == ["enc.layers.0", "enc.layers.1"]
+    assert re.search(r"'enc\.layers\.0' \(SquaredAttention\) is read as one opaque op because "
+                     r"netsurgeon traces it through the slow path .* overrides '_sa_block' .* "
+                     r"the 4 layers inside it", opaque["enc.layers.0"])  # fmt: skip
     summary = graph.summary()
     assert re.search(
-        r"opaque modules .*\n  'enc' \(TransformerEncoder\): read as one opaque op because "
-        r"torch\.fx cannot trace its forward .*; fix: write the block",
+        r"opaque modules .*\n  'enc\.layers\.0', 'enc\.layers\.1' \(SquaredAttention\): read as "
+        r"one opaque op because .*; fix: use the torch class as it is",
         summary,
     )
-    if not embed:  # the Linear feeding it is blocked, naming the encoder
-        assert "TransformerEncoder 'enc' reads these channels as its d_model features" in (
-            graph.unwidenable_reason("inp")
-        )
+    if not embed:  # the Linear feeding it is blocked, naming the layer and why
+        reason = graph.unwidenable_reason("inp")
+        assert "SquaredAttention 'enc.layers.0' reads these channels as its d_model" in reason
+        assert "overrides '_sa_block'" in reason
 
 
-def test_widening_a_layer_inside_a_transformer_encoder_says_why_it_cannot():
+def test_widening_a_layer_inside_an_opaque_transformer_layer_says_why_it_cannot():
     model = Encoder(embed=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(
         WidenError,
-        match=r"'enc\.layers\.0\.linear1' is inside 'enc' \(TransformerEncoder\), which netsurgeon "
-        r"reads as one opaque op because torch\.fx cannot trace .* Fix: write the block as your "
-        r"own nn\.Module",
+        match=r"'enc\.layers\.0\.linear1' is inside 'enc\.layers\.0' \(SquaredAttention\), "
+        r"which netsurgeon reads as one opaque op because .* Fix: use the torch class",
     ):
         netsurgeon.widen(model, {"enc.layers.0.linear1": 8})
     for key, value in model.state_dict().items():
@@ -314,8 +331,10 @@ def test_an_initial_state_computed_from_channels_blocks_naming_hidden_size():
 
 
 @pytest.mark.parametrize("kind", ["layer", "encoder"])
-def test_torch_fx_cannot_trace_into_a_transformer_encoder_which_is_why_it_stays_opaque(kind):
-    """The claim behind the opaque reason: if a torch release makes this trace, revisit it."""
+def test_torch_fx_cannot_trace_a_transformer_encoders_own_forward_which_is_why_its_slow_path_is_traced(
+    kind,
+):
+    """The claim behind tracing the slow path: if a torch release makes this trace, revisit it."""
     from netsurgeon.graph.tracer import SurgeonTracer
 
     class TraceInto(SurgeonTracer):
@@ -323,6 +342,9 @@ def test_torch_fx_cannot_trace_into_a_transformer_encoder_which_is_why_it_stays_
             if isinstance(m, (nn.TransformerEncoder, nn.TransformerEncoderLayer)):
                 return False
             return super().is_leaf_module(m, name)
+
+        def call_module(self, m, forward, args, kwargs):  # the module's own forward
+            return torch.fx.Tracer.call_module(self, m, forward, args, kwargs)
 
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
     module = layer if kind == "layer" else nn.TransformerEncoder(layer, 1)

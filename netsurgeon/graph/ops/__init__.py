@@ -18,9 +18,11 @@ by qualified name (:mod:`.torchvision`), so neither package is imported here.
 - :mod:`.concat`: ``cat``, ``stack``, ``chunk``/``split``, ``getitem``;
 - :mod:`.reduce`: reductions, cumulative ops, sorting, ``index_select``, softmax;
 - :mod:`.queries`: ``size``, ``shape``, ``numel``, ``dim``, ``.T``;
-- :mod:`.attention`: matmul-like mixing, per-head attention, ``nn.Transformer*``;
+- :mod:`.attention`: matmul-like mixing, per-head attention;
 - :mod:`.heads`: channels cut into attention heads (the cut, the merge, per-head products);
 - :mod:`.multihead`: ``nn.MultiheadAttention`` (a layer growing by whole heads);
+- :mod:`.transformer`: ``nn.TransformerEncoderLayer`` and friends (traced through their slow
+  path, or leaves that block);
 - :mod:`.recurrent`: ``RNN``/``LSTM``/``GRU`` and their cells;
 - :mod:`.factories`: ``zeros_like`` and friends, ``new_zeros`` and friends;
 - :mod:`.containers`: ``NamedTuple`` outputs;
@@ -49,5 +51,6 @@ from netsurgeon.graph.ops import (  # noqa: F401  (each import registers its han
     reshape,
     spatial,
     torchvision,
+    transformer,
     unflatten,
 )

@@ -6,10 +6,8 @@ those groups block, unless both operands of a ``matmul`` are cut into the same a
 ``F.scaled_dot_product_attention(q, k, v)`` of tensors cut into heads ``(B, H, N, d)`` is per
 head: the head dim is a batch dim, so the ``q``, ``k`` and ``v`` groups join and the output
 carries ``v``'s channels; a mask must broadcast over the heads. Anything else blocks.
-``nn.MultiheadAttention`` is a layer of its own (:mod:`.multihead`). ``nn.Transformer*`` modules
-stay leaves (torch.fx cannot trace their fast-path
-checks, see :mod:`netsurgeon.graph.opaque`): the groups they read block, their output is
-untracked.
+``nn.MultiheadAttention`` is a layer of its own (:mod:`.multihead`), ``nn.Transformer*`` modules
+are :mod:`.transformer`'s.
 """
 
 from __future__ import annotations
@@ -23,14 +21,12 @@ from torch import fx
 
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import node_arg
-from netsurgeon.graph.opaque import TRANSFORMER_TYPES
 from netsurgeon.graph.ops.heads import join_heads, matmul_heads, repeat_heads
 from netsurgeon.graph.ratios import tie
 from netsurgeon.graph.registry import (
     OpHandler,
     register_function,
     register_method,
-    register_module,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +36,6 @@ __all__ = [
     "AttentionHandler",
     "MaskedFillHandler",
     "MixingHandler",
-    "TransformerHandler",
 ]
 
 
@@ -192,26 +187,3 @@ class MaskedFillHandler(OpHandler):
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         return ctx.join(node, [a for a in node.args[:2]], "masked_fill")
-
-
-@register_module(*TRANSFORMER_TYPES)
-class TransformerHandler(OpHandler):
-    """``nn.TransformerEncoder(Layer)`` and friends: the groups they read block; output untracked.
-
-    Their input features are ``d_model``, normalised by LayerNorm and mixed by attention inside
-    the module, so they cannot grow; their output has ``d_model`` features of the module's own.
-    """
-
-    #: it blocks whatever the module computes, so a subclass needs no check
-    relies_on = ()
-
-    def flow(self, node: fx.Node, ctx) -> None:
-        module = ctx.module_of(node)
-        ctx.block(
-            node,
-            ctx.tracked_inputs(node),
-            f"{type(module).__name__} '{node.target}' reads these channels as its d_model "
-            "features, which LayerNorm and attention inside it fix; torch.fx cannot trace into "
-            "it (fast-path checks on the input), so netsurgeon reads it as one op",
-        )
-        return None

@@ -10,7 +10,9 @@ of ``head_dim`` (the heads stay of ``head_dim``: the scale ``1/sqrt(head_dim)`` 
 * ``in_proj_bias`` ``(3E)``, ``bias_k``/``bias_v`` ``(1, 1, E)``: new entries 0;
 * ``out_proj.weight`` ``(E, E)``: ``k`` new rows (new stream channels: drawn, like any
   producer's) and ``k`` new columns (the new heads: 0); ``out_proj.bias``: new entries 0;
-* ``embed_dim``, ``num_heads`` (and ``kdim``/``vdim`` when equal to ``embed_dim``) follow.
+* ``embed_dim``, ``num_heads`` (and ``kdim``/``vdim`` when equal to ``embed_dim``) follow, and
+  so does a parent's record of the head count (torchvision's ``EncoderBlock.num_heads``,
+  :func:`~netsurgeon.graph.width_attrs.follow_head_count`).
 
 Exact: the old heads read the new stream channels through zero columns, and the new heads are
 read through zero columns, so the old output channels are unchanged; the new output channels
@@ -34,6 +36,7 @@ from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.nodes import node_arg
 from netsurgeon.graph.ops.base import LayerHandler
 from netsurgeon.graph.registry import register_module
+from netsurgeon.graph.width_attrs import follow_head_count
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -116,6 +119,7 @@ class MultiheadAttentionHandler(LayerHandler):
         ctx.consume(node, query, module.embed_dim)
         ctx.union(group, query.segments[0].group)
         ctx.require_unit(out[0], module.head_dim)
+        follow_head_count(node, out[0], ctx)  # a parent's record of the head count grows too
         return out
 
 

@@ -10,7 +10,7 @@ dim back (``unflatten``) is in :mod:`.unflatten`; joining and splitting tensors 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +21,7 @@ from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.ops import heads
 from netsurgeon.graph.registry import OpHandler, register_function, register_method, register_module
 from netsurgeon.graph.sizes import SizeValue, claim_channel_size
+from netsurgeon.graph.width_attrs import vouch, width_literal
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -138,9 +139,11 @@ class ReshapeHandler(OpHandler):
     With shapes known, the channel dim may merge with the dims after it (channel-major) or be
     split from them again; its own size must come from the tensor (``-1`` or ``x.size(...)``),
     not a literal, or the forward would break after a widening. A cut into attention heads of a
-    fixed size (``(B, N, -1, d)``) and its merge back are :mod:`.heads`'. Anything else that splits
-    the channels (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them with earlier
-    dims blocks.
+    fixed size (``(B, N, -1, d)``) and its merge back are :mod:`.heads`'. A literal channel size
+    that is a width attribute of a module vouching for it (torchvision ViT's ``self.hidden_dim``,
+    :mod:`netsurgeon.graph.width_attrs`) passes, the module following the group. Anything else
+    that splits the channels (a channel shuffle's ``view(b, g, c // g, h, w)``) or merges them
+    with earlier dims blocks.
     """
 
     knows_heads = True
@@ -148,10 +151,7 @@ class ReshapeHandler(OpHandler):
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
-        shape: Any = list(node.args[1:]) if node.op == "call_method" else node.args[1]
-        if node.op == "call_method" and len(shape) == 1 and isinstance(shape[0], (list, tuple)):
-            shape = list(shape[0])
-        shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+        shape, _ = _spec(node)
         label = ctx.op_name(node)
         before, after = ctx.shape_of(node.args[0]), ctx.shape_of(node)
         cut = self._heads(node, layout, shape, before, after, label, ctx)
@@ -180,14 +180,16 @@ class ReshapeHandler(OpHandler):
     def _with_shapes(self, node, layout, spec, before, after, label, ctx) -> Layout | None:
         channel = layout.normalized_dim()
         leading = math.prod(before[:channel])
-        j = _channel_position(spec, after, leading, ctx)
+        j = _channel_position(node, spec, after, leading, ctx)
         if j is None or j >= len(after):
             ctx.block(
                 node, layout, f"{label} to {tuple(after)} merges the channels with earlier dims"
             )
             return None
         size, out = before[channel], after[j]
-        if len(spec) != len(after) or not _channel_size_arg(spec[j], layout, ctx):
+        if len(spec) != len(after) or not (
+            _channel_size_arg(spec[j], layout, ctx) or vouch(node, _spec(node)[1](j), layout, ctx)
+        ):
             return self._fixed(node, layout, spec, label, ctx)
         if out == size:
             return layout.replace(dim=j, rank=len(after)).with_path(label)
@@ -226,16 +228,36 @@ class ReshapeHandler(OpHandler):
         return None
 
 
-def _channel_position(spec: list[Any], after: Sequence[int], leading: int, ctx: FlowContext):
+def _spec(node: fx.Node) -> tuple[list[Any], Callable[[int], tuple[int, ...]]]:
+    """The shape a ``view``/``reshape`` asks for, and where its ``i``-th size is in ``node.args``
+    (``x.view(b, c, n)``, ``x.view((b, c, n))``, ``torch.reshape(x, (b, c, n))``)."""
+    if node.op == "call_method":
+        if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):
+            return list(node.args[1]), lambda i: (1, i)
+        return list(node.args[1:]), lambda i: (1 + i,)
+    shape = node.args[1]
+    if isinstance(shape, (list, tuple)):
+        return list(shape), lambda i: (1, i)
+    return [shape], lambda i: (1,)
+
+
+def _channel_position(
+    node: fx.Node, spec: list[Any], after: Sequence[int], leading: int, ctx: FlowContext
+):
     """Where the channels land in ``after``: the dims before them hold ``leading`` entries. Size-1
     dims (a batch of one) make several positions fit; the one the spec sizes from the tensor
-    (``-1`` or a channel size read) is taken first."""
+    (``-1``, a channel size read or a width attribute) is taken first."""
     fits = [i for i in range(len(after) + 1) if math.prod(after[:i]) == leading]
+    at = _spec(node)[1]
     follows = [
         i
         for i in fits
         if i < len(spec)
-        and (spec[i] == -1 if not isinstance(spec[i], fx.Node) else _is_channel_read(spec[i], ctx))
+        and (
+            _is_channel_read(spec[i], ctx)
+            if isinstance(spec[i], fx.Node)
+            else spec[i] == -1 or width_literal(node, at(i)) is not None
+        )
     ]
     return (follows or fits or [None])[0]
 

@@ -8,6 +8,11 @@ nor ``torchvision.models`` is imported by ``import netsurgeon``:
   channels (blocks);
 * Swin's ``_patch_merging_pad`` gathers the 2x2 neighbours of a ``(..., H, W, C)`` map into the
   channels: the output's last dim holds 4 copies of the input's segments.
+
+And one module, by qualified name too: ``VisionTransformer`` (traced through) reshapes its patch
+embedding with ``x.reshape(n, self.hidden_dim, n_h * n_w)``; its handler vouches for that literal
+(:mod:`netsurgeon.graph.width_attrs`) and grows ``hidden_dim`` with the stream; its
+``EncoderBlock`` records its attention's head count, which grows with the heads.
 """
 
 from __future__ import annotations
@@ -20,20 +25,41 @@ from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout
 from netsurgeon.graph.ops.attention import MixingHandler
 from netsurgeon.graph.ops.elementwise import ElementwiseHandler
-from netsurgeon.graph.registry import OpHandler, register_function
+from netsurgeon.graph.registry import OpHandler, register_function, register_module
+from netsurgeon.graph.width_attrs import WidthOwnerHandler
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
 __all__ = [
+    "EncoderBlockHandler",
     "PatchMerging3dHandler",
     "PatchMergingHandler",
     "StochasticDepthHandler",
+    "VisionTransformerHandler",
     "WindowAttentionHandler",
 ]
 
 
 _SWIN = "torchvision.models.swin_transformer"
+
+
+@register_module("torchvision.models.vision_transformer.VisionTransformer")
+class VisionTransformerHandler(WidthOwnerHandler):
+    """torchvision's ViT: ``hidden_dim`` is the width of the stream ``conv_proj`` writes, read in
+    ``_process_input`` (``reshape(n, self.hidden_dim, n_h * n_w)``); nothing else in its forward
+    sizes a channel dim. ``mlp_dim`` only builds the blocks (each MLP's width is its own)."""
+
+    width_attrs = ("hidden_dim",)
+    relies_on = ("forward", "_process_input")
+
+
+@register_module("torchvision.models.vision_transformer.EncoderBlock")
+class EncoderBlockHandler(WidthOwnerHandler):
+    """torchvision ViT's block: ``num_heads`` records ``self_attention``'s head count (its forward
+    never reads it); it grows with the heads, so the block describes itself truly."""
+
+    head_counts = (("num_heads", "self_attention"),)
 
 
 @register_function("torchvision.ops.stochastic_depth.stochastic_depth")
