@@ -65,6 +65,23 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     return getattr(transformer_models, name)(), torch.randint(0, 50, (2, 12))
 
 
+def counted_layers(graph) -> list[tuple[str, object]]:
+    """``(name, group)`` of the non-output Linear/Conv layers: the graph's, and those inside a
+    layer the graph reads whole (``nn.MultiheadAttention``'s ``out_proj``, torchvision Swin's
+    ``qkv`` and ``proj``), which grow with that layer's group."""
+    found = []
+    for layer in graph.layers:
+        module, group = graph.module(layer), graph.group_of(layer)
+        if group.reaches_output:
+            continue
+        if isinstance(module, LAYERS):
+            found.append((layer, group))
+        else:
+            inner = module.named_modules(prefix=layer)
+            found += [(n, group) for n, m in inner if n != layer and isinstance(m, LAYERS)]
+    return found
+
+
 def coverage(name: str) -> str:
     """One line: widenable share, the error of widening everything, constructions, a reason."""
     torch.manual_seed(0)
@@ -72,12 +89,8 @@ def coverage(name: str) -> str:
     model = model.double().eval()
     x = x.double() if x.is_floating_point() else x
     graph = netsurgeon.trace(model, example_inputs=(x,), strict=False)
-    layers = [
-        layer
-        for layer in graph.layers
-        if isinstance(graph.module(layer), LAYERS) and not graph.group_of(layer).reaches_output
-    ]
-    widenable = [layer for layer in layers if graph.group_of(layer).widenable]
+    layers = counted_layers(graph)
+    widenable = [name for name, group in layers if group.widenable]
     plan = {g.name: g.granularity for g in graph.groups if g.widenable}
     with torch.no_grad():
         before = model(x)

@@ -55,7 +55,7 @@ class SurgeonTracer(fx.Tracer):
         if isinstance(m, self._leaf_types):
             return True
         handler = self._registry.for_module(m)
-        if handler is not None and handler.role in ("layer", "follower"):
+        if handler is not None and handler.role_of(m) in ("layer", "follower"):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

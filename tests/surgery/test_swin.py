@@ -1,0 +1,161 @@
+"""Swin transformers widen whole: streams tiled through patch merging, window attention by heads.
+
+torchvision's ``ShiftedWindowAttention`` is one layer grown by whole heads with the stream it
+reads (``netsurgeon/graph/ops/torchvision.py``); patch merging's LayerNorm reads four shifted
+copies of the stream side by side, so the streams it reads tile (``k`` a multiple of the
+width); the last stage mean-pads. Small configurations run fast, the full ``swin_t`` is slow.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import netsurgeon
+from netsurgeon.errors import WidenError
+
+swin = pytest.importorskip("torchvision.models.swin_transformer")
+
+
+def small(window: int = 2, embed: int = 8, v2: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    extra = (
+        {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
+        if v2
+        else {}
+    )
+    return swin.SwinTransformer(
+        patch_size=[4, 4], embed_dim=embed, depths=[2, 2], num_heads=[1, 2],
+        window_size=[window, window], stochastic_depth_prob=0.0, num_classes=5, **extra,
+    )  # fmt: skip
+
+
+def relative(after: torch.Tensor, before: torch.Tensor) -> float:
+    return float((after - before).abs().max().detach() / before.abs().max().detach())
+
+
+def widen_all(model, x, multiple: int = 1, **kwargs):
+    graph = netsurgeon.trace(model, example_inputs=(x,))
+    plan = {g.name: g.granularity * multiple for g in graph.groups if g.widenable}
+    netsurgeon.widen(model, plan, graph=graph, **kwargs)
+    return graph, plan
+
+
+def test_every_group_but_the_output_widens_with_its_construction():
+    model = small().double()
+    graph = netsurgeon.trace(model, example_inputs=(torch.randn(1, 3, 32, 32).double(),))
+    stream1, stream2 = graph.group_of("features.1.0.attn"), graph.group_of("features.3.0.attn")
+    assert [g.name for g in graph.groups if not g.widenable] == ["head"]
+    # patch merging's norm reads 4 copies of the first stream: only tiling keeps its statistics
+    assert stream1.construction == "tile" and stream1.constructions == ("tile",)
+    assert any("features.2.norm" in r and "copies" in r for r in stream1.requirements)
+    assert stream2.construction == "mean_pad" and stream2.granularity == 8  # one head of 8
+    assert "features.1.0.attn" in stream1.producers and "features.1.0.attn" in {c.layer for c in stream1.consumers}
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    window=st.sampled_from([2, 4]),
+    embed=st.sampled_from([8, 12]),
+    multiple=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_widening_everything_at_once_keeps_the_output_float64_eval(window, embed, multiple, seed):
+    model = small(window, embed, seed=seed).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    before = model(x)
+    widen_all(model, x, multiple)
+    assert relative(model(x), before) <= 1e-9
+    attn = model.features[1][0].attn
+    heads = (1 + multiple) * 1  # the first stream tiles: k = multiple * width, one head each
+    assert attn.num_heads == heads and attn.relative_position_bias_table.shape[1] == heads
+    assert attn.qkv.weight.shape == (3 * embed * heads, embed * heads)
+    assert (attn.qkv.in_features, attn.proj.out_features) == (embed * heads, embed * heads)
+
+
+def test_float32_train_mode_within_tolerance_and_new_heads_are_live():
+    model = small().train()
+    x = torch.randn(4, 3, 32, 32)
+    before = model(x)
+    widen_all(model, x)
+    after = model(x)
+    assert relative(after, before) <= 1e-5  # float32 rounding over 4 blocks and 2 stages
+    attn = model.features[3][0].attn  # 2 heads of 8 -> 3
+    assert attn.num_heads == 3
+    new_cols = attn.proj.weight[:, 16:]
+    assert torch.count_nonzero(new_cols) == 0
+    assert torch.count_nonzero(attn.relative_position_bias_table[:, 2:]) == 0
+    with torch.no_grad():  # the new head computes something: reading it changes the output
+        new_cols.normal_()
+    assert relative(model(x), before) > 1e-3
+
+
+def test_training_continues_and_every_new_parameter_gets_gradient():
+    model = small()
+    x, target = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.nn.functional.cross_entropy(model(x), target).backward()
+    opt.step()
+    opt.zero_grad()
+    widen_all(model, x, optimizer=opt)
+    attn = model.features[3][0].attn
+    seen = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in attn.named_parameters()}
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+        for n, p in attn.named_parameters():
+            seen[n] |= p.grad != 0
+        opt.step()
+    # 2 heads of 8 -> 3: the new head's q, k, v rows are 16:24, 40:48, 64:72 of (72, 24)
+    for rows in (slice(16, 24), slice(40, 48), slice(64, 72)):
+        assert seen["qkv.weight"][rows].all() and seen["qkv.bias"][rows].all()
+    assert seen["proj.weight"][:, 16:].all()  # the new head's output columns
+    assert seen["proj.weight"][16:].all()  # the new stream channels' rows
+    assert seen["relative_position_bias_table"][:, 2:].all()
+
+
+def test_not_exact_inits_are_refused_bit_identical():
+    model = small()
+    x = torch.randn(2, 3, 32, 32)
+    opt = torch.optim.AdamW(model.parameters())
+    model(x).sum().backward()
+    opt.step()
+    state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    graph = netsurgeon.trace(model, example_inputs=(x,))
+    with pytest.raises(WidenError, match="features.2.norm"):
+        netsurgeon.widen(model, {"features.0.0": 8}, graph=graph, init="mean_pad", optimizer=opt)
+    with pytest.raises(WidenError, match="grows in multiples of 8"):
+        netsurgeon.widen(model, {"features.0.0": 4}, graph=graph, optimizer=opt)
+    with pytest.raises(WidenError):  # not whole heads of 8
+        netsurgeon.widen(model, {"features.2.reduction": 4}, graph=graph, optimizer=opt)
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state) and state.keys() == after.keys()
+    assert repr(opt.state_dict()) == repr(opt_state)
+    assert model.features[1][0].attn.num_heads == 1
+
+
+def test_swin_v2_attention_is_traced_through_and_blocks_with_the_reason():
+    """V2's cosine attention and bias MLP are its own forward: not the handler's, so the module is
+    traced through (its bias MLP's hidden width stays widenable) and the function blocks."""
+    model = small(v2=True)
+    graph = netsurgeon.trace(model, example_inputs=(torch.randn(1, 3, 32, 32),), strict=False)
+    stream = graph.group_of("features.1.0.mlp.3")
+    assert not stream.widenable and "shifted_window_attention" in stream.reason
+    assert graph.group_of("features.1.0.attn.cpb_mlp.0").widenable
+    assert "features.1.0.attn" not in graph.layers
+
+
+@pytest.mark.slow
+def test_full_swin_t_widens_exactly():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t().double().eval()
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    before = model(x)
+    graph, plan = widen_all(model, x)
+    assert [g.name for g in graph.groups if not g.widenable] == ["head"]
+    assert relative(model(x), before) <= 1e-9
