@@ -36,6 +36,7 @@ from torch import fx, nn
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.registry import OpHandler, register_function, register_method, register_module
+from netsurgeon.graph.sizes import SizeValue
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -154,19 +155,27 @@ def pad_flow(
     """Padding of the trailing dims; constant padding of the channel dim adds fixed segments."""
     if layout is None:
         return None
-    if not isinstance(pad, (tuple, list)) or not all(isinstance(p, int) for p in pad):
+    position = channel_position_from_end(layout)
+    if not isinstance(pad, (tuple, list)) or not all(_fixed_size(p, ctx) for p in pad):
         ctx.block(
             node,
             layout,
-            f"F.pad with computed sizes {pad!r}: netsurgeon cannot tell which dims it pads",
+            f"F.pad with computed sizes {pad!r}: netsurgeon cannot tell which dims it pads, or "
+            "a size depends on a width",
         )
         return None
-    position = channel_position_from_end(layout)
     if position is None:
         ctx.unknown(node, f"pad {tuple(pad)} of a tensor whose rank is unknown")
     if position >= len(pad) // 2:  # only dims after the channels are padded
         return layout.with_path(ctx.op_name(node))
     before, after = pad[2 * position], pad[2 * position + 1]
+    if not (isinstance(before, int) and isinstance(after, int)):
+        ctx.block(
+            node,
+            layout,
+            f"F.pad with computed sizes {pad!r} pads the channel dim by a computed amount",
+        )
+        return None
     if mode != "constant" or before < 0 or after < 0:
         ctx.block(
             node,
@@ -188,6 +197,15 @@ def pad_flow(
     segments += [Segment(None, 0, after)] if after else []
     label = ctx.op_name(node)
     return layout.replace(segments=tuple(s.with_path(label) for s in segments), factor=1)
+
+
+def _fixed_size(arg: Any, ctx: FlowContext) -> bool:
+    """A literal, or a number computed from sizes no widening changes (Swin's padding to whole
+    windows, ``(w - W % w) % w`` of a spatial size ``W``): which dim it pads is its position."""
+    if isinstance(arg, int):
+        return True
+    value = ctx.layouts.get(arg) if isinstance(arg, fx.Node) else None
+    return isinstance(value, SizeValue) and not value.depends
 
 
 @register_module(nn.PixelShuffle, nn.PixelUnshuffle)
