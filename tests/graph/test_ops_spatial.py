@@ -315,3 +315,36 @@ def test_flattening_neighbours_before_the_channels_is_copies_side_by_side():
     assert widened == ["conv"] and model.head.in_features == 4 * 7
     blind = netsurgeon.trace(make(), strict=False)  # without shapes nothing can be counted
     assert "pass example_inputs" in blind.unwidenable_reason("conv")
+
+
+class PaddedStream(nn.Module):
+    """``norm(pad(proj(x)))`` over channels last: spatial padding between a producer and the
+    LayerNorm that reads its channels."""
+
+    def __init__(self, value: float, mode: str = "constant") -> None:
+        super().__init__()
+        self.proj, self.norm, self.head = nn.Linear(3, 6), nn.LayerNorm(6), nn.Linear(6, 5)
+        self.value, self.mode = value, mode
+
+    def forward(self, x):
+        h = self.proj(x.permute(0, 2, 3, 1))
+        if self.mode == "constant":
+            return self.head(self.norm(F.pad(h, (0, 0, 1, 1, 0, 1), value=self.value)))
+        h = F.pad(h.permute(0, 3, 1, 2), (1, 1, 0, 1), mode=self.mode)  # (H, W) of (B, C, H, W)
+        return self.head(self.norm(h.permute(0, 2, 3, 1)))
+
+
+@pytest.mark.parametrize(
+    ("value", "mode", "construction"),
+    [(0.0, "constant", "mean_pad"), (1.5, "constant", "tile"), (0.0, "circular", "mean_pad")],
+)
+def test_padding_keeps_a_mean_padded_stream_unless_it_writes_a_nonzero_constant(
+    value, mode, construction
+):
+    """Padded positions hold 0 (or a copied position) in every channel: a new channel holding
+    the mean of the old ones (or 0 after a norm) still does. A nonzero constant would be written
+    into the new channels too, where a norm's zero output must stay 0: tiling only."""
+    make = lambda: PaddedStream(value, mode)  # noqa: E731
+    assert netsurgeon.trace(make(), X).group_of("proj").construction == construction
+    widened, model = widen_all_and_compare(make, X, multiple=1)
+    assert widened == ["proj"] and model.norm.normalized_shape[0] > 6

@@ -150,14 +150,18 @@ def test_swin_v2_attention_is_traced_through_and_blocks_with_the_reason():
 
 
 @pytest.mark.slow
-def test_full_swin_t_widens_exactly():
-    torchvision = pytest.importorskip("torchvision")
+@pytest.mark.parametrize("name", ["tv.swin_t", "timm.swin_tiny_patch4_window7_224"])
+def test_full_swin_widens_exactly(name):
     torch.manual_seed(0)
-    model = torchvision.models.swin_t().double().eval()
+    if name.startswith("tv."):
+        model = pytest.importorskip("torchvision").models.swin_t()
+    else:
+        model = pytest.importorskip("timm").create_model(name[5:], pretrained=False)
+    model = model.double().eval()
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
     before = model(x)
     graph, plan = widen_all(model, x)
-    assert [g.name for g in graph.groups if not g.widenable] == ["head"]
+    assert [g.name for g in graph.groups if not g.widenable] == sorted(graph.output_layers)
     assert relative(model(x), before) <= 1e-9
 
 
@@ -176,14 +180,27 @@ def timm_small(window: int = 2, embed: int = 8, seed: int = 0):
 def test_timm_streams_widen_through_window_padding_and_patch_merging():
     model = timm_small().double()
     graph = netsurgeon.trace(model, example_inputs=(torch.randn(1, 3, 32, 32).double(),))
-    stream1, stream2 = graph.group_of("patch_embed.proj"), graph.group_of("layers.1.blocks.0.attn.proj")
-    assert stream1.widenable and stream1.construction == "tile"
+    assert [g.name for g in graph.groups if not g.widenable] == ["head.fc"]
+    stream1 = graph.group_of("patch_embed.proj")
+    assert stream1.construction == "tile"
     assert any("layers.1.downsample.norm" in r and "copies" in r for r in stream1.requirements)
-    assert stream2.widenable and stream2.name == "layers.1.downsample.reduction"
-    assert "layers.0.blocks.1.attn.proj" in stream1.producers  # the window attention's output
-    # the heads (qkv's group) are not followed yet: a literal head count with head size -1
-    qkv = graph.group_of("layers.0.blocks.0.attn.qkv")
-    assert not qkv.widenable and "reshape" in qkv.reason
+    # the window attention is one layer of its stream, grown by heads of 8
+    attn = graph.group_of("layers.1.blocks.0.attn")
+    assert attn.name == "layers.1.downsample.reduction" and attn.granularity == 8
+    # window padding and the cyclic shift keep the mean: the last stage mean-pads
+    assert attn.construction == "mean_pad"
+    assert "layers.0.blocks.1.attn" in stream1.producers
+
+
+def test_timm_window_attention_with_its_own_head_size_blocks_with_the_reason():
+    model = timm_small()
+    old = model.layers[0].blocks[0].attn
+    timm_swin = pytest.importorskip("timm.models.swin_transformer")
+    model.layers[0].blocks[0].attn = timm_swin.WindowAttention(8, 1, head_dim=4, window_size=2)
+    graph = netsurgeon.trace(model, example_inputs=(torch.randn(1, 3, 32, 32),), strict=False)
+    reason = graph.unwidenable_reason("patch_embed.proj")
+    assert "layers.0.blocks.0.attn" in reason and "head size set apart" in reason
+    assert old.num_heads == 1
 
 
 @settings(max_examples=6, deadline=None)
@@ -193,17 +210,25 @@ def test_timm_streams_widen_through_window_padding_and_patch_merging():
     multiple=st.integers(1, 2),
     seed=st.integers(0, 2**16),
 )
-def test_timm_widening_everything_widenable_keeps_the_output(window, embed, multiple, seed):
+@pytest.mark.parametrize("fused", [False, True])
+def test_timm_widening_everything_keeps_the_output(fused, window, embed, multiple, seed):
     model = timm_small(window, embed, seed).double().eval()
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     before = model(x)
     graph, plan = widen_all(model, x, multiple)
     assert plan["patch_embed.proj"] == embed * multiple
     assert relative(model(x), before) <= 1e-9
     assert model.layers[0].blocks[0].norm1.normalized_shape == (embed * (1 + multiple),)
+    attn = model.layers[0].blocks[0].attn  # one head of embed: tiled, 1 + multiple heads
+    assert attn.num_heads == 1 + multiple and attn.dim == embed * (1 + multiple)
+    assert attn.relative_position_bias_table.shape[1] == 1 + multiple
 
 
 def test_timm_float32_train_mode_within_tolerance():
+    """Train mode: drop path's per-sample mask is sized from the batch and ``x.ndim``, no width."""
     model = timm_small().train()  # drop path 0.1 by default: off here
     for module in model.modules():
         if type(module).__name__ == "DropPath":

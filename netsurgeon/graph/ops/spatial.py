@@ -133,6 +133,10 @@ def channel_position_from_end(layout: Layout) -> int | None:
 class PadModuleHandler(OpHandler):
     """``ReflectionPad2d``, ``ZeroPad2d``, ...: they pad the trailing 1, 2 or 3 spatial dims."""
 
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        module = ctx.module_of(node)
+        return _padding_effect(node, tuple(module.padding), getattr(module, "value", 0), ctx)
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         module = ctx.module_of(node)
         mode = next((m for kind, m in _PAD_MODES.items() if kind in type(module).__name__), None)
@@ -142,6 +146,14 @@ class PadModuleHandler(OpHandler):
 @register_function(F.pad, torch.constant_pad_nd)
 class PadHandler(OpHandler):
     """``F.pad(x, pad, mode, value)`` pads the last ``len(pad) // 2`` dims (see the module doc)."""
+
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        if node.target is F.pad:
+            mode = node_arg(node, 2, "mode", "constant")
+            value = node_arg(node, 3, "value", None) if mode == "constant" else 0
+        else:
+            value = node_arg(node, 2, "value", 0)
+        return _padding_effect(node, node_arg(node, 1, "pad", ()), value, ctx)
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         pad = node_arg(node, 1, "pad", ())
@@ -197,6 +209,20 @@ def pad_flow(
     segments += [Segment(None, 0, after)] if after else []
     label = ctx.op_name(node)
     return layout.replace(segments=tuple(s.with_path(label) for s in segments), factor=1)
+
+
+def _padding_effect(node: fx.Node, pad: Any, value: Any, ctx: FlowContext) -> str:
+    """``"same"`` when other dims than the channels are padded with zeros or copies (a new
+    position holds 0, or a copied position, in every channel, so a channel holding the mean of
+    the others, or 0, still does); a nonzero constant would put itself in a zero channel, and
+    padding the channels adds fixed ones: ``"opaque"``."""
+    layout = first_layout(node, ctx)
+    position = None if layout is None else channel_position_from_end(layout)
+    if position is None or not isinstance(pad, (tuple, list)):
+        return "opaque"
+    if position < len(pad) // 2 and (pad[2 * position], pad[2 * position + 1]) != (0, 0):
+        return "opaque"
+    return "same" if value in (None, 0, 0.0) else "opaque"
 
 
 def _fixed_size(arg: Any, ctx: FlowContext) -> bool:
@@ -282,6 +308,8 @@ class ChannelShuffleModuleHandler(OpHandler):
 @register_method("flip", "fliplr", "flipud", "roll")
 class FlipRollHandler(OpHandler):
     """``flip``/``roll`` over other dims pass; over the channels they reorder them and block."""
+
+    stream_effect = "same"  # positions move, each with all its channels: a mean stays a mean
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
