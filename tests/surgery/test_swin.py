@@ -34,6 +34,15 @@ def small(window: int = 2, embed: int = 8, v2: bool = False, seed: int = 0):
     )  # fmt: skip
 
 
+def timm_small(window: int = 2, embed: int = 8, seed: int = 0):
+    timm_swin = pytest.importorskip("timm.models.swin_transformer")
+    torch.manual_seed(seed)
+    return timm_swin.SwinTransformer(
+        img_size=32, patch_size=4, window_size=window, embed_dim=embed, depths=(2, 2),
+        num_heads=(1, 2), num_classes=5,
+    )  # fmt: skip
+
+
 def relative(after: torch.Tensor, before: torch.Tensor) -> float:
     return float((after - before).abs().max().detach() / before.abs().max().detach())
 
@@ -149,6 +158,17 @@ def test_swin_v2_attention_is_traced_through_and_blocks_with_the_reason():
     assert "features.1.0.attn" not in graph.layers
 
 
+@pytest.mark.parametrize("make", [small, timm_small], ids=["torchvision", "timm"])
+def test_a_grown_checkpoint_loads_into_a_fresh_model(make):
+    model = make().eval()
+    x = torch.randn(1, 3, 32, 32)
+    widen_all(model, x)
+    state, out = model.state_dict(), model(x)
+    fresh = make(seed=1).eval()
+    netsurgeon.load_state_dict(fresh, state, example_inputs=(x,))
+    assert torch.equal(fresh(x), out) and repr(fresh) == repr(model)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tv.swin_t", "timm.swin_tiny_patch4_window7_224"])
 def test_full_swin_widens_exactly(name):
@@ -166,15 +186,6 @@ def test_full_swin_widens_exactly(name):
 
 
 # -- timm ------------------------------------------------------------------------------------------
-
-
-def timm_small(window: int = 2, embed: int = 8, seed: int = 0):
-    timm_swin = pytest.importorskip("timm.models.swin_transformer")
-    torch.manual_seed(seed)
-    return timm_swin.SwinTransformer(
-        img_size=32, patch_size=4, window_size=window, embed_dim=embed, depths=(2, 2),
-        num_heads=(1, 2), num_classes=5,
-    )  # fmt: skip
 
 
 def test_timm_streams_widen_through_window_padding_and_patch_merging():
