@@ -63,7 +63,9 @@ def test_every_group_but_the_output_widens_with_its_construction():
     assert stream1.construction == "tile" and stream1.constructions == ("tile",)
     assert any("features.2.norm" in r and "copies" in r for r in stream1.requirements)
     assert stream2.construction == "mean_pad" and stream2.granularity == 8  # one head of 8
-    assert "features.1.0.attn" in stream1.producers and "features.1.0.attn" in {c.layer for c in stream1.consumers}
+    assert "features.1.0.attn" in stream1.producers and "features.1.0.attn" in {
+        c.layer for c in stream1.consumers
+    }
 
 
 @settings(max_examples=8, deadline=None)
@@ -135,7 +137,7 @@ def test_not_exact_inits_are_refused_bit_identical():
     opt.step()
     state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     graph = netsurgeon.trace(model, example_inputs=(x,))
-    with pytest.raises(WidenError, match="features.2.norm"):
+    with pytest.raises(WidenError, match=r"features\.2\.norm"):
         netsurgeon.widen(model, {"features.0.0": 8}, graph=graph, init="mean_pad", optimizer=opt)
     with pytest.raises(WidenError, match="grows in multiples of 8"):
         netsurgeon.widen(model, {"features.0.0": 4}, graph=graph, optimizer=opt)
@@ -145,6 +147,16 @@ def test_not_exact_inits_are_refused_bit_identical():
     assert all(torch.equal(state[k], after[k]) for k in state) and state.keys() == after.keys()
     assert repr(opt.state_dict()) == repr(opt_state)
     assert model.features[1][0].attn.num_heads == 1
+
+
+def test_a_hook_on_the_window_attention_qkv_blocks_the_stream_naming_it():
+    """``qkv`` runs inside the leaf: a hook on it could change what the attention computes."""
+    model = small()
+    model.features[1][0].attn.qkv.register_forward_hook(lambda m, i, o: o * 2)
+    graph = netsurgeon.trace(model, example_inputs=(torch.randn(1, 3, 32, 32),), strict=False)
+    reason = graph.unwidenable_reason("features.0.0")
+    assert "features.1.0.attn" in reason and "'qkv'" in reason and "forward hook" in reason
+    assert graph.group_of("features.2.reduction").widenable  # the next stage is untouched
 
 
 def test_swin_v2_attention_is_traced_through_and_blocks_with_the_reason():
@@ -180,7 +192,7 @@ def test_full_swin_widens_exactly(name):
     model = model.double().eval()
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
     before = model(x)
-    graph, plan = widen_all(model, x)
+    graph, _ = widen_all(model, x)
     assert [g.name for g in graph.groups if not g.widenable] == sorted(graph.output_layers)
     assert relative(model(x), before) <= 1e-9
 
@@ -229,7 +241,7 @@ def test_timm_widening_everything_keeps_the_output(fused, window, embed, multipl
             module.fused_attn = fused
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     before = model(x)
-    graph, plan = widen_all(model, x, multiple)
+    _, plan = widen_all(model, x, multiple)
     assert plan["patch_embed.proj"] == embed * multiple
     assert relative(model(x), before) <= 1e-9
     assert model.layers[0].blocks[0].norm1.normalized_shape == (embed * (1 + multiple),)

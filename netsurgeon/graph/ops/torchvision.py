@@ -77,7 +77,6 @@ class PatchMerging3dHandler(PatchMergingHandler):
     copies = 8
 
 
-
 @register_module(f"{_SWIN}.ShiftedWindowAttention")
 class ShiftedWindowAttentionHandler(WindowAttentionLayerHandler):
     """torchvision's ``ShiftedWindowAttention``: its forward calls ``shifted_window_attention(x,

@@ -144,6 +144,8 @@ class WindowAttentionLayerHandler(LayerHandler):
             return "its input is not one whole group on the last dim"
         if query.factor != 1 or query.rank != self.rank:
             return f"its input is not of rank {self.rank} with the channels last"
+        if any(ctx.layout(n) is not None for n in node.all_input_nodes if n is not node.args[0]):
+            return "another of its arguments (the mask) carries channels"
         width, heads = self.out_width(module), int(module.num_heads)
         shapes = (tuple(module.qkv.weight.shape), tuple(module.proj.weight.shape))
         if shapes != ((3 * width, width), (width, width)) or width % heads:
