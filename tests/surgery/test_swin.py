@@ -260,3 +260,61 @@ def test_timm_float32_train_mode_within_tolerance():
     before = model(x)
     widen_all(model, x)
     assert relative(model(x), before) <= 1e-5
+
+
+# -- a Swin stage written by hand ------------------------------------------------------------------
+
+
+class HandStage(torch.nn.Module):
+    """One Swin stage in plain PyTorch, channels last: the stream padded to whole windows by
+    computed sizes, cyclically shifted, partitioned into windows (a token MLP stands in for the
+    attention), merged back, cropped; then patch merging by ``reshape/permute/flatten(3)`` and a
+    LayerNorm over the four neighbours."""
+
+    def __init__(self, width: int, window: int, shift: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.embed, self.norm1 = nn.Linear(3, width), nn.LayerNorm(width)
+        self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.merge_norm, self.reduce = nn.LayerNorm(4 * width), nn.Linear(4 * width, 2 * width)
+        self.head = nn.Linear(2 * width, 3)
+        self.window, self.shift = window, shift
+
+    def forward(self, x):
+        x = self.embed(x.permute(0, 2, 3, 1))  # (B, H, W, C)
+        b, h, w, c = x.shape
+        s = self.window
+        y = torch.nn.functional.pad(self.norm1(x), (0, 0, 0, (s - w % s) % s, 0, (s - h % s) % s))
+        y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        hp, wp = y.shape[1], y.shape[2]
+        y = y.view(b, hp // s, s, wp // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        y = self.fc2(torch.relu(self.fc1(y)))
+        y = y.view(b, hp // s, wp // s, s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + y[:, :h, :w, :].contiguous()
+        x = torch.nn.functional.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        _, h, w, _ = x.shape
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.head(self.reduce(self.merge_norm(x)).mean((1, 2)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    width=st.sampled_from([4, 6]),
+    window=st.integers(2, 3),
+    shift=st.integers(0, 1),
+    size=st.integers(4, 7),
+    multiple=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_a_hand_written_swin_stage_widens_exactly(width, window, shift, size, multiple, seed):
+    torch.manual_seed(seed)
+    model = HandStage(width, window, shift).double().eval()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    before = model(x)
+    graph, plan = widen_all(model, x, multiple)
+    stream = graph.group_of("embed")
+    assert stream.widenable and stream.constructions == ("tile",)  # read by the merge norm
+    assert plan["embed"] == width * multiple and graph.group_of("reduce").widenable
+    assert relative(model(x), before) <= 1e-9
+    assert model.reduce.in_features == 4 * width * (1 + multiple)
