@@ -1,6 +1,8 @@
 """How much of a transformer netsurgeon widens exactly: the bar of the transformers issue.
 
-For each model: the share of its non-output Linear/Conv layers whose channel group is widenable,
+For each model: the share of its non-output Linear/Conv layers whose channel group is widenable
+(those inside a layer the graph reads whole, ``nn.MultiheadAttention``'s ``out_proj`` and Swin's
+``qkv``/``proj``, count with that layer's group),
 the construction of each widenable group (``append``, ``mean_pad``, ``zero_pad``, ``tile``),
 and the largest relative output change after widening every widenable group at once by one
 granularity (float64, eval mode, random weights; ``nan`` where the output is identically 0 at
