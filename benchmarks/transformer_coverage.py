@@ -1,6 +1,8 @@
 """How much of a transformer netsurgeon widens exactly: the bar of the transformers issue.
 
-For each model: the share of its non-output Linear/Conv layers whose channel group is widenable,
+For each model: the share of its non-output Linear/Conv layers whose channel group is widenable
+(those inside a layer the graph reads whole, ``nn.MultiheadAttention``'s ``out_proj`` and Swin's
+``qkv``/``proj``, count with that layer's group),
 the construction of each widenable group (``append``, ``mean_pad``, ``zero_pad``, ``tile``),
 and the largest relative output change after widening every widenable group at once by one
 granularity (float64, eval mode, random weights; a zero-initialised layer, torchvision ViT's
@@ -73,6 +75,23 @@ def _draw_zero_layers(model: nn.Module) -> None:
                 module.weight.normal_(std=module.weight.shape[1] ** -0.5)
 
 
+def counted_layers(graph) -> list[tuple[str, object]]:
+    """``(name, group)`` of the non-output Linear/Conv layers: the graph's, and those inside a
+    layer the graph reads whole (``nn.MultiheadAttention``'s ``out_proj``, torchvision Swin's
+    ``qkv`` and ``proj``), which grow with that layer's group."""
+    found = []
+    for layer in graph.layers:
+        module, group = graph.module(layer), graph.group_of(layer)
+        if group.reaches_output:
+            continue
+        if isinstance(module, LAYERS):
+            found.append((layer, group))
+        else:
+            inner = module.named_modules(prefix=layer)
+            found += [(n, group) for n, m in inner if n != layer and isinstance(m, LAYERS)]
+    return found
+
+
 def coverage(name: str) -> str:
     """One line: widenable share, the error of widening everything, constructions, a reason."""
     torch.manual_seed(0)
@@ -81,12 +100,8 @@ def coverage(name: str) -> str:
     _draw_zero_layers(model)
     x = x.double() if x.is_floating_point() else x
     graph = netsurgeon.trace(model, example_inputs=(x,), strict=False)
-    layers = [
-        layer
-        for layer in graph.layers
-        if isinstance(graph.module(layer), LAYERS) and not graph.group_of(layer).reaches_output
-    ]
-    widenable = [layer for layer in layers if graph.group_of(layer).widenable]
+    layers = counted_layers(graph)
+    widenable = [name for name, group in layers if group.widenable]
     plan = {g.name: g.granularity for g in graph.groups if g.widenable}
     with torch.no_grad():
         before = model(x)

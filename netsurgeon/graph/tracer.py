@@ -61,7 +61,7 @@ class SurgeonTracer(fx.Tracer):
         if isinstance(m, self._leaf_types):
             return True
         handler = self._registry.for_module(m)
-        if handler is not None and handler.role in ("layer", "follower"):
+        if handler is not None and handler.role_of(m) in ("layer", "follower"):
             return True
         if hasattr(handler, "traced_forward"):  # traced through its function, or a leaf
             return self._traced_forward(m) is None

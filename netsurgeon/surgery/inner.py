@@ -3,8 +3,9 @@
 ``nn.MultiheadAttention`` is one layer of width ``E`` whose ``in_proj_weight`` rows hold three
 blocks of ``E`` (the ``q``, ``k``, ``v`` heads) and whose ``out_proj.weight`` columns hold one:
 its handler lists them as ``inner_axes(module)``: ``(Axis, copies)`` pairs
-(:mod:`netsurgeon.graph.ops.multihead`). Growing the layer by ``k`` inserts ``k`` entries at the
-end of each block. New entries of an axis with ``fill=None`` are new units' weights (new heads),
+(:mod:`netsurgeon.graph.ops.multihead`), or ``(Axis, copies, per)`` for a dim holding one entry
+per ``per`` channels (one per head: Swin's relative position bias table, ``(L, heads)``).
+Growing the layer by ``k`` inserts ``k`` (``k / per``) entries at the end of each block. New entries of an axis with ``fill=None`` are new units' weights (new heads),
 drawn as the paper's init draws rows whatever the group's init (copies of old heads, read through
 zero columns, would stay copies: the same gradient forever); their other grown dim, the new
 columns, stays 0, and so does every other new entry. Zero columns are exact under every init:
@@ -40,20 +41,34 @@ def inner_inserts(
 ) -> dict[str, Inserts]:
     """``{tensor: {dim: insertions}}`` of the handler's inner axes (none if it has none)."""
     found: dict[str, Inserts] = {}
-    for axis, copies in getattr(handler, "inner_axes", lambda _: ())(module):
-        index_map = IndexMap((Piece(own, 0, width),) * copies)
+    for entry in getattr(handler, "inner_axes", lambda _: ())(module):
+        axis, copies, per = (*entry, 1)[:3]
+        index_map = IndexMap((Piece(own, 0, width // per),) * copies)
         found.setdefault(axis.tensor, {})[axis.dim] = (
-            index_map.insertions(spec) if own in spec else []
+            index_map.insertions(_per_entry(spec, own, per)) if own in spec else []
         )
     return found
+
+
+def _per_entry(
+    spec: Mapping[str, tuple[int, int, int]], own: str, per: int
+) -> Mapping[str, tuple[int, int, int]]:
+    """The growth of ``own`` counted in entries of ``per`` channels (one per head: a per-head
+    table such as Swin's relative position bias); the group's unit makes the counts whole."""
+    if per == 1:
+        return spec
+    width, k, splits = spec[own]
+    if width % (per * splits) or k % (per * splits):
+        raise RuntimeError(f"internal: growth {k} of {width} channels is not whole heads of {per}")
+    return {own: (width // per, k // per, splits)}
 
 
 def stage_inner(
     name: str, handler, module: nn.Module, inserts: Mapping[str, Inserts], staged, growth
 ) -> dict[str, torch.Tensor]:
     """The grown tensors with insertions that the rows and columns did not stage."""
-    drawn = {(a.tensor, a.dim) for a, _ in getattr(handler, "inner_axes", lambda _: ())(module)
-             if a.fill is None}  # fmt: skip
+    drawn = {(e[0].tensor, e[0].dim) for e in getattr(handler, "inner_axes", lambda _: ())(module)
+             if e[0].fill is None}  # fmt: skip
     out: dict[str, torch.Tensor] = {}
     for tensor, dims in inserts.items():
         if tensor in staged or not any(dims.values()):

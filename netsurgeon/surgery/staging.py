@@ -259,7 +259,14 @@ def _stage_norms(module, axis, ins, pre, post, index_map, growth) -> torch.Tenso
 
 
 def _changed(module: nn.Module, sizes: Mapping[str, int]) -> list[AttrChange]:
-    return [AttrChange(module, a, v) for a, v in sizes.items() if getattr(module, a) != v]
+    """The size attributes that change; a dotted name is a submodule's (``"qkv.in_features"``)."""
+    found = []
+    for name, value in sizes.items():
+        path, _, attr = name.rpartition(".")
+        owner = module.get_submodule(path) if path else module
+        if getattr(owner, attr) != value:
+            found.append(AttrChange(owner, attr, value))
+    return found
 
 
 def stage_follower(graph: LayerGraph, follower: FollowerRef, growth: Growth) -> Surgery:

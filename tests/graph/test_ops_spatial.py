@@ -238,3 +238,113 @@ def test_the_padded_shortcut_alone_feeds_a_consumer_exactly():
     assert graph.edges_from("conv")[0].offset == 2
     widened, model = widen_all_and_compare(PadThenConv, X, init="net2net")
     assert widened == ["conv"] and model.head.in_channels == 10
+
+
+# -- padding by computed sizes, flattening neighbours into the channels (Swin) ---------------------
+
+
+class ToWindows(nn.Module):
+    """Channels last, padded to whole windows (of 3) by sizes computed from ``H`` and ``W`` (timm's
+    Swin), then ``op``; ``Linear`` head over the channels."""
+
+    def __init__(self, op, width: int = 6, head_in: int | None = None, window: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.op, self.window = op, window
+        self.head = nn.Linear(width if head_in is None else head_in, 5)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)
+        _, h, w, _ = x.shape
+        s = self.window
+        x = F.pad(x, (0, 0, 0, (s - w % s) % s, 0, (s - h % s) % s))
+        return self.head(self.op(x))
+
+
+def test_padding_spatial_dims_by_computed_sizes_passes():
+    make = lambda: ToWindows(nn.Identity())  # noqa: E731
+    widened, model = widen_all_and_compare(make, X)
+    assert widened == ["conv"] and model.head.in_features == 6 + 2
+
+
+def test_padding_the_channels_by_a_computed_size_blocks():
+    class ChannelPad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return F.pad(y, (0, 0, 0, 0, 0, y.shape[2] % 3 + 1))
+
+    graph = netsurgeon.trace(ChannelPad(), X, strict=True)
+    assert "pads the channel dim by a computed amount" in graph.unwidenable_reason("conv")
+
+
+def test_a_pad_size_computed_from_the_channels_blocks():
+    class WidthPad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+            self.head = nn.Conv2d(6, 5, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head(F.pad(y, (0, y.shape[1] % 4)))  # pads W by a channel count
+
+    graph = netsurgeon.trace(WidthPad(), X, strict=True)
+    assert "a size depends on a width" in graph.unwidenable_reason("conv")
+
+
+def test_flattening_neighbours_before_the_channels_is_copies_side_by_side():
+    """``(B, H/2, W/2, 2, 2, C) -> (B, H/2, W/2, 4 C)`` (timm's patch merging): entry
+    ``(i * 2 + j) * C + c``, four copies of the channels; the head's new columns go at the end of
+    each copy."""
+
+    def merge(x):
+        b, h, w, c = x.shape
+        return x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+
+    make = lambda: ToWindows(Fn(merge), head_in=24, window=2)  # noqa: E731
+    graph = netsurgeon.trace(make(), X)
+    (head,) = graph.group_of("conv").consumers
+    assert [(o, p.group, p.stop) for o, p in head.index_map.offsets()] == [
+        (o, "conv", 6) for o in (0, 6, 12, 18)
+    ]
+    widened, model = widen_all_and_compare(make, X, multiple=1)
+    assert widened == ["conv"] and model.head.in_features == 4 * 7
+    blind = netsurgeon.trace(make(), strict=False)  # without shapes nothing can be counted
+    assert "pass example_inputs" in blind.unwidenable_reason("conv")
+
+
+class PaddedStream(nn.Module):
+    """``norm(pad(proj(x)))`` over channels last: spatial padding between a producer and the
+    LayerNorm that reads its channels."""
+
+    def __init__(self, value: float, mode: str = "constant") -> None:
+        super().__init__()
+        self.proj, self.norm, self.head = nn.Linear(3, 6), nn.LayerNorm(6), nn.Linear(6, 5)
+        self.value, self.mode = value, mode
+
+    def forward(self, x):
+        h = self.proj(x.permute(0, 2, 3, 1))
+        if self.mode == "constant":
+            return self.head(self.norm(F.pad(h, (0, 0, 1, 1, 0, 1), value=self.value)))
+        h = F.pad(h.permute(0, 3, 1, 2), (1, 1, 0, 1), mode=self.mode)  # (H, W) of (B, C, H, W)
+        return self.head(self.norm(h.permute(0, 2, 3, 1)))
+
+
+@pytest.mark.parametrize(
+    ("value", "mode", "construction"),
+    [(0.0, "constant", "mean_pad"), (1.5, "constant", "tile"), (0.0, "circular", "mean_pad")],
+)
+def test_padding_keeps_a_mean_padded_stream_unless_it_writes_a_nonzero_constant(
+    value, mode, construction
+):
+    """Padded positions hold 0 (or a copied position) in every channel: a new channel holding
+    the mean of the old ones (or 0 after a norm) still does. A nonzero constant would be written
+    into the new channels too, where a norm's zero output must stay 0: tiling only."""
+    make = lambda: PaddedStream(value, mode)  # noqa: E731
+    assert netsurgeon.trace(make(), X).group_of("proj").construction == construction
+    widened, model = widen_all_and_compare(make, X, multiple=1)
+    assert widened == ["proj"] and model.norm.normalized_shape[0] > 6

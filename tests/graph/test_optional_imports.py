@@ -61,18 +61,26 @@ def test_torchvisions_wrapped_functions_find_their_handlers_once_torchvision_is_
     from netsurgeon.graph.registry import REGISTRY
     from netsurgeon.graph.tracer import SurgeonTracer, symbolic_trace
 
-    model = torchvision.models.swin_t(num_classes=3)
-    gm = symbolic_trace(model, tracer=SurgeonTracer((), (), REGISTRY))
-    modules = dict(gm.named_modules())
-    found = {
-        n.target.__name__: type(REGISTRY.for_node(n, modules)).__name__
-        for n in gm.graph.nodes
-        if n.op == "call_function"
-        and n.target.__module__.startswith("torchvision")
-        and REGISTRY.for_node(n, modules) is not None
-    }
-    assert found == {
+    def handled(model):
+        gm = symbolic_trace(model, tracer=SurgeonTracer((), (), REGISTRY))
+        modules = dict(gm.named_modules())
+        return {
+            (n.target if n.op == "call_module" else n.target.__name__).split(".")[-1]: type(
+                REGISTRY.for_node(n, modules)
+            ).__name__
+            for n in gm.graph.nodes
+            if (n.op == "call_module" or n.op == "call_function")
+            and (n.op == "call_module" or n.target.__module__.startswith("torchvision"))
+            and type(REGISTRY.for_node(n, modules)).__module__.endswith("ops.torchvision")
+        }
+
+    # swin_t's window attention is a leaf layer: the function it calls is inside it
+    assert handled(torchvision.models.swin_t(num_classes=3)) == {
         "stochastic_depth": "StochasticDepthHandler",
-        "shifted_window_attention": "WindowAttentionHandler",
+        "attn": "ShiftedWindowAttentionHandler",
         "_patch_merging_pad": "PatchMergingHandler",
     }
+    # V2's attention has its own forward: traced through, the function is a node
+    assert handled(torchvision.models.swin_v2_t(num_classes=3))["shifted_window_attention"] == (
+        "WindowAttentionHandler"
+    )

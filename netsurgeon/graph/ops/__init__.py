@@ -28,6 +28,8 @@ by qualified name (:mod:`.torchvision`), so neither package is imported here.
 - :mod:`.containers`: ``NamedTuple`` outputs;
 - :mod:`.torchvision`: torchvision's wrapped functions (drop path, Swin's window attention and
   patch merging);
+- :mod:`.window_attention`: Swin's window attention (torchvision's, timm's) as one layer grown
+  by whole heads with its stream;
 - :mod:`.hf`: Hugging Face transformers' ``Conv1D`` (GPT-2), by qualified name.
 
 Files import each other one way only (``torchvision`` and ``timm`` build on the families; a flow
@@ -53,4 +55,5 @@ from netsurgeon.graph.ops import (  # noqa: F401  (each import registers its han
     torchvision,
     transformer,
     unflatten,
+    window_attention,
 )

@@ -32,7 +32,7 @@ from torch import fx
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
-from netsurgeon.graph.sizes import claim_own_size
+from netsurgeon.graph.sizes import SizeValue, claim_own_size
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -140,6 +140,9 @@ def _channel_reads(value: Any, ctx: FlowContext) -> list[Layout]:
         if node in seen:
             continue
         seen.add(node)
+        value = ctx.layouts.get(node)
+        if isinstance(value, SizeValue) and not value.depends:
+            continue  # a number no width changes (a batch size, a rank: ``x.ndim - 1``)
         source, whole = size_source(node), _whole_shape_of(node)
         if source is not None:
             layout = ctx.layout(source[0])

@@ -175,7 +175,8 @@ def norm_reader_flow(
     if not _over_channels(layout, normalized):
         return "pass"
     label = f"{kind} '{node.target}'" if node.op == "call_module" else f"'{ctx.op_name(node)}'"
-    seg = layout.segments[0] if len(layout.segments) == 1 else None
+    copies = _whole_copies(layout, ctx)
+    seg = layout.segments[0] if len(layout.segments) == 1 or copies else None
     problem = None
     if seg is None or seg.group is None:
         problem = "a concatenation of several groups"
@@ -192,7 +193,14 @@ def norm_reader_flow(
         )
         return "blocked"
     pad, tag = _PADDING[kind]
-    if not padding:
+    if copies:
+        allowed = {TILE}
+        reason = (
+            f"{label} normalises across {len(layout.segments)} copies of these channels side by "
+            "side (Swin's patch merging: the 2x2 neighbours); each copy's new channels would "
+            f"carry its own mean, so {pad} is not exact: tile"
+        )
+    elif not padding:
         why = "it has no weight to rescale" if node.op == "call_module" else "its eps is fixed"
         allowed, reason = {TILE}, f"{label} normalises across these channels and {why}: tile"
     elif tag not in ctx.states.get(node.args[0], frozenset()):  # type: ignore[arg-type]
@@ -208,6 +216,22 @@ def norm_reader_flow(
     ctx.require_construction(node, layout, allowed, reason)
     ctx.states[node] = norm_tags()
     return "read"
+
+
+def _whole_copies(layout: Layout, ctx: FlowContext) -> bool:
+    """Several segments side by side, each the whole of one and the same group (a concatenation
+    of shifted copies of a stream): tiling keeps the statistics, every copy holding copies."""
+    segments = layout.segments
+    if len(segments) < 2 or segments[0].group is None:
+        return False
+    root = ctx.find(segments[0].group)
+    width = ctx.widths[root]
+    return all(
+        s.group is not None
+        and ctx.find(s.group) == root
+        and (s.start, s.stop, s.multiplicity) == (0, width, 1)
+        for s in segments
+    )
 
 
 def _over_channels(layout: Layout, normalized: int) -> bool:

@@ -116,6 +116,10 @@ def flatten_flow(
         return layout.replace(rank=rank - (e - s)).with_path(label)
     if channel > e:
         return layout.replace(dim=channel - (e - s), rank=rank - (e - s)).with_path(label)
+    if channel == e and channel != s:
+        copies = _copies_side_by_side(node, layout, s, e, ctx)
+        if copies is not None:
+            return copies.with_path(label)
     if channel != s:
         ctx.block(
             node,
@@ -129,6 +133,24 @@ def flatten_flow(
     if shape is not None and layout.factor is not None:
         factor = layout.factor * math.prod(shape[s + 1 : e + 1])
     return layout.replace(rank=rank - (e - s), flattened=True, factor=factor).with_path(label)
+
+
+#: the most copies a flatten of dims before the channels is followed for (one index-map piece each)
+MAX_COPIES = 256
+
+
+def _copies_side_by_side(node, layout: Layout, s: int, e: int, ctx: FlowContext) -> Layout | None:
+    """``(..., a, b, C) -> (..., a * b * C)``, channels last of the merged dims: ``a * b`` copies
+    of the channels' segments side by side (entry ``(i * b + j) * C + c``), as a concatenation;
+    a grown channel is inserted at the end of every copy. Needs the sizes (fixed: not the
+    channels') and channels not already merged (Swin's patch merging: 2x2 neighbours)."""
+    shape = ctx.shape_of(node.args[0]) if node.args else None
+    if shape is None or layout.factor != 1 or layout.flattened:
+        return None
+    n = math.prod(shape[s:e])
+    if not 1 <= n <= MAX_COPIES:
+        return None
+    return layout.replace(dim=s, rank=layout.rank - (e - s), segments=layout.segments * n)
 
 
 @register_function(torch.reshape)

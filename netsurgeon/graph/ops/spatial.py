@@ -36,6 +36,7 @@ from torch import fx, nn
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.registry import OpHandler, register_function, register_method, register_module
+from netsurgeon.graph.sizes import SizeValue
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -132,6 +133,10 @@ def channel_position_from_end(layout: Layout) -> int | None:
 class PadModuleHandler(OpHandler):
     """``ReflectionPad2d``, ``ZeroPad2d``, ...: they pad the trailing 1, 2 or 3 spatial dims."""
 
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        module = ctx.module_of(node)
+        return _padding_effect(node, tuple(module.padding), getattr(module, "value", 0), ctx)
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         module = ctx.module_of(node)
         mode = next((m for kind, m in _PAD_MODES.items() if kind in type(module).__name__), None)
@@ -141,6 +146,14 @@ class PadModuleHandler(OpHandler):
 @register_function(F.pad, torch.constant_pad_nd)
 class PadHandler(OpHandler):
     """``F.pad(x, pad, mode, value)`` pads the last ``len(pad) // 2`` dims (see the module doc)."""
+
+    def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
+        if node.target is F.pad:
+            mode = node_arg(node, 2, "mode", "constant")
+            value = node_arg(node, 3, "value", None) if mode == "constant" else 0
+        else:
+            value = node_arg(node, 2, "value", 0)
+        return _padding_effect(node, node_arg(node, 1, "pad", ()), value, ctx)
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         pad = node_arg(node, 1, "pad", ())
@@ -154,19 +167,27 @@ def pad_flow(
     """Padding of the trailing dims; constant padding of the channel dim adds fixed segments."""
     if layout is None:
         return None
-    if not isinstance(pad, (tuple, list)) or not all(isinstance(p, int) for p in pad):
+    position = channel_position_from_end(layout)
+    if not isinstance(pad, (tuple, list)) or not all(_fixed_size(p, ctx) for p in pad):
         ctx.block(
             node,
             layout,
-            f"F.pad with computed sizes {pad!r}: netsurgeon cannot tell which dims it pads",
+            f"F.pad with computed sizes {pad!r}: netsurgeon cannot tell which dims it pads, or "
+            "a size depends on a width",
         )
         return None
-    position = channel_position_from_end(layout)
     if position is None:
         ctx.unknown(node, f"pad {tuple(pad)} of a tensor whose rank is unknown")
     if position >= len(pad) // 2:  # only dims after the channels are padded
         return layout.with_path(ctx.op_name(node))
     before, after = pad[2 * position], pad[2 * position + 1]
+    if not (isinstance(before, int) and isinstance(after, int)):
+        ctx.block(
+            node,
+            layout,
+            f"F.pad with computed sizes {pad!r} pads the channel dim by a computed amount",
+        )
+        return None
     if mode != "constant" or before < 0 or after < 0:
         ctx.block(
             node,
@@ -188,6 +209,29 @@ def pad_flow(
     segments += [Segment(None, 0, after)] if after else []
     label = ctx.op_name(node)
     return layout.replace(segments=tuple(s.with_path(label) for s in segments), factor=1)
+
+
+def _padding_effect(node: fx.Node, pad: Any, value: Any, ctx: FlowContext) -> str:
+    """``"same"`` when other dims than the channels are padded with zeros or copies (a new
+    position holds 0, or a copied position, in every channel, so a channel holding the mean of
+    the others, or 0, still does); a nonzero constant would put itself in a zero channel, and
+    padding the channels adds fixed ones: ``"opaque"``."""
+    layout = first_layout(node, ctx)
+    position = None if layout is None else channel_position_from_end(layout)
+    if position is None or not isinstance(pad, (tuple, list)):
+        return "opaque"
+    if position < len(pad) // 2 and (pad[2 * position], pad[2 * position + 1]) != (0, 0):
+        return "opaque"
+    return "same" if value in (None, 0, 0.0) else "opaque"
+
+
+def _fixed_size(arg: Any, ctx: FlowContext) -> bool:
+    """A literal, or a number computed from sizes no widening changes (Swin's padding to whole
+    windows, ``(w - W % w) % w`` of a spatial size ``W``): which dim it pads is its position."""
+    if isinstance(arg, int):
+        return True
+    value = ctx.layouts.get(arg) if isinstance(arg, fx.Node) else None
+    return isinstance(value, SizeValue) and not value.depends
 
 
 @register_module(nn.PixelShuffle, nn.PixelUnshuffle)
@@ -264,6 +308,8 @@ class ChannelShuffleModuleHandler(OpHandler):
 @register_method("flip", "fliplr", "flipud", "roll")
 class FlipRollHandler(OpHandler):
     """``flip``/``roll`` over other dims pass; over the channels they reorder them and block."""
+
+    stream_effect = "same"  # positions move, each with all its channels: a mean stays a mean
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)

@@ -26,6 +26,9 @@ updates (``num_heads``, ``attn_dim``) when the heads grow, with ``fused_attn`` e
 explicit path calls ``resolve_self_attn_mask(N, attn, attn_mask, is_causal)`` (a causal
 ``(N, N)`` bias, or the caller's mask) and ``maybe_add_mask(attn, bias)``: the bias must
 broadcast over the heads, or be ``None`` as traced.
+
+Swin's ``WindowAttention`` is a leaf layer tied to its stream (:class:`TimmWindowAttentionHandler`,
+:mod:`.window_attention`): its head size is ``-1`` in the cut and its bias table is per head.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from netsurgeon.graph.ops.heads import HeadOwnerHandler
 from netsurgeon.graph.ops.layer_norm import LayerNorm2dHandler, LayerNormHandler
 from netsurgeon.graph.ops.linear import ConvHandler, LinearHandler
 from netsurgeon.graph.ops.norm import BatchNormHandler, GroupNormHandler
+from netsurgeon.graph.ops.window_attention import WindowAttentionLayerHandler
 from netsurgeon.graph.registry import OpHandler, Registry, register_function
 from netsurgeon.graph.soundness import module_reason
 
@@ -80,6 +84,18 @@ class TimmAttentionHandler(HeadOwnerHandler):
     count_attr = "num_heads"
     size_attr = "head_dim"
     width_attrs = ("attn_dim",)
+
+
+class TimmWindowAttentionHandler(WindowAttentionLayerHandler):
+    """timm's Swin ``WindowAttention`` (:mod:`.window_attention`): a leaf layer of ``dim``
+    channels over ``(B * windows, N, C)``; its forward cuts ``qkv(x).reshape(B, N, 3,
+    self.num_heads, -1)``, adds ``_get_rel_pos_bias()`` (the per-head table) and the shift mask
+    (one per window, broadcast over the heads), with ``fused_attn`` either way."""
+
+    qualified = "timm.models.swin_transformer.WindowAttention"
+    relies_on = ("forward", "_get_rel_pos_bias")
+    rank = 3
+    width_attrs = ("dim",)
 
 
 _ATTENTION = "timm.layers.attention"
@@ -137,6 +153,8 @@ def register_timm_layers(registry: Registry) -> None:
         # ``pad_same`` pads the spatial dims only, then runs the parent's convolution
         ("timm.layers.conv2d_same", "Conv2dSame", ConvHandler),
         ("timm.layers.attention", "Attention", TimmAttentionHandler),
+        # Swin's window attention as one layer grown by heads with its stream
+        ("timm.models.swin_transformer", "WindowAttention", TimmWindowAttentionHandler),
     )
     for module_name, name, handler_type in layers:
         layer = getattr(sys.modules.get(module_name), name, None)

@@ -4,8 +4,9 @@ Registered by qualified name (``__module__`` + ``__qualname__``), so neither ``t
 nor ``torchvision.models`` is imported by ``import netsurgeon``:
 
 * ``stochastic_depth`` (drop path) scales whole samples: element-wise on the channels;
-* Swin's ``shifted_window_attention`` takes its projection weights as arguments: it mixes the
-  channels (blocks);
+* Swin's ``shifted_window_attention`` takes its projection weights as arguments: called
+  directly it mixes the channels (blocks); the module that calls it, ``ShiftedWindowAttention``,
+  is one layer grown by whole heads (:mod:`.window_attention`);
 * Swin's ``_patch_merging_pad`` gathers the 2x2 neighbours of a ``(..., H, W, C)`` map into the
   channels: the output's last dim holds 4 copies of the input's segments.
 
@@ -25,6 +26,7 @@ from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout
 from netsurgeon.graph.ops.attention import MixingHandler
 from netsurgeon.graph.ops.elementwise import ElementwiseHandler
+from netsurgeon.graph.ops.window_attention import WindowAttentionLayerHandler
 from netsurgeon.graph.registry import OpHandler, register_function, register_module
 from netsurgeon.graph.width_attrs import WidthOwnerHandler
 
@@ -35,6 +37,7 @@ __all__ = [
     "EncoderBlockHandler",
     "PatchMerging3dHandler",
     "PatchMergingHandler",
+    "ShiftedWindowAttentionHandler",
     "StochasticDepthHandler",
     "VisionTransformerHandler",
     "WindowAttentionHandler",
@@ -98,3 +101,17 @@ class PatchMerging3dHandler(PatchMergingHandler):
     """The 3-d patch merging: 2x2x2 neighbours, 8 copies of the input's segments."""
 
     copies = 8
+
+
+@register_module(f"{_SWIN}.ShiftedWindowAttention")
+class ShiftedWindowAttentionHandler(WindowAttentionLayerHandler):
+    """torchvision's ``ShiftedWindowAttention``: its forward calls ``shifted_window_attention(x,
+    qkv.weight, proj.weight, bias, window, num_heads, ...)``, which pads, shifts and partitions
+    the spatial dims of ``(B, H, W, C)`` and cuts ``qkv(x)`` into ``num_heads`` heads of
+    ``C // num_heads`` (``C`` read off ``x``): grown as :mod:`.window_attention` says.
+    ``ShiftedWindowAttentionV2`` (cosine attention, a bias MLP) overrides ``forward``: traced
+    through, the function blocks."""
+
+    qualified = f"{_SWIN}.ShiftedWindowAttention"
+    relies_on = ("forward", "get_relative_position_bias")
+    rank = 4
