@@ -33,7 +33,7 @@ def test_the_reference_decoders_are_fully_widenable_and_exact(name: str) -> None
 def test_an_encoder_layer_is_fully_widenable_and_exact(name: str) -> None:
     line = transformer_coverage.coverage(name)
     widenable, layers, error = _parse(line)
-    assert widenable == layers == 3  # the input projection, linear1, linear2
+    assert widenable == layers == 4  # the input projection, out_proj (inside MHA), linear1, linear2
     assert error <= 1e-9
     assert ("mean_pad" if name == "encoder_prenorm" else "tile") in line
     assert "first block:" not in line
