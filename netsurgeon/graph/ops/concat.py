@@ -17,6 +17,7 @@ from torch import fx
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.nodes import Pieces, first_layout, node_arg, normalize_dim
 from netsurgeon.graph.ops.heads import index_heads, unbind_heads
+from netsurgeon.graph.ops.owners import owned_split
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ class StackHandler(OpHandler):
 @register_method("chunk", "split", "tensor_split", "unbind")
 class SplitHandler(OpHandler):
     """``chunk(n, dim)`` along the channels cuts each group into ``n`` equal splits; ``split``
-    with literal sizes fixes the widths and blocks. Along other dims every piece keeps the layout.
+    with literal sizes fixes the widths and blocks, unless the enclosing head owner sizes it
+    (GPT-2's ``split(self.split_size)``: equal parts, :func:`~.owners.owned_split`). Along other
+    dims every piece keeps the layout.
     Channels cut into attention heads: :func:`~netsurgeon.graph.ops.heads.unbind_heads`.
     """
 
@@ -127,6 +130,11 @@ class SplitHandler(OpHandler):
                 )
             return Pieces(same=layout.with_path(name))
         count = node_arg(node, 1, "chunks", None)
+        if name == "split" and not layout.flattened:  # a fused projection its owner sizes
+            shape = ctx.shape_of(node.args[0])
+            width = shape[layout.normalized_dim()] if shape is not None else None
+            parts = owned_split(node, ctx, count, width)
+            count, name = (parts, "chunk") if parts is not None else (count, name)
         if name != "chunk" or not isinstance(count, int) or layout.flattened:
             ctx.block(
                 node,
