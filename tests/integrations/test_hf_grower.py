@@ -53,6 +53,7 @@ def test_grower_grows_an_exported_bert_with_adamw_and_a_scheduler():
         for name, k in event.increments.items():
             grown[name] = grown.get(name, 0) + k
     assert grown, "a growth added units"
+    print("GROWN", grown)
     for name, k in grown.items():  # a group is named after its first producer
         assert _width(model.get_submodule(name)) == widths[name] + k, name
     assert {n: id(p) for n, p in model.named_parameters()} == params

@@ -190,8 +190,7 @@ class GetitemHandler(OpHandler):
             return None
         items = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
-            ctx.block(node, layout, "indexing with a tensor selects channels by value")
-            return None
+            return _gather_before_channels(node, layout, items, ctx)
         if layout.heads is not None:
             return index_heads(node, layout, items, ctx)
         channel, rank = layout.normalized_dim(), layout.rank
@@ -229,3 +228,23 @@ class GetitemHandler(OpHandler):
             new_channel = dim_out + channel - dim_in
         new_rank = dim_out + rank - dim_in
         return layout.replace(dim=new_channel, rank=new_rank).with_path("getitem")
+
+
+def _gather_before_channels(node: fx.Node, layout: Layout, items, ctx: FlowContext) -> Layout | None:
+    """``x[rows, cols]`` with index tensors (carrying no channels) on adjacent dims before the
+    channels and full slices elsewhere (``logits[arange(B), last]``, a classifier's pick of one
+    position): every channel is kept, counted from the end as before; else blocked."""
+    channel, rank, shape = layout.normalized_dim(), layout.rank, ctx.shape_of(node)
+    tensors = [d for d, i in enumerate(items) if isinstance(i, fx.Node)]
+    plain = all(i == slice(None) for d, i in enumerate(items) if d not in tensors)
+    untracked = all(ctx.layout(items[d]) is None for d in tensors)
+    adjacent = tensors == list(range(tensors[0], tensors[0] + len(tensors))) if tensors else False
+    if (
+        channel is None
+        or shape is None
+        or not (adjacent and plain and untracked and tensors[-1] < channel)
+    ):
+        ctx.block(node, layout, "indexing with a tensor selects channels by value")
+        return None
+    new_rank = len(shape)
+    return layout.replace(dim=new_rank - (rank - channel), rank=new_rank).with_path("getitem")
