@@ -44,11 +44,11 @@ class Width:
 
     field: str
     suffixes: tuple[str, ...]
-    read: Callable[[nn.Module], int]
+    read: Callable[[nn.Module], float]
 
 
-def _attr(name: str) -> Callable[[nn.Module], int]:
-    return lambda module: int(getattr(module, name))
+def _attr(name: str) -> Callable[[nn.Module], float]:
+    return lambda module: getattr(module, name) + 0  # a number, or TypeError
 
 
 def _heads(proj: str) -> Callable[[nn.Module], int]:
@@ -56,21 +56,27 @@ def _heads(proj: str) -> Callable[[nn.Module], int]:
     return lambda module: getattr(module, proj).out_features // module.head_dim
 
 
+# the stream's norms: a padded stream scales their eps alike (docs/widen.md), which the
+# config's one eps must say
 _BERT = (
     Width("hidden_size", ("embeddings.word_embeddings",), _attr("embedding_dim")),
+    Width("hidden_size", ("pooler.dense",), _attr("out_features")),
     Width("num_attention_heads", ("attention.self",), _attr("num_attention_heads")),
     Width("intermediate_size", ("intermediate.dense",), _attr("out_features")),
+    Width("layer_norm_eps", ("LayerNorm",), _attr("eps")),
 )
 _VIT = (
     Width("hidden_size", ("embeddings.patch_embeddings.projection",), _attr("out_channels")),
     Width("num_attention_heads", ("attention",), _attr("num_attention_heads")),
     Width("head_dim", ("attention",), _attr("head_dim")),
     Width("intermediate_size", ("intermediate.dense", "mlp.fc1"), _attr("out_features")),
+    Width("layer_norm_eps", ("layernorm_before", "layernorm_after", "layernorm"), _attr("eps")),
 )
 _GPT2 = (
     Width("n_embd", ("wte",), _attr("embedding_dim")),
     Width("n_head", ("attn",), _attr("num_heads")),
     Width("n_inner", ("mlp.c_fc",), _attr("nf")),
+    Width("layer_norm_epsilon", ("ln_1", "ln_2", "ln_f"), _attr("eps")),
 )
 _LLAMA = (
     Width("hidden_size", ("embed_tokens",), _attr("embedding_dim")),
@@ -78,9 +84,11 @@ _LLAMA = (
     Width("num_key_value_heads", ("self_attn",), _heads("k_proj")),
     Width("head_dim", ("self_attn",), _attr("head_dim")),
     Width("intermediate_size", ("mlp.gate_proj", "mlp.up_proj"), _attr("out_features")),
+    Width("rms_norm_eps", ("layernorm", "norm"), _attr("variance_epsilon")),
 )
 
-#: ``config.model_type`` -> its width fields, each with the modules that hold it.
+#: ``config.model_type`` -> its width fields (and the stream norms' eps), each with the modules
+#: that hold it (a field may be held by several kinds of module: all must agree).
 CONFIG_WIDTHS: dict[str, tuple[Width, ...]] = {
     "bert": _BERT,
     "vit": _VIT,
@@ -107,14 +115,15 @@ _STORED = {
 
 
 
-def sync_config(model: nn.Module) -> dict[str, int]:
+def sync_config(model: nn.Module) -> dict[str, float]:
     """Write the widths ``model``'s modules have into ``model.config``; return what changed.
 
     Args:
         model: a transformers ``PreTrainedModel`` of a type in :data:`CONFIG_WIDTHS`.
 
     Returns:
-        ``{config field: new value}`` for the fields that changed (empty: already in step).
+        ``{config field: new value}`` for the fields that changed (empty: already in step);
+        the stream norms' eps is one of them when a padded stream scaled it.
 
     Raises:
         ConfigError: the model has no ``config`` or its type is not in :data:`CONFIG_WIDTHS`;
@@ -140,7 +149,8 @@ def sync_config(model: nn.Module) -> dict[str, int]:
             f"{type(model).__name__} has config.model_type {kind!r}. Fix: set the config's "
             "width fields by hand before save_pretrained, or add the type to CONFIG_WIDTHS."
         )
-    values = {w.field: _one_width(model, w) for w in CONFIG_WIDTHS[kind]}
+    fields = dict.fromkeys(w.field for w in CONFIG_WIDTHS[kind])
+    values = {f: _one_width(model, [w for w in CONFIG_WIDTHS[kind] if w.field == f]) for f in fields}
     values = {k: v for k, v in values.items() if v is not None}
     if getattr(config, "head_dim", None) is None and _derived(values) == values.get("head_dim"):
         values.pop("head_dim", None)  # ViT without one: hidden // heads is still right
@@ -152,16 +162,17 @@ def sync_config(model: nn.Module) -> dict[str, int]:
     return _set(config, values)
 
 
-def _one_width(model: nn.Module, width: Width) -> int | None:
-    """The width every module holding ``width`` has (``None``: no module holds it)."""
+def _one_width(model: nn.Module, widths: list[Width]) -> float | None:
+    """The value every module holding one of ``widths`` (one field) has (``None``: none)."""
     found = {}
-    for name, module in model.named_modules():
-        if name.endswith(width.suffixes) and _readable(module, width):
-            found[name] = width.read(module)
+    for width in widths:
+        for name, module in model.named_modules():
+            if name.endswith(width.suffixes) and _readable(module, width):
+                found[name] = width.read(module)
     if len(set(found.values())) > 1:
         shown = ", ".join(f"'{name}': {value}" for name, value in found.items())
         raise ConfigError(
-            f"config.{width.field} holds one width for every layer, but the layers differ "
+            f"config.{widths[0].field} holds one value for every layer, but the layers differ "
             f"({shown}); from_pretrained would rebuild them all alike. Fix: grow every layer's "
             "group by the same number of units."
         )
@@ -202,8 +213,20 @@ def _check_head_size(model: nn.Module, kind: str, values: dict[str, int]) -> Non
     )
 
 
-def _set(config: Any, values: dict[str, int]) -> dict[str, int]:
+def _set(config: Any, values: dict[str, float]) -> dict[str, float]:
+    """Set the changed fields; a config whose own checks refuse them is restored."""
     changed = {k: v for k, v in values.items() if getattr(config, k, None) != v}
+    old = {k: getattr(config, k, None) for k in changed}
     for key, value in changed.items():
         setattr(config, key, value)
+    try:
+        getattr(config, "validate", lambda: None)()
+    except Exception as e:  # transformers' validators raise several types
+        for key, value in old.items():
+            setattr(config, key, value)
+        raise ConfigError(
+            f"{type(config).__name__} refuses the widths {changed}: {e}\nFix: grow the groups "
+            "to widths the architecture allows (e.g. a hidden size that is a multiple of the "
+            "head count)."
+        ) from e
     return changed

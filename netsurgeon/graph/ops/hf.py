@@ -119,15 +119,6 @@ class LlamaAttentionHandler(HFAttentionHandler):
     def count_of(self, module: nn.Module) -> int | None:
         return module.q_proj.out_features // module.head_dim
 
-    def refusal(self, module: nn.Module) -> str | None:
-        kv = module.k_proj.out_features // module.head_dim
-        if kv * module.num_key_value_groups != self.count_of(module):
-            return (
-                f"num_key_value_groups {module.num_key_value_groups} is not the ratio of its "
-                f"{self.count_of(module)} query heads to {kv} key/value heads"
-            )
-        return super().refusal(module)
-
 
 @register_module("transformers.models.gpt2.modeling_gpt2.GPT2Model")
 class GPT2ModelHandler(WidthOwnerHandler):
