@@ -10,8 +10,11 @@ is not fully widenable.
     python benchmarks/transformer_coverage.py [--models timm.vit_tiny_patch16_224 tv.swin_t ...]
 
 Names: ``tv.NAME`` (torchvision), ``timm.NAME`` (timm, no weights), ``encoder_prenorm`` /
-``encoder_postnorm`` (``nn.TransformerEncoderLayer``), and the tests' plain-PyTorch decoders
-``GPT2`` and ``Llama`` (``tests/transformer_models.py``).
+``encoder_postnorm`` (``nn.TransformerEncoderLayer``), the tests' plain-PyTorch decoders
+``GPT2`` and ``Llama`` (``tests/transformer_models.py``), and Hugging Face transformers' tiny
+configs built offline (``tests/hf_models.py``), traced with the export front end: ``hf.bert``,
+``hf.gpt2``, ``hf.llama``, ``hf.vit`` (base models: the stream is their output) and
+``hf.bert+head``, ... (a classifier, Llama's language-model head: the stream is inside).
 """
 
 from __future__ import annotations
@@ -41,8 +44,21 @@ DEFAULT = (
     "tv.vit_b_16",
     "tv.swin_t",
     "tv.convnext_tiny",
+    "hf.bert",
+    "hf.gpt2",
+    "hf.llama",
+    "hf.vit",
+    "hf.bert+head",
+    "hf.gpt2+head",
+    "hf.llama+head",
+    "hf.vit+head",
 )
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    """A linear or conv layer (transformers' ``Conv1D`` by name: it is never imported here)."""
+    return isinstance(module, LAYERS) or type(module).__qualname__ == "Conv1D"
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -55,6 +71,12 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
         import timm
 
         return timm.create_model(name[5:], pretrained=False), torch.randn(2, 3, 224, 224)
+    if name.startswith("hf."):
+        import hf_models
+
+        base, _, head = name[3:].partition("+")
+        model = (hf_models.HEADED if head else hf_models.MODELS)[base]()
+        return model, hf_models.inputs(base, 2, 0)[0]
     if name in ("encoder_prenorm", "encoder_postnorm"):
         layer = nn.TransformerEncoderLayer(
             32, 4, 64, dropout=0.0, batch_first=True, norm_first=name == "encoder_prenorm"
@@ -71,22 +93,31 @@ def coverage(name: str) -> str:
     model, x = build(name)
     model = model.double().eval()
     x = x.double() if x.is_floating_point() else x
-    graph = netsurgeon.trace(model, example_inputs=(x,), strict=False)
+    frontend = "export" if name.startswith("hf.") else "symbolic"
+    graph = netsurgeon.trace(model, example_inputs=(x,), strict=False, frontend=frontend)
     layers = [
         layer
         for layer in graph.layers
-        if isinstance(graph.module(layer), LAYERS) and not graph.group_of(layer).reaches_output
+        if _is_layer(graph.module(layer)) and not graph.group_of(layer).reaches_output
     ]
     widenable = [layer for layer in layers if graph.group_of(layer).widenable]
     plan = {g.name: g.granularity for g in graph.groups if g.widenable}
     with torch.no_grad():
-        before = model(x)
+        before = _tensor(model(x))
         netsurgeon.widen(model, plan, graph=graph)
-        error = ((model(x) - before).abs().max() / before.abs().max()).item()
+        error = ((_tensor(model(x)) - before).abs().max() / before.abs().max()).item()
     built = sorted({g.construction for g in graph.groups if g.widenable})
     blocked = [g.reason for g in graph.groups if not g.widenable and not g.reaches_output]
     line = f"{name}: {len(widenable)}/{len(layers)} widenable, relative error {error:.1e}, {built}"
     return line + (f"; first block: {blocked[0][:160]}" if blocked else "")
+
+
+def _tensor(out: object) -> torch.Tensor:
+    """A model's output tensor (transformers: ``logits``, else ``last_hidden_state``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    found = getattr(out, "logits", None)
+    return found if found is not None else out.last_hidden_state
 
 
 def main() -> None:
