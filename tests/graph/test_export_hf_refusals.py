@@ -4,7 +4,8 @@ Invariant: widening every widenable group of a tiny BERT, GPT-2 or ViT with a ta
 its output in float32 (``<= 1e-5`` relative) and in train mode without dropout (float64,
 ``<= 1e-9``); the eager attention kernel is read as the sdpa one is. An attention the handlers do
 not model blocks its heads with a reason naming the module (an attention kernel other than
-eager/sdpa, a subclass with its own forward), and a widening of those heads is refused leaving
+eager/sdpa, a subclass with its own forward; an RMSNorm subclass computing otherwise blocks the
+stream it reads), and a widening of those heads is refused leaving
 the model bit-identical.
 """
 
@@ -109,3 +110,25 @@ def test_a_gpt2_attention_with_its_own_forward_is_not_vouched_for():
     assert "'split' along the channels with fixed sizes" in graph.group_of("h.0.attn.c_attn").reason
     assert graph.group_of("h.1.attn.c_attn").widenable
 
+
+
+def test_an_rms_norm_subclass_with_its_own_forward_blocks_the_stream():
+    """LlamaRMSNorm is modelled from its own forward: a subclass that computes otherwise (here
+    without the mean: a sum of squares) is not, and the stream it reads blocks naming it."""
+    from transformers.models.llama import modeling_llama
+
+    class SumNorm(modeling_llama.LlamaRMSNorm):
+        def forward(self, x):
+            return self.weight * x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+
+    torch.manual_seed(0)
+    model = HEADED["llama"]().double().eval()
+    old = model.model.layers[1].input_layernorm
+    new = SumNorm(HIDDEN).double()
+    new.load_state_dict(old.state_dict())
+    model.model.layers[1].input_layernorm = new
+    graph = _trace(model, "llama")
+    stream = graph.group_of("model.embed_tokens")
+    assert not stream.widenable
+    assert "model.layers.1.input_layernorm" in stream.reason
+    assert graph.group_of("model.layers.0.mlp.gate_proj").widenable
