@@ -114,7 +114,6 @@ _STORED = {
 }
 
 
-
 def sync_config(model: nn.Module) -> dict[str, float]:
     """Write the widths ``model``'s modules have into ``model.config``; return what changed.
 
@@ -150,7 +149,9 @@ def sync_config(model: nn.Module) -> dict[str, float]:
             "width fields by hand before save_pretrained, or add the type to CONFIG_WIDTHS."
         )
     fields = dict.fromkeys(w.field for w in CONFIG_WIDTHS[kind])
-    values = {f: _one_width(model, [w for w in CONFIG_WIDTHS[kind] if w.field == f]) for f in fields}
+    values = {
+        f: _one_width(model, [w for w in CONFIG_WIDTHS[kind] if w.field == f]) for f in fields
+    }
     values = {k: v for k, v in values.items() if v is not None}
     if getattr(config, "head_dim", None) is None and _derived(values) == values.get("head_dim"):
         values.pop("head_dim", None)  # ViT without one: hidden // heads is still right
@@ -203,7 +204,7 @@ def _check_head_size(model: nn.Module, kind: str, values: dict[str, int]) -> Non
         if n.endswith(suffix) and hasattr(m, size_attr)
     }
     hidden, heads = values.get(hidden_field), values.get(heads_field)
-    if hidden is None or heads is None or sizes == {hidden // heads} and hidden % heads == 0:
+    if hidden is None or heads is None or (sizes == {hidden // heads} and hidden % heads == 0):
         return
     raise ConfigError(
         f"{kind}'s config rebuilds heads of {hidden_field} // {heads_field} channels, but the "

@@ -61,7 +61,7 @@ def test_nine_in_ten_inner_linear_layers_are_widenable(name, headed, record_prop
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_heads_widen_by_whole_heads_and_mlps_by_units(name):
-    model, graph = traced(name)
+    _, graph = traced(name)
     mlp = [g for g in graph.groups if any(p.endswith(MLP_FIRST) for p in g.producers)]
     assert len(mlp) == LAYERS and all(g.widenable and g.width == MLP for g in mlp)
     heads = [g for g in graph.groups if g.widenable and g.granularity > 1]

@@ -111,7 +111,6 @@ def test_a_gpt2_attention_with_its_own_forward_is_not_vouched_for():
     assert graph.group_of("h.1.attn.c_attn").widenable
 
 
-
 def test_an_rms_norm_subclass_with_its_own_forward_blocks_the_stream():
     """LlamaRMSNorm is modelled from its own forward: a subclass that computes otherwise (here
     without the mean: a sum of squares) is not, and the stream it reads blocks naming it."""

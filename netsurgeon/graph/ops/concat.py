@@ -230,7 +230,9 @@ class GetitemHandler(OpHandler):
         return layout.replace(dim=new_channel, rank=new_rank).with_path("getitem")
 
 
-def _gather_before_channels(node: fx.Node, layout: Layout, items, ctx: FlowContext) -> Layout | None:
+def _gather_before_channels(
+    node: fx.Node, layout: Layout, items, ctx: FlowContext
+) -> Layout | None:
     """``x[rows, cols]`` with index tensors (carrying no channels) on adjacent dims before the
     channels and full slices elsewhere (``logits[arange(B), last]``, a classifier's pick of one
     position): every channel is kept, counted from the end as before; else blocked."""

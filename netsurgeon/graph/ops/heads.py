@@ -47,7 +47,6 @@ from netsurgeon.graph.layout import Heads, Layout, Segment
 from netsurgeon.graph.nodes import Pieces
 from netsurgeon.graph.ops.owners import HeadOwnerHandler, enclosing, follow_owner, owner_of
 from netsurgeon.graph.ratios import tie
-from netsurgeon.graph.registry import OpHandler
 from netsurgeon.graph.sizes import SizeValue, claim_channel_size
 
 if TYPE_CHECKING:
@@ -248,7 +247,9 @@ def _merge_copies(node, layout, spec, before, after, label, ctx) -> Layout | Non
 def _owned_count(node: fx.Node, arg: Any, count: int, size: int, ctx: FlowContext) -> bool:
     """A literal merged head count that the enclosing head owner holds (export records
     ``num_key_value_heads * n_rep`` of HF's ``repeat_kv`` as a number)."""
-    return isinstance(arg, int) and arg == count and owner_of(node, ctx, count, size, None) is not None
+    return (
+        isinstance(arg, int) and arg == count and owner_of(node, ctx, count, size, None) is not None
+    )
 
 
 def _claim_copied_count(arg: Any, layout: Layout, n: int, ctx: FlowContext) -> bool:

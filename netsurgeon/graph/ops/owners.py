@@ -165,7 +165,7 @@ def owned_split(node: fx.Node, ctx: FlowContext, size: Any, width: int | None) -
     found = enclosing(node, ctx, HeadOwnerHandler)
     if found is None or found[1].split_attr is None or not isinstance(size, int) or not width:
         return None
-    path, handler, module = found
+    _, handler, module = found
     if handler.refusal(module) is not None or getattr(module, handler.split_attr, None) != size:
         return None
     return width // size if size > 0 and width % size == 0 else None
