@@ -5,7 +5,8 @@ RoPE, grouped-query attention, SwiGLU) and ViT trace with ``frontend="export"``,
 and with a task head; at least 90 % of their non-output linear layers are in widenable groups
 (residual streams, attention heads, MLPs), and any plan over the widenable groups keeps the
 output (float64, ``<= 1e-9`` relative; Llama with a head, whose stream crosses ``LlamaRMSNorm``'s
-own float32 computation, ``<= 1e-6``). The attention modules' stored widths follow the heads.
+own float32 computation, ``<= 1e-6``). The attention modules' stored widths follow the heads, and a
+grown model traces to the same widenable groups and grows again.
 """
 
 from __future__ import annotations
@@ -174,3 +175,21 @@ def test_monitor_optimizer_and_widening_work_on_an_exported_model():
                      graph=graph)  # fmt: skip
     assert {n: id(p) for n, p in model.named_parameters()} == params
     assert optimizer.state[dense.weight]["exp_avg"].shape == (MLP + 4, HIDDEN)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_grown_model_traces_and_grows_again(name):
+    """After a growth of everything widenable, the grown attributes are the ones the forward
+    reads: the next trace finds the same widenable groups, and a second growth is exact too."""
+    torch.manual_seed(0)
+    model = HEADED[name]().double().eval()
+    x = inputs(name, 2, 0)
+    widenable = []
+    for _ in range(2):
+        graph = netsurgeon.trace(model, x, strict=False, frontend="export")
+        widenable.append(sorted(g.name for g in graph.groups if g.widenable))
+        plan = {g.name: g.granularity for g in graph.groups if g.widenable}
+        tolerance = 1e-6 if name == "llama" else None  # LlamaRMSNorm's float32 (module docstring)
+        outcome = check_widen_or_refuse(model, plan, inputs(name, 3, 1), graph=graph, tol=tolerance)
+        assert not outcome.refused, outcome.error
+    assert widenable[0] == widenable[1]
