@@ -6,7 +6,7 @@ its output in float32 (``<= 1e-5`` relative) and in train mode without dropout (
 not model blocks its heads with a reason naming the module (an attention kernel other than
 eager/sdpa, a subclass with its own forward; an RMSNorm subclass computing otherwise blocks the
 stream it reads), and a widening of those heads is refused leaving
-the model bit-identical.
+the model bit-identical. A cache in the output (``use_cache=True``) is refused with export's reason.
 """
 
 from __future__ import annotations
@@ -131,3 +131,11 @@ def test_an_rms_norm_subclass_with_its_own_forward_blocks_the_stream():
     assert not stream.widenable
     assert "model.layers.1.input_layernorm" in stream.reason
     assert graph.group_of("model.layers.0.mlp.gate_proj").widenable
+
+
+def test_a_cache_in_the_output_is_refused_with_exports_reason():
+    torch.manual_seed(0)
+    model = MODELS["gpt2"]().double().eval()
+    model.config.use_cache = True
+    with pytest.raises(netsurgeon.TraceError, match=r"DynamicCache(.|\n)*use_cache=False"):
+        _trace(model, "gpt2")
