@@ -5,8 +5,8 @@ its output in float32 (``<= 1e-5`` relative) and in train mode without dropout (
 ``<= 1e-9``); the eager attention kernel is read as the sdpa one is. An attention the handlers do
 not model blocks its heads with a reason naming the module (an attention kernel other than
 eager/sdpa, a subclass with its own forward; an RMSNorm subclass computing otherwise blocks the
-stream it reads), and a widening of those heads is refused leaving
-the model bit-identical. A cache in the output (``use_cache=True``) is refused with export's reason.
+stream it reads), and a widening of those heads is refused leaving the model bit-identical. A
+cache in the output (``use_cache=True``) is refused with export's reason.
 """
 
 from __future__ import annotations
