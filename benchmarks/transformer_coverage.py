@@ -12,8 +12,11 @@ first blocked reason is printed for each model that is not fully widenable.
     python benchmarks/transformer_coverage.py [--models timm.vit_tiny_patch16_224 tv.swin_t ...]
 
 Names: ``tv.NAME`` (torchvision), ``timm.NAME`` (timm, no weights), ``encoder_prenorm`` /
-``encoder_postnorm`` (``nn.TransformerEncoderLayer``), and the tests' plain-PyTorch decoders
-``GPT2`` and ``Llama`` (``tests/transformer_models.py``).
+``encoder_postnorm`` (``nn.TransformerEncoderLayer``), the tests' plain-PyTorch decoders
+``GPT2`` and ``Llama`` (``tests/transformer_models.py``), and Hugging Face transformers' tiny
+configs built offline (``tests/hf_models.py``), traced with the export front end: ``hf.bert``,
+``hf.gpt2``, ``hf.llama``, ``hf.vit`` (base models: the stream is their output) and
+``hf.bert+head``, ... (a classifier, Llama's language-model head: the stream is inside).
 """
 
 from __future__ import annotations
@@ -43,8 +46,21 @@ DEFAULT = (
     "tv.vit_b_16",
     "tv.swin_t",
     "tv.convnext_tiny",
+    "hf.bert",
+    "hf.gpt2",
+    "hf.llama",
+    "hf.vit",
+    "hf.bert+head",
+    "hf.gpt2+head",
+    "hf.llama+head",
+    "hf.vit+head",
 )
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    """A linear or conv layer (transformers' ``Conv1D`` by name: it is never imported here)."""
+    return isinstance(module, LAYERS) or type(module).__qualname__ == "Conv1D"
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -57,6 +73,12 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
         import timm
 
         return timm.create_model(name[5:], pretrained=False), torch.randn(2, 3, 224, 224)
+    if name.startswith("hf."):
+        import hf_models
+
+        base, _, head = name[3:].partition("+")
+        model = (hf_models.HEADED if head else hf_models.MODELS)[base]()
+        return model, hf_models.inputs(base, 2, 0)[0]
     if name in ("encoder_prenorm", "encoder_postnorm"):
         layer = nn.TransformerEncoderLayer(
             32, 4, 64, dropout=0.0, batch_first=True, norm_first=name == "encoder_prenorm"
@@ -84,11 +106,11 @@ def counted_layers(graph) -> list[tuple[str, object]]:
         module, group = graph.module(layer), graph.group_of(layer)
         if group.reaches_output:
             continue
-        if isinstance(module, LAYERS):
+        if _is_layer(module):
             found.append((layer, group))
         else:
             inner = module.named_modules(prefix=layer)
-            found += [(n, group) for n, m in inner if n != layer and isinstance(m, LAYERS)]
+            found += [(n, group) for n, m in inner if n != layer and _is_layer(m)]
     return found
 
 
@@ -99,18 +121,27 @@ def coverage(name: str) -> str:
     model = model.double().eval()
     _draw_zero_layers(model)
     x = x.double() if x.is_floating_point() else x
-    graph = netsurgeon.trace(model, example_inputs=(x,), strict=False)
+    frontend = "export" if name.startswith("hf.") else "symbolic"
+    graph = netsurgeon.trace(model, example_inputs=(x,), strict=False, frontend=frontend)
     layers = counted_layers(graph)
     widenable = [name for name, group in layers if group.widenable]
     plan = {g.name: g.granularity for g in graph.groups if g.widenable}
     with torch.no_grad():
-        before = model(x)
+        before = _tensor(model(x))
         netsurgeon.widen(model, plan, graph=graph)
-        error = ((model(x) - before).abs().max() / before.abs().max()).item()
+        error = ((_tensor(model(x)) - before).abs().max() / before.abs().max()).item()
     built = sorted({g.construction for g in graph.groups if g.widenable})
     blocked = [g.reason for g in graph.groups if not g.widenable and not g.reaches_output]
     line = f"{name}: {len(widenable)}/{len(layers)} widenable, relative error {error:.1e}, {built}"
     return line + (f"; first block: {blocked[0][:160]}" if blocked else "")
+
+
+def _tensor(out: object) -> torch.Tensor:
+    """A model's output tensor (transformers: ``logits``, else ``last_hidden_state``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    found = getattr(out, "logits", None)
+    return found if found is not None else out.last_hidden_state
 
 
 def main() -> None:

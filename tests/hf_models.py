@@ -1,8 +1,10 @@
 """Tiny Hugging Face transformers models, built offline from configs (no hub downloads).
 
 BERT (post-LN), GPT-2 (pre-LN, ``Conv1D``), Llama (RMSNorm, RoPE, grouped-query attention,
-SwiGLU) and ViT at 2 layers, hidden 32, 4 heads, MLP 48. transformers is imported by the
-builders only: a test module calls ``pytest.importorskip("transformers")`` first.
+SwiGLU) and ViT at 2 layers, hidden 32, 4 heads, MLP 48: the base models (``MODELS``, whose
+residual stream is their output) and the same with a task head (``HEADED``: a classifier, or
+Llama's language-model head), whose stream is inside. transformers is imported by the builders
+only: a test module calls ``pytest.importorskip("transformers")`` first.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["HEADS", "HIDDEN", "LAYERS", "MLP", "MLP_FIRST", "MODELS", "inputs"]
+__all__ = ["HEADED", "HEADS", "HIDDEN", "LAYERS", "MLP", "MLP_FIRST", "MODELS", "inputs", "output"]
 
 HIDDEN, LAYERS, HEADS, MLP = 32, 2, 4, 48
 MLP_FIRST = ("intermediate.dense", "mlp.c_fc", "mlp.gate_proj", "mlp.fc1")  # an MLP's first layer
@@ -64,6 +66,32 @@ def _vit() -> nn.Module:
 
 
 MODELS = {"bert": _bert, "gpt2": _gpt2, "llama": _llama, "vit": _vit}
+
+
+def _headed(name: str, **extra) -> nn.Module:
+    """``name``'s base model's config, with a task head around the model."""
+    t = _transformers()
+    config = MODELS[name]().config
+    for key, value in extra.items():
+        setattr(config, key, value)
+    heads = {
+        "bert": t.BertForSequenceClassification,
+        "gpt2": t.GPT2ForSequenceClassification,
+        "llama": t.LlamaForCausalLM,
+        "vit": t.ViTForImageClassification,
+    }
+    config.num_labels, config.pad_token_id = 3, 0
+    return heads[name](config)
+
+
+HEADED = {name: (lambda name=name, **extra: _headed(name, **extra)) for name in MODELS}
+
+
+def output(model: nn.Module, x: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The tensor a model computes: ``logits`` with a head, else ``last_hidden_state``."""
+    with torch.no_grad():
+        out = model(*x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
 def inputs(name: str, batch: int, seed: int) -> tuple[torch.Tensor]:

@@ -233,6 +233,8 @@ class _Rewrite:
                 return _extract_tensor_metadata(v)
             return v
 
+        if "nn_module_stack" in old.meta:  # where the op was called: the head owners read it
+            new.meta["nn_module_stack"] = old.meta["nn_module_stack"]
         meta = fx.node.map_aggregate(val, extract)
         if found:
             new.meta["tensor_meta"] = meta

@@ -57,8 +57,10 @@ def stage_norm_reader(
     surgery.attrs.extend(
         AttrChange(module, a, v) for a, v in handler.follower_attrs(module, added).items()
     )
-    eps = module.eps if module.eps is not None else torch.finfo(module.weight.dtype).eps
-    surgery.attrs.append(AttrChange(module, "eps", eps * root**2))
+    name = getattr(handler, "eps_attr", "eps")  # LlamaRMSNorm: variance_epsilon
+    eps = getattr(module, name)
+    eps = eps if eps is not None else torch.finfo(module.weight.dtype).eps
+    surgery.attrs.append(AttrChange(module, name, eps * root**2))
     return surgery
 
 

@@ -17,6 +17,7 @@ from torch import fx
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.nodes import Pieces, first_layout, node_arg, normalize_dim
 from netsurgeon.graph.ops.heads import index_heads, unbind_heads
+from netsurgeon.graph.ops.owners import owned_split
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ class StackHandler(OpHandler):
 @register_method("chunk", "split", "tensor_split", "unbind")
 class SplitHandler(OpHandler):
     """``chunk(n, dim)`` along the channels cuts each group into ``n`` equal splits; ``split``
-    with literal sizes fixes the widths and blocks. Along other dims every piece keeps the layout.
+    with literal sizes fixes the widths and blocks, unless the enclosing head owner sizes it
+    (GPT-2's ``split(self.split_size)``: equal parts, :func:`~.owners.owned_split`). Along other
+    dims every piece keeps the layout.
     Channels cut into attention heads: :func:`~netsurgeon.graph.ops.heads.unbind_heads`.
     """
 
@@ -127,6 +130,11 @@ class SplitHandler(OpHandler):
                 )
             return Pieces(same=layout.with_path(name))
         count = node_arg(node, 1, "chunks", None)
+        if name == "split" and not layout.flattened:  # a fused projection its owner sizes
+            shape = ctx.shape_of(node.args[0])
+            width = shape[layout.normalized_dim()] if shape is not None else None
+            parts = owned_split(node, ctx, count, width)
+            count, name = (parts, "chunk") if parts is not None else (count, name)
         if name != "chunk" or not isinstance(count, int) or layout.flattened:
             ctx.block(
                 node,
@@ -182,8 +190,7 @@ class GetitemHandler(OpHandler):
             return None
         items = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
-            ctx.block(node, layout, "indexing with a tensor selects channels by value")
-            return None
+            return _gather_before_channels(node, layout, items, ctx)
         if layout.heads is not None:
             return index_heads(node, layout, items, ctx)
         channel, rank = layout.normalized_dim(), layout.rank
@@ -221,3 +228,25 @@ class GetitemHandler(OpHandler):
             new_channel = dim_out + channel - dim_in
         new_rank = dim_out + rank - dim_in
         return layout.replace(dim=new_channel, rank=new_rank).with_path("getitem")
+
+
+def _gather_before_channels(
+    node: fx.Node, layout: Layout, items, ctx: FlowContext
+) -> Layout | None:
+    """``x[rows, cols]`` with index tensors (carrying no channels) on adjacent dims before the
+    channels and full slices elsewhere (``logits[arange(B), last]``, a classifier's pick of one
+    position): every channel is kept, counted from the end as before; else blocked."""
+    channel, rank, shape = layout.normalized_dim(), layout.rank, ctx.shape_of(node)
+    tensors = [d for d, i in enumerate(items) if isinstance(i, fx.Node)]
+    plain = all(i == slice(None) for d, i in enumerate(items) if d not in tensors)
+    untracked = all(ctx.layout(items[d]) is None for d in tensors)
+    adjacent = tensors == list(range(tensors[0], tensors[0] + len(tensors))) if tensors else False
+    if (
+        channel is None
+        or shape is None
+        or not (adjacent and plain and untracked and tensors[-1] < channel)
+    ):
+        ctx.block(node, layout, "indexing with a tensor selects channels by value")
+        return None
+    new_rank = len(shape)
+    return layout.replace(dim=new_rank - (rank - channel), rank=new_rank).with_path("getitem")

@@ -41,12 +41,12 @@ import operator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from torch import fx, nn
+from torch import fx
 
 from netsurgeon.graph.layout import Heads, Layout, Segment
 from netsurgeon.graph.nodes import Pieces
+from netsurgeon.graph.ops.owners import HeadOwnerHandler, enclosing, follow_owner, owner_of
 from netsurgeon.graph.ratios import tie
-from netsurgeon.graph.registry import OpHandler
 from netsurgeon.graph.sizes import SizeValue, claim_channel_size
 
 if TYPE_CHECKING:
@@ -66,48 +66,6 @@ __all__ = [
     "split_heads",
     "unbind_heads",
 ]
-
-
-class HeadOwnerHandler(OpHandler):
-    """A module traced through whose forward reads its head count from attributes.
-
-    ``reshape(B, N, 3, self.num_heads, self.head_dim)`` records the count as a literal; this
-    handler vouches for it: the literal equals ``module.<count_attr>``, and a widening by whole
-    heads updates ``count_attr`` and ``width_attrs`` (a follower with no tensors). Registered for
-    timm's ``Attention`` by :mod:`netsurgeon.graph.ops.timm`.
-    """
-
-    role = "op"  # traced through, never a leaf
-    count_attr = "num_heads"
-    size_attr = "head_dim"
-    width_attrs: tuple[str, ...] = ()
-    relies_on = ()
-
-    def owns(self, module: nn.Module, count: int | None, size: int, width: int | None) -> bool:
-        """Whether ``module`` holds ``count`` heads of ``size`` (``width`` = count * size)."""
-        heads, head_size = getattr(module, self.count_attr, None), getattr(module, self.size_attr)
-        found = heads * head_size if isinstance(heads, int) else None
-        return (
-            head_size == size
-            and (count is None or heads == count)
-            and (width is None or width in [found, *(getattr(module, a) for a in self.width_attrs)])
-        )
-
-    def entries(self, module: nn.Module) -> tuple[()]:
-        return ()
-
-    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
-        """``added`` new channels of one split (the ``q`` part): ``added / head_dim`` heads."""
-        heads = added // int(getattr(module, self.size_attr))
-        found = {self.count_attr: int(getattr(module, self.count_attr)) + heads}
-        return found | {a: int(getattr(module, a)) + added for a in self.width_attrs}
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> None:
-        ctx.refuse(
-            node,
-            f"'{node.target}' is a leaf here, so netsurgeon cannot see how it cuts heads",
-            fix="trace through it (drop it from leaf_modules)",
-        )
 
 
 # -- cut and merge ---------------------------------------------------------------------------------
@@ -153,7 +111,7 @@ def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout |
     n = splits[0] if splits else 1
     owner = None
     if count_arg != -1:  # only a literal can be the owner's attribute, traced
-        owner = _owner(node, ctx, count, size, None) if isinstance(count_arg, int) else None
+        owner = owner_of(node, ctx, count, size, None) if isinstance(count_arg, int) else None
         if owner is None:
             return _block(
                 node,
@@ -167,7 +125,7 @@ def split_heads(node, layout, spec, middle, label, ctx: FlowContext) -> Layout |
     ctx.require_unit(layout, size)
     ctx.head_sizes.update((gid, size) for gid in layout.groups)
     if owner is not None:
-        _follow_owner(node, owner, layout, n, ctx)
+        follow_owner(node, owner, layout, n, ctx)
     heads = Heads(size, inner=at, split=channel if splits else None, splits=n)
     return layout.replace(dim=at - 1, rank=len(spec), heads=heads).with_path(label)
 
@@ -180,6 +138,9 @@ def reshape_heads(node, layout, spec, before, after, label, ctx: FlowContext) ->
     heads, dim = layout.heads, layout.normalized_dim()
     if heads.copies is not None:
         return _merge_copies(node, layout, spec, before, after, label, ctx)
+    same = tuple(before) == tuple(after) and len(spec) == len(after)
+    if same and spec[dim] == -1 and (heads.inner is None or _fixed(spec[heads.inner], ctx)):
+        return layout.with_path(label)  # the same shape: (B, -1, N, d) of (B, H, N, d)
     merges = (
         heads.split is None
         and all(s.multiplicity == 1 for s in layout.segments)
@@ -201,8 +162,8 @@ def reshape_heads(node, layout, spec, before, after, label, ctx: FlowContext) ->
     merged = Layout(dim, len(after), layout.segments, layout.flattened, layout.factor)
     arg = spec[dim]
     if arg == -1 or claim_channel_size(ctx, arg, merged):
-        return merged.with_path(label)
-    owner = _owner(node, ctx, None, heads.size, arg) if isinstance(arg, int) else None
+        return _follow_any_owner(node, merged, before[dim], heads.size, ctx)
+    owner = owner_of(node, ctx, None, heads.size, arg) if isinstance(arg, int) else None
     if owner is None:
         return _block(
             node,
@@ -211,8 +172,22 @@ def reshape_heads(node, layout, spec, before, after, label, ctx: FlowContext) ->
             "widening by whole heads (a literal, or computed); use -1 (reshape(B, N, -1))",
             ctx,
         )
-    _follow_owner(node, owner, merged, 1, ctx)
+    follow_owner(node, owner, merged, 1, ctx)
     return merged.with_path(label)
+
+
+def _follow_any_owner(node, merged: Layout, count: int, size: int, ctx) -> Layout | None:
+    """A merge sized from the tensor: an enclosing head owner's attributes still grow with the
+    heads (``num_heads``, a stored width), and one whose attributes say other heads blocks."""
+    found = enclosing(node, ctx, HeadOwnerHandler)
+    if found is None:
+        return merged.with_path(ctx.op_name(node))
+    path, handler, module = found
+    if not handler.owns(module, count, size, None):
+        why = handler.refusal(module) or f"its attributes do not say {count} heads of {size}"
+        return _block(node, merged, f"'{path}' ({type(module).__qualname__}): {why}", ctx)
+    follow_owner(node, (path, handler), merged, 1, ctx)
+    return merged.with_path(ctx.op_name(node))
 
 
 def expand_heads(node, layout: Layout, before, after, ctx: FlowContext) -> Layout | None:
@@ -254,7 +229,11 @@ def _merge_copies(node, layout, spec, before, after, label, ctx) -> Layout | Non
         and tuple(after[:dim]) == tuple(before[:dim])
         and after[dim] == before[dim] * before[dim + 1]
         and tuple(after[dim + 1 :]) == tuple(before[dim + 2 :])
-        and (spec[dim] == -1 or _claim_copied_count(spec[dim], layout, before[dim + 1], ctx))
+        and (
+            spec[dim] == -1
+            or _claim_copied_count(spec[dim], layout, before[dim + 1], ctx)
+            or _owned_count(node, spec[dim], after[dim], layout.heads.size, ctx)
+        )
     )
     if not merges:
         return _block(
@@ -263,6 +242,14 @@ def _merge_copies(node, layout, spec, before, after, label, ctx) -> Layout | Non
     where = {d: d - (d > dim) for d in range(len(before)) if d != copies}
     out = moved(replace(layout, heads=replace(layout.heads, copies=None)), where, len(after))
     return repeat_heads(node, out, before[dim + 1], dim, ctx)
+
+
+def _owned_count(node: fx.Node, arg: Any, count: int, size: int, ctx: FlowContext) -> bool:
+    """A literal merged head count that the enclosing head owner holds (export records
+    ``num_key_value_heads * n_rep`` of HF's ``repeat_kv`` as a number)."""
+    return (
+        isinstance(arg, int) and arg == count and owner_of(node, ctx, count, size, None) is not None
+    )
 
 
 def _claim_copied_count(arg: Any, layout: Layout, n: int, ctx: FlowContext) -> bool:
@@ -463,31 +450,6 @@ def _spell(arg: Any) -> str:
 def _channel_read(arg: Any, ctx: FlowContext) -> bool:
     value = ctx.layouts.get(arg) if isinstance(arg, fx.Node) else None
     return isinstance(value, SizeValue) and value.direct_channel_read is not None
-
-
-def _owner(node: fx.Node, ctx: FlowContext, count, size, width) -> tuple[str, Any] | None:
-    """The innermost enclosing module whose :class:`HeadOwnerHandler` holds these heads."""
-    stack = node.meta.get("nn_module_stack") or {}
-    for value in reversed(list(stack.values())):
-        path = value[0] if isinstance(value, tuple) else str(value)
-        module = ctx.traced_module(path)
-        handler = ctx.registry.for_module(module) if module is not None else None
-        if isinstance(handler, HeadOwnerHandler):
-            # a subclass with its own forward may read the attributes otherwise: not vouched for
-            own = type(module).forward is ctx.registry.registered_type(module).forward
-            return (path, handler) if own and handler.owns(module, count, size, width) else None
-    return None
-
-
-def _follow_owner(node, owner, layout: Layout, splits: int, ctx: FlowContext) -> None:
-    """The owner's size attributes grow with one split's channels (``q``'s of a fused qkv)."""
-    if len(layout.segments) != 1 or layout.segments[0].group is None:
-        _block(node, layout, f"'{owner[0]}' cuts heads from several groups", ctx)
-        return
-    seg = layout.segments[0]
-    part = seg.channels // splits
-    one = layout.replace(segments=(Segment(seg.group, seg.start, seg.start + part),), heads=None)
-    ctx.follow(node, owner[0], one, part)
 
 
 def _block(node: fx.Node, layouts, reason: str, ctx: FlowContext) -> None:

@@ -56,9 +56,14 @@ class LayerNormHandler(FollowerHandler):
 
     kind = "LayerNorm"
     norm_reader = True
+    eps_attr = "eps"  # the attribute the surgery scales under a padding
 
     def width(self, module: nn.Module) -> int:
         return int(module.normalized_shape[-1])
+
+    def normalized_dims(self, module: nn.Module) -> int:
+        """How many trailing dims it normalises over."""
+        return len(module.normalized_shape)
 
     def follower_attrs(self, module: nn.Module, added: int) -> dict[str, object]:
         shape = tuple(module.normalized_shape)
@@ -73,7 +78,7 @@ class LayerNormHandler(FollowerHandler):
             return None
         module = ctx.module_of(node)
         read = norm_reader_flow(
-            node, layout, len(module.normalized_shape), ctx, kind=self.kind,
+            node, layout, self.normalized_dims(module), ctx, kind=self.kind,
             padding=module.weight is not None,
         )  # fmt: skip
         if read == "read":

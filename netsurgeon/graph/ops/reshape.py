@@ -19,6 +19,7 @@ from torch import fx, nn
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.ops import heads
+from netsurgeon.graph.ops.owners import owned_width
 from netsurgeon.graph.registry import OpHandler, register_function, register_method, register_module
 from netsurgeon.graph.sizes import SizeValue, claim_channel_size
 from netsurgeon.graph.width_attrs import vouch, width_literal
@@ -210,7 +211,9 @@ class ReshapeHandler(OpHandler):
             return None
         size, out = before[channel], after[j]
         if len(spec) != len(after) or not (
-            _channel_size_arg(spec[j], layout, ctx) or vouch(node, _spec(node)[1](j), layout, ctx)
+            _channel_size_arg(spec[j], layout, ctx)
+            or vouch(node, _spec(node)[1](j), layout, ctx)
+            or (out == size and owned_width(node, ctx, spec[j], size, layout))
         ):
             return self._fixed(node, layout, spec, label, ctx)
         if out == size:
@@ -328,8 +331,11 @@ class SqueezeHandler(OpHandler):
     """``x.squeeze(-1)`` / ``x.unsqueeze(2)`` of a non-channel dim: the channel index shifts.
 
     ``squeeze()`` without a dim is refused: it would also drop the batch dim of a batch of one.
+    Channels cut into heads: a new dim anywhere (``k[:, :, None]``, exported as ``unsqueeze``)
+    moves the heads' dims; a squeeze of them blocks.
     """
 
+    knows_heads = True
     stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
@@ -337,6 +343,8 @@ class SqueezeHandler(OpHandler):
         dim = node_arg(node, 1, "dim", None)
         channel, rank = layout.normalized_dim(), layout.rank
         unsqueeze = str(getattr(node.target, "__name__", node.target)) == "unsqueeze"
+        if layout.heads is not None:
+            return self._heads(node, layout, dim, unsqueeze, ctx)
         if isinstance(dim, int) and dim < 0 and rank is None and layout.dim < 0:
             return self._from_the_end(node, layout, dim, unsqueeze, ctx)
         if not isinstance(dim, int) or channel is None or rank is None:
@@ -351,6 +359,15 @@ class SqueezeHandler(OpHandler):
         else:
             channel = channel - 1 if position < channel else channel
         return layout.replace(dim=channel, rank=new_rank).with_path(ctx.op_name(node))
+
+    def _heads(self, node, layout, dim, unsqueeze, ctx) -> Layout | None:
+        rank = layout.rank
+        if not unsqueeze or not isinstance(dim, int) or rank is None:
+            ctx.block(node, layout, f"{ctx.op_name(node)}({dim!r}) of channels cut into heads")
+            return None
+        at = dim % (rank + 1)
+        where = {d: d + (d >= at) for d in range(rank)}
+        return heads.moved(layout, where, rank + 1).with_path(ctx.op_name(node))
 
     def _from_the_end(self, node, layout, dim, unsqueeze, ctx) -> Layout | None:
         """Rank unknown, channels counted from the end (a Linear's): count ``dim`` so too."""

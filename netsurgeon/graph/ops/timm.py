@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 from torch import fx, nn
 
 from netsurgeon.graph.ops.elementwise import PassModuleHandler
-from netsurgeon.graph.ops.heads import HeadOwnerHandler
 from netsurgeon.graph.ops.layer_norm import LayerNorm2dHandler, LayerNormHandler
 from netsurgeon.graph.ops.linear import ConvHandler, LinearHandler
 from netsurgeon.graph.ops.norm import BatchNormHandler, GroupNormHandler
+from netsurgeon.graph.ops.owners import HeadOwnerHandler
 from netsurgeon.graph.ops.window_attention import WindowAttentionLayerHandler
 from netsurgeon.graph.registry import OpHandler, Registry, register_function
 from netsurgeon.graph.soundness import module_reason
