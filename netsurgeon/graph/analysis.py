@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from netsurgeon.errors import UnsupportedModelError
 from netsurgeon.graph import sizes
+from netsurgeon.graph.batch_channels import check_batch
 from netsurgeon.graph.constructions import choose, record_tags
 from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
@@ -99,8 +100,11 @@ def analyse(
         try:
             _check_module(node, handler, shared, ctx)
             _check_heads(node, handler, inputs, ctx)
+            check_batch(node, handler, inputs, ctx)
             layout = handler.flow(node, ctx)
             record_tags(node, handler, is_layer, ctx)
+            if isinstance(layout, Layout) and layout.batch is not None:  # no tags: two dims
+                ctx.states[node] = frozenset()
         except Refusal as refusal:
             ctx.block(node, inputs, str(refusal))
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
