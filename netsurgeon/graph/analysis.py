@@ -33,7 +33,7 @@ from torch import fx, nn
 from netsurgeon.errors import UnsupportedModelError
 from netsurgeon.graph import sizes
 from netsurgeon.graph.batch_channels import check_batch
-from netsurgeon.graph.constructions import choose, record_tags
+from netsurgeon.graph.constructions import choose, excluded, record_tags
 from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
 from netsurgeon.graph.layout import Layout
@@ -328,6 +328,7 @@ def _group(
         construction=construction or "append",
         constructions=allowed,
         requirements=tuple(dict.fromkeys(m for _, m in needs)),
+        excluded=excluded(needs, construction),
         row_scales=tuple(
             pair for gid in ids for pair in ctx.row_scales if pair[0] in ctx.producers[gid]
         ),

@@ -44,6 +44,7 @@ __all__ = [
     "TILE",
     "ZERO_PAD",
     "choose",
+    "excluded",
     "join_tags",
     "layer_tags",
     "zero_under",
@@ -147,6 +148,19 @@ def choose(
         return ordered[0], ordered, None
     messages = "; ".join(dict.fromkeys(m for _, m in requirements))
     return None, (), f"no construction keeps it exact: {messages}"
+
+
+def excluded(requirements: list[tuple[frozenset[str], str]], chosen: str | None) -> tuple[str, ...]:
+    """Why each construction preferred over ``chosen`` is not exact: ``"not X: message"``, the
+    first requirement ruling ``X`` out (a width that does not tile says nothing here)."""
+    if chosen is None:
+        return ()
+    found = []
+    for better in PREFERENCE[: PREFERENCE.index(chosen)]:
+        message = next((m for allowed, m in requirements if better not in allowed), None)
+        if message is not None:
+            found.append(f"not {better}: {message}")
+    return tuple(found)
 
 
 def record_tags(node: fx.Node, handler: Any, is_layer: bool, ctx: FlowContext) -> None:
