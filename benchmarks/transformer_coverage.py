@@ -4,10 +4,12 @@ For each model: the share of its non-output Linear/Conv layers whose channel gro
 the construction of each widenable group (``append``, ``mean_pad``, ``zero_pad``, ``tile``),
 and the largest relative output change after widening every widenable group at once by one
 granularity (float64, eval mode, random weights; ``nan`` where the output is identically 0 at
-initialisation, a zero-initialised head). The first blocked reason is printed for each model that
-is not fully widenable.
+initialisation, a zero-initialised head, unless ``--redraw-zeros`` draws every all-zero parameter
+from ``N(0, 0.02)`` first). The first blocked reason is printed for each model that is not fully
+widenable.
 
     python benchmarks/transformer_coverage.py [--models timm.vit_tiny_patch16_224 tv.swin_t ...]
+        [--redraw-zeros]
 
 Names: ``tv.NAME`` (torchvision), ``timm.NAME`` (timm, no weights), ``encoder_prenorm`` /
 ``encoder_postnorm`` (``nn.TransformerEncoderLayer``), and the tests' plain-PyTorch decoders
@@ -38,6 +40,8 @@ DEFAULT = (
     "timm.convnext_nano",
     "timm.swin_tiny_patch4_window7_224",
     "timm.mixer_b16_224",
+    "timm.resmlp_12_224",
+    "timm.poolformer_s12",
     "tv.vit_b_16",
     "tv.swin_t",
     "tv.convnext_tiny",
@@ -65,11 +69,16 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     return getattr(transformer_models, name)(), torch.randint(0, 50, (2, 12))
 
 
-def coverage(name: str) -> str:
+def coverage(name: str, redraw_zeros: bool = False) -> str:
     """One line: widenable share, the error of widening everything, constructions, a reason."""
     torch.manual_seed(0)
     model, x = build(name)
     model = model.double().eval()
+    if redraw_zeros:  # a zero-initialised head makes the output 0 and the error unmeasurable
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if not parameter.any():
+                    parameter.normal_(0, 0.02)
     x = x.double() if x.is_floating_point() else x
     graph = netsurgeon.trace(model, example_inputs=(x,), strict=False)
     layers = [
@@ -92,8 +101,10 @@ def coverage(name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT))
-    for name in parser.parse_args().models:
-        print(coverage(name), flush=True)
+    parser.add_argument("--redraw-zeros", action="store_true", help="redraw all-zero parameters")
+    args = parser.parse_args()
+    for name in args.models:
+        print(coverage(name, args.redraw_zeros), flush=True)
 
 
 if __name__ == "__main__":
