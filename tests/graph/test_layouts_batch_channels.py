@@ -85,6 +85,7 @@ class MixesTheChannels(Mixer):
             hidden = torch.nn.functional.gelu(block.token.fc1(block.norm1(x).transpose(1, 2)))
             mixed = block.token.fc2(hidden.cumsum(1))
             x = x + mixed.transpose(1, 2)
+            x = x + block.channel(block.norm2(x))
         return self.head(self.norm(x).mean(1))
 
 
@@ -104,3 +105,40 @@ def test_flattened_channels_on_a_batch_dim_are_refused() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(1, 2), nn.Linear(6, 2))
     graph = netsurgeon.trace(model, torch.randn(2, 3, 6, 6), strict=False)
     assert "flattened" in (graph.unwidenable_reason("0") or "")
+
+
+class ScalesByTheWidth(Mixer):
+    """Reads the stream's width off the token branch, where the stream is a batch dim."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            mixed = block.token(block.norm1(x).transpose(1, 2)).transpose(1, 2)
+            x = x + mixed / mixed.shape[-1]
+            x = x + block.channel(block.norm2(x))
+        return self.head(self.norm(x).mean(1))
+
+
+def test_a_size_read_of_channels_on_a_batch_dim_is_a_channel_read() -> None:
+    graph = netsurgeon.trace(ScalesByTheWidth(depth=1), inputs(), strict=False)
+    reason = graph.unwidenable_reason("embed") or ""
+    assert "is a channel-carrying dim" in reason and "truediv" in reason
+    assert graph.group_of("blocks.0.token.fc1").widenable  # the read is of the stream alone
+
+
+class ScalesByTheBatch(Mixer):
+    """Reads the batch size and the rank of the token branch: plain numbers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            mixed = block.token(block.norm1(x).transpose(1, 2))
+            shape = (mixed.shape[0],) + (1,) * (mixed.ndim - 1)
+            x = x + (mixed * mixed.new_ones(shape) / mixed.size(0)).transpose(1, 2)
+            x = x + block.channel(block.norm2(x))
+        return self.head(self.norm(x).mean(1))
+
+
+def test_batch_size_and_rank_reads_of_a_batch_layout_are_plain_numbers() -> None:
+    graph = netsurgeon.trace(ScalesByTheBatch(depth=1), inputs(), strict=False)
+    assert graph.group_of("embed").widenable, graph.unwidenable_reason("embed")

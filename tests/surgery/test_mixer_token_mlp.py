@@ -214,3 +214,29 @@ def test_timm_mixer_b16_widens_every_widenable_group_at_once_exactly_float64() -
         before = model(x)
         netsurgeon.widen(model, plan, graph=graph)
         assert max_relative_error(model(x), before) <= 1e-9
+
+
+@pytest.mark.parametrize("family", ["mixer", "vit"])
+def test_timm_drop_path_in_train_mode_keeps_the_stream_widenable_and_exact(family) -> None:
+    """timm's ``DropPath`` draws a ``(B, 1, 1)`` mask sized by ``x.shape[0]`` and ``x.ndim``:
+    numbers no width changes, so the stream stays widenable; with the same random draws the
+    widened model computes what the old one did."""
+    from timm.models.mlp_mixer import MlpMixer
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    common = dict(img_size=32, patch_size=8, embed_dim=16, num_classes=5, drop_path_rate=0.5)
+    if family == "mixer":
+        model, stream = MlpMixer(num_blocks=2, **common), "stem.proj"
+    else:
+        model, stream = VisionTransformer(depth=2, num_heads=2, **common), "patch_embed.proj"
+    model = _randomised(model).double().train()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    graph = netsurgeon.trace(model, x)
+    assert graph.group_of(stream).widenable, graph.unwidenable_reason(stream)
+    plan = {g.name: g.granularity for g in graph.groups if g.widenable}
+    torch.manual_seed(1)
+    before = model(x)
+    netsurgeon.widen(model, plan, graph=graph)
+    torch.manual_seed(1)
+    assert max_relative_error(model(x), before) <= 1e-9

@@ -32,7 +32,7 @@ from torch import fx
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.registry import OpHandler, register_function, register_method
-from netsurgeon.graph.sizes import claim_own_size
+from netsurgeon.graph.sizes import SizeValue, claim_own_size
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -52,6 +52,8 @@ class LikeHandler(OpHandler):
 @register_method("new_zeros", "new_ones", "new_full", "new_empty")
 class NewTensorHandler(OpHandler):
     """``x.new_zeros(size)``: a tensor of shape ``size`` (see the module docstring)."""
+
+    knows_batch = True  # the whole shape carries both dims; other reads of them block
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         size = _size_argument(node)
@@ -73,6 +75,14 @@ class NewTensorHandler(OpHandler):
                         reads,
                         f"{label} with the computed size '{getattr(entry, 'name', entry)}' fixes a "
                         "shape that depends on these channels' width",
+                    )
+            elif layout is not None and layout.batch is not None:
+                if layout.batch.same_dim(source[1]) or layout.same_dim(source[1]) is not False:
+                    ctx.block(
+                        node,
+                        layout,
+                        f"{label} puts a channel size read off a tensor with channels on a batch "
+                        "dim into a new shape, which netsurgeon does not follow",
                     )
             elif layout is not None and layout.same_dim(source[1]) is not False:
                 found = self._channel_at(node, found, layout, source[1], position, entries, ctx)
@@ -140,6 +150,9 @@ def _channel_reads(value: Any, ctx: FlowContext) -> list[Layout]:
         if node in seen:
             continue
         seen.add(node)
+        value = ctx.layouts.get(node)
+        if isinstance(value, SizeValue) and not value.depends:
+            continue  # a number no width changes (a rank, a batch size)
         source, whole = size_source(node), _whole_shape_of(node)
         if source is not None:
             layout = ctx.layout(source[0])
