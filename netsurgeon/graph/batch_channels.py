@@ -171,8 +171,8 @@ def _join_dim(
                 base,
                 f"'{label}' joins these {ctx.describe(base)} with dim {base.dim} of "
                 f"'{arg.name}' ({'unknown size' if size is None else f'{size} fixed entries'}), "
-                "which does not grow with them: their width is fixed by that tensor (a token "
-                "count set by the input size)",
+                "which does not grow with them: their width is fixed by that tensor (in a token "
+                "MLP: the token count, set by the input size)",
             )
             return None
     return base
