@@ -159,7 +159,7 @@ def _join_dim(
         for a, b in zip(base.segments, other.segments, strict=True):
             if a.group is not None and b.group is not None:
                 ctx.union(a.group, b.group)
-    for (arg, lay), part in zip(tracked, found, strict=True):
+    for (arg, _), part in zip(tracked, found, strict=True):
         if part is not None:
             continue
         shape = ctx.shape_of(arg)

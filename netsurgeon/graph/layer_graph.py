@@ -265,5 +265,7 @@ def _construction_notes(groups) -> list[str]:
     for group in groups:
         if group.construction != "append" and not group.blocked and not group.reaches_output:
             why = "; ".join(e.split(" (at %")[0] for e in group.excluded)
-            lines.append(f"{group.name} builds by {group.construction}" + (f": {why}" if why else ""))
+            lines.append(
+                f"{group.name} builds by {group.construction}" + (f": {why}" if why else "")
+            )
     return lines

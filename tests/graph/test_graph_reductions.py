@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import netsurgeon
-from netsurgeon.errors import UnsupportedModelError
 
 
 class GapNet(nn.Module):

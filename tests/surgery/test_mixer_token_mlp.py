@@ -150,10 +150,18 @@ def _small_poolformer():
     from timm.layers import GroupNorm1
     from timm.models.metaformer import MetaFormer
 
-    return MetaFormer(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=5,
-                      downsample_norm=None, mlp_act=nn.GELU, mlp_bias=True,
-                      norm_layers=GroupNorm1, layer_scale_init_values=1e-5,
-                      res_scale_init_values=None, use_mlp_head=False)  # poolformer_s12's
+    return MetaFormer(
+        depths=(1, 1, 1, 1),
+        dims=(8, 16, 24, 32),
+        num_classes=5,
+        downsample_norm=None,
+        mlp_act=nn.GELU,
+        mlp_bias=True,
+        norm_layers=GroupNorm1,
+        layer_scale_init_values=1e-5,
+        res_scale_init_values=None,
+        use_mlp_head=False,
+    )  # poolformer_s12's
 
 
 def _randomised(model: nn.Module) -> nn.Module:
