@@ -101,7 +101,7 @@ TIMM: dict[str, tuple[int, dict, float | None]] = {
     "mobileone_s0": (32, {}, 0.9),
     "levit_128s": (64, {"img_size": 64}, None),  # attention biases indexed by position
     "convnextv2_atto": (64, {}, None),  # global response normalisation
-    "poolformerv2_s12": (64, {}, None),
+    "poolformerv2_s12": (64, {}, 0.9),
     "mobilevit_xxs": (64, {"img_size": 64}, None),
     "efficientvit_b0": (64, {}, None),
 }

@@ -74,7 +74,7 @@ _SAME_OPS = frozenset(
 
 _JOIN_FUNCTIONS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
+    operator.imul, operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
     torch.minimum, torch.where, torch.pow,
 )  # fmt: skip
 
