@@ -43,6 +43,8 @@ DEFAULT = (
     "timm.convnext_nano",
     "timm.swin_tiny_patch4_window7_224",
     "timm.mixer_b16_224",
+    "timm.resmlp_12_224",
+    "timm.poolformer_s12",
     "tv.vit_b_16",
     "tv.swin_t",
     "tv.convnext_tiny",
@@ -147,7 +149,8 @@ def _tensor(out: object) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT))
-    for name in parser.parse_args().models:
+    args = parser.parse_args()
+    for name in args.models:
         print(coverage(name), flush=True)
 
 

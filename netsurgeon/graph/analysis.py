@@ -32,7 +32,8 @@ from torch import fx, nn
 
 from netsurgeon.errors import UnsupportedModelError
 from netsurgeon.graph import sizes
-from netsurgeon.graph.constructions import choose, record_tags
+from netsurgeon.graph.batch_channels import check_batch
+from netsurgeon.graph.constructions import choose, excluded, record_tags
 from netsurgeon.graph.context import FlowContext, Refusal
 from netsurgeon.graph.groups import ChannelGroup, ConsumerRef, FollowerRef, IndexMap, Piece
 from netsurgeon.graph.layout import Layout
@@ -100,8 +101,11 @@ def analyse(
         try:
             _check_module(node, handler, shared, ctx)
             _check_heads(node, handler, inputs, ctx)
+            check_batch(node, handler, inputs, ctx)
             layout = handler.flow(node, ctx)
             record_tags(node, handler, is_layer, ctx)
+            if isinstance(layout, Layout) and layout.batch is not None:  # no tags: two dims
+                ctx.states[node] = frozenset()
         except Refusal as refusal:
             ctx.block(node, inputs, str(refusal))
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
@@ -326,6 +330,7 @@ def _group(
         construction=construction or "append",
         constructions=allowed,
         requirements=tuple(dict.fromkeys(m for _, m in needs)),
+        excluded=excluded(needs, construction),
         row_scales=tuple(
             pair for gid in ids for pair in ctx.row_scales if pair[0] in ctx.producers[gid]
         ),

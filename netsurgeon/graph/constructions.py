@@ -46,6 +46,7 @@ __all__ = [
     "choose",
     "construction_under",
     "granularity_under",
+    "excluded",
     "join_tags",
     "layer_tags",
     "zero_under",
@@ -183,6 +184,19 @@ def granularity_under(group: Any, init: str) -> int:
         (1, 16)
     """
     return group.width if construction_under(group, init) == TILE else group.granularity
+
+
+def excluded(requirements: list[tuple[frozenset[str], str]], chosen: str | None) -> tuple[str, ...]:
+    """Why each construction preferred over ``chosen`` is not exact: ``"not X: message"``, the
+    first requirement ruling ``X`` out (a width that does not tile says nothing here)."""
+    if chosen is None:
+        return ()
+    found = []
+    for better in PREFERENCE[: PREFERENCE.index(chosen)]:
+        message = next((m for allowed, m in requirements if better not in allowed), None)
+        if message is not None:
+            found.append(f"not {better}: {message}")
+    return tuple(found)
 
 
 def record_tags(node: fx.Node, handler: Any, is_layer: bool, ctx: FlowContext) -> None:

@@ -254,11 +254,11 @@ class FlowContext:
         layouts = [layout] if isinstance(layout, Layout) or layout is None else list(layout)
         message = f"{reason} (at {node.format_node()})"
         for lay in layouts:
-            for gid in lay.groups if lay is not None else ():
+            for gid in lay.all_groups if lay is not None else ():
                 self.blocked[gid].append(message)
 
     def mark_output(self, layout: Layout) -> None:
-        self.outputs.update(layout.groups)
+        self.outputs.update(layout.all_groups)
 
     def require_same_width(self, node: fx.Node, read: Layout, target: Layout) -> None:
         """A size read off ``read``'s channels sizes ``target``'s: they must grow alike (checked
@@ -484,7 +484,8 @@ def _same_dim(a: Layout, b: Layout) -> bool:
 
 
 _DIVISION = frozenset({"truediv", "div", "itruediv", ".div()"})
-_MULTIPLICATIVE = frozenset({"mul", "truediv", "div", "imul", "itruediv", ".mul()", ".div()"})
+# new entries of a free tensor joined by these are 1 (``pow``: ``1 ** x`` and ``x ** 1`` are finite)
+_MULTIPLICATIVE = frozenset({"mul", "truediv", "div", "imul", "itruediv", ".mul()", ".div()", "pow"})
 
 
 def _layouts(value: Any) -> list[Layout]:

@@ -267,6 +267,8 @@ class ChannelGroup:
             (``granularity`` is then the width).
         constructions: every construction exact for the group, preferred first.
         requirements: what the readers that restrict the constructions need, and where.
+        excluded: why each construction preferred over ``construction`` is not exact
+            (``"not mean_pad: ..."``, the first requirement that rules it out; ``summary()``).
         row_scales: ``(producer, parameter)`` pairs: a layer scale multiplies that producer's
             output alone (mean-padding weights the producer's new rows by it).
     """
@@ -290,6 +292,7 @@ class ChannelGroup:
     construction: str = "append"
     constructions: tuple[str, ...] = ("append", "mean_pad", "zero_pad", "tile")
     requirements: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
     row_scales: tuple[tuple[str, str], ...] = ()
 
     @property

@@ -234,6 +234,7 @@ class LayerGraph:
             "  ".join(c.ljust(s) for c, s in zip(r, sizes, strict=True)).rstrip() for r in rows
         ]
         lines.insert(1, "  ".join("-" * s for s in sizes))
+        lines += _construction_notes(self._groups.values())
         unknown = [g for g in self._groups.values() if g.blocked and _SHAPES_HINT in g.blocked]
         if unknown and not self._has_shapes():
             lines.append(
@@ -256,3 +257,15 @@ class LayerGraph:
             f"LayerGraph({type(self.model).__name__}, layers={len(self._widths)}, "
             f"groups={len(self._groups)})"
         )
+
+
+def _construction_notes(groups) -> list[str]:
+    """One line per widenable group built other than by ``append``: why not a preferred one."""
+    lines = []
+    for group in groups:
+        if group.construction != "append" and not group.blocked and not group.reaches_output:
+            why = "; ".join(e.split(" (at %")[0] for e in group.excluded)
+            lines.append(
+                f"{group.name} builds by {group.construction}" + (f": {why}" if why else "")
+            )
+    return lines

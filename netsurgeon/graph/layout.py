@@ -35,6 +35,16 @@ layout (the walker checks ``knows_heads`` on the handler). Example, GPT-2's ``q`
 ``view(B, T, -1, 64).transpose(1, 2)`` of a ``Linear(768, 768)`` ``g``::
 
     Layout(dim=1, rank=4, segments=(Segment(g, 0, 768),), heads=Heads(size=64, inner=3))
+
+**Channels on a batch dim.** A layer that maps the last dim of a tensor whose channels sit on
+another dim (MLP-Mixer's token MLP: ``fc1(norm(x).transpose(1, 2))``, a ``(B, C, N)`` tensor)
+applies one map to every channel: those channels are a batch dim of it. Its output carries its own
+new group on the last dim and the old channels in ``batch``, a second layout (no heads, not
+flattened, no ``batch`` of its own) of the same tensor (:mod:`netsurgeon.graph.batch_channels`).
+Ops that do not know batch channels refuse such a layout (the walker checks ``knows_batch``)::
+
+    Layout(dim=2, rank=3, segments=(Segment(fc1, 0, 384),),
+           batch=Layout(dim=1, rank=3, segments=(Segment(stream, 0, 768),)))
 """
 
 from __future__ import annotations
@@ -110,6 +120,8 @@ class Layout:
         flattened: a flatten merged the channels with trailing dims.
         factor: entries per unit of ``multiplicity``; ``None`` after a flatten of unknown size.
         heads: the channels are cut into attention heads (:class:`Heads`), ``None`` otherwise.
+        batch: other channels of the same tensor, on a dim a layer treats as batch (module
+            docstring), ``None`` otherwise.
     """
 
     dim: int
@@ -118,6 +130,7 @@ class Layout:
     flattened: bool = False
     factor: int | None = 1
     heads: Heads | None = None
+    batch: Layout | None = None
 
     def normalized_dim(self) -> int | None:
         """The channel dimension as a non-negative index, or ``None`` when it cannot be known."""
@@ -142,6 +155,12 @@ class Layout:
     @property
     def groups(self) -> tuple[int, ...]:
         return tuple(dict.fromkeys(s.group for s in self.segments if s.group is not None))
+
+    @property
+    def all_groups(self) -> tuple[int, ...]:
+        """The groups on ``dim`` and those carried on a batch dim (``batch``)."""
+        carried = () if self.batch is None else self.batch.groups
+        return tuple(dict.fromkeys((*self.groups, *carried)))
 
     def units(self) -> int:
         """Entries along ``dim`` in units of ``factor``."""

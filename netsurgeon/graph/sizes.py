@@ -122,7 +122,8 @@ def read_size(node: fx.Node, layout: Layout | None, what: str, dim: Any = None) 
 
 def _shape(node: fx.Node, layout: Layout, dims: tuple[int, ...] | None) -> SizeValue:
     channel = layout.normalized_dim()
-    if dims is not None and channel is not None and channel not in dims:
+    carried = () if layout.batch is None else (layout.batch.normalized_dim(),)
+    if dims is not None and channel is not None and not {channel, *carried} & set(dims):
         return _PLAIN
     holds = True if dims is not None and channel is not None else None
     return SizeValue("shape", (SizeRead(node, layout, holds),), layout, dims)
@@ -133,6 +134,8 @@ def _dim(node: fx.Node, layout: Layout, dim: Any) -> SizeValue:
         return SizeValue("dim", (SizeRead(node, layout, None),))
     if dim == 0 and layout.dim < 0 and layout.rank is None:
         return _PLAIN  # channels counted from the end (a Linear's): dim 0 is the batch
+    if layout.batch is not None and layout.batch.same_dim(dim):  # channels on a batch dim
+        return SizeValue("dim", (SizeRead(node, layout.batch, True),))
     same = layout.same_dim(dim)
     if same is False:
         return _PLAIN
@@ -175,6 +178,8 @@ def _index_shape(node: fx.Node, shape: SizeValue, index: Any) -> SizeValue:
         return SizeValue("shape", (SizeRead(node, layout, None),), layout, None)
     if isinstance(index, int) and -len(shape.dims) <= index < len(shape.dims):
         dim = shape.dims[index]
+        if layout.batch is not None and dim == layout.batch.normalized_dim():
+            return SizeValue("dim", (SizeRead(node, layout.batch, True),))
         if dim != layout.normalized_dim():
             return _PLAIN
         return SizeValue("dim", (SizeRead(node, layout, True),))

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import netsurgeon
-from netsurgeon.errors import UnsupportedModelError
 
 
 class GapNet(nn.Module):
@@ -126,15 +125,14 @@ def test_unsqueeze_moves_linear_features_onto_the_conv_channel_dim():
     assert (model.conv.in_channels, model.out.in_features) == (11, 6)
 
 
-@pytest.mark.parametrize(
-    ("reduce", "match"),
-    [(lambda z: z.squeeze(), "dim=None"), (lambda z: z.squeeze(0), "channels are on dim 0")],
-    ids=["no-dim", "batch"],
-)
-def test_ambiguous_or_batch_squeeze_is_refused_or_blocked(reduce, match):
-    if match == "dim=None":  # ambiguous for a batch of one: the channels' group is blocked
-        graph = netsurgeon.trace(GapNet(reduce))
-        assert match in (graph.unwidenable_reason("conv") or "")
-        return
-    with pytest.raises(UnsupportedModelError, match=match):  # channels moved to dim 0
-        netsurgeon.trace(GapNet(reduce))
+def test_ambiguous_squeeze_blocks_the_channels():
+    graph = netsurgeon.trace(GapNet(lambda z: z.squeeze()))  # ambiguous for a batch of one
+    assert "dim=None" in (graph.unwidenable_reason("conv") or "")
+
+
+def test_channels_squeezed_onto_the_batch_dim_are_a_batch_dim_of_the_linear():
+    """``squeeze(0)`` of a batch of one puts the channels on dim 0: ``fc`` maps the last dim of
+    every channel alike, so the channels pass through it and reach the model output."""
+    graph = netsurgeon.trace(GapNet(lambda z: z.squeeze(0)), torch.randn(1, 3, 10, 10))
+    assert graph.group_of("conv").reaches_output
+    assert graph.consumers_of("conv") == []

@@ -125,14 +125,17 @@ class Cummax(nn.Module):
         return self.d(torch.cummax(self.c(x), dim=1)[0])
 
 
-class NoFlattenBeforeLinear(nn.Module):
+class FlattenedChannelsOnABatchDim(nn.Module):
+    """``fc`` maps the last dim; the channels, merged with the rows, are a batch dim of it that
+    netsurgeon cannot follow (a plain ``fc(conv(x))`` is fine: one map per channel)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x))
+        return self.fc(self.conv(x).flatten(1, 2))
 
 
 REFUSED = {
@@ -146,7 +149,10 @@ REFUSED = {
         lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(2, return_indices=True)),
         r"pooling with return_indices=True",
     ),
-    "linear on an unflattened map": (NoFlattenBeforeLinear, r"flatten the map first"),
+    "linear over flattened channels on a batch dim": (
+        FlattenedChannelsOnABatchDim,
+        r"channels are on dim 1 of a rank-3 tensor, flattened",
+    ),
     "wrong linear in_features": (
         lambda: nn.Sequential(nn.Linear(4, 8), nn.Linear(9, 2)),
         r"at module '1': input width is 9 but the channels arriving deliver 8",

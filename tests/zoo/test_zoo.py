@@ -86,8 +86,8 @@ TIMM: dict[str, tuple[int, dict, float | None]] = {
     "repvit_m0_9": (64, {"img_size": 64}, 0.9),
     "convnext_atto": (64, {}, 0.3),
     "vit_tiny_patch16_224": (64, {"img_size": 64}, 0.1),
-    "mixer_s16_224": (64, {"img_size": 64}, 0.1),
-    "resmlp_12_224": (64, {"img_size": 64}, 0.2),
+    "mixer_s16_224": (64, {"img_size": 64}, 0.75),  # the token MLPs' fc2 make the tokens
+    "resmlp_12_224": (64, {"img_size": 64}, 0.65),  # linear_tokens makes the tokens
     "pit_ti_224": (64, {"img_size": 64}, 0.1),
     "pvt_v2_b0": (64, {}, 0.05),
     "starnet_s050": (32, {}, 0.9),
@@ -101,7 +101,7 @@ TIMM: dict[str, tuple[int, dict, float | None]] = {
     "mobileone_s0": (32, {}, 0.9),
     "levit_128s": (64, {"img_size": 64}, None),  # attention biases indexed by position
     "convnextv2_atto": (64, {}, None),  # global response normalisation
-    "poolformerv2_s12": (64, {}, None),
+    "poolformerv2_s12": (64, {}, 0.9),
     "mobilevit_xxs": (64, {"img_size": 64}, None),
     "efficientvit_b0": (64, {}, None),
 }

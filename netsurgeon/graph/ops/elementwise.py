@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from netsurgeon.graph.axes import Axis
+from netsurgeon.graph.batch_channels import batched_join
 from netsurgeon.graph.layout import Layout
 from netsurgeon.graph.nodes import first_layout, node_arg
 from netsurgeon.graph.ops.base import FollowerHandler
@@ -73,7 +74,7 @@ _SAME_OPS = frozenset(
 
 _JOIN_FUNCTIONS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
+    operator.imul, operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
     torch.minimum, torch.where, torch.pow,
 )  # fmt: skip
 
@@ -86,6 +87,7 @@ class PassModuleHandler(OpHandler):
     """Element-wise activations, dropout and ``Identity``: the channels pass unchanged."""
 
     knows_heads = True  # per element: any layout passes, attention heads included
+    knows_batch = True  # and channels on a batch dim
 
     def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
         return "same" if isinstance(ctx.module_of(node), _SAME_MODULES) else "opaque"
@@ -101,6 +103,7 @@ class ElementwiseHandler(OpHandler):
     """Element-wise activations, dropout, ``contiguous`` and dtype casts."""
 
     knows_heads = True  # per element: any layout passes, attention heads included
+    knows_batch = True  # and channels on a batch dim
 
     def stream_effect_of(self, node: fx.Node, ctx: FlowContext) -> str:
         return "same" if node.target in _SAME_OPS else "opaque"
@@ -108,7 +111,7 @@ class ElementwiseHandler(OpHandler):
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         layout = first_layout(node, ctx)
         if layout is None:  # the channels arrive in another argument (``pow(2, x)``)
-            return ctx.join(node, node.all_input_nodes, ctx.op_name(node))
+            return _join(ctx, node, node.all_input_nodes, ctx.op_name(node))
         return layout.with_path(ctx.op_name(node))
 
 
@@ -139,12 +142,20 @@ class JoinHandler(OpHandler):
     """
 
     knows_heads = True  # operands cut into the same heads join (``FlowContext.join`` checks)
+    knows_batch = True  # each tracked dim joins on its own (``batch_channels.batched_join``)
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         label = getattr(node.target, "__name__", str(node.target))
         operands = [*node.args, *node.kwargs.values()]
         check_known_ranks(node, operands, label, ctx)
-        return ctx.join(node, operands, label)
+        return _join(ctx, node, operands, label)
+
+
+def _join(ctx: FlowContext, node: fx.Node, operands: list[Any], label: str) -> Layout | None:
+    """``FlowContext.join``, or per dim where an operand carries channels on a batch dim."""
+    if any(lay.batch is not None for a in operands if (lay := ctx.layout(a)) is not None):
+        return batched_join(ctx, node, operands, label)
+    return ctx.join(node, operands, label)
 
 
 def check_known_ranks(node: fx.Node, operands: list[Any], label: str, ctx: FlowContext) -> None:

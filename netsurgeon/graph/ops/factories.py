@@ -53,6 +53,8 @@ class LikeHandler(OpHandler):
 class NewTensorHandler(OpHandler):
     """``x.new_zeros(size)``: a tensor of shape ``size`` (see the module docstring)."""
 
+    knows_batch = True  # the whole shape carries both dims; other reads of them block
+
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         size = _size_argument(node)
         label = ctx.op_name(node)
@@ -73,6 +75,14 @@ class NewTensorHandler(OpHandler):
                         reads,
                         f"{label} with the computed size '{getattr(entry, 'name', entry)}' fixes a "
                         "shape that depends on these channels' width",
+                    )
+            elif layout is not None and layout.batch is not None:
+                if layout.batch.same_dim(source[1]) or layout.same_dim(source[1]) is not False:
+                    ctx.block(
+                        node,
+                        layout,
+                        f"{label} puts a channel size read off a tensor with channels on a batch "
+                        "dim into a new shape, which netsurgeon does not follow",
                     )
             elif layout is not None and layout.same_dim(source[1]) is not False:
                 found = self._channel_at(node, found, layout, source[1], position, entries, ctx)

@@ -25,6 +25,7 @@ import torch
 from torch import fx, nn
 
 from netsurgeon.graph.axes import Axis, module_tensor
+from netsurgeon.graph.batch_channels import batch_input
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.ops.base import LayerHandler
 from netsurgeon.graph.registry import register_module
@@ -149,10 +150,31 @@ def is_depthwise(module: nn.Module) -> bool:
 
 @register_module(nn.Linear)
 class LinearHandler(LayerHandler):
-    """``Linear``: features on the last dim; reads a flattened map as ``C x multiplicity``."""
+    """``Linear``: features on the last dim; reads a flattened map as ``C x multiplicity``.
+
+    Channels on another dim are a batch dim of it: it applies one map to each channel, which
+    append and tile keep exact and padding does not (:mod:`netsurgeon.graph.batch_channels`).
+    Its output then carries its own group on the last dim and those channels in ``batch``.
+    """
 
     out_attr = "out_features"
     in_attr = "in_features"
+    knows_batch = True
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout:
+        layout = ctx.input(node)
+        if layout is None or (layout.batch is None and layout.is_last_dim()):
+            return super().flow(node, ctx)
+        module = ctx.module_of(node)
+        reason = self.unsupported_reason(module)
+        if reason is not None:
+            ctx.refuse(node, reason, fix="replace it with a supported layer")
+        features, carried = batch_input(node, layout, ctx)
+        if features is not None:
+            self.check_input(node, module, features, ctx)
+            ctx.consume(node, features, self.in_width(module))
+        group = ctx.new_group(str(node.target), self.out_width(module))
+        return self.output_layout(node, module, group, ctx).replace(batch=carried)
 
     def fan_in(self, module: nn.Module) -> float:
         return module.in_features

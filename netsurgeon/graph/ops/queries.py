@@ -28,6 +28,7 @@ class QueryHandler(OpHandler):
     channel dim depends on the width (:mod:`netsurgeon.graph.sizes` follows it to its uses)."""
 
     knows_heads = True  # a read of a head's own dim is a fixed number
+    knows_batch = True  # a read of channels on a batch dim is a read of those channels
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> SizeValue:
         layout = first_layout(node, ctx)
@@ -43,6 +44,7 @@ class GetattrHandler(OpHandler):
     """``x.shape`` (a size read, see :class:`QueryHandler`), ``x.dtype``, ``x.T``."""
 
     knows_heads = True
+    knows_batch = True  # size reads as above; ``.T`` moves both dims
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | SizeValue | None:
         if len(node.args) > 1 and node.args[1] in ("shape", "ndim"):
@@ -64,5 +66,9 @@ class GetattrHandler(OpHandler):
             if layout.heads is not None:
                 where = {d: order.index(d) for d in range(rank)}
                 return moved(layout, where, rank).with_path(str(node.args[1]))
-            return layout.replace(dim=order.index(channel)).with_path(str(node.args[1]))
+            carried = layout.batch
+            if carried is not None:
+                carried = carried.replace(dim=order.index(carried.normalized_dim()))
+            moved_layout = layout.replace(dim=order.index(channel), batch=carried)
+            return moved_layout.with_path(str(node.args[1]))
         ctx.refuse(node, f"attribute access {node.args[1:]!r} on a tensor", fix="remove it")

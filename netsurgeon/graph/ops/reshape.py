@@ -36,6 +36,7 @@ class PermuteHandler(OpHandler):
     """``permute``/``transpose``/``movedim``: the channel dim moves; nothing else changes."""
 
     knows_heads = True
+    knows_batch = True  # both dims move
     stream_effect = "same"
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
@@ -66,7 +67,10 @@ class PermuteHandler(OpHandler):
             return heads.moved(layout, {d: order.index(d) for d in range(rank)}, rank).with_path(
                 name
             )
-        return layout.replace(dim=order.index(channel)).with_path(name)
+        carried = layout.batch
+        if carried is not None:  # channels on a batch dim (checked known rank, not flattened)
+            carried = carried.replace(dim=order.index(carried.normalized_dim()))
+        return layout.replace(dim=order.index(channel), batch=carried).with_path(name)
 
 
 def _arg_list(dims: Any, fallback: Any) -> list[int]:

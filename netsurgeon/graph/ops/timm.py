@@ -9,7 +9,11 @@ channels), then runs ``F.conv2d`` with the module's own tensors, so the conv han
 
 ``timm.layers.LayerNorm`` and ``LayerNorm2d`` override ``nn.LayerNorm.forward`` with
 ``F.layer_norm`` of the module's own tensors (``LayerNorm2d`` over dim 1, between two permutes):
-the LayerNorm handlers of :mod:`.layer_norm` describe them.
+the LayerNorm handlers of :mod:`.layer_norm` describe them. ``GroupNorm1`` (PoolFormer's norm)
+overrides ``nn.GroupNorm.forward`` with ``F.group_norm(x, self.num_groups, ...)`` of its own
+tensors: the GroupNorm handler describes it (one group of all channels grows by whole groups).
+MetaFormer's ``Scale`` multiplies by ``scale.view(self.shape)``, a stored shape: its handler makes
+it a follower and grows ``shape`` with it.
 
 ``timm.layers.BatchNormAct2d`` subclasses ``nn.BatchNorm2d`` and overrides ``forward`` with
 ``act(drop(batch_norm(x)))``; ``GroupNormAct`` does the same over ``nn.GroupNorm``. By the
@@ -38,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
+from netsurgeon.graph.axes import Axis
+from netsurgeon.graph.ops.base import FollowerHandler
 from netsurgeon.graph.ops.elementwise import PassModuleHandler
 from netsurgeon.graph.ops.layer_norm import LayerNorm2dHandler, LayerNormHandler
 from netsurgeon.graph.ops.linear import ConvHandler, LinearHandler
@@ -76,6 +82,39 @@ class BatchNormActHandler(_NormActMixin, BatchNormHandler):
 
 class GroupNormActHandler(_NormActMixin, GroupNormHandler):
     """timm's ``GroupNormAct``: a GroupNorm follower followed by element-wise modules."""
+
+
+class MetaFormerScaleHandler(FollowerHandler):
+    """timm's MetaFormer ``Scale`` (PoolFormer's layer scale): ``x * self.scale.view(self.shape)``
+    with ``shape`` ``(C, 1, 1)`` (channels on dim 1 of a 4-d map) or ``(C,)`` (channels last). A
+    follower whose new entries are 1; ``shape`` is a size attribute that grows with it."""
+
+    def width(self, module: nn.Module) -> int:
+        return int(module.scale.shape[0])
+
+    def entries(self, module: nn.Module) -> tuple[Axis, ...]:
+        return (Axis("scale", 0, 1.0),)
+
+    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, object]:
+        return {"shape": (self.width(module) + added, *tuple(module.shape)[1:])}
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
+        module, layout = ctx.module_of(node), ctx.input(node)
+        if layout is None:
+            return None
+        shape = tuple(module.shape)
+        rank = layout.rank if layout.rank is not None else len(shape)  # unknown: from the end
+        where = layout.dim if layout.dim < 0 else layout.dim - rank
+        fits = shape[0] == self.width(module) and all(n == 1 for n in shape[1:])
+        if not fits or where != -len(shape) or layout.flattened or layout.heads is not None:
+            ctx.refuse(
+                node,
+                f"Scale with shape {shape} scales dim {-len(shape)} (from the end) but the "
+                f"{ctx.describe(layout)}",
+                fix="scale the channels where they are",
+            )
+        ctx.follow(node, str(node.target), layout, self.width(module))
+        return layout.with_path("Scale")
 
 
 class TimmAttentionHandler(HeadOwnerHandler):
@@ -150,11 +189,14 @@ def register_timm_layers(registry: Registry) -> None:
         # tensors; ``LayerNorm2d`` permutes the channels last around it
         ("timm.layers.norm", "LayerNorm", LayerNormHandler),
         ("timm.layers.norm", "LayerNorm2d", LayerNorm2dHandler),
+        # ``F.group_norm`` (or timm's fused kernel of it) with ``num_groups`` and its own tensors
+        ("timm.layers.norm", "GroupNorm1", GroupNormHandler),
         # ``pad_same`` pads the spatial dims only, then runs the parent's convolution
         ("timm.layers.conv2d_same", "Conv2dSame", ConvHandler),
         ("timm.layers.attention", "Attention", TimmAttentionHandler),
         # Swin's window attention as one layer grown by heads with its stream
         ("timm.models.swin_transformer", "WindowAttention", TimmWindowAttentionHandler),
+        ("timm.models.metaformer", "Scale", MetaFormerScaleHandler),
     )
     for module_name, name, handler_type in layers:
         layer = getattr(sys.modules.get(module_name), name, None)
