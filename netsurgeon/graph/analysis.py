@@ -111,12 +111,17 @@ def analyse(
             layout = _blocked_output(node, handler, ctx, str(refusal)) if is_layer else None
         sizes.block_unclaimed(node, ctx, size_args)
         ctx.layouts[node] = layout
-    ctx.check_same_widths()
-    ctx.check_free_tensors()
-    check_width_literals(ctx)
+    _check_after_walk(ctx)
     if root is not None:
         _block_for_unreached(gm, root, ctx)
     return _collect(ctx)
+
+
+def _check_after_walk(ctx: FlowContext) -> None:
+    """What only the whole walk decides: equal widths, free tensors, width literals' uses."""
+    ctx.check_same_widths()
+    ctx.check_free_tensors()
+    check_width_literals(ctx)
 
 
 def _block_for_unreached(gm: fx.GraphModule, root: nn.Module, ctx: FlowContext) -> None:

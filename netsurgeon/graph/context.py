@@ -484,10 +484,8 @@ def _same_dim(a: Layout, b: Layout) -> bool:
 
 
 _DIVISION = frozenset({"truediv", "div", "itruediv", ".div()"})
-# new entries of a free tensor joined by these are 1 (``pow``: ``1 ** x`` and ``x ** 1`` are finite)
-_MULTIPLICATIVE = frozenset(
-    {"mul", "truediv", "div", "imul", "itruediv", ".mul()", ".div()", "pow"}
-)
+# new entries of a free tensor joined by these are 1 (``pow``: ``1 ** x``, ``x ** 1`` are finite)
+_MULTIPLICATIVE = _DIVISION | {"mul", "imul", ".mul()", "pow"}
 
 
 def _layouts(value: Any) -> list[Layout]:
