@@ -173,6 +173,10 @@ def fill_new_(new: torch.Tensor, dim: int, inserts: Inserts, value: float) -> No
 def grow(old: torch.Tensor, inserts: Mapping[int, Inserts], fill: float = 0.0) -> torch.Tensor:
     """``old`` with ``fill`` inserted along the grown dims (a new tensor: same dtype, device and
     memory format). Each entry is written once."""
+    if old.dim() == 1 and inserts.get(0):  # a bias or norm entry: appended in one concatenation
+        pattern = regular(old.shape[0], inserts[0])
+        if pattern is not None and pattern[0] == 1:
+            return torch.cat((old, old.new_full((pattern[2],), fill)))
     shape = list(old.shape)
     for d, ins in inserts.items():
         shape[d] = grown_size(shape[d], ins)

@@ -31,7 +31,7 @@ import torch
 __all__ = ["HUGE_PAGE", "empty", "scratch", "scratch_space"]
 
 HUGE_PAGE = 1 << 21  # bytes in a transparent huge page (x86-64, arm64 with 4 KiB pages)
-_MIN_BYTES = 2 * HUGE_PAGE  # smaller tensors hold at most one whole huge page: not worth a call
+_MIN_BYTES = HUGE_PAGE  # a smaller tensor holds no whole huge page
 _MADV_HUGEPAGE = 14
 _BUFFERS: ContextVar[dict[tuple[torch.dtype, torch.device], torch.Tensor] | None] = ContextVar(
     "netsurgeon_scratch", default=None
