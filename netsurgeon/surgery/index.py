@@ -28,7 +28,6 @@ import torch
 
 from netsurgeon.graph import Insertion
 from netsurgeon.graph.groups import Insertions, regular_pattern
-from netsurgeon.surgery.memory import empty
 from netsurgeon.surgery.tensors import memory_format_of
 
 __all__ = [
@@ -182,7 +181,9 @@ def grow(old: torch.Tensor, inserts: Mapping[int, Inserts], fill: float = 0.0) -
         shape[d] = grown_size(shape[d], ins)
     if tuple(shape) == tuple(old.shape):
         return old.clone()
-    new = empty(shape, dtype=old.dtype, device=old.device, memory_format=memory_format_of(old))
+    new = torch.empty(
+        shape, dtype=old.dtype, device=old.device, memory_format=memory_format_of(old)
+    )
     place(old, new, inserts)
     for d, ins in inserts.items():
         fill_new_(new, d, ins, fill)

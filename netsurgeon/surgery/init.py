@@ -32,7 +32,6 @@ import torch
 from netsurgeon.errors import WidenError
 from netsurgeon.graph import IndexMap, Insertion
 from netsurgeon.surgery.index import added, fill_new_, kept_index, place_new, slots
-from netsurgeon.surgery.memory import scratch
 
 __all__ = [
     "INIT_STRATEGIES",
@@ -150,7 +149,7 @@ class PaperInit(InitStrategy):
     def fill_rows(self, weight, *, row_inserts, col_inserts, fan_in, sources, generator):
         std = math.sqrt(2.0 / fan_in)
         old_in = weight.shape[1] - added(col_inserts)
-        draw = scratch((added(row_inserts), old_in, *weight.shape[2:]), weight)
+        draw = weight.new_empty((added(row_inserts), old_in, *weight.shape[2:]))
         normal_(draw, std, generator)  # one draw for every new row, in order, whatever the layout
         place_new(draw, weight, 0, row_inserts, {1: col_inserts})
 
@@ -161,7 +160,7 @@ class PaperInit(InitStrategy):
         shape = list(tensor.shape)
         shape[dim] = added(inserts)
         if fill is None:  # Kaiming over the rest of each entry: one draw, new entries in order
-            values = scratch(shape, tensor)
+            values = tensor.new_empty(shape)
             normal_(values, math.sqrt(2.0 / math.prod(tensor.shape[dim + 1 :])), generator)
         else:
             along = [shape[dim] if d == dim else 1 for d in range(tensor.dim())]

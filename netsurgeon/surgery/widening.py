@@ -20,7 +20,6 @@ from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery.constructions import PerGroupInit, resolve_constructions, scaled_state
 from netsurgeon.surgery.init import InitStrategy, get_init
-from netsurgeon.surgery.memory import scratch_space
 from netsurgeon.surgery.mirror import check_optimizer_holds, stage_mirrors
 from netsurgeon.surgery.norms import stage_layer_scale, stage_norm_reader
 from netsurgeon.surgery.optim import grown_state
@@ -271,7 +270,7 @@ def stage(
     consumers = {c.layer: c for name in growth for c in groups[name].consumers}
     followers = {f.name: f for name in growth for f in groups[name].followers}
     parts: list[Surgery] = []
-    with torch.no_grad(), scratch_space():
+    with torch.no_grad():
         for layer in graph.layers:
             own = graph.group_of(layer).name
             consumer = consumers.get(layer)
