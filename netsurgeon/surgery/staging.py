@@ -133,7 +133,8 @@ def stage_layer(
         own: the group ``name`` produces into (its rows grow when it is in the plan).
         consumer: how ``name`` reads the growing groups (its columns), or ``None``.
     """
-    module, handler = graph.module(name), graph.handler(name)
+    module = graph.module(name)
+    handler = graph.registry.for_module(module)
     old_out = handler.out_width(module)
     group = graph.group_of(name)
     rows_each = group.rows_per_channel(name)  # grouped-query attention's q projection
@@ -152,7 +153,9 @@ def stage_layer(
         inserts.setdefault(tensor, {}).update(dims)  # MultiheadAttention's heads (surgery.inner)
     main = row_axes[0]
     column = next((a for a in col_axes if a.tensor == main.tensor), None)
-    new, pre, post = _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
+    new, pre, post = _stage_weight(
+        module, handler, (main, column), inserts, consumer, (own, mine), growth
+    )
     staged = {main.tensor: new}
     for axis in row_axes[1:]:
         dims = inserts[axis.tensor]
@@ -210,15 +213,18 @@ def _inserts(
     return out
 
 
-def _stage_weight(module, handler, main, column, inserts, consumer, own, growth):
+def _stage_weight(module, handler, axes, inserts, consumer, own_and_init, growth):
     """The grown weight, and (with a :class:`NormOf` row) its rows-first view before/after columns.
 
     The strategy fills the new rows first, then the new columns: a copied row is split along with
-    its source, and weight norm's ``g`` can follow what the columns did to each ``v`` row.
+    its source, and weight norm's ``g`` can follow what the columns did to each ``v`` row. The
+    paper's rows are drawn over every old column, so the new rows are not zeroed first.
     """
+    (main, column), (own, mine) = axes, own_and_init
     old = module_tensor(module, main.tensor)
     dims = inserts[main.tensor]
-    new = grow(old.detach(), dims)
+    drawn = dims[main.dim] and type(mine).fill_rows is PaperInit.fill_rows
+    new = grow(old.detach(), dims, written=main.dim if drawn else None)
     if column is None:
         view = new.movedim(main.dim, 0)
     else:
@@ -252,17 +258,25 @@ def _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
 
 def _stage_entries(module, axis, ins, index_map, growth, fill=None) -> torch.Tensor:
     """A per-unit tensor grown along ``axis.dim``, new entries as the strategy fills them."""
-    new = grow(module_tensor(module, axis.tensor).detach(), {axis.dim: ins})
+    value = axis.fill if fill is None else fill
+    old = module_tensor(module, axis.tensor).detach()
+    if type(growth.strategy).fill_entries is PaperInit.fill_entries and _number(value):
+        return grow(old, {axis.dim: ins}, fill=value)  # the paper's neutral value, written once
+    new = grow(old, {axis.dim: ins})
     growth.strategy.fill_entries(
         new,
         dim=axis.dim,
         index_map=index_map,
         inserts=ins,
-        fill=axis.fill if fill is None else fill,
+        fill=value,
         sources=growth.sources,
         generator=growth.generator,
     )
     return new
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _stage_norms(module, axis, ins, pre, post, index_map, growth) -> torch.Tensor:
@@ -295,7 +309,8 @@ def stage_follower(graph: LayerGraph, follower: FollowerRef, growth: Growth) -> 
         module = graph.model.get_submodule(owner) if owner else graph.model
         axes, prefix = (Axis(attr, follower.dim, follower.fill),), owner
     else:
-        module, handler = graph.module(follower.name), graph.handler(follower.name)
+        module = graph.module(follower.name)
+        handler = graph.registry.for_module(module)
         axes, prefix = handler.entries(module), follower.name
     for axis in axes:
         old = module_tensor(module, axis.tensor)
