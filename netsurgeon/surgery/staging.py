@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from torch import nn
 from netsurgeon.errors import WidenError
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
+from netsurgeon.surgery.ahead import ahead_for
 from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import added, grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy, PaperInit
@@ -104,6 +107,7 @@ class Growth:
             padded group's zero entries get random columns).
         row_scales: ``{producer: layer scale tensor}`` for mean-padded producers whose output a
             layer scale multiplies (their new rows are weighted by it).
+        ahead: a :class:`~netsurgeon.surgery.ahead.DrawAhead` for plain layers' rows, or ``None``.
     """
 
     spec: Mapping[str, tuple[int, int, int]]
@@ -113,6 +117,8 @@ class Growth:
     generator: torch.Generator | None
     constructions: Mapping[str, str] = field(default_factory=dict)
     row_scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    #: where the layers' drawn rows may go (:mod:`netsurgeon.surgery.ahead`), or ``None``
+    ahead: Any = field(default=None, repr=False, compare=False)
     _found: dict[IndexMap, list[Insertion]] = field(default_factory=dict, repr=False, compare=False)
 
     def insertions(self, index_map: IndexMap) -> list[Insertion]:
@@ -153,8 +159,9 @@ def stage_layer(
         inserts.setdefault(tensor, {}).update(dims)  # MultiheadAttention's heads (surgery.inner)
     main = row_axes[0]
     column = next((a for a in col_axes if a.tensor == main.tensor), None)
+    ahead = ahead_for(growth, handler, module, name, consumer)  # waits unless plain
     new, pre, post = _stage_weight(
-        module, handler, (main, column), inserts, consumer, (own, mine), growth
+        module, handler, (main, column), inserts, consumer, (own, mine, ahead), growth
     )
     staged = {main.tensor: new}
     for axis in row_axes[1:]:
@@ -220,7 +227,7 @@ def _stage_weight(module, handler, axes, inserts, consumer, own_and_init, growth
     its source, and weight norm's ``g`` can follow what the columns did to each ``v`` row. The
     paper's rows are drawn over every old column, so the new rows are not zeroed first.
     """
-    (main, column), (own, mine) = axes, own_and_init
+    (main, column), (own, mine, ahead) = axes, own_and_init
     old = module_tensor(module, main.tensor)
     dims = inserts[main.tensor]
     drawn = dims[main.dim] and type(mine).fill_rows is PaperInit.fill_rows
@@ -232,7 +239,8 @@ def _stage_weight(module, handler, axes, inserts, consumer, own_and_init, growth
     row_ins, col_ins = dims[main.dim], dims[column.dim] if column is not None else []
     strategy = growth.strategy
     if row_ins:
-        strategy.fill_rows(
+        fill = partial(
+            strategy.fill_rows,
             view,
             row_inserts=row_ins,
             col_inserts=col_ins,
@@ -240,6 +248,10 @@ def _stage_weight(module, handler, axes, inserts, consumer, own_and_init, growth
             sources=growth.sources[own],
             generator=growth.generator,
         )
+        if ahead is not None:
+            ahead.submit(fill)
+        else:
+            fill()
     keep = any(isinstance(a.fill, NormOf) for a in handler.rows(module))
     pre = view.clone() if keep else None
     if col_ins and not column.per_group:  # a grouped consumer's new columns stay zero
