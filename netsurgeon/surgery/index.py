@@ -169,9 +169,25 @@ def fill_new_(new: torch.Tensor, dim: int, inserts: Inserts, value: float) -> No
         new.narrow(dim, at, ins.count).fill_(value)
 
 
-def grow(old: torch.Tensor, inserts: Mapping[int, Inserts], fill: float = 0.0) -> torch.Tensor:
+def grow(
+    old: torch.Tensor,
+    inserts: Mapping[int, Inserts],
+    fill: float = 0.0,
+    *,
+    written: int | None = None,
+) -> torch.Tensor:
     """``old`` with ``fill`` inserted along the grown dims (a new tensor: same dtype, device and
-    memory format). Each entry is written once."""
+    memory format). Each entry is written once.
+
+    ``written``: a dim whose new entries the caller writes next (an init strategy's new rows):
+    they are left unwritten, except where another grown dim's new entries cross them.
+    """
+    if (
+        written is None and old.dim() == 1 and inserts.get(0)
+    ):  # a bias or norm entry: appended in one concatenation
+        pattern = regular(old.shape[0], inserts[0])
+        if pattern is not None and pattern[0] == 1:
+            return torch.cat((old, old.new_full((pattern[2],), fill)))
     shape = list(old.shape)
     for d, ins in inserts.items():
         shape[d] = grown_size(shape[d], ins)
@@ -182,7 +198,8 @@ def grow(old: torch.Tensor, inserts: Mapping[int, Inserts], fill: float = 0.0) -
     )
     place(old, new, inserts)
     for d, ins in inserts.items():
-        fill_new_(new, d, ins, fill)
+        if d != written:
+            fill_new_(new, d, ins, fill)
     return new
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
 from netsurgeon.graph import ConsumerRef, FollowerRef, IndexMap, Insertion, LayerGraph, Piece
 from netsurgeon.graph.axes import Axis, NormOf, module_tensor
+from netsurgeon.surgery.ahead import ahead_for
 from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import added, grow, grown_size, slots
 from netsurgeon.surgery.init import InitStrategy
@@ -103,6 +106,7 @@ class Growth:
             padded group's zero entries get random columns).
         row_scales: ``{producer: layer scale tensor}`` for mean-padded producers whose output a
             layer scale multiplies (their new rows are weighted by it).
+        ahead: a :class:`~netsurgeon.surgery.ahead.DrawAhead` for plain layers' rows, or ``None``.
     """
 
     spec: Mapping[str, tuple[int, int, int]]
@@ -112,6 +116,8 @@ class Growth:
     generator: torch.Generator | None
     constructions: Mapping[str, str] = field(default_factory=dict)
     row_scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    #: where the layers' drawn rows may go (:mod:`netsurgeon.surgery.ahead`), or ``None``
+    ahead: Any = field(default=None, repr=False, compare=False)
     _found: dict[IndexMap, list[Insertion]] = field(default_factory=dict, repr=False, compare=False)
 
     def insertions(self, index_map: IndexMap) -> list[Insertion]:
@@ -132,7 +138,8 @@ def stage_layer(
         own: the group ``name`` produces into (its rows grow when it is in the plan).
         consumer: how ``name`` reads the growing groups (its columns), or ``None``.
     """
-    module, handler = graph.module(name), graph.handler(name)
+    module = graph.module(name)
+    handler = graph.registry.for_module(module)
     old_out = handler.out_width(module)
     group = graph.group_of(name)
     rows_each = group.rows_per_channel(name)  # grouped-query attention's q projection
@@ -148,7 +155,10 @@ def stage_layer(
         inserts.setdefault(tensor, {}).update(dims)  # MultiheadAttention's heads (surgery.inner)
     main = row_axes[0]
     column = next((a for a in col_axes if a.tensor == main.tensor), None)
-    new, pre, post = _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
+    ahead = ahead_for(growth, handler, module, name, consumer)  # waits unless plain
+    new, pre, post = _stage_weight(
+        module, handler, (main, column), inserts, consumer, (own, mine, ahead), growth
+    )
     staged = {main.tensor: new}
     for axis in row_axes[1:]:
         dims = inserts[axis.tensor]
@@ -188,15 +198,18 @@ def _inserts(
     return out
 
 
-def _stage_weight(module, handler, main, column, inserts, consumer, own, growth):
+def _stage_weight(module, handler, axes, inserts, consumer, own_and_init, growth):
     """The grown weight, and (with a :class:`NormOf` row) its rows-first view before/after columns.
 
     The strategy fills the new rows first, then the new columns: a copied row is split along with
-    its source, and weight norm's ``g`` can follow what the columns did to each ``v`` row.
+    its source, and weight norm's ``g`` can follow what the columns did to each ``v`` row. The
+    paper's rows are drawn over every old column, so the new rows are not zeroed first.
     """
+    (main, column), (own, mine, ahead) = axes, own_and_init
     old = module_tensor(module, main.tensor)
     dims = inserts[main.tensor]
-    new = grow(old.detach(), dims)
+    drawn = dims[main.dim] and type(mine).fill_rows is PaperInit.fill_rows
+    new = grow(old.detach(), dims, written=main.dim if drawn else None)
     if column is None:
         view = new.movedim(main.dim, 0)
     else:
@@ -204,7 +217,8 @@ def _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
     row_ins, col_ins = dims[main.dim], dims[column.dim] if column is not None else []
     strategy = growth.strategy
     if row_ins:
-        strategy.fill_rows(
+        fill = partial(
+            strategy.fill_rows,
             view,
             row_inserts=row_ins,
             col_inserts=col_ins,
@@ -212,6 +226,10 @@ def _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
             sources=growth.sources[own],
             generator=growth.generator,
         )
+        if ahead is not None:
+            ahead.submit(fill)
+        else:
+            fill()
     keep = any(isinstance(a.fill, NormOf) for a in handler.rows(module))
     pre = view.clone() if keep else None
     if col_ins and not column.per_group:  # a grouped consumer's new columns stay zero
@@ -230,17 +248,25 @@ def _stage_weight(module, handler, main, column, inserts, consumer, own, growth)
 
 def _stage_entries(module, axis, ins, index_map, growth, fill=None) -> torch.Tensor:
     """A per-unit tensor grown along ``axis.dim``, new entries as the strategy fills them."""
-    new = grow(module_tensor(module, axis.tensor).detach(), {axis.dim: ins})
+    value = axis.fill if fill is None else fill
+    old = module_tensor(module, axis.tensor).detach()
+    if type(growth.strategy).fill_entries is PaperInit.fill_entries and _number(value):
+        return grow(old, {axis.dim: ins}, fill=value)  # the paper's neutral value, written once
+    new = grow(old, {axis.dim: ins})
     growth.strategy.fill_entries(
         new,
         dim=axis.dim,
         index_map=index_map,
         inserts=ins,
-        fill=axis.fill if fill is None else fill,
+        fill=value,
         sources=growth.sources,
         generator=growth.generator,
     )
     return new
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _stage_norms(module, axis, ins, pre, post, index_map, growth) -> torch.Tensor:
@@ -280,7 +306,8 @@ def stage_follower(graph: LayerGraph, follower: FollowerRef, growth: Growth) -> 
         module = graph.model.get_submodule(owner) if owner else graph.model
         axes, prefix = (Axis(attr, follower.dim, follower.fill),), owner
     else:
-        module, handler = graph.module(follower.name), graph.handler(follower.name)
+        module = graph.module(follower.name)
+        handler = graph.registry.for_module(module)
         axes, prefix = handler.entries(module), follower.name
     for axis in axes:
         old = module_tensor(module, axis.tensor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from netsurgeon.errors import NetsurgeonTypeError, UnknownLayerError, WidenError
 from netsurgeon.graph import LayerGraph, trace
 from netsurgeon.guards import check_plain_module
+from netsurgeon.surgery.ahead import draws_ahead
 from netsurgeon.surgery.constructions import PerGroupInit, resolve_constructions, scaled_state
 from netsurgeon.surgery.init import InitStrategy, PaperInit, get_init
 from netsurgeon.surgery.mirror import (
@@ -284,11 +286,13 @@ def stage(
     followers = {f.name: f for name in growth for f in groups[name].followers}
     parts: list[Surgery] = []
     with torch.no_grad():
-        for layer in graph.layers:
-            own = graph.group_of(layer).name
-            consumer = consumers.get(layer)
-            if own in growth or consumer is not None:
-                parts.append(stage_layer(graph, layer, own, consumer, common))
+        with draws_ahead(common.strategy, graph.model) as ahead:  # the layers' rows drawn aside
+            layers = replace(common, ahead=ahead)
+            for layer in graph.layers:
+                own = graph.group_of(layer).name
+                consumer = consumers.get(layer)
+                if own in growth or consumer is not None:
+                    parts.append(stage_layer(graph, layer, own, consumer, layers))
         for f in followers.values():
             if _padded_norm(graph, f, constructions):
                 parts.append(stage_norm_reader(graph, f, spec))

@@ -19,6 +19,7 @@ from netsurgeon.graph import Insertion
 from netsurgeon.surgery.index import (
     fill_new_,
     grow,
+    kept_index,
     kept_part,
     place,
     place_new,
@@ -84,6 +85,31 @@ def test_grow_equals_element_placement_and_keeps_the_memory_format(case, fill) -
     new = grow(old, inserts, fill=fill)
     torch.testing.assert_close(new, _reference_grow(old, inserts, fill), rtol=0, atol=0)
     assert memory_format_of(new) == memory_format_of(old)
+
+
+def _is_new(size: int, ins: list[Insertion], dim: int, rank: int) -> torch.Tensor:
+    """``True`` at the new positions of a grown dim, shaped to broadcast along ``dim``."""
+    flags = torch.ones(size + sum(i.count for i in ins), dtype=torch.bool)
+    flags[kept_index(size, ins)] = False
+    return flags.view([-1 if e == dim else 1 for e in range(rank)])
+
+
+@given(case=cases(), data=st.data())
+def test_grow_leaves_a_written_dim_to_the_caller_and_nothing_else(case, data) -> None:
+    """With ``written=d``, the entries new along ``d`` and old along every other grown dim are
+    the caller's (left as they are); every other entry is what a plain grow gives."""
+    old, inserts = case
+    d = data.draw(st.sampled_from(sorted(inserts)), label="written")
+    new = grow(old, inserts, fill=1.0, written=d)
+    rank = old.dim()
+    theirs = _is_new(old.shape[d], inserts[d], d, rank)
+    for e, ins in inserts.items():
+        if e != d:
+            theirs = theirs & ~_is_new(old.shape[e], ins, e, rank)
+    theirs = theirs.expand(new.shape)
+    expected = _reference_grow(old, inserts, 1.0)
+    assert memory_format_of(new) == memory_format_of(old)
+    torch.testing.assert_close(new[~theirs], expected[~theirs], rtol=0, atol=0)
 
 
 @given(case=cases(), data=st.data())
