@@ -24,7 +24,7 @@ from netsurgeon.graph.axes import Axis, NormOf, module_tensor
 from netsurgeon.surgery.ahead import ahead_for
 from netsurgeon.surgery.constructions import fill_free_columns, weight_rows_by_scale
 from netsurgeon.surgery.index import added, grow, grown_size, slots
-from netsurgeon.surgery.init import InitStrategy
+from netsurgeon.surgery.init import InitStrategy, PaperInit
 from netsurgeon.surgery.inner import inner_inserts, stage_inner
 from netsurgeon.surgery.tensors import like_format, replace_tensor_
 
@@ -143,6 +143,7 @@ def stage_layer(
     old_out = handler.out_width(module)
     group = graph.group_of(name)
     rows_each = group.rows_per_channel(name)  # grouped-query attention's q projection
+    mine = getattr(growth.strategy, "by_group", {}).get(own, growth.strategy)  # PerGroupInit
     own_map = IndexMap((Piece(own, 0, old_out // rows_each, rows_each),))
     rows = growth.insertions(own_map) if own in growth.spec else []
     cols = growth.insertions(consumer.index_map) if consumer is not None else []
