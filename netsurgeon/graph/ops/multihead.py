@@ -41,7 +41,7 @@ from netsurgeon.graph.width_attrs import follow_head_count
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
-__all__ = ["MultiheadAttentionHandler"]
+__all__ = ["MultiheadAttentionHandler", "join_stream"]
 
 
 @register_module(nn.MultiheadAttention)
@@ -108,19 +108,39 @@ class MultiheadAttentionHandler(LayerHandler):
         out = self.output_layout(node, module, group, ctx)
         query = ctx.input(node)
         problem = _problem(node, module, query, ctx)
-        if problem is not None:
-            reason = (
+        reason = (
+            None
+            if problem is None
+            else (
                 f"the embedding dim of attention '{node.target}' (embed_dim={module.embed_dim}) "
                 f"is split into heads and {problem}"
             )
-            ctx.block(node, ctx.tracked_inputs(node), reason)
-            ctx.blocked[group].append(f"{reason} (at {node.format_node()})")
-            return out
-        ctx.consume(node, query, module.embed_dim)
-        ctx.union(group, query.segments[0].group)
-        ctx.require_unit(out[0], module.head_dim)
-        follow_head_count(node, out[0], ctx)  # a parent's record of the head count grows too
+        )
+        if join_stream(node, ctx, group, out[0], (module.embed_dim, module.head_dim), reason):
+            follow_head_count(node, out[0], ctx)  # a parent's record of the head count grows too
         return out
+
+
+def join_stream(
+    node: fx.Node,
+    ctx: FlowContext,
+    group: int,
+    out: Layout,
+    sizes: tuple[int, int],
+    reason: str | None,
+) -> bool:
+    """An attention layer whose output group is its input's, grown by whole heads: blocked with
+    ``reason`` (named at ``node``), else it reads its query's ``sizes[0]`` channels and joins its
+    group in units of ``sizes[1]`` (the head size). Returns whether it joined."""
+    if reason is not None:
+        ctx.block(node, ctx.tracked_inputs(node), reason)
+        ctx.blocked[group].append(f"{reason} (at {node.format_node()})")
+        return False
+    query = ctx.input(node)
+    ctx.consume(node, query, sizes[0])
+    ctx.union(group, query.segments[0].group)
+    ctx.require_unit(out, sizes[1])
+    return True
 
 
 def _problem(

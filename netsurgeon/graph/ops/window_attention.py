@@ -35,6 +35,7 @@ from torch import fx, nn
 from netsurgeon.graph.axes import Axis
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.ops.base import LayerHandler
+from netsurgeon.graph.ops.multihead import join_stream
 from netsurgeon.graph.soundness import module_reason
 
 if TYPE_CHECKING:
@@ -119,17 +120,14 @@ class WindowAttentionLayerHandler(LayerHandler):
         query = ctx.input(node)
         out = self.output_layout(node, module, group, ctx)
         problem = self.problem(node, module, query, ctx)
-        if problem is not None:
-            reason = (
-                f"window attention '{node.target}' grows by whole heads with its input, "
-                f"but {problem}"
+        reason = (
+            None
+            if problem is None
+            else (
+                f"window attention '{node.target}' grows by whole heads with its input, but {problem}"
             )
-            ctx.block(node, ctx.tracked_inputs(node), reason)
-            ctx.blocked[group].append(f"{reason} (at {node.format_node()})")
-            return out
-        ctx.consume(node, query, self.in_width(module))
-        ctx.union(group, query.segments[0].group)
-        ctx.require_unit(out, _head_dim(module))
+        )
+        join_stream(node, ctx, group, out, (self.in_width(module), _head_dim(module)), reason)
         return out
 
     def problem(
