@@ -41,7 +41,7 @@ from netsurgeon.graph.width_attrs import follow_head_count
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
 
-__all__ = ["MultiheadAttentionHandler", "join_stream"]
+__all__ = ["MultiheadAttentionHandler", "join_stream", "whole_group_last"]
 
 
 @register_module(nn.MultiheadAttention)
@@ -121,6 +121,13 @@ class MultiheadAttentionHandler(LayerHandler):
         return out
 
 
+def whole_group_last(layout: Layout, ctx: FlowContext) -> bool:
+    """Whether ``layout`` holds one whole group on its last dim, not cut into heads."""
+    seg = layout.segments[0]
+    whole = len(layout.segments) == 1 and seg.group is not None and seg.start == 0
+    return whole and seg.stop == ctx.width(seg.group) and layout.is_last_dim() and not layout.heads
+
+
 def join_stream(
     node: fx.Node,
     ctx: FlowContext,
@@ -150,9 +157,7 @@ def _problem(
     key, value = node_arg(node, 1, "key", None), node_arg(node, 2, "value", None)
     if query is None:
         return "its query carries no channels netsurgeon tracks, so its width cannot grow"
-    seg = query.segments[0]
-    whole = len(query.segments) == 1 and seg.group is not None and seg.start == 0
-    if not whole or seg.stop != ctx.width(seg.group) or not query.is_last_dim() or query.heads:
+    if not whole_group_last(query, ctx):
         return "its query is not one whole group on the last dim"
     for name, other in (("key", key), ("value", value)):
         layout = ctx.layout(other)

@@ -35,7 +35,7 @@ from torch import fx, nn
 from netsurgeon.graph.axes import Axis
 from netsurgeon.graph.layout import Layout, Segment
 from netsurgeon.graph.ops.base import LayerHandler
-from netsurgeon.graph.ops.multihead import join_stream
+from netsurgeon.graph.ops.multihead import join_stream, whole_group_last
 from netsurgeon.graph.soundness import module_reason
 
 if TYPE_CHECKING:
@@ -136,9 +136,7 @@ class WindowAttentionLayerHandler(LayerHandler):
         """Why growing ``module`` by whole heads with its input would not be exact, or ``None``."""
         if query is None:
             return "its input carries no channels netsurgeon tracks"
-        seg = query.segments[0]
-        whole = len(query.segments) == 1 and seg.group is not None and seg.start == 0
-        if not whole or seg.stop != ctx.width(seg.group) or not query.is_last_dim() or query.heads:
+        if not whole_group_last(query, ctx):
             return "its input is not one whole group on the last dim"
         if query.factor != 1 or query.rank != self.rank:
             return f"its input is not of rank {self.rank} with the channels last"
