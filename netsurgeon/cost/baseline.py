@@ -26,7 +26,7 @@ from torch import nn
 
 from netsurgeon.cost.meta import meta_graph, meta_inputs, meta_model, meta_optimizer
 from netsurgeon.cost.records import CostPreview, LayerCost
-from netsurgeon.graph import LayerGraph, trace
+from netsurgeon.graph import LayerGraph, trace, trace_with_shapes_of
 from netsurgeon.guards import check_plain_module
 from netsurgeon.surgery import InitStrategy, widen
 from netsurgeon.surgery.widening import check_graph, resolve_plan, validate_plan
@@ -42,7 +42,9 @@ class Baseline:
         example_inputs: a tensor or tuple of forward arguments (any device; only shapes and
             dtypes are used) for the FLOP counts; ``None`` counts no FLOPs.
         graph: ``netsurgeon.trace(model)`` at the model's current widths, as for
-            ``widen(..., graph=)``; ``None`` traces the model (once, here).
+            ``widen(..., graph=)``; ``None`` traces the model (once, here), with the shapes of
+            ``example_inputs`` propagated on the meta copy (as ``widen(...,
+            example_inputs=)`` reads them; nothing runs on the model).
         optimizer: checked by every :meth:`cost` as ``widen(..., optimizer=)`` would check it.
         init: checked by every :meth:`cost` as ``widen(..., init=)`` would check it.
 
@@ -73,14 +75,16 @@ class Baseline:
         init: str | InitStrategy = "paper",
     ) -> None:
         check_plain_module(model, "preview")
-        if graph is None:
+        self.inputs = None if example_inputs is None else meta_inputs(example_inputs)
+        twin, tensors = meta_model(model)
+        if graph is None and self.inputs is None:
             graph = trace(model, strict=False)  # what widen(model, plan) traces
+        elif graph is None:  # shapes as widen(..., example_inputs=) reads them, from the twin
+            graph = trace_with_shapes_of(model, twin, self.inputs)
         else:
             check_graph(model, graph)
         self.model, self.graph, self.optimizer, self.init = model, graph, optimizer, init
-        self.inputs = None if example_inputs is None else meta_inputs(example_inputs)
         self.widths = graph.widths()
-        twin, tensors = meta_model(model)
         self.params = _count(twin)
         self.layer_params = _layer_params(twin, self.widths)
         self.flops = None if self.inputs is None else count_flops(twin, self.inputs, self.widths)

@@ -31,7 +31,13 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from netsurgeon.graph import LayerGraph
 
-__all__ = ["meta_graph", "meta_inputs", "meta_model", "meta_optimizer"]
+__all__ = [
+    "map_tensors",
+    "meta_graph",
+    "meta_inputs",
+    "meta_model",
+    "meta_optimizer",
+]
 
 META = torch.device("meta")
 
@@ -162,12 +168,15 @@ def meta_optimizer(
 
 def meta_inputs(inputs: Any) -> Any:
     """``inputs`` with every tensor (inside tuples, lists and dicts) moved to ``meta``."""
+    return map_tensors(inputs, lambda t: t.to(META))
+
+
+def map_tensors(inputs: Any, fn: Any) -> Any:
+    """``inputs`` with ``fn`` applied to every tensor inside tuples, lists and dicts."""
     if isinstance(inputs, torch.Tensor):
-        return inputs.to(META)
-    if isinstance(inputs, tuple):
-        return tuple(meta_inputs(x) for x in inputs)
-    if isinstance(inputs, list):
-        return [meta_inputs(x) for x in inputs]
+        return fn(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(map_tensors(x, fn) for x in inputs)
     if isinstance(inputs, dict):
-        return {k: meta_inputs(v) for k, v in inputs.items()}
+        return {k: map_tensors(v, fn) for k, v in inputs.items()}
     return inputs

@@ -41,7 +41,9 @@ def preview(
         optimizer: checked as ``widen(..., optimizer=)`` would check it (e.g. factored state).
         init: checked as ``widen(..., init=)`` would check it.
         graph: ``netsurgeon.trace(model)`` at the current widths, as for ``widen(..., graph=)``:
-            the preview then traces nothing. ``None`` traces the model once.
+            the preview then traces nothing. ``None`` traces the model once, with the shapes of
+            ``example_inputs`` when given (read on a meta copy, as ``widen(...,
+            example_inputs=)`` reads them: a ViT's stream needs them).
 
     Returns:
         A :class:`CostPreview`; ``print`` it for a table.

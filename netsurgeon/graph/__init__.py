@@ -42,6 +42,7 @@ __all__ = [
     "Piece",
     "SurgeonTracer",
     "trace",
+    "trace_with_shapes_of",
 ]
 
 
@@ -133,6 +134,28 @@ def _export(model: nn.Module, example_inputs: Any, tracer: SurgeonTracer) -> fx.
         )
     program = export_program(model, as_tensors(example_inputs))
     return exported_graph_module(model, program, tracer)
+
+
+def trace_with_shapes_of(
+    model: nn.Module, twin: nn.Module, twin_inputs: Any, *, strict: bool = False
+) -> LayerGraph:
+    """:func:`trace` of ``model``, with shapes propagated on ``twin`` instead of ``model``.
+
+    ``twin`` is a copy with the model's module paths (the cost preview's meta copy) and
+    ``twin_inputs`` arguments it accepts (meta tensors): nothing runs on ``model``, none of its
+    hooks fire, and the inputs may come from any device. The structure and the soundness checks
+    are the model's own; only the shapes are read on the copy.
+    """
+    check_plain_module(model, "trace")
+    tracer = SurgeonTracer((), (), REGISTRY)
+    gm = capture(model, None, tracer, "symbolic")
+    copied, remap = fx.Graph(), {}
+    copied.output(copied.graph_copy(gm.graph, remap))
+    _propagate_shapes(twin, fx.GraphModule(twin, copied), as_tensors(twin_inputs))
+    for node, twin_node in remap.items():
+        if "tensor_meta" in twin_node.meta:
+            node.meta["tensor_meta"] = twin_node.meta["tensor_meta"]
+    return LayerGraph(model, gm, analyse(gm, REGISTRY, strict=strict, root=model), REGISTRY)
 
 
 def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> None:

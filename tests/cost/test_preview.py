@@ -315,3 +315,21 @@ def test_preview_of_a_residual_net_agrees_with_widen_whatever_widen_decides(plan
     else:
         cost = _assert_matches_real(model, plan, x)
         assert (cost.params_after, cost.flops_after) == (params, flops)
+
+
+def test_a_preview_with_example_inputs_accepts_what_widen_with_them_accepts() -> None:
+    """A ViT's stream is widenable only with shapes: the preview traces with the inputs' shapes
+    (read on the meta copy, whatever device they come on), as ``widen`` reads them."""
+    from netsurgeon.models import vit
+
+    model = vit([(32, 32, 64)] * 2, image_size=16)
+    x = torch.randn(2, 3, 16, 16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for inputs in (x, x.to("meta")):
+        rng = torch.get_rng_state()
+        cost = netsurgeon.preview(model, {"embed.proj": 2}, example_inputs=inputs)
+        assert torch.equal(torch.get_rng_state(), rng)
+        twin = copy.deepcopy(model)
+        netsurgeon.widen(twin, {"embed.proj": 2}, example_inputs=x)
+        assert cost.params_after == sum(p.numel() for p in twin.parameters())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
