@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_init_fast_paths import SPECS, _widen
+from test_init_fast_paths import SPECS, _widen, draw_model_and_plan
 from torch import nn
 
 import netsurgeon
@@ -31,15 +31,7 @@ from netsurgeon.surgery.init import PaperInit
 def test_drawing_ahead_writes_what_the_serial_staging_writes(
     name: str, seed: int, data: st.DataObject
 ) -> None:
-    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
-    model = SPECS[name].build(seed % 1000, dtype)
-    if data.draw(st.booleans(), label="channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    groups = [g for g in netsurgeon.trace(model).groups if g.widenable]
-    chosen = data.draw(
-        st.lists(st.sampled_from(groups), min_size=1, unique_by=lambda g: g.name), label="groups"
-    )
-    plan = {g.name: g.granularity * data.draw(st.integers(1, 3), label=g.name) for g in chosen}
+    model, plan = draw_model_and_plan(name, seed, data)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ahead, "ENABLED", False)
         expected = _widen(model, plan, "paper", seed)

@@ -148,6 +148,21 @@ def _state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torc
     return out
 
 
+def draw_model_and_plan(name: str, seed: int, data) -> tuple[torch.nn.Module, dict[str, int]]:
+    """Model ``name`` (float32 or float64, maybe channels_last) and a plan over some of its
+    widenable groups, 1 to 3 granularities each."""
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    model = SPECS[name].build(seed % 1000, dtype)
+    if data.draw(st.booleans(), label="channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    groups = [g for g in netsurgeon.trace(model).groups if g.widenable]
+    chosen = data.draw(
+        st.lists(st.sampled_from(groups), min_size=1, unique_by=lambda g: g.name), label="groups"
+    )
+    plan = {g.name: g.granularity * data.draw(st.integers(1, 3), label=g.name) for g in chosen}
+    return model, plan
+
+
 def _widen(model, plan, init, seed, poison=False):
     model = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters())
@@ -179,15 +194,7 @@ def _nan_empty(*args, **kwargs) -> torch.Tensor:
 def test_batched_strategies_write_what_the_per_channel_loops_wrote(
     name: str, fast: str, loop: type, seed: int, data: st.DataObject
 ) -> None:
-    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
-    model = SPECS[name].build(seed % 1000, dtype)
-    if data.draw(st.booleans(), label="channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    groups = [g for g in netsurgeon.trace(model).groups if g.widenable]
-    chosen = data.draw(
-        st.lists(st.sampled_from(groups), min_size=1, unique_by=lambda g: g.name), label="groups"
-    )
-    plan = {g.name: g.granularity * data.draw(st.integers(1, 3), label=g.name) for g in chosen}
+    model, plan = draw_model_and_plan(name, seed, data)
     expected = _widen(model, plan, loop(), seed)
     # new memory poisoned: the fast paths leave the zero fill out where they write the entries
     poison = data.draw(st.booleans(), label="poison")
