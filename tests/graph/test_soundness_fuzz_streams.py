@@ -4,7 +4,10 @@ Property. Build a random token model ``(B, T, C)`` from steps that put LayerNorm
 across the channels in every position a construction has to cope with: a new ``Linear`` width,
 pre-norm residual blocks (optionally with a layer scale), post-norm blocks, a norm without
 weight, ``F.layer_norm``/``F.rms_norm`` with the module's parameters, an activation or a
-per-channel scale on the stream before a norm, a position embedding added. Trace it (with or
+per-channel scale on the stream before a norm, a position embedding added, a token-mixing MLP
+(a ``Linear`` over the tokens: the channels on its batch dim), ``torch.roll`` over the tokens, a
+norm over two copies of the stream side by side (Swin's patch merging in small), a per-channel
+parameter raised to a power, and ``nn.TransformerEncoderLayer`` (pre- or post-norm). Trace it (with or
 without example inputs), draw any plan over the groups the graph calls widenable (counts a
 multiple of the granularity) and any ``init`` (``paper``, ``net2net``, ``mean_pad``,
 ``zero_pad``, ``tile``). Then exactly one of:
@@ -27,7 +30,10 @@ from netsurgeon.errors import NetsurgeonError
 
 TOKENS, FEATURES = 3, 4
 NORMS = ("layer", "layer", "layer", "rms", "layer-no-weight", "functional-layer", "functional-rms")
-STEPS = ("linear", "pre", "pre-scaled", "post", "norm", "gelu", "scale", "pos")
+STEPS = (
+    *("linear", "pre", "pre-scaled", "post", "norm", "gelu", "scale", "pos"),
+    *("token", "roll", "copies", "power", "encoder"),
+)
 
 
 def make_norm(kind: str, c: int) -> nn.Module:
@@ -61,15 +67,23 @@ class Step(nn.Module):
         self.kind = kind
         self.out_channels = cout if kind == "linear" else c
         uses = {  # only what the forward calls: an unused layer would block every group
-            "fc": kind in ("linear", "pre", "pre-scaled", "post"),
-            "norm": kind in ("pre", "pre-scaled", "post", "norm"),
-            "gamma": kind in ("pre-scaled", "scale"),
+            "fc": kind in ("linear", "pre", "pre-scaled", "post", "copies"),
+            "norm": kind in ("pre", "pre-scaled", "post", "norm", "token", "copies"),
+            "gamma": kind in ("pre-scaled", "scale", "power"),
             "pos": kind == "pos",
         }
-        self.fc = nn.Linear(c, self.out_channels) if uses["fc"] else None
-        self.norm = make_norm(norm, c) if uses["norm"] else None
+        into = 2 * c if kind == "copies" else c
+        self.fc = nn.Linear(into, self.out_channels) if uses["fc"] else None
+        self.norm = make_norm(norm, into) if uses["norm"] else None  # "copies": over both
         self.gamma = nn.Parameter(torch.rand(c) + 0.1) if uses["gamma"] else None
         self.pos = nn.Parameter(torch.randn(TOKENS, c)) if uses["pos"] else None
+        if kind == "token":  # mixes the tokens: the channels ride on its batch dim
+            self.mix = nn.Sequential(nn.Linear(TOKENS, 3), nn.GELU(), nn.Linear(3, TOKENS))
+        if kind == "encoder":
+            heads = 2 if c % 2 == 0 else 1
+            self.layer = nn.TransformerEncoderLayer(
+                c, heads, 2 * c, dropout=0.0, batch_first=True, norm_first=norm != "rms"
+            )
 
     def forward(self, x):
         if self.kind == "linear":
@@ -86,6 +100,16 @@ class Step(nn.Module):
             return F.gelu(x)
         if self.kind == "scale":
             return x * self.gamma
+        if self.kind == "token":
+            return x + self.mix(self.norm(x).transpose(1, 2)).transpose(1, 2)
+        if self.kind == "roll":
+            return torch.roll(x, 1, dims=1)
+        if self.kind == "copies":
+            return self.fc(self.norm(torch.cat([x, x.flip(1)], dim=-1)))
+        if self.kind == "power":
+            return x * self.gamma**2
+        if self.kind == "encoder":
+            return self.layer(x)
         return x + self.pos
 
 
@@ -168,6 +192,8 @@ def test_a_stream_widening_that_the_graph_allows_never_breaks_the_model(
         assert all(torch.equal(v, after[k]) for k, v in before.items())
         return
     event("widened")
+    for kind in {step.kind for step in model.steps}:
+        event(f"widened through a {kind} step")
     with torch.no_grad():
         got = model(x)
     scale = expected.abs().max().item()
