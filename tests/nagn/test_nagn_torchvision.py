@@ -59,8 +59,8 @@ MODELS = {
     },
 }
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
-# Transformer-style models whose only widenable groups (block MLPs) are quiet at initialisation, so
-# the plan is rightly empty: ViT's zero-initialised head passes no gradient back. Its widening is
+# Models whose widenable groups are all quiet at initialisation, so the plan is rightly empty:
+# ViT's zero-initialised head passes no gradient back to any of them. Its widening is
 # checked with one granule per group. (ConvNeXt's LayerNorm streams tile, Swin's streams tile or
 # mean-pad with their window attention, and the planner grows them.)
 QUIET_AT_INIT = {"vit_b_16"}
