@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "META_KEY",
     "VOUCHED_KEY",
+    "OwnerHandler",
     "WidthLiteral",
     "WidthOwnerHandler",
     "check_width_literals",
@@ -84,7 +85,32 @@ class WidthLiteral(int):
         return int.__repr__(self)
 
 
-class WidthOwnerHandler(OpHandler):
+class OwnerHandler(OpHandler):
+    """A module traced through (never a leaf) that vouches for sizes its own forward computes;
+    its ``width_attrs`` (stored copies of one group's width) grow as a follower without tensors.
+    Subclasses: :class:`WidthOwnerHandler` here (symbolic tracing: the attributes themselves are
+    marked), and :mod:`netsurgeon.graph.ops.owners`' head and tensor-width owners (found on a
+    node's module stack)."""
+
+    role = "op"  # traced through, never a leaf
+    width_attrs: tuple[str, ...] = ()
+
+    def entries(self, module: nn.Module) -> tuple[()]:
+        return ()
+
+    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
+        return {a: int(getattr(module, a)) + added for a in self.width_attrs}
+
+    def flow(self, node: fx.Node, ctx: FlowContext) -> None:
+        ctx.refuse(
+            node,
+            f"'{node.target}' is a leaf here, so netsurgeon cannot see how its forward uses "
+            "its sizes",
+            fix="trace through it (drop it from leaf_modules)",
+        )
+
+
+class WidthOwnerHandler(OwnerHandler):
     """A module traced through whose ``forward`` sizes a channel dim with its own attributes.
 
     ``width_attrs``: the ``int`` attributes that store one channel group's width. The module is a
@@ -95,25 +121,13 @@ class WidthOwnerHandler(OpHandler):
     child's group (:mod:`netsurgeon.graph.ops.multihead`) and grows by its heads.
     """
 
-    role = "op"  # traced through, never a leaf
-    width_attrs: tuple[str, ...] = ()
     head_counts: tuple[tuple[str, str], ...] = ()
 
-    def entries(self, module: nn.Module) -> tuple[()]:
-        return ()
-
     def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
-        found = {a: int(getattr(module, a)) + added for a in self.width_attrs}
+        found = super().follower_attrs(module, added)
         for attr, child in self.head_counts:
             found[attr] = int(getattr(module, attr)) + added // getattr(module, child).head_dim
         return found
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> None:
-        ctx.refuse(
-            node,
-            f"'{node.target}' is a leaf here, so netsurgeon cannot see where it uses its width",
-            fix="trace through it (drop it from leaf_modules)",
-        )
 
 
 @contextlib.contextmanager

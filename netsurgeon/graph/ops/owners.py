@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from torch import fx, nn
 
 from netsurgeon.graph.layout import Layout, Segment
-from netsurgeon.graph.registry import OpHandler
+from netsurgeon.graph.width_attrs import OwnerHandler
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -47,30 +47,14 @@ __all__ = [
 ]
 
 
-class _Owner(OpHandler):
-    """A module traced through (never a leaf) whose attributes may grow as a tensor-less
-    follower."""
+class _Owner(OwnerHandler):
+    """An owner found on a node's module stack, whose configuration it may refuse."""
 
-    role = "op"
-    width_attrs: tuple[str, ...] = ()
     relies_on = ()
 
     def refusal(self, module: nn.Module) -> str | None:
         """Why this handler does not model ``module``'s configuration (``None``: it does)."""
         return None
-
-    def entries(self, module: nn.Module) -> tuple[()]:
-        return ()
-
-    def follower_attrs(self, module: nn.Module, added: int) -> dict[str, int]:
-        return {a: int(getattr(module, a)) + added for a in self.width_attrs}
-
-    def flow(self, node: fx.Node, ctx: FlowContext) -> None:
-        ctx.refuse(
-            node,
-            f"'{node.target}' is a leaf here, so netsurgeon cannot see how it sizes its tensors",
-            fix="trace through it (drop it from leaf_modules)",
-        )
 
 
 class HeadOwnerHandler(_Owner):
