@@ -2,25 +2,41 @@
 
 Claim: widening every widenable channel group by 25% costs at most 2x one ``copy.deepcopy(model)``
 on torchvision's vgg16_bn, resnet50 and resnext50_32x4d (it must allocate ~1.5x the parameters),
-at most 3x when it also grows AdamW's state (``exp_avg``, ``exp_avg_sq``: three tensors per
-parameter instead of one), and no model takes more than 3x without state (timm's fastvit_t8, with
-its many small grouped and depthwise convolutions, included). ``trace`` (tracing plus the
-channel-group analysis) is reported too, and so is ``floor``: allocating every grown tensor at its
-new shape and copying its old entries in (new entries left unwritten), the part of a widening no
-implementation avoids (about 1.5x the bytes of a deepcopy for a 25% widening). Hardware: whatever
-runs it; the targets were set on a 2-core CPU machine, float32.
+at most 3x one ``copy.deepcopy((model, optimizer))`` when it also grows AdamW's state, and no
+model takes more than 3x without state (timm's fastvit_t8, with its many small grouped and
+depthwise convolutions, included). Hardware: whatever runs it; the targets were set on a 2-core
+CPU machine, float32.
 
-Method: every timing is repeated ``--reps`` times, interleaved (deepcopy, trace, widen, widen with
-AdamW) in one process, and each ratio is the median over the median of ``deepcopy(model)`` in the
-same run, because absolute times on a shared machine are not stable. ``widen`` is the public call,
-tracing included. "with AdamW" widens a copy on which one AdamW step was taken (so ``exp_avg`` and
-``exp_avg_sq`` exist; ``.grad`` then set to ``None`` as ``zero_grad()`` does), passing
-``optimizer=``; its denominator is still ``deepcopy(model)`` (the widening then writes about 4.6x
-the bytes a deepcopy writes), and the ratio over ``deepcopy((model, optimizer))`` is printed
-beside it. ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a
-machine shared with other jobs, wall times mostly measure waiting for a core (and a second
-thread's wake-ups), while CPU time still counts the work, page faults included. Use it with one
-thread (``OMP_NUM_THREADS=1``): a second OpenMP thread's spin-waiting counts as CPU time too.
+What a widening is made of is timed beside it, each alone:
+
+* ``trace``: tracing plus the channel-group analysis (the public ``widen`` traces);
+* ``floor``: allocating every grown tensor at its new shape and copying its old entries in (new
+  entries left unwritten), which no implementation avoids (about 1.5x the bytes of a deepcopy);
+* ``draws``: the paper init's normal draws for the new rows, the sizes recorded from the widening;
+* ``rest``: ``widen - trace - floor - draws``, everything else (fills, bookkeeping, the commit).
+
+Method: every timing is repeated ``--reps`` times, interleaved, in one process, after one untimed
+round, and each ratio is the median over the median of ``deepcopy(model)`` in the same run,
+because absolute times on a shared machine are not stable. "with AdamW" widens a copy on which
+one AdamW step was taken (so ``exp_avg`` and ``exp_avg_sq`` exist; ``.grad`` then set to ``None``
+as ``zero_grad()`` does), passing ``optimizer=``; its ratio is over ``deepcopy((model,
+optimizer))``, which copies the same three tensors per parameter (over ``deepcopy(model)`` the
+widening writes about 4.6x the bytes, so 3x would be below what memory allows); the ratio over
+``deepcopy(model)`` is printed beside it.
+
+**The allocator is pinned** (``benchmarks/allocator.py``, ``--malloc``): under glibc's defaults a
+deepcopy timed in a loop reuses the pages its predecessor freed while a widening, which allocates
+while the old model is alive, mostly faults fresh ones, and the ratio then compares allocator
+states (this VM takes about 2 us per 4 KiB page fault: resnet50's 150 MB of grown tensors cost
+more in faults than in copying). ``warm``: nothing is returned to the kernel, nobody faults;
+``cold``: every block of 64 KiB or more is mapped fresh, everybody faults all new memory. Each
+line prints the median page faults of the deepcopy and of the widening, which shows the state
+each met. Both states run by default, cold first (a process cannot go back to cold).
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared
+with other jobs, wall times mostly measure waiting for a core (and a second thread's wake-ups),
+while CPU time still counts the work, page faults included. Use it with one thread
+(``OMP_NUM_THREADS=1``): a second OpenMP thread's spin-waiting counts as CPU time too.
 
 The checkout's ``netsurgeon`` is measured (its root goes first on ``sys.path``), not whichever one
 the environment has installed.
@@ -30,7 +46,8 @@ tracing with shape propagation and ``frontend="export"`` on the same example inp
 ``deepcopy(model)`` in the same run, for resnet50 and a tiny Hugging Face BERT (2 layers, hidden
 128; transformers needed; symbolic tracing cannot read it).
 
-    python benchmarks/bench_widen.py [--reps 5] [--threads 2] [--clock wall] [--models resnet50]
+    python benchmarks/bench_widen.py [--reps 5] [--threads 2] [--clock wall] [--malloc warm cold]
+                                     [--models resnet50]
     python benchmarks/bench_widen.py --frontends [--reps 5]
 """
 
@@ -52,13 +69,17 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's netsurgeon
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+
+import allocator
 
 import netsurgeon
 from netsurgeon.models import vgg
+from netsurgeon.surgery import init
 
 # ---- config ------------------------------------------------------------------------------------
 TARGET_WIDEN = 2.0  # widen 25% / deepcopy, without optimizer state (targeted models)
-TARGET_WIDEN_ADAMW = 3.0  # widen 25% with AdamW state / deepcopy (targeted models)
+TARGET_WIDEN_ADAMW = 3.0  # widen 25% with AdamW state / deepcopy of model and AdamW (targeted)
 TARGET_ANY = 3.0  # widen 25% / deepcopy, without state, every model
 TARGET_TRACE = 1.0  # trace / deepcopy
 TARGETED = ("vgg16_bn", "resnet50", "resnext50_32x4d")
@@ -99,12 +120,16 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 # ---- measurement -------------------------------------------------------------------------------
-def _time(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds ``fn`` takes, the garbage of earlier timings (fx graphs) collected first."""
+Timing = tuple[float, int]  # seconds, minor page faults
+
+
+def _time(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Seconds ``fn`` takes and the page faults it causes, the garbage of earlier timings (fx
+    graphs) collected first."""
     gc.collect()
-    start = clock()
+    faults, start = allocator.faults(), clock()
     fn()
-    return clock() - start
+    return clock() - start, allocator.faults() - faults
 
 
 def _grown_shapes(base: nn.Module, grown: nn.Module) -> list[tuple[torch.Tensor, torch.Size]]:
@@ -123,6 +148,30 @@ def _floor(tensors: list[tuple[torch.Tensor, torch.Size]]) -> list[torch.Tensor]
         new[tuple(slice(0, n) for n in old.shape)].copy_(old)
         out.append(new)
     return out
+
+
+def _reference(base: nn.Module, plan: dict[str, int]) -> tuple[nn.Module, list[int]]:
+    """``base`` widened by ``plan`` (a copy), and the size of each normal draw the widening's
+    init made, in order (the init's own ``normal_``, recorded)."""
+    sizes: list[int] = []
+    draw = init.normal_
+
+    def recording(out: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+        sizes.append(out.numel())
+        draw(out, std, generator)
+
+    init.normal_ = recording
+    try:
+        return netsurgeon.widen(copy.deepcopy(base), plan), sizes
+    finally:
+        init.normal_ = draw
+
+
+def _draws(sizes: list[int]) -> None:
+    """The init's normal draws alone: one new buffer of each recorded size, filled as the init
+    fills it."""
+    for n in sizes:
+        init.normal_(torch.empty(n), 1.0, None)
 
 
 def _plan(model: nn.Module, fraction: float) -> dict[str, int]:
@@ -145,42 +194,63 @@ def _with_adamw(model: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
     return twin, opt
 
 
-def measure(
-    name: str, make: Callable[[], nn.Module], reps: int, clock: Callable[[], float]
-) -> dict[str, float]:
-    """Median seconds of deepcopy, trace and widen-by-25% (without / with AdamW), interleaved,
-    as ratios over deepcopy's median."""
-    base = make().eval()
-    plan = _plan(base, FRACTION)
+KEYS = ("deepcopy", "deepcopy_adamw", "trace", "floor", "draws", "widen", "widen_adamw")
+
+
+def _timings(
+    base: nn.Module, plan: dict[str, int], reps: int, clock: Callable[[], float]
+) -> dict[str, list[Timing]]:
+    """Every timing of ``KEYS``, interleaved, ``reps`` times after one untimed warm-up round
+    (in the warm state, the round that brings every page the later ones reuse)."""
     stateful, stateful_opt = _with_adamw(base)
-    grown = netsurgeon.widen(copy.deepcopy(base), plan)
+    grown, sizes = _reference(base, plan)
     tensors = _grown_shapes(base, grown)
-    keys = ("deepcopy", "deepcopy_adamw", "trace", "floor", "widen", "widen_adamw")
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(reps):
-        times["deepcopy"].append(_time(lambda: copy.deepcopy(base), clock))
-        times["deepcopy_adamw"].append(
-            _time(lambda: copy.deepcopy((stateful, stateful_opt)), clock)
-        )
-        times["trace"].append(_time(lambda: netsurgeon.trace(base), clock))
-        times["floor"].append(_time(lambda: _floor(tensors), clock))
+    del grown
+    times: dict[str, list[Timing]] = {k: [] for k in KEYS}
+    for rep in range(reps + 1):
+        found = {
+            "deepcopy": _time(lambda: copy.deepcopy(base), clock),
+            "deepcopy_adamw": _time(lambda: copy.deepcopy((stateful, stateful_opt)), clock),
+            "trace": _time(lambda: netsurgeon.trace(base), clock),
+            "floor": _time(lambda: _floor(tensors), clock),
+            "draws": _time(lambda: _draws(sizes), clock),
+        }
         victim = copy.deepcopy(base)
-        times["widen"].append(_time(lambda m=victim: netsurgeon.widen(m, plan), clock))
+        found["widen"] = _time(lambda m=victim: netsurgeon.widen(m, plan), clock)
         victim, opt = _with_adamw(stateful)
-        times["widen_adamw"].append(
-            _time(lambda m=victim, o=opt: netsurgeon.widen(m, plan, optimizer=o), clock)
+        found["widen_adamw"] = _time(
+            lambda m=victim, o=opt: netsurgeon.widen(m, plan, optimizer=o), clock
         )
         del victim, opt
-    params = sum(p.numel() for p in base.parameters())
-    ratio_params = sum(p.numel() for p in grown.parameters()) / params
-    medians = {k: statistics.median(v) for k, v in times.items()}
+        for key, timing in found.items():
+            if rep:
+                times[key].append(timing)
+    return times
+
+
+def measure(
+    name: str, make: Callable[[], nn.Module], reps: int, clock: Callable[[], float], state: str
+) -> dict[str, float]:
+    """Median seconds of deepcopy, trace, floor, draws and widen-by-25% (without / with AdamW),
+    interleaved, as ratios over deepcopy's median (the AdamW widening's over the median of
+    ``deepcopy((model, optimizer))``)."""
+    base = make().eval()
+    plan = _plan(base, FRACTION)
+    times = _timings(base, plan, reps, clock)
+    medians = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
+    faults = {k: statistics.median(f for _, f in v) for k, v in times.items()}
     ratios = {k: v / medians["deepcopy"] for k, v in medians.items()}
+    ratios["widen_adamw"] = medians["widen_adamw"] / medians["deepcopy_adamw"]
+    ratios["rest"] = ratios["widen"] - ratios["trace"] - ratios["floor"] - ratios["draws"]
+    params = sum(p.numel() for p in base.parameters())
     print(
-        f"{name:<16} params {params / 1e6:6.2f}M -> x{ratio_params:.2f}  groups {len(plan):4d}  "
-        f"deepcopy {medians['deepcopy'] * 1e3:7.1f} ms  trace {ratios['trace']:5.2f}x  "
-        f"floor {ratios['floor']:5.2f}x  widen {ratios['widen']:5.2f}x  "
-        f"widen+AdamW {ratios['widen_adamw']:5.2f}x "
-        f"({medians['widen_adamw'] / medians['deepcopy_adamw']:4.2f}x deepcopy of model+AdamW)",
+        f"{name:<16} {state:<5} params {params / 1e6:6.2f}M  groups {len(plan):3d}  "
+        f"deepcopy {medians['deepcopy'] * 1e3:6.1f} ms ({faults['deepcopy']:5.0f} faults)  "
+        f"trace {ratios['trace']:4.2f}x  floor {ratios['floor']:4.2f}x  "
+        f"draws {ratios['draws']:4.2f}x  rest {ratios['rest']:5.2f}x  "
+        f"widen {ratios['widen']:4.2f}x ({faults['widen']:5.0f} faults)  "
+        f"widen+AdamW {ratios['widen_adamw']:4.2f}x "
+        f"({medians['widen_adamw'] / medians['deepcopy']:4.2f}x deepcopy of the model alone)",
         flush=True,
     )
     return ratios
@@ -193,13 +263,13 @@ def measure_frontends(name: str, reps: int) -> None:
     times: dict[str, list[float]] = {"deepcopy": [], "symbolic": [], "export": []}
     symbolic_error = None
     for _ in range(reps):
-        times["deepcopy"].append(_time(lambda: copy.deepcopy(base)))
+        times["deepcopy"].append(_time(lambda: copy.deepcopy(base))[0])
         try:
-            times["symbolic"].append(_time(lambda: netsurgeon.trace(base, inputs, strict=False)))
+            times["symbolic"].append(_time(lambda: netsurgeon.trace(base, inputs, strict=False))[0])
         except netsurgeon.TraceError as e:
             symbolic_error = str(e).splitlines()[0][:80]
         times["export"].append(
-            _time(lambda: netsurgeon.trace(base, inputs, strict=False, frontend="export"))
+            _time(lambda: netsurgeon.trace(base, inputs, strict=False, frontend="export"))[0]
         )
     medians = {k: statistics.median(v) for k, v in times.items() if v}
     copy_ms = medians["deepcopy"] * 1e3
@@ -232,6 +302,19 @@ def _verdict(name: str, ratios: dict[str, float]) -> list[str]:
     ]
 
 
+def _states(requested: list[str]) -> list[str]:
+    """The allocator states to run, in the only order one process can take them: glibc's
+    defaults cannot be restored once pinned, and memory the warm state keeps stays reusable, so
+    a cold state after it would not be cold (module ``allocator``)."""
+    order = [s for s in allocator.STATES_IN_ORDER if s in requested]
+    if requested != order or len(set(requested)) != len(requested):
+        raise SystemExit(
+            f"--malloc {' '.join(requested)}: give each state once, in the order "
+            f"{' '.join(allocator.STATES_IN_ORDER)} (one process cannot go back)"
+        )
+    return requested
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
@@ -250,6 +333,13 @@ def main() -> None:
         default="wall",
         help="wall clock, or the process's CPU time (shared machines; with one thread)",
     )
+    parser.add_argument(
+        "--malloc",
+        nargs="+",
+        choices=allocator.STATES,
+        default=["cold", "warm"],
+        help="allocator states to measure in, in order (module allocator)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -266,9 +356,15 @@ def main() -> None:
             measure_frontends(name, args.reps)
         return
     clock = CLOCKS[args.clock]
-    results = {name: measure(name, MODELS[name], args.reps, clock) for name in args.models}
-    for name, ratios in results.items():
-        print(f"{name}: " + ";  ".join(_verdict(name, ratios)))
+    verdicts = []
+    for state in _states(args.malloc):
+        if not allocator.pin(state):
+            print(f"# the allocator cannot be pinned here (not glibc): {state!r} not measured")
+            continue
+        for name in args.models:
+            ratios = measure(name, MODELS[name], args.reps, clock, state)
+            verdicts.append(f"{name} ({state}): " + ";  ".join(_verdict(name, ratios)))
+    print("\n".join(verdicts))
 
 
 if __name__ == "__main__":
