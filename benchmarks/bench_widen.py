@@ -10,13 +10,14 @@ CPU machine, float32.
 What a widening is made of is timed beside it, each alone:
 
 * ``trace``: tracing plus the channel-group analysis (the public ``widen`` traces);
-* ``floor``: allocating every grown tensor at its new shape and copying its old entries in (new
-  entries left unwritten), which no implementation avoids (about 1.5x the bytes of a deepcopy);
+* ``floor``: allocating every grown tensor at its new shape and writing each entry once (old
+  entries copied in, new ones zeroed), which no implementation avoids (about 1.5x the bytes of a
+  deepcopy);
 * ``draws``: the paper init's normal draws for the new rows, the sizes recorded from the widening;
 * ``rest``: ``widen - trace - floor - draws``, everything else (fills, bookkeeping, the commit).
 
-Method: every timing is repeated ``--reps`` times, interleaved, in one process, after one untimed
-round, and each ratio is the median over the median of ``deepcopy(model)`` in the same run,
+Method: every timing is repeated ``--reps`` times, interleaved, in one process, after two untimed
+rounds, and each ratio is the median over the median of ``deepcopy(model)`` in the same run,
 because absolute times on a shared machine are not stable. "with AdamW" widens a copy on which
 one AdamW step was taken (so ``exp_avg`` and ``exp_avg_sq`` exist; ``.grad`` then set to ``None``
 as ``zero_grad()`` does), passing ``optimizer=``; its ratio is over ``deepcopy((model,
@@ -84,6 +85,7 @@ TARGET_ANY = 3.0  # widen 25% / deepcopy, without state, every model
 TARGET_TRACE = 1.0  # trace / deepcopy
 TARGETED = ("vgg16_bn", "resnet50", "resnext50_32x4d")
 FRACTION = 0.25  # of each widenable group's width
+WARMUP = 2  # untimed rounds first: glibc's heap settles in about two
 
 
 def _fastvit_t8() -> nn.Module:
@@ -140,12 +142,15 @@ def _grown_shapes(base: nn.Module, grown: nn.Module) -> list[tuple[torch.Tensor,
 
 
 def _floor(tensors: list[tuple[torch.Tensor, torch.Size]]) -> list[torch.Tensor]:
-    """Allocate every grown tensor and copy its old entries in (kept alive, as a widening keeps
-    them until its commit); the new entries are left unwritten."""
+    """Allocate every grown tensor and write each of its entries once: the old ones copied in,
+    the new ones zeroed (kept alive, as a widening keeps them until its commit)."""
     out = []
     for old, shape in tensors:
         new = torch.empty(shape, dtype=old.dtype, device=old.device)
         new[tuple(slice(0, n) for n in old.shape)].copy_(old)
+        for d, (size, grown) in enumerate(zip(old.shape, shape, strict=True)):
+            if grown > size:  # the entries whose first new index is along d
+                new[(*(slice(0, n) for n in old.shape[:d]), slice(size, grown))].zero_()
         out.append(new)
     return out
 
@@ -200,14 +205,14 @@ KEYS = ("deepcopy", "deepcopy_adamw", "trace", "floor", "draws", "widen", "widen
 def _timings(
     base: nn.Module, plan: dict[str, int], reps: int, clock: Callable[[], float]
 ) -> dict[str, list[Timing]]:
-    """Every timing of ``KEYS``, interleaved, ``reps`` times after one untimed warm-up round
-    (in the warm state, the round that brings every page the later ones reuse)."""
+    """Every timing of ``KEYS``, interleaved, ``reps`` times after ``WARMUP`` untimed rounds (in
+    the warm state, the rounds that bring the pages the later ones reuse)."""
     stateful, stateful_opt = _with_adamw(base)
     grown, sizes = _reference(base, plan)
     tensors = _grown_shapes(base, grown)
     del grown
     times: dict[str, list[Timing]] = {k: [] for k in KEYS}
-    for rep in range(reps + 1):
+    for rep in range(WARMUP + reps):
         found = {
             "deepcopy": _time(lambda: copy.deepcopy(base), clock),
             "deepcopy_adamw": _time(lambda: copy.deepcopy((stateful, stateful_opt)), clock),
@@ -223,7 +228,7 @@ def _timings(
         )
         del victim, opt
         for key, timing in found.items():
-            if rep:
+            if rep >= WARMUP:
                 times[key].append(timing)
     return times
 

@@ -40,7 +40,9 @@ def test_the_adamw_copy_holds_state_of_every_parameter_and_no_gradients() -> Non
         torch.testing.assert_close(q, p, rtol=1e-2, atol=1e-2)  # one small step away
 
 
-def test_the_floor_allocates_each_grown_tensor_with_its_old_entries_in_place() -> None:
+def test_the_floor_writes_each_entry_of_each_grown_tensor_once() -> None:
+    """Old entries in place, new ones zero (every page of the grown tensor touched, as a
+    widening touches them), in memory that held NaN before."""
     model = bench_widen.MODELS["vgg_small"]().eval()
     grown = netsurgeon.widen(copy.deepcopy(model), bench_widen._plan(model, 0.25))
     tensors = bench_widen._grown_shapes(model, grown)
@@ -48,9 +50,14 @@ def test_the_floor_allocates_each_grown_tensor_with_its_old_entries_in_place() -
     changed = {n for n, p in grown.named_parameters() if p.shape != before[n].shape}
     found = {id(old) for old, _ in tensors}
     assert changed and {id(before[n]) for n in changed} <= found
+    torch.empty(1 << 22).fill_(float("nan"))  # freed memory the floor may get back: poisoned
     for (old, shape), new in zip(tensors, bench_widen._floor(tensors), strict=True):
         assert new.shape == shape != old.shape
-        assert torch.equal(new[tuple(slice(0, n) for n in old.shape)], old)
+        kept = tuple(slice(0, n) for n in old.shape)
+        assert torch.equal(new[kept], old)
+        rest = torch.ones(shape, dtype=torch.bool)
+        rest[kept] = False
+        assert rest.any() and bool((new[rest] == 0).all())
 
 
 def test_the_recorded_draws_are_the_new_rows_over_the_old_columns() -> None:
@@ -77,18 +84,18 @@ import allocator
 assert allocator.pin({state!r})
 model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(16)])  # 16 MiB
 found = []
-for _ in range(6):  # a deepcopy made and freed again and again, as the benchmark does
+for _ in range(10):  # a deepcopy made and freed again and again, as the benchmark does
     before = allocator.faults()
     twin = copy.deepcopy(model)
     found.append(allocator.faults() - before)
     del twin
-print(statistics.median(found[1:]))
+print(statistics.median(found[2:]))
 """
 
 
 def _faults_per_copy(state: str) -> float:
     """Median page faults of a deepcopy of a 16 MiB model, repeated in a process pinned to
-    ``state`` (the first copy left out: it brings the pages)."""
+    ``state`` (the first two copies left out: they bring the pages)."""
     bench = str(Path(bench_widen.__file__).parent)
     probe = _PROBE.format(bench=bench, state=state)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -103,7 +110,7 @@ def test_the_pinned_allocator_states_fault_as_they_claim() -> None:
     reuse what the earlier ones freed. Each state in its own process: a pinning is process-wide."""
     pages = (16 << 20) // 4096
     assert _faults_per_copy("cold") >= 0.9 * pages
-    assert _faults_per_copy("warm") < 0.05 * pages
+    assert _faults_per_copy("warm") < 0.1 * pages
 
 
 def test_allocator_states_are_taken_in_the_only_order_a_process_can_take_them() -> None:
