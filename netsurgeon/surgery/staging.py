@@ -156,9 +156,10 @@ def stage_layer(
         inserts.setdefault(tensor, {}).update(dims)  # MultiheadAttention's heads (surgery.inner)
     main = row_axes[0]
     column = next((a for a in col_axes if a.tensor == main.tensor), None)
-    ahead = ahead_for(growth, handler, module, name, consumer)  # waits unless plain
+    ahead = ahead_for(growth, handler, module, name, consumer, row_axes)  # waits unless plain
+    keep = any(isinstance(a.fill, NormOf) for a in row_axes)  # weight norm: g reads the rows
     new, pre, post = _stage_weight(
-        module, handler, (main, column), inserts, consumer, (own, mine, ahead), growth
+        module, handler, (main, column, keep), inserts, consumer, (own, mine, ahead), growth
     )
     staged = {main.tensor: new}
     for axis in row_axes[1:]:
@@ -206,7 +207,7 @@ def _stage_weight(module, handler, axes, inserts, consumer, own_and_init, growth
     its source, and weight norm's ``g`` can follow what the columns did to each ``v`` row. The
     paper's rows are drawn over every old column, so the new rows are not zeroed first.
     """
-    (main, column), (own, mine, ahead) = axes, own_and_init
+    (main, column, keep), (own, mine, ahead) = axes, own_and_init
     old = module_tensor(module, main.tensor)
     dims = inserts[main.tensor]
     drawn = dims[main.dim] and type(mine).fill_rows is PaperInit.fill_rows
@@ -231,7 +232,6 @@ def _stage_weight(module, handler, axes, inserts, consumer, own_and_init, growth
             ahead.submit(fill)
         else:
             fill()
-    keep = any(isinstance(a.fill, NormOf) for a in handler.rows(module))
     pre = view.clone() if keep else None
     if col_ins and not column.per_group:  # a grouped consumer's new columns stay zero
         strategy.fill_columns(
