@@ -21,6 +21,12 @@ except ImportError:  # pragma: no cover - older torch
 
 __all__ = ["SurgeonTracer", "symbolic_trace"]
 
+#: Exact argument types that ``fx.Tracer.create_arg`` hands to ``TracerBase.create_arg`` as they
+#: are (containers' items still pass through ``create_arg`` one by one).
+_PLAIN_ARGS = frozenset(
+    (fx.Proxy, int, float, bool, str, type(None), tuple, list, dict, torch.dtype, torch.device)
+)
+
 
 class SurgeonTracer(fx.Tracer):
     """An ``fx.Tracer`` that keeps every registered layer/follower type a leaf.
@@ -84,10 +90,21 @@ class SurgeonTracer(fx.Tracer):
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         self._tensor_names = None  # the model may have changed since the last trace
-        with marked_widths(root, self._registry):  # width attributes found by identity
+        with marked_widths(root, self._registry) as marked:  # width attributes by identity
             graph = super().trace(root, concrete_args)
-        record_width_literals(graph)
+        if marked:  # no attribute marked: no literal can be in the graph
+            record_width_literals(graph)
         return graph
+
+    def create_arg(self, a: Any) -> Any:
+        """``fx.Tracer.create_arg``; an argument of one of the exact types in :data:`_PLAIN_ARGS`
+        goes straight to ``fx.proxy.TracerBase.create_arg``: ``fx.Tracer``'s own cases (a
+        parameter, a tensor, a module, a named tuple, a constant) never match it, and their checks
+        (``isinstance(a, nn.Parameter)`` runs a Python ``__instancecheck__``) cost more than the
+        rest of the call."""
+        if type(a) in _PLAIN_ARGS:
+            return fx.proxy.TracerBase.create_arg(self, a)
+        return super().create_arg(a)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         """``fx.Tracer.getattr`` with the tensor found by identity in a table built once per

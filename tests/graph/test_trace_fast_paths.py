@@ -163,3 +163,38 @@ def test_free_tensors_with_equal_shapes_are_judged_by_their_own_replay(literal: 
     else:
         assert group.widenable
         assert {f.name for f in group.followers} == {"a", "b"}
+
+
+class _PlainArguments(SurgeonTracer):
+    """The same tracer with fx's own ``create_arg`` for every argument."""
+
+    create_arg = fx.Tracer.create_arg
+
+
+class _Arguments(nn.Module):
+    """Arguments of every kind the fast path takes or leaves to fx: nested containers holding
+    proxies, parameters, buffers and tensor constants, slices, dtypes, devices, ``None``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.scale = nn.Parameter(torch.ones(1, 4, 1, 1))
+        self.register_buffer("shift", torch.zeros(1, 4, 1, 1))
+        self.constant = torch.full((1, 4, 1, 1), 2.0)  # neither a parameter nor a buffer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = torch.cat([y, self.constant.expand_as(y), self.shift.expand_as(y)], dim=1)
+        z = torch.stack((z[:, :4], self.scale.expand_as(y)), 0).sum(0)
+        z = z.to(dtype=torch.float32, device=torch.device("cpu")) + torch.ones(1)
+        z = torch.nn.functional.pad(z, [1, 1, 0, 0], mode="constant", value=None)
+        return torch.where(z > 0, z, self.constant)[..., 1:-1, None].flatten(2) * 1.5
+
+
+def test_arguments_are_recorded_as_fx_records_them() -> None:
+    def record(tracer: fx.Tracer) -> list[tuple[str, str, str, str]]:
+        graph = tracer.trace(_Arguments())  # a fresh model: fx stores constants on the root
+        return [(n.op, str(n.target), repr(n.args), repr(n.kwargs)) for n in graph.nodes]
+
+    assert record(SurgeonTracer()) == record(_PlainArguments())
+
