@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
+
+from netsurgeon.graph.module_attrs import parametrizations_of
 
 __all__ = ["Axis", "NormOf", "WeightNames", "module_tensor", "weight_names", "weight_norm_dim"]
 
@@ -78,8 +79,9 @@ def weight_norm_dim(module: nn.Module) -> int | None:
     A whole-tensor norm (``dim=None``) is ``-1``, as torch stores it. A parametrization list that
     is not exactly one weight norm is ``None`` too (the soundness check refuses it).
     """
-    if parametrize.is_parametrized(module, "weight"):
-        plist = module.parametrizations.weight
+    parametrizations = parametrizations_of(module)
+    if parametrizations is not None and "weight" in parametrizations:
+        plist = parametrizations["weight"]
         if len(plist) == 1 and isinstance(plist[0], _WeightNorm):
             return plist[0].dim
         return None
@@ -100,7 +102,8 @@ def legacy_weight_norm(module: nn.Module) -> object | None:
 def weight_names(module: nn.Module) -> WeightNames:
     """Which tensors hold ``module``'s weight (plain, or weight-normalised either way)."""
     dim = weight_norm_dim(module)
-    if dim is not None and parametrize.is_parametrized(module, "weight"):
+    parametrizations = parametrizations_of(module) if dim is not None else None
+    if parametrizations is not None and "weight" in parametrizations:
         return WeightNames(
             "parametrizations.weight.original1", "parametrizations.weight.original0", dim
         )

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import fx, nn
 
+from netsurgeon.graph.module_attrs import module_attr
+
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
     from netsurgeon.graph.layout import Layout
@@ -102,7 +104,7 @@ class OpHandler:
     def _modelled_originals(self, module: nn.Module) -> set[str]:
         """The originals of the parametrizations this handler widens (``models_parametrization``)."""
         found: set[str] = set()
-        parametrizations = getattr(module, "parametrizations", None)
+        parametrizations = module_attr(module, "parametrizations")
         for tensor, plist in getattr(parametrizations, "items", dict)():
             if self.models_parametrization(module, tensor, plist):
                 names = (n for n, _ in plist.named_parameters(recurse=False))

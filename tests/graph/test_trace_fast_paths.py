@@ -20,6 +20,7 @@ from torch import fx, nn
 
 import netsurgeon
 from netsurgeon.graph import IndexMap, Insertion, Piece
+from netsurgeon.graph.module_attrs import module_attr, parametrizations_of
 from netsurgeon.graph.tracer import SurgeonTracer
 
 
@@ -198,3 +199,39 @@ def test_arguments_are_recorded_as_fx_records_them() -> None:
 
     assert record(SurgeonTracer()) == record(_PlainArguments())
 
+
+class _ClassBias(nn.Conv2d):
+    bias = None  # a class attribute shadows the parameter table's entry
+
+
+class _OwnGetattr(nn.Linear):
+    def __getattr__(self, name: str) -> object:  # answers a name nothing else holds
+        return "made up" if name == "missing" else super().__getattr__(name)
+
+
+def _attribute_owners() -> list[nn.Module]:
+    parametrized = nn.utils.parametrizations.weight_norm(nn.Linear(3, 4))
+    legacy = nn.utils.weight_norm(nn.Conv2d(3, 4, 1))
+    odd = nn.Conv2d(3, 4, 1, bias=False)
+    odd.parametrizations = "a plain attribute"  # in the instance's __dict__, not a ModuleDict
+    plain_class = _ClassBias.__new__(_ClassBias)
+    nn.Module.__init__(plain_class)
+    return [nn.Conv2d(3, 4, 1), odd, nn.BatchNorm2d(4), parametrized, legacy, _OwnGetattr(2, 3),
+            plain_class, nn.Sequential(nn.ReLU())]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["bias", "weight", "parametrizations", "running_mean",
+                                  "training", "forward", "0", "weight_g", "missing"])  # fmt: skip
+def test_module_attr_reads_what_getattr_reads(name: str) -> None:
+    for module in _attribute_owners():
+        expected, found = getattr(module, name, "default"), module_attr(module, name, "default")
+        if isinstance(expected, torch.Tensor) and not isinstance(expected, nn.Parameter):
+            assert torch.equal(found, expected)  # a parametrization computes a new tensor
+        elif isinstance(expected, torch.Tensor):
+            assert found is expected, (type(module), name)
+        else:
+            assert found == expected, (type(module), name)  # a bound method is new each time
+        parametrizations = getattr(module, "parametrizations", None)
+        assert parametrizations_of(module) is (
+            parametrizations if isinstance(parametrizations, nn.ModuleDict) else None
+        )
