@@ -125,9 +125,18 @@ class SurgeonTracer(fx.Tracer):
     def _names_by_id(self) -> dict[int, tuple[bool, str]]:
         """``{id(tensor): (is a parameter, first qualified name)}``; a parameter's name wins, as
         fx searches the parameters first."""
-        names = {id(b): (False, name) for name, b in self.root.named_buffers()}
-        names.update((id(p), (True, name)) for name, p in self.root.named_parameters())
-        return names
+        buffers: dict[int, tuple[bool, str]] = {}
+        parameters: dict[int, tuple[bool, str]] = {}
+        for path, module in self.root.named_modules():  # one walk for both, first name kept
+            prefix = f"{path}." if path else ""
+            for table, found, is_parameter in (
+                (module._buffers, buffers, False),
+                (module._parameters, parameters, True),
+            ):
+                for name, tensor in table.items():
+                    if tensor is not None and id(tensor) not in found:
+                        found[id(tensor)] = (is_parameter, prefix + name)
+        return buffers | parameters
 
 
 def symbolic_trace(
