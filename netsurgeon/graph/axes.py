@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import _WeightNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from netsurgeon.graph.module_attrs import parametrizations_of
 
@@ -91,8 +92,6 @@ def weight_norm_dim(module: nn.Module) -> int | None:
 
 def legacy_weight_norm(module: nn.Module) -> object | None:
     """The legacy ``nn.utils.weight_norm`` pre-hook on ``module.weight``, if any."""
-    from torch.nn.utils.weight_norm import WeightNorm
-
     for hook in module._forward_pre_hooks.values():
         if isinstance(hook, WeightNorm) and hook.name == "weight":
             return hook
