@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.proxy import Scope
 
 from netsurgeon.errors import TraceError
 from netsurgeon.graph.registry import REGISTRY, Registry
@@ -26,6 +28,23 @@ __all__ = ["SurgeonTracer", "symbolic_trace"]
 _PLAIN_ARGS = frozenset(
     (fx.Proxy, int, float, bool, str, type(None), tuple, list, dict, torch.dtype, torch.device)
 )
+
+
+class _ModuleStack(collections.OrderedDict):
+    """fx's ``module_stack``, copied with ``copy.copy`` for every node's
+    ``meta["nn_module_stack"]``: ``__copy__`` builds the plain ``OrderedDict`` that fx's copy
+    gives, without ``__reduce_ex__``."""
+
+    def __copy__(self) -> collections.OrderedDict:
+        return collections.OrderedDict(self)
+
+
+class _Scope(Scope):
+    """fx's current ``scope``, copied at every module call (``ScopeContextManager``):
+    ``__copy__`` builds the plain ``Scope`` that fx's copy gives, without ``__reduce_ex__``."""
+
+    def __copy__(self) -> Scope:
+        return Scope(self.module_path, self.module_type)
 
 
 class SurgeonTracer(fx.Tracer):
@@ -55,6 +74,7 @@ class SurgeonTracer(fx.Tracer):
     ) -> None:
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.proxy_buffer_attributes = True
+        self.scope, self.module_stack = _Scope("", None), _ModuleStack()  # cheap copy.copy
         self._leaf_types = tuple(leaf_modules)
         self._tensor_names: dict[int, tuple[bool, str]] | None = None
         self._registry = registry

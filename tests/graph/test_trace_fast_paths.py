@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import fx, nn
+from torch.fx.proxy import Scope
 
 import netsurgeon
 from netsurgeon.graph import IndexMap, Insertion, Piece
@@ -198,6 +201,39 @@ def test_arguments_are_recorded_as_fx_records_them() -> None:
         return [(n.op, str(n.target), repr(n.args), repr(n.kwargs)) for n in graph.nodes]
 
     assert record(SurgeonTracer()) == record(_PlainArguments())
+
+
+class _PlainStacks(SurgeonTracer):
+    """The same tracer with fx's own module stack and scope objects (copied by reduction)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope, self.module_stack = Scope("", None), collections.OrderedDict()
+
+
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(_Reads(), nn.ReLU())
+        self.again = nn.ModuleList([nn.Sequential(nn.Conv2d(4, 4, 1))])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x).transpose(2, 3)
+        return self.again[0](y) + self.again[0][0].weight.sum()
+
+
+def test_module_stacks_and_scopes_are_recorded_as_fx_records_them() -> None:
+    def record(tracer: fx.Tracer) -> tuple[list, dict]:
+        graph = tracer.trace(_Nested())
+        stacks = [
+            (type(n.meta.get("nn_module_stack")), n.meta.get("nn_module_stack"))
+            for n in graph.nodes
+        ]
+        return stacks, tracer.node_name_to_scope
+
+    found, expected = record(SurgeonTracer()), record(_PlainStacks())
+    assert found == expected
+    assert any(len(stack or ()) == 3 for _, stack in found[0])  # nested three deep
 
 
 class _ClassBias(nn.Conv2d):
