@@ -74,6 +74,9 @@ class WeightNames:
     dim: int | None = None  # the dim weight norm keeps (``g``'s non-singleton dim)
 
 
+_PLAIN_WEIGHT = WeightNames("weight")  # frozen: every plain layer's answer
+
+
 def weight_norm_dim(module: nn.Module) -> int | None:
     """The dim that a weight norm on ``module.weight`` keeps, or ``None`` when there is none.
 
@@ -82,12 +85,16 @@ def weight_norm_dim(module: nn.Module) -> int | None:
     """
     parametrizations = parametrizations_of(module)
     if parametrizations is not None and "weight" in parametrizations:
-        plist = parametrizations["weight"]
-        if len(plist) == 1 and isinstance(plist[0], _WeightNorm):
-            return plist[0].dim
-        return None
+        return _parametrized_norm_dim(parametrizations["weight"])
     hook = legacy_weight_norm(module)
     return hook.dim if hook is not None else None
+
+
+def _parametrized_norm_dim(plist: nn.Module) -> int | None:
+    """The dim a parametrization list that is exactly one weight norm keeps, else ``None``."""
+    if len(plist) == 1 and isinstance(plist[0], _WeightNorm):
+        return plist[0].dim
+    return None
 
 
 def legacy_weight_norm(module: nn.Module) -> object | None:
@@ -99,17 +106,22 @@ def legacy_weight_norm(module: nn.Module) -> object | None:
 
 
 def weight_names(module: nn.Module) -> WeightNames:
-    """Which tensors hold ``module``'s weight (plain, or weight-normalised either way)."""
-    dim = weight_norm_dim(module)
-    parametrizations = parametrizations_of(module) if dim is not None else None
+    """Which tensors hold ``module``'s weight (plain, or weight-normalised either way).
+
+    A parametrization list on the weight that is not exactly one weight norm leaves the legacy
+    hook's answer, as :func:`weight_norm_dim` gives ``None`` for it (the soundness check refuses
+    such a list)."""
+    parametrizations = parametrizations_of(module)
     if parametrizations is not None and "weight" in parametrizations:
-        return WeightNames(
-            "parametrizations.weight.original1", "parametrizations.weight.original0", dim
-        )
+        dim = _parametrized_norm_dim(parametrizations["weight"])
+        if dim is not None:
+            return WeightNames(
+                "parametrizations.weight.original1", "parametrizations.weight.original0", dim
+            )
     hook = legacy_weight_norm(module)
     if hook is not None:
         return WeightNames("weight_v", "weight_g", hook.dim)
-    return WeightNames("weight")
+    return _PLAIN_WEIGHT
 
 
 def module_tensor(module: nn.Module, path: str) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch.fx.proxy import Scope
 
 import netsurgeon
 from netsurgeon.graph import IndexMap, Insertion, Piece
+from netsurgeon.graph.axes import WeightNames, legacy_weight_norm, weight_names, weight_norm_dim
 from netsurgeon.graph.module_attrs import module_attr, parametrizations_of
 from netsurgeon.graph.tracer import SurgeonTracer
 
@@ -271,3 +272,41 @@ def test_module_attr_reads_what_getattr_reads(name: str) -> None:
         assert parametrizations_of(module) is (
             parametrizations if isinstance(parametrizations, nn.ModuleDict) else None
         )
+
+
+class _Double(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 2 * w
+
+
+def _weight_normed() -> list[nn.Module]:
+    """Layers whose weight lives plainly, under either weight norm, or under another
+    parametrization (then with a legacy hook too)."""
+    wn, legacy = nn.utils.parametrizations.weight_norm, nn.utils.weight_norm
+    other = nn.utils.parametrize.register_parametrization(nn.Linear(3, 4), "weight", _Double())
+    both = legacy(nn.Linear(3, 4))
+    nn.utils.parametrize.register_parametrization(both, "weight_v", _Double())
+    chained = wn(nn.Conv2d(3, 4, 1))
+    nn.utils.parametrize.register_parametrization(chained, "weight", _Double())
+    return [nn.Conv2d(3, 4, 1), wn(nn.Linear(3, 4)), wn(nn.Linear(3, 4), dim=1),
+            wn(nn.Conv2d(3, 4, 1), dim=None), legacy(nn.Conv2d(3, 4, 1)), other, both,
+            chained]  # fmt: skip
+
+
+def _weight_names_by_definition(module: nn.Module) -> WeightNames:
+    """weight_names as first written: the norm's dim, then where the weight lives."""
+    dim = weight_norm_dim(module)
+    if dim is not None and nn.utils.parametrize.is_parametrized(module, "weight"):
+        return WeightNames(
+            "parametrizations.weight.original1", "parametrizations.weight.original0", dim
+        )
+    hook = legacy_weight_norm(module)
+    if hook is not None:
+        return WeightNames("weight_v", "weight_g", hook.dim)
+    return WeightNames("weight")
+
+
+def test_weight_names_are_those_of_their_definition() -> None:
+    found = [weight_names(m) for m in _weight_normed()]
+    assert found == [_weight_names_by_definition(m) for m in _weight_normed()]
+    assert len(set(found)) >= 5  # plain, legacy, three parametrized dims
