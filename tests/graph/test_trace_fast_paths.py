@@ -25,6 +25,7 @@ import netsurgeon
 from netsurgeon.graph import IndexMap, Insertion, Piece
 from netsurgeon.graph.axes import WeightNames, legacy_weight_norm, weight_names, weight_norm_dim
 from netsurgeon.graph.module_attrs import module_attr, parametrizations_of
+from netsurgeon.graph.registry import OpHandler, Registry
 from netsurgeon.graph.tracer import SurgeonTracer
 
 
@@ -310,3 +311,21 @@ def test_weight_names_are_those_of_their_definition() -> None:
     found = [weight_names(m) for m in _weight_normed()]
     assert found == [_weight_names_by_definition(m) for m in _weight_normed()]
     assert len(set(found)) >= 5  # plain, legacy, three parametrized dims
+
+
+class _MyConv(nn.Conv2d):
+    pass
+
+
+def test_registered_types_within_one_trace_follow_registrations_and_end_with_it() -> None:
+    registry, conv = Registry(), _MyConv(3, 4, 1)
+    base, own = OpHandler(), OpHandler()
+    registry.add_module(nn.Conv2d, base)
+    with registry.one_trace():
+        assert registry.registered_type(conv) is nn.Conv2d
+        with registry.one_trace():  # nested: the outer trace's answers stay
+            registry.add_module(_MyConv, own)  # a registration while tracing is seen
+            assert registry.for_module(conv) is own
+        assert registry.registered_type(conv) is _MyConv
+    del registry._modules[_MyConv]  # behind the registry's back, after the trace
+    assert registry.for_module(conv) is base
