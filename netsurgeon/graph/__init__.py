@@ -95,9 +95,10 @@ def trace(
         ({'0': 8, '5': 10}, 4, ['1'])
     """
     check_plain_module(model, "trace")
-    tracer = SurgeonTracer(leaf_modules, autowrap_functions, registry)
-    gm = capture(model, example_inputs, tracer, frontend, concrete_args)
-    return LayerGraph(model, gm, analyse(gm, registry, strict=strict, root=model), registry)
+    with registry.one_trace():  # each class's registered type looked up once
+        tracer = SurgeonTracer(leaf_modules, autowrap_functions, registry)
+        gm = capture(model, example_inputs, tracer, frontend, concrete_args)
+        return LayerGraph(model, gm, analyse(gm, registry, strict=strict, root=model), registry)
 
 
 def capture(
@@ -147,15 +148,15 @@ def trace_with_shapes_of(
     are the model's own; only the shapes are read on the copy.
     """
     check_plain_module(model, "trace")
-    tracer = SurgeonTracer((), (), REGISTRY)
-    gm = capture(model, None, tracer, "symbolic")
-    copied, remap = fx.Graph(), {}
-    copied.output(copied.graph_copy(gm.graph, remap))
-    _propagate_shapes(twin, fx.GraphModule(twin, copied), as_tensors(twin_inputs))
-    for node, twin_node in remap.items():
-        if "tensor_meta" in twin_node.meta:
-            node.meta["tensor_meta"] = twin_node.meta["tensor_meta"]
-    return LayerGraph(model, gm, analyse(gm, REGISTRY, strict=strict, root=model), REGISTRY)
+    with REGISTRY.one_trace():
+        gm = capture(model, None, SurgeonTracer((), (), REGISTRY), "symbolic")
+        copied, remap = fx.Graph(), {}
+        copied.output(copied.graph_copy(gm.graph, remap))
+        _propagate_shapes(twin, fx.GraphModule(twin, copied), as_tensors(twin_inputs))
+        for node, twin_node in remap.items():
+            if "tensor_meta" in twin_node.meta:
+                node.meta["tensor_meta"] = twin_node.meta["tensor_meta"]
+        return LayerGraph(model, gm, analyse(gm, REGISTRY, strict=strict, root=model), REGISTRY)
 
 
 def _propagate_shapes(model: nn.Module, gm: Any, inputs: tuple[Any, ...]) -> None:

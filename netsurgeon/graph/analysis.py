@@ -378,7 +378,7 @@ def _tied_parameters(gm: fx.GraphModule, ctx: FlowContext) -> dict[str, str]:
     owners: dict[int, list[str]] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            params = list(ctx.modules[str(node.target)].parameters())
+            params = _parameters(ctx.modules[str(node.target)])
         elif node.op == "get_attr":
             value = ctx.attr(node)
             params = [value] if isinstance(value, nn.Parameter) else []
@@ -393,3 +393,17 @@ def _tied_parameters(gm: fx.GraphModule, ctx: FlowContext) -> dict[str, str]:
         for name in names if len(names) > 1 else ():
             tied.setdefault(name, ", ".join(repr(n) for n in names if n != name))
     return tied
+
+
+def _parameters(module: nn.Module) -> list[nn.Parameter]:
+    """``list(module.parameters())``; for a module without children that keeps torch's
+    ``parameters``/``named_parameters``, its own table, without their walk (a parameter held
+    twice is listed twice: ``_tied_parameters`` records each name once either way)."""
+    cls = type(module)
+    if (
+        module._modules
+        or cls.parameters is not nn.Module.parameters
+        or cls.named_parameters is not nn.Module.named_parameters
+    ):
+        return list(module.parameters())
+    return [p for p in module._parameters.values() if p is not None]

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
+from torch.nn.utils.weight_norm import WeightNorm
+
+from netsurgeon.graph.module_attrs import parametrizations_of
 
 __all__ = ["Axis", "NormOf", "WeightNames", "module_tensor", "weight_names", "weight_norm_dim"]
 
@@ -72,25 +74,31 @@ class WeightNames:
     dim: int | None = None  # the dim weight norm keeps (``g``'s non-singleton dim)
 
 
+_PLAIN_WEIGHT = WeightNames("weight")  # frozen: every plain layer's answer
+
+
 def weight_norm_dim(module: nn.Module) -> int | None:
     """The dim that a weight norm on ``module.weight`` keeps, or ``None`` when there is none.
 
     A whole-tensor norm (``dim=None``) is ``-1``, as torch stores it. A parametrization list that
     is not exactly one weight norm is ``None`` too (the soundness check refuses it).
     """
-    if parametrize.is_parametrized(module, "weight"):
-        plist = module.parametrizations.weight
-        if len(plist) == 1 and isinstance(plist[0], _WeightNorm):
-            return plist[0].dim
-        return None
+    parametrizations = parametrizations_of(module)
+    if parametrizations is not None and "weight" in parametrizations:
+        return _parametrized_norm_dim(parametrizations["weight"])
     hook = legacy_weight_norm(module)
     return hook.dim if hook is not None else None
 
 
+def _parametrized_norm_dim(plist: nn.Module) -> int | None:
+    """The dim a parametrization list that is exactly one weight norm keeps, else ``None``."""
+    if len(plist) == 1 and isinstance(plist[0], _WeightNorm):
+        return plist[0].dim
+    return None
+
+
 def legacy_weight_norm(module: nn.Module) -> object | None:
     """The legacy ``nn.utils.weight_norm`` pre-hook on ``module.weight``, if any."""
-    from torch.nn.utils.weight_norm import WeightNorm
-
     for hook in module._forward_pre_hooks.values():
         if isinstance(hook, WeightNorm) and hook.name == "weight":
             return hook
@@ -98,16 +106,22 @@ def legacy_weight_norm(module: nn.Module) -> object | None:
 
 
 def weight_names(module: nn.Module) -> WeightNames:
-    """Which tensors hold ``module``'s weight (plain, or weight-normalised either way)."""
-    dim = weight_norm_dim(module)
-    if dim is not None and parametrize.is_parametrized(module, "weight"):
-        return WeightNames(
-            "parametrizations.weight.original1", "parametrizations.weight.original0", dim
-        )
+    """Which tensors hold ``module``'s weight (plain, or weight-normalised either way).
+
+    A parametrization list on the weight that is not exactly one weight norm leaves the legacy
+    hook's answer, as :func:`weight_norm_dim` gives ``None`` for it (the soundness check refuses
+    such a list)."""
+    parametrizations = parametrizations_of(module)
+    if parametrizations is not None and "weight" in parametrizations:
+        dim = _parametrized_norm_dim(parametrizations["weight"])
+        if dim is not None:
+            return WeightNames(
+                "parametrizations.weight.original1", "parametrizations.weight.original0", dim
+            )
     hook = legacy_weight_norm(module)
     if hook is not None:
         return WeightNames("weight_v", "weight_g", hook.dim)
-    return WeightNames("weight")
+    return _PLAIN_WEIGHT
 
 
 def module_tensor(module: nn.Module, path: str) -> torch.Tensor:

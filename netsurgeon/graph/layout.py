@@ -76,7 +76,7 @@ class Segment:
         return self.stop - self.start
 
     def with_path(self, label: str) -> Segment:
-        return dataclasses.replace(self, path=(*self.path, label))
+        return Segment(self.group, self.start, self.stop, self.multiplicity, (*self.path, label))
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,16 @@ class Layout:
         return sum(s.channels * s.multiplicity for s in self.segments)
 
     def replace(self, **changes: object) -> Layout:
-        return dataclasses.replace(self, **changes)
+        """``dataclasses.replace`` (Layout has no ``__post_init__``), at a dict copy's cost: the
+        walker replaces layouts at most nodes."""
+        if not changes.keys() <= _LAYOUT_FIELDS:
+            return dataclasses.replace(self, **changes)  # raises its TypeError
+        new = object.__new__(Layout)
+        vars(new).update(vars(self), **changes)
+        return new
 
     def with_path(self, label: str) -> Layout:
         return self.replace(segments=tuple(s.with_path(label) for s in self.segments))
+
+
+_LAYOUT_FIELDS = frozenset(f.name for f in dataclasses.fields(Layout))

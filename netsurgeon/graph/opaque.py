@@ -50,11 +50,12 @@ class OpaqueModule:
 def find_opaque(gm: fx.GraphModule, registry: Registry) -> dict[str, OpaqueModule]:
     """``{module path: OpaqueModule}`` for each leaf call of ``gm`` that holds layers."""
     found: dict[str, OpaqueModule] = {}
+    modules = dict(gm.named_modules(remove_duplicate=False))  # one walk, not one per call
     for node in gm.graph.nodes:
         if node.op != "call_module" or str(node.target) in found:
             continue
         name = str(node.target)
-        module = gm.get_submodule(name)
+        module = modules[name] if name in modules else gm.get_submodule(name)
         handler = registry.for_module(module)
         if handler is not None and handler.role_of(module) in ("layer", "follower"):
             continue

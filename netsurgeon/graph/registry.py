@@ -21,12 +21,15 @@ way is accepted once it is registered itself: ``REGISTRY.add_module(MyConv, hand
 
 from __future__ import annotations
 
+import contextlib
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import fx, nn
+
+from netsurgeon.graph.module_attrs import module_attr
 
 if TYPE_CHECKING:
     from netsurgeon.graph.context import FlowContext
@@ -102,7 +105,7 @@ class OpHandler:
     def _modelled_originals(self, module: nn.Module) -> set[str]:
         """The originals of the parametrizations this handler widens (``models_parametrization``)."""
         found: set[str] = set()
-        parametrizations = getattr(module, "parametrizations", None)
+        parametrizations = module_attr(module, "parametrizations")
         for tensor, plist in getattr(parametrizations, "items", dict)():
             if self.models_parametrization(module, tensor, plist):
                 names = (n for n, _ in plist.named_parameters(recurse=False))
@@ -135,6 +138,20 @@ class Registry:
         self._methods: dict[str, OpHandler] = {}
         self._named: dict[str, OpHandler] = {}  # "package.module.Class" of optional dependencies
         self._named_functions: dict[str, OpHandler] = {}  # "package.module.function"
+        self._matched: dict[type, type[nn.Module] | None] | None = None  # in one_trace()
+
+    @contextlib.contextmanager
+    def one_trace(self) -> Iterator[None]:
+        """Within: :meth:`registered_type` answers each class once (one trace asks it for every
+        module, several times). Nothing is kept after: the next trace asks again."""
+        outermost = self._matched is None
+        if outermost:
+            self._matched = {}
+        try:
+            yield
+        finally:
+            if outermost:
+                self._matched = None
 
     def add_module(self, module_type: type[nn.Module] | str, handler: OpHandler) -> None:
         """Register a type, or its ``"package.module.Class"`` name (nothing is imported)."""
@@ -142,6 +159,8 @@ class Registry:
             self._named[module_type] = handler
         else:
             self._modules[module_type] = handler
+        if self._matched is not None:
+            self._matched.clear()
 
     def has_module(self, module_type: type[nn.Module]) -> bool:
         """Whether ``module_type`` itself is registered (not through a base class)."""
@@ -167,7 +186,16 @@ class Registry:
 
     def registered_type(self, module: nn.Module) -> type[nn.Module] | None:
         """The most specific registered class in ``type(module)``'s MRO (the one matched)."""
-        for cls in type(module).__mro__:
+        matched = self._matched
+        if matched is None:
+            return self._match(type(module))
+        kind = type(module)
+        if kind not in matched:
+            matched[kind] = self._match(kind)
+        return matched[kind]
+
+    def _match(self, kind: type) -> type[nn.Module] | None:
+        for cls in kind.__mro__:
             if cls in self._modules:
                 return cls
             if self._named and _qualified_name(cls) in self._named:

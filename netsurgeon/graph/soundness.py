@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from netsurgeon.graph.module_attrs import parametrizations_of
+
 __all__ = [
     "OBSERVER_ATTR",
     "is_observer",
@@ -56,6 +58,8 @@ _HOOK_KINDS = (
     ("_backward_pre_hooks", "backward pre-hook"),
     ("_backward_hooks", "backward hook"),
 )
+# (module attribute, global dict in torch.nn.modules.module, kind) per hook kind
+_HOOK_TABLES = tuple((a, f"_global{a}", kind) for a, kind in _HOOK_KINDS)
 
 
 def mark_observer(hook: F) -> F:
@@ -133,8 +137,8 @@ def _hooks(module: nn.Module, handler: Any, registered_type: type) -> str | None
 
 
 def _parametrizations(module: nn.Module, handler: Any, registered_type: type) -> str | None:
-    parametrizations = getattr(module, "parametrizations", None)
-    if not isinstance(parametrizations, nn.ModuleDict):
+    parametrizations = parametrizations_of(module)
+    if parametrizations is None:
         return None
     for tensor, plist in parametrizations.items():
         if handler.models_parametrization(module, tensor, plist):
@@ -185,11 +189,13 @@ def _active_hooks(module: nn.Module) -> Iterator[tuple[str, Any]]:
     the global ones (``torch.nn.modules.module.register_module_forward_hook``) included."""
     from torch.nn.modules import module as torch_module
 
-    for attribute, kind in _HOOK_KINDS:
-        for hook in getattr(module, attribute, {}).values():
+    for attribute, global_attribute, kind in _HOOK_TABLES:
+        own = getattr(module, attribute, None)
+        for hook in own.values() if own else ():
             if not is_observer(hook):
                 yield kind, hook
-        for hook in getattr(torch_module, f"_global{attribute}", {}).values():
+        found = getattr(torch_module, global_attribute, None)
+        for hook in found.values() if found else ():
             if not is_observer(hook):
                 yield f"global {kind}", hook
 
@@ -197,8 +203,8 @@ def _active_hooks(module: nn.Module) -> Iterator[tuple[str, Any]]:
 def _own_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor | None]]:
     yield from module._parameters.items()
     yield from module._buffers.items()
-    parametrizations = getattr(module, "parametrizations", None)
-    if isinstance(parametrizations, nn.ModuleDict):
+    parametrizations = parametrizations_of(module)
+    if parametrizations is not None:
         for tensor, plist in parametrizations.items():
             for name, value in plist.named_parameters(recurse=False):
                 yield f"parametrizations.{tensor}.{name}", value

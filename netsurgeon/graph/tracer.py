@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.proxy import Scope
 
 from netsurgeon.errors import TraceError
 from netsurgeon.graph.registry import REGISTRY, Registry
@@ -20,6 +22,29 @@ except ImportError:  # pragma: no cover - older torch
     _GraphModule = fx.GraphModule
 
 __all__ = ["SurgeonTracer", "symbolic_trace"]
+
+#: Exact argument types that ``fx.Tracer.create_arg`` hands to ``TracerBase.create_arg`` as they
+#: are (containers' items still pass through ``create_arg`` one by one).
+_PLAIN_ARGS = frozenset(
+    (fx.Proxy, int, float, bool, str, type(None), tuple, list, dict, torch.dtype, torch.device)
+)
+
+
+class _ModuleStack(collections.OrderedDict):
+    """fx's ``module_stack``, copied with ``copy.copy`` for every node's
+    ``meta["nn_module_stack"]``: ``__copy__`` builds the plain ``OrderedDict`` that fx's copy
+    gives, without ``__reduce_ex__``."""
+
+    def __copy__(self) -> collections.OrderedDict:
+        return collections.OrderedDict(self)
+
+
+class _Scope(Scope):
+    """fx's current ``scope``, copied at every module call (``ScopeContextManager``):
+    ``__copy__`` builds the plain ``Scope`` that fx's copy gives, without ``__reduce_ex__``."""
+
+    def __copy__(self) -> Scope:
+        return Scope(self.module_path, self.module_type)
 
 
 class SurgeonTracer(fx.Tracer):
@@ -49,6 +74,7 @@ class SurgeonTracer(fx.Tracer):
     ) -> None:
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.proxy_buffer_attributes = True
+        self.scope, self.module_stack = _Scope("", None), _ModuleStack()  # cheap copy.copy
         self._leaf_types = tuple(leaf_modules)
         self._tensor_names: dict[int, tuple[bool, str]] | None = None
         self._registry = registry
@@ -84,10 +110,21 @@ class SurgeonTracer(fx.Tracer):
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         self._tensor_names = None  # the model may have changed since the last trace
-        with marked_widths(root, self._registry):  # width attributes found by identity
+        with marked_widths(root, self._registry) as marked:  # width attributes by identity
             graph = super().trace(root, concrete_args)
-        record_width_literals(graph)
+        if marked:  # no attribute marked: no literal can be in the graph
+            record_width_literals(graph)
         return graph
+
+    def create_arg(self, a: Any) -> Any:
+        """``fx.Tracer.create_arg``; an argument of one of the exact types in :data:`_PLAIN_ARGS`
+        goes straight to ``fx.proxy.TracerBase.create_arg``: ``fx.Tracer``'s own cases (a
+        parameter, a tensor, a module, a named tuple, a constant) never match it, and their checks
+        (``isinstance(a, nn.Parameter)`` runs a Python ``__instancecheck__``) cost more than the
+        rest of the call."""
+        if type(a) in _PLAIN_ARGS:
+            return fx.proxy.TracerBase.create_arg(self, a)
+        return super().create_arg(a)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         """``fx.Tracer.getattr`` with the tensor found by identity in a table built once per
@@ -108,9 +145,18 @@ class SurgeonTracer(fx.Tracer):
     def _names_by_id(self) -> dict[int, tuple[bool, str]]:
         """``{id(tensor): (is a parameter, first qualified name)}``; a parameter's name wins, as
         fx searches the parameters first."""
-        names = {id(b): (False, name) for name, b in self.root.named_buffers()}
-        names.update((id(p), (True, name)) for name, p in self.root.named_parameters())
-        return names
+        buffers: dict[int, tuple[bool, str]] = {}
+        parameters: dict[int, tuple[bool, str]] = {}
+        for path, module in self.root.named_modules():  # one walk for both, first name kept
+            prefix = f"{path}." if path else ""
+            for table, found, is_parameter in (
+                (module._buffers, buffers, False),
+                (module._parameters, parameters, True),
+            ):
+                for name, tensor in table.items():
+                    if tensor is not None and id(tensor) not in found:
+                        found[id(tensor)] = (is_parameter, prefix + name)
+        return buffers | parameters
 
 
 def symbolic_trace(

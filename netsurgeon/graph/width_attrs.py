@@ -131,9 +131,9 @@ class WidthOwnerHandler(OwnerHandler):
 
 
 @contextlib.contextmanager
-def marked_widths(root: Any, registry: Registry) -> Iterator[None]:
+def marked_widths(root: Any, registry: Registry) -> Iterator[bool]:
     """While tracing ``root``: every owner's width attributes hold :class:`WidthLiteral` s
-    (restored, the very objects, whatever the trace does)."""
+    (restored, the very objects, whatever the trace does). Yields whether any was marked."""
     saved: list[tuple[nn.Module, str, Any]] = []
     try:
         for path, module in root.named_modules() if isinstance(root, nn.Module) else ():
@@ -143,7 +143,7 @@ def marked_widths(root: Any, registry: Registry) -> Iterator[None]:
                 if type(value) is int:
                     saved.append((module, attr, value))
                     module.__dict__[attr] = WidthLiteral(value, path, attr)
-        yield
+        yield bool(saved)
     finally:
         for module, attr, value in saved:
             module.__dict__[attr] = value
@@ -151,12 +151,14 @@ def marked_widths(root: Any, registry: Registry) -> Iterator[None]:
 
 def record_width_literals(graph: fx.Graph) -> None:
     """Plain ``int`` s for the :class:`WidthLiteral` s in ``graph``'s arguments, their places
-    written on the nodes (``node.meta[META_KEY]``)."""
+    written on the nodes (``node.meta[META_KEY]``). A node without one is left as it is (setting
+    ``node.args`` re-links its inputs)."""
     for node in graph.nodes:
         found: dict[tuple[int | str, ...], tuple[str, str]] = {}
-        node.args = _plain(node.args, (), found)
-        node.kwargs = {k: _plain(v, ("kwargs", k), found) for k, v in node.kwargs.items()}
+        args = _plain(node.args, (), found)
+        kwargs = {k: _plain(v, ("kwargs", k), found) for k, v in node.kwargs.items()}
         if found:
+            node.args, node.kwargs = args, kwargs
             node.meta[META_KEY] = found
 
 

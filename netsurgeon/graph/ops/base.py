@@ -27,6 +27,7 @@ from netsurgeon.graph.axes import (
 )
 from netsurgeon.graph.groups import Insertion
 from netsurgeon.graph.layout import Layout
+from netsurgeon.graph.module_attrs import module_attr
 from netsurgeon.graph.registry import OpHandler
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class LayerHandler(OpHandler):
         found = [Axis(names.v, self.row_dim, None, per_group=split)]
         if names.g is not None:
             found.append(Axis(names.g, self.row_dim, NormOf(names.v), per_group=split))
-        if getattr(module, "bias", None) is not None:
+        if module_attr(module, "bias") is not None:
             found.append(Axis("bias", 0, 0.0))
         return tuple(found)
 
@@ -175,7 +176,7 @@ class FollowerHandler(OpHandler):
 
     def tensor_names(self, module: nn.Module) -> frozenset[str]:
         own = {a.tensor for a in self.entries(module)}
-        return frozenset(own | {n for n in self.scalars if getattr(module, n, None) is not None})
+        return frozenset(own | {n for n in self.scalars if module_attr(module, n) is not None})
 
     def flow(self, node: fx.Node, ctx: FlowContext) -> Layout | None:
         module = ctx.module_of(node)
@@ -198,7 +199,5 @@ class FollowerHandler(OpHandler):
 def present(module: nn.Module, fills: dict[str, float]) -> tuple[Axis, ...]:
     """Axes (dim 0) of the tensors among ``fills`` that the module has."""
     return tuple(
-        Axis(name, 0, fill)
-        for name, fill in fills.items()
-        if getattr(module, name, None) is not None
+        Axis(name, 0, fill) for name, fill in fills.items() if module_attr(module, name) is not None
     )
