@@ -16,6 +16,9 @@ What a widening is made of is timed beside it, each alone:
 * ``draws``: the paper init's normal draws for the new rows, the sizes recorded from the widening;
 * ``rest``: ``widen - trace - floor - draws``, everything else (fills, bookkeeping, the commit).
 
+"given its graph" is the widening passed the graph it needs (``graph=``, traced before the
+timing), which is what a :class:`~netsurgeon.Grower` pays on top of the one trace of its growth.
+
 Method: every timing is repeated ``--reps`` times, interleaved, in one process, after two untimed
 rounds, and each ratio is the median over the median of ``deepcopy(model)`` in the same run,
 because absolute times on a shared machine are not stable. "with AdamW" widens a copy on which
@@ -199,7 +202,16 @@ def _with_adamw(model: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
     return twin, opt
 
 
-KEYS = ("deepcopy", "deepcopy_adamw", "trace", "floor", "draws", "widen", "widen_adamw")
+KEYS = (
+    "deepcopy",
+    "deepcopy_adamw",
+    "trace",
+    "floor",
+    "draws",
+    "widen",
+    "widen_graph",
+    "widen_adamw",
+)
 
 
 def _timings(
@@ -222,6 +234,12 @@ def _timings(
         }
         victim = copy.deepcopy(base)
         found["widen"] = _time(lambda m=victim: netsurgeon.widen(m, plan), clock)
+        victim = copy.deepcopy(base)
+        graph = netsurgeon.trace(victim)  # as the Grower holds it: traced once per growth
+        found["widen_graph"] = _time(
+            lambda m=victim, g=graph: netsurgeon.widen(m, plan, graph=g), clock
+        )
+        del graph
         victim, opt = _with_adamw(stateful)
         found["widen_adamw"] = _time(
             lambda m=victim, o=opt: netsurgeon.widen(m, plan, optimizer=o), clock
@@ -253,7 +271,8 @@ def measure(
         f"deepcopy {medians['deepcopy'] * 1e3:6.1f} ms ({faults['deepcopy']:5.0f} faults)  "
         f"trace {ratios['trace']:4.2f}x  floor {ratios['floor']:4.2f}x  "
         f"draws {ratios['draws']:4.2f}x  rest {ratios['rest']:5.2f}x  "
-        f"widen {ratios['widen']:4.2f}x ({faults['widen']:5.0f} faults)  "
+        f"widen {ratios['widen']:4.2f}x ({faults['widen']:5.0f} faults; "
+        f"{ratios['widen_graph']:4.2f}x given its graph)  "
         f"widen+AdamW {ratios['widen_adamw']:4.2f}x "
         f"({medians['widen_adamw'] / medians['deepcopy']:4.2f}x deepcopy of the model alone)",
         flush=True,
