@@ -7,7 +7,8 @@ each, paid by every soundness check and handler of every layer of a trace. :func
 answers what ``getattr(module, name, default)`` answers, reading the module's own tables
 (``_parameters``, ``_buffers``, ``_modules``, in ``__getattr__``'s order) when the lookup would
 end there: the name is neither in the instance's ``__dict__`` nor on its class, and the class
-keeps ``nn.Module.__getattr__``. Anything else takes the plain ``getattr``.
+keeps ``nn.Module``'s ``__getattr__`` and ``__getattribute__``. Anything else takes the plain
+``getattr``.
 
 Example:
     >>> import torch.nn as nn
@@ -25,12 +26,18 @@ from torch import nn
 __all__ = ["module_attr", "parametrizations_of"]
 
 _MODULE_GETATTR = nn.Module.__getattr__
+_MODULE_GETATTRIBUTE = nn.Module.__getattribute__
 
 
 def module_attr(module: nn.Module, name: str, default: Any = None) -> Any:
     """``getattr(module, name, default)`` (see the module docstring)."""
     cls = type(module)
-    if cls.__getattr__ is not _MODULE_GETATTR or name in module.__dict__ or hasattr(cls, name):
+    if (
+        cls.__getattr__ is not _MODULE_GETATTR
+        or cls.__getattribute__ is not _MODULE_GETATTRIBUTE
+        or name in module.__dict__
+        or hasattr(cls, name)
+    ):
         return getattr(module, name, default)
     for table in (module._parameters, module._buffers, module._modules):
         if name in table:

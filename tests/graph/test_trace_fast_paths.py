@@ -247,6 +247,19 @@ class _OwnGetattr(nn.Linear):
         return "made up" if name == "missing" else super().__getattr__(name)
 
 
+class _OwnGetattribute(nn.Linear):
+    def __getattribute__(self, name: str) -> object:  # hides the bias once built, invents a name
+        if name == "bias" and "hide_bias" in object.__getattribute__(self, "__dict__"):
+            return None
+        return "made up" if name == "missing" else super().__getattribute__(name)
+
+
+def _hiding_its_bias() -> nn.Module:
+    module = _OwnGetattribute(2, 3)
+    module.hide_bias = True
+    return module
+
+
 def _attribute_owners() -> list[nn.Module]:
     parametrized = nn.utils.parametrizations.weight_norm(nn.Linear(3, 4))
     legacy = nn.utils.weight_norm(nn.Conv2d(3, 4, 1))
@@ -255,7 +268,7 @@ def _attribute_owners() -> list[nn.Module]:
     plain_class = _ClassBias.__new__(_ClassBias)
     nn.Module.__init__(plain_class)
     return [nn.Conv2d(3, 4, 1), odd, nn.BatchNorm2d(4), parametrized, legacy, _OwnGetattr(2, 3),
-            plain_class, nn.Sequential(nn.ReLU())]  # fmt: skip
+            _hiding_its_bias(), plain_class, nn.Sequential(nn.ReLU())]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["bias", "weight", "parametrizations", "running_mean",
