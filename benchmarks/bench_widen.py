@@ -1,11 +1,13 @@
 """Cost of ``trace`` and ``widen`` against ``copy.deepcopy`` of the same model, side by side.
 
-Claim: widening every widenable channel group by 25% costs at most 2x one ``copy.deepcopy(model)``
-on torchvision's vgg16_bn, resnet50 and resnext50_32x4d (it must allocate ~1.5x the parameters),
-at most 3x one ``copy.deepcopy((model, optimizer))`` when it also grows AdamW's state, and no
-model takes more than 3x without state (timm's fastvit_t8, with its many small grouped and
-depthwise convolutions, included). Hardware: whatever runs it; the targets were set on a 2-core
-CPU machine, float32.
+Targets (each run prints which it met): widening every widenable channel group by 25% costs at
+most 2x one ``copy.deepcopy(model)`` on torchvision's vgg16_bn, resnet50 and resnext50_32x4d (it
+must allocate ~1.5x the parameters), at most 3x one ``copy.deepcopy((model, optimizer))`` when it
+also grows AdamW's state, and no model takes more than 3x without state (timm's fastvit_t8, with
+its many small grouped and depthwise convolutions, included). Hardware: whatever runs it; the
+targets were set on a 2-core CPU machine, float32. On that machine they are met in cold memory
+with one torch thread on vgg16_bn and resnet50, and in warm memory on none of the three:
+``floor`` and ``draws`` alone take about 1.7x there (``docs/widen.md``, "Cost").
 
 What a widening is made of is timed beside it, each alone:
 
