@@ -333,7 +333,7 @@ def _states(requested: list[str]) -> list[str]:
     defaults cannot be restored once pinned, and memory the warm state keeps stays reusable, so
     a cold state after it would not be cold (module ``allocator``)."""
     order = [s for s in allocator.STATES_IN_ORDER if s in requested]
-    if requested != order or len(set(requested)) != len(requested):
+    if requested != order:  # a repeated or misplaced state
         raise SystemExit(
             f"--malloc {' '.join(requested)}: give each state once, in the order "
             f"{' '.join(allocator.STATES_IN_ORDER)} (one process cannot go back)"

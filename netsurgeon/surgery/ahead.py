@@ -81,15 +81,14 @@ def draws_ahead(strategy: object, model: nn.Module) -> Iterator[DrawAhead | None
 
 
 def ahead_for(
-    growth: Any, handler: Any, module: nn.Module, name: str, consumer: Any, rows: tuple = ()
+    growth: Any, handler: Any, module: nn.Module, name: str, consumer: Any, rows: tuple
 ) -> Any:
     """The :class:`DrawAhead` that layer ``name``'s rows may go to, or ``None`` (then every
     pending draw is waited for first, so the serial order holds). ``rows``: the handler's row
-    axes of ``module``, when the caller has them."""
+    axes of ``module``."""
     ahead = growth.ahead
     if ahead is None:
         return None
-    rows = rows or handler.rows(module)
     plain = (
         not any(isinstance(a.fill, NormOf) for a in rows)
         and all(a.fill is not None for a in rows[1:])

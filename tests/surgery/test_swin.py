@@ -68,13 +68,16 @@ def test_every_group_but_the_output_widens_with_its_construction():
     }
 
 
+SWIN_SHAPES = {  # the small Swin models the properties draw
+    "window": st.sampled_from([2, 4]),
+    "embed": st.sampled_from([8, 12]),
+    "multiple": st.integers(1, 2),
+    "seed": st.integers(0, 2**16),
+}
+
+
 @settings(max_examples=8, deadline=None)
-@given(
-    window=st.sampled_from([2, 4]),
-    embed=st.sampled_from([8, 12]),
-    multiple=st.integers(1, 2),
-    seed=st.integers(0, 2**16),
-)
+@given(**SWIN_SHAPES)
 def test_widening_everything_at_once_keeps_the_output_float64_eval(window, embed, multiple, seed):
     model = small(window, embed, seed=seed).double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -227,12 +230,7 @@ def test_timm_window_attention_with_its_own_head_size_blocks_with_the_reason():
 
 
 @settings(max_examples=6, deadline=None)
-@given(
-    window=st.sampled_from([2, 4]),
-    embed=st.sampled_from([8, 12]),
-    multiple=st.integers(1, 2),
-    seed=st.integers(0, 2**16),
-)
+@given(**SWIN_SHAPES)
 @pytest.mark.parametrize("fused", [False, True])
 def test_timm_widening_everything_keeps_the_output(fused, window, embed, multiple, seed):
     model = timm_small(window, embed, seed).double().eval()
